@@ -1,0 +1,143 @@
+"""From an opened source to a `Result`: the passes over the data and the metric families.
+
+Owns: the order of passes (pass 1 moments, pass 2 with pass-1 quantities fixed), non-finite row
+handling, and assembling the result record. Reads data only through `FeatureSource.batches`;
+computes nothing itself beyond masking rows (the math lives in `stats`, `collapse`, `regression`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ncinspect.collapse import classification_metrics
+from ncinspect.errors import InputError
+from ncinspect.results import MetricSet, Result
+from ncinspect.sources import Batch, FeatureSource
+from ncinspect.stats import ClassMoments, ClassScatter, plan_scatter
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """How to analyse one source. `chunk_rows` None means the source's preferred read size."""
+
+    chunk_rows: int | None = None
+    drop_nonfinite: bool = False
+    nc1_route: str = "auto"  # "auto" | "class_span" | "dxd"
+    gamma: float | None = None  # regression: fixed NRC3 gamma (report --gamma)
+    ufm_lambdas: tuple[float, float] | None = None  # regression: gamma = lambda_H * lambda_W
+
+
+class _Rows:
+    """Iterates a source's batches, masking or refusing non-finite feature rows."""
+
+    def __init__(self, source: FeatureSource, options: AnalysisOptions) -> None:
+        self.source = source
+        self.options = options
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.dropped = 0
+        for batch in self.source.batches(self.options.chunk_rows):
+            x = batch.features
+            finite = np.isfinite(x).all(axis=1)
+            if finite.all():
+                yield batch
+                continue
+            bad = int((~finite).sum())
+            if not self.options.drop_nonfinite:
+                total = self._count_nonfinite()
+                raise InputError(
+                    f"'features' has {total} row(s) with NaN or Inf; pass --drop-nonfinite to "
+                    "compute the metrics from the finite rows only",
+                    path=self.source.path,
+                )
+            self.dropped += bad
+            yield Batch(
+                features=x[finite],
+                labels=None if batch.labels is None else batch.labels[finite],
+                targets=None if batch.targets is None else batch.targets[finite],
+                outputs=None if batch.outputs is None else batch.outputs[finite],
+            )
+
+    def _count_nonfinite(self) -> int:
+        return sum(
+            int((~np.isfinite(b.features).all(axis=1)).sum())
+            for b in self.source.batches(self.options.chunk_rows)
+        )
+
+
+def classification_stats(
+    source: FeatureSource, options: AnalysisOptions
+) -> tuple[ClassMoments, ClassScatter, int]:
+    """Two passes over the source; returns (moments, scatter, rows dropped as non-finite)."""
+    rows = _Rows(source, options)
+    k = source.head.width
+    moments = ClassMoments.empty(k, source.d)
+    for batch in rows:
+        assert batch.labels is not None
+        if batch.features.shape[0]:
+            moments = moments.merge(ClassMoments.from_batch(batch.features, batch.labels, k))
+    if moments.n == 0:
+        raise InputError("no finite feature rows left to analyse", path=source.path)
+    plan = plan_scatter(moments, source.head.weight, source.head.bias_or_zeros(), options.nc1_route)
+    scatter = ClassScatter.empty(plan)
+    for batch in rows:
+        assert batch.labels is not None
+        if batch.features.shape[0]:
+            scatter = scatter.merge(ClassScatter.from_batch(plan, batch.features, batch.labels))
+    return moments, scatter, rows.dropped
+
+
+def analyze_source(source: FeatureSource, options: AnalysisOptions | None = None) -> Result:
+    """Compute every metric of the source's task and return one result record."""
+    options = options or AnalysisOptions()
+    extras: dict[str, Any] = {}
+    if source.task == "classification":
+        moments, scatter, dropped = classification_stats(source, options)
+        metric_set = classification_metrics(moments, scatter, source.head)
+        n_used = moments.n
+    else:
+        metric_set, n_used, dropped, extras = _regression(source, options)
+    if dropped:
+        metric_set.info["nonfinite_rows_dropped"] = dropped
+        metric_set.warn(f"{dropped} row(s) with NaN or Inf features were dropped")
+    return _result(source, metric_set, n_used, extras)
+
+
+def _regression(
+    source: FeatureSource, options: AnalysisOptions
+) -> tuple[MetricSet, int, int, dict[str, Any]]:
+    from ncinspect.regression import regression_from_source
+
+    return regression_from_source(source, _Rows(source, options), options)
+
+
+def _result(source: FeatureSource, ms: MetricSet, n_used: int, extras: dict[str, Any]) -> Result:
+    meta = source.meta
+    epoch = meta.get("epoch")
+    return Result(
+        source=source.path,
+        task=source.task,
+        n=n_used,
+        d=source.d,
+        k=source.k,
+        t=source.t,
+        metrics=ms.metrics,
+        info=ms.info,
+        warnings=ms.warnings,
+        run=_str_or_none(meta.get("run")),
+        checkpoint=_str_or_none(meta.get("checkpoint")),
+        epoch=None if epoch is None else int(epoch),
+        split=_str_or_none(meta.get("split")),
+        extras=extras,
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value)

@@ -1,0 +1,228 @@
+"""Classification neural-collapse metrics (NC1-NC4) as pure functions of finalized statistics.
+
+Owns: every classification key of shared/spec/metrics.md, exactly as defined there, with its
+edge cases (empty classes -> K_eff, K - 1 > D floors, undefined -> NaN with a reason).
+Never reads data: it takes `ClassMoments`, `ClassScatter` and the head.
+
+Axes: N samples, D feature dim, K classes (K_eff of them with samples). Direction: every metric
+here is "lower is more collapsed" except `accuracy` (higher is better).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ncinspect.results import MetricSet
+from ncinspect.sources import Head
+from ncinspect.stats import ClassMoments, ClassScatter
+
+CLASSIFICATION_KEYS: tuple[str, ...] = (
+    "nc1",
+    "nc1_cdnv",
+    "nc2_equinorm_means",
+    "nc2_equinorm_weights",
+    "nc2_equiangle_means",
+    "nc2_equiangle_weights",
+    "nc2_maxangle_means",
+    "nc2_maxangle_weights",
+    "nc2_etf_means",
+    "nc2_etf_weights",
+    "nc3",
+    "nc3_etf",
+    "nc4",
+    "accuracy",
+    "bias_gap",
+)
+
+EIG_RELATIVE_CUTOFF = 1e-10
+
+
+def etf_target(k: int) -> np.ndarray:
+    """E_K = (I_K - 11^T/K) / sqrt(K - 1): the simplex-ETF Gram matrix with Frobenius norm 1."""
+    return (np.eye(k) - np.full((k, k), 1.0 / k)) / math.sqrt(k - 1)
+
+
+def _kept_eigen(mat: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of a symmetric PSD matrix kept by the spec's pinv rule (top max_rank, > 1e-10 max)."""
+    vals, vecs = np.linalg.eigh((mat + mat.T) / 2)
+    order = np.argsort(vals)[::-1]
+    vals, vecs = vals[order], vecs[:, order]
+    if vals.size == 0 or vals[0] <= 0:
+        return vals[:0], vecs[:, :0]
+    keep = np.flatnonzero(vals > EIG_RELATIVE_CUTOFF * vals[0])[:max_rank]
+    return vals[keep], vecs[:, keep]
+
+
+def nc1(moments: ClassMoments, scatter: ClassScatter, out: MetricSet) -> None:
+    """nc1 = tr(Sigma_W pinv(Sigma_B)) / K_eff, through whichever exact route pass 2 used."""
+    present = moments.counts > 0
+    k_eff = int(present.sum())
+    n = moments.n
+    mc = moments.means[present] - moments.global_mean()
+    max_rank = min(k_eff - 1, moments.d)
+    if k_eff < 2:
+        out.undefined("nc1", f"needs at least 2 classes with samples (K_eff = {k_eff})")
+        out.info["nc1_rank"] = 0
+        return
+    if scatter.route == "class_span":
+        gram = mc @ mc.T
+        vals, vecs = _kept_eigen(gram, max_rank)
+        s = scatter.scatter / n
+        value = float(np.trace(s @ (vecs / vals**2) @ vecs.T)) if vals.size else math.nan
+    else:
+        sigma_b = mc.T @ mc / k_eff
+        vals, vecs = _kept_eigen(sigma_b, max_rank)
+        sigma_w = scatter.scatter / n
+        value = float(np.trace(sigma_w @ (vecs / vals) @ vecs.T)) / k_eff if vals.size else math.nan
+    out.info["nc1_rank"] = int(vals.size)
+    out.info["nc1_route"] = "class_span_KxK" if scatter.route == "class_span" else "features_DxD"
+    if not vals.size:
+        out.undefined("nc1", "the between-class covariance is zero (all class means coincide)")
+        return
+    out.metrics["nc1"] = value
+
+
+def nc1_cdnv(moments: ClassMoments, out: MetricSet) -> None:
+    """Mean over class pairs of (s_i^2 + s_j^2) / (2 ||mu_i - mu_j||^2)."""
+    present = moments.counts > 0
+    k_eff = int(present.sum())
+    if k_eff < 2:
+        out.undefined("nc1_cdnv", f"needs at least 2 classes with samples (K_eff = {k_eff})")
+        return
+    mc = moments.means[present] - moments.global_mean()
+    var = moments.m2[present] / moments.counts[present]
+    sq = np.einsum("kd,kd->k", mc, mc)
+    dist2 = sq[:, None] + sq[None, :] - 2.0 * (mc @ mc.T)
+    iu = np.triu_indices(k_eff, 1)
+    d2 = dist2[iu]
+    if np.any(d2 <= 0):
+        out.undefined("nc1_cdnv", "two class means coincide (zero distance between them)")
+        return
+    out.metrics["nc1_cdnv"] = float(np.mean((var[iu[0]] + var[iu[1]]) / (2.0 * d2)))
+
+
+def _equinorm(vectors: np.ndarray, key: str, out: MetricSet) -> None:
+    k = vectors.shape[0]
+    if k < 2:
+        out.undefined(key, f"needs at least 2 vectors (got {k})")
+        return
+    norms = np.linalg.norm(vectors, axis=1)
+    mean = norms.mean()
+    if mean == 0:
+        out.undefined(key, "all vectors are zero")
+        return
+    out.metrics[key] = float(norms.std(ddof=1) / mean)
+
+
+def _cosines(vectors: np.ndarray, what: str, out: MetricSet) -> np.ndarray | None:
+    """Pairwise cosines (upper triangle) of the non-zero rows; warn about dropped zero rows."""
+    norms = np.linalg.norm(vectors, axis=1)
+    nonzero = norms > 0
+    if not nonzero.all():
+        out.warn(
+            f"{int((~nonzero).sum())} {what} vector(s) are zero; dropped from the angle metrics"
+        )
+    v = vectors[nonzero] / norms[nonzero, None]
+    if v.shape[0] < 2:
+        return None
+    cos = v @ v.T
+    return cos[np.triu_indices(v.shape[0], 1)]
+
+
+def _angles(vectors: np.ndarray, k: int, suffix: str, what: str, out: MetricSet) -> None:
+    cos = _cosines(vectors, what, out)
+    eq, mx = f"nc2_equiangle_{suffix}", f"nc2_maxangle_{suffix}"
+    if cos is None:
+        out.undefined(eq, f"needs at least 2 non-zero {what} vectors")
+        out.undefined(mx, f"needs at least 2 non-zero {what} vectors")
+        return
+    if cos.size < 2:
+        out.undefined(eq, f"the std over pairs needs at least 3 {what} vectors (got 2)")
+    else:
+        out.metrics[eq] = float(cos.std(ddof=1))
+    out.metrics[mx] = float(np.mean(np.abs(cos + 1.0 / (k - 1))))
+
+
+def _etf_distance(gram: np.ndarray, key: str, out: MetricSet) -> None:
+    k = gram.shape[0]
+    if k < 2:
+        out.undefined(key, f"needs at least 2 classes (got {k})")
+        return
+    norm = np.linalg.norm(gram)
+    if norm == 0:
+        out.undefined(key, "the Gram matrix is zero")
+        return
+    out.metrics[key] = float(np.linalg.norm(gram / norm - etf_target(k)))
+
+
+def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: Head) -> MetricSet:
+    """All classification keys of the spec from pass-1 and pass-2 statistics and the head."""
+    out = MetricSet()
+    k, d = moments.k, moments.d
+    n = moments.n
+    present = moments.counts > 0
+    k_eff = int(present.sum())
+    w = np.asarray(head.weight, dtype=np.float64)
+    b = head.bias_or_zeros()
+    mu_g = moments.global_mean()
+    mc = moments.means[present] - mu_g
+    w_p = w[present]
+
+    out.info["k_eff"] = k_eff
+    if k_eff < k:
+        missing = np.flatnonzero(~present).tolist()
+        shown = ", ".join(str(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        out.warn(
+            f"{k - k_eff} of {k} classes have no samples (classes {shown}); mean-based metrics "
+            f"use K_eff = {k_eff}"
+        )
+        out.info["empty_classes"] = missing
+    singles = int(np.count_nonzero(moments.counts == 1))
+    if singles:
+        out.warn(f"{singles} class(es) have a single sample (zero within-class scatter)")
+    if k_eff - 1 > d:
+        out.warn(
+            f"K_eff - 1 = {k_eff - 1} > D = {d}: an exact simplex ETF cannot exist, so the "
+            "nc2 angle/ETF errors of the means have a positive floor"
+        )
+        out.info["etf_floor_means"] = True
+    if k - 1 > d:
+        if k_eff - 1 <= d:
+            out.warn(
+                f"K - 1 = {k - 1} > D = {d}: the nc2 weight angle/ETF errors have a positive floor"
+            )
+        out.info["etf_floor_weights"] = True
+
+    nc1(moments, scatter, out)
+    nc1_cdnv(moments, out)
+
+    _equinorm(mc, "nc2_equinorm_means", out)
+    _equinorm(w, "nc2_equinorm_weights", out)
+    if k_eff >= 2:
+        _angles(mc, k_eff, "means", "centred class-mean", out)
+    else:
+        for key in ("nc2_equiangle_means", "nc2_maxangle_means"):
+            out.undefined(key, f"needs at least 2 classes with samples (K_eff = {k_eff})")
+    if k >= 2:
+        _angles(w, k, "weights", "classifier-row", out)
+    else:
+        for key in ("nc2_equiangle_weights", "nc2_maxangle_weights"):
+            out.undefined(key, "needs at least 2 classifier rows (K = 1)")
+    _etf_distance(mc @ mc.T, "nc2_etf_means", out)
+    _etf_distance(w @ w.T, "nc2_etf_weights", out)
+
+    w_norm, m_norm = np.linalg.norm(w_p), np.linalg.norm(mc)
+    if w_norm == 0 or m_norm == 0:
+        out.undefined("nc3", "the classifier rows or the centred class means are all zero")
+    else:
+        out.metrics["nc3"] = float(np.linalg.norm(w_p / w_norm - mc / m_norm) ** 2)
+    _etf_distance(w_p @ mc.T, "nc3_etf", out)
+
+    out.metrics["nc4"] = scatter.ncc_mismatch / n
+    out.metrics["accuracy"] = scatter.correct / n
+    out.metrics["bias_gap"] = float(np.linalg.norm(w @ mu_g + b))
+    if head.bias is None:
+        out.info["bias"] = "absent (treated as zero)"
+    return out

@@ -1,0 +1,208 @@
+"""Foreign feature dumps: `.npz`, `.pt`/`.pth` (tensors only) and `.safetensors` files.
+
+Owns: reading such files into an in-memory `ArraySource`, with the array names below, and
+refusing anything that would execute code (`torch.load(weights_only=True)` only).
+Never writes files.
+
+Array names (aliases in brackets):
+    features                  (N, D) float
+    labels                    (N,) integer           classification
+    targets                   (N, T) or (N,) float   regression
+    weight [head.weight, head/weight]   (K or T, D)
+    bias   [head.bias, head/bias]       (K or T,)    optional
+    outputs [logits, predictions]       (N, K or T)  optional
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ncinspect.errors import DumpError
+from ncinspect.sources import ArraySource, Head, check_label_range, validate_arrays
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    "features": ("features",),
+    "labels": ("labels",),
+    "targets": ("targets",),
+    "weight": ("weight", "head.weight", "head/weight"),
+    "bias": ("bias", "head.bias", "head/bias"),
+    "outputs": ("outputs", "logits", "predictions"),
+}
+
+
+def sniff(path: str | Path) -> str | None:
+    """Detect a dump's format from its first bytes: 'npz', 'torch', 'safetensors' or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "npz" if str(path).endswith(".npz") else "torch"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        return "npz"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":  # a legacy (non-zip) pickle
+        return "torch"
+    return None
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: np.asarray(z[k]) for k in z.files}
+    except ValueError as exc:
+        raise DumpError(f"cannot read .npz without pickles ({exc})", path=path) from exc
+    except Exception as exc:  # noqa: BLE001 - zip/npy errors come in many types
+        raise DumpError(
+            f"not a readable .npz file ({type(exc).__name__}: {exc})", path=path
+        ) from exc
+
+
+def _tensor_to_numpy(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.float()
+        return t.numpy()
+    return value
+
+
+def _load_torch(path: str) -> dict[str, np.ndarray]:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DumpError(
+            "refused: loading this file would execute arbitrary code (it is not a plain dict of "
+            "tensors); save the arrays with torch.save({'features': ..., ...}) or as .npz",
+            path=path,
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ...
+        raise DumpError(
+            f"not a readable torch file ({type(exc).__name__}: {exc})", path=path
+        ) from exc
+    if not isinstance(obj, dict):
+        raise DumpError(
+            f"holds a {type(obj).__name__}, expected a dict of named tensors", path=path
+        )
+    return {str(k): np.asarray(_tensor_to_numpy(v)) for k, v in obj.items()}
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+        size = Path(path).stat().st_size
+        if header_len > size - 8:
+            raise DumpError(
+                f"safetensors header claims {header_len} bytes but the file has {size}", path=path
+            )
+        out: dict[str, np.ndarray] = {}
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                out[key] = np.asarray(_tensor_to_numpy(f.get_tensor(key)))
+        return out
+    except DumpError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        raise DumpError(
+            f"not a readable safetensors file ({type(exc).__name__}: {exc})", path=path
+        ) from exc
+
+
+def _pick(arrays: dict[str, np.ndarray], role: str) -> tuple[str, np.ndarray | None]:
+    for name in ALIASES[role]:
+        if name in arrays:
+            return name, arrays[name]
+    return ALIASES[role][0], None
+
+
+def open_dump(path: str | Path) -> ArraySource:
+    """Read a dump into memory and validate it; raise `DumpError` listing what was found."""
+    p = str(path)
+    kind = sniff(p)
+    if kind == "npz":
+        arrays = _load_npz(p)
+    elif kind == "torch":
+        arrays = _load_torch(p)
+    elif kind == "safetensors":
+        arrays = _load_safetensors(p)
+    else:
+        raise DumpError(
+            "unrecognized file content, expected an ncinspect store (.h5), .npz, .pt or "
+            ".safetensors feature dump",
+            path=p,
+        )
+    found = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(arrays.items())) or "nothing"
+    picked = {role: _pick(arrays, role) for role in ALIASES}
+    missing = [role for role in ("features", "weight") if picked[role][1] is None]
+    if picked["labels"][1] is None and picked["targets"][1] is None:
+        missing.append("labels or targets")
+    if missing:
+        raise DumpError(
+            f"missing array(s) {', '.join(repr(m) for m in missing)}; found {found}", path=p
+        )
+    feats = picked["features"][1]
+    labels = picked["labels"][1]
+    targets = picked["targets"][1]
+    weight = picked["weight"][1]
+    bias = picked["bias"][1]
+    outputs = picked["outputs"][1]
+    assert feats is not None and weight is not None
+    if targets is not None and targets.ndim == 1:
+        targets = targets.reshape(-1, 1)
+    if outputs is not None and outputs.ndim == 1 and targets is not None:
+        outputs = outputs.reshape(-1, 1)
+    names = {role: picked[role][0] for role in ALIASES}
+    task = validate_arrays(
+        p,
+        features_shape=feats.shape,
+        features_dtype=feats.dtype,
+        weight_shape=weight.shape,
+        bias_shape=None if bias is None else bias.shape,
+        labels_shape=None if labels is None else labels.shape,
+        labels_dtype=None if labels is None else labels.dtype,
+        targets_shape=None if targets is None else targets.shape,
+        outputs_shape=None if outputs is None else outputs.shape,
+        names=names,
+    )
+    if labels is not None:
+        check_label_range(p, names["labels"], labels, weight.shape[0])
+        labels = labels.astype(np.int64, copy=False)
+    head = Head(
+        np.asarray(weight, dtype=np.float64),
+        None if bias is None else np.asarray(bias, dtype=np.float64),
+    )
+    return ArraySource(
+        path=p,
+        task=task,
+        n=int(feats.shape[0]),
+        d=int(feats.shape[1]),
+        head=head,
+        has_outputs=outputs is not None,
+        meta={},
+        origin=kind,
+        features=feats,
+        labels=labels,
+        targets=None if targets is None else np.asarray(targets, dtype=np.float64),
+        outputs=outputs,
+    )

@@ -1,0 +1,88 @@
+"""Result records: what every analysis returns and every renderer prints.
+
+Owns: `MetricSet` (metrics + info + warnings from one metric family) and `Result` (one source's
+record, with the JSON shape documented in the README). A leaf: imports nothing of ncinspect.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class MetricSet:
+    """Metric values by canonical key (NaN when undefined), context in `info`, and warnings."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def undefined(self, key: str, reason: str) -> None:
+        """Record a metric that cannot be computed: NaN, with the reason in warnings and info."""
+        self.metrics[key] = math.nan
+        self.info.setdefault("undefined", {})[key] = reason
+        self.warnings.append(f"{key} is undefined: {reason}")
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+
+@dataclass
+class Result:
+    """One analysed source (a store or a dump). JSON: see `to_json`; NaN becomes null."""
+
+    source: str
+    task: str
+    n: int
+    d: int
+    k: int | None
+    t: int | None
+    metrics: dict[str, float]
+    info: dict[str, Any]
+    warnings: list[str]
+    run: str | None = None
+    checkpoint: str | None = None
+    epoch: int | None = None
+    split: str | None = None
+    # Not serialized: arrays later stages need (e.g. the run-level NRC3 gamma protocol).
+    extras: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "run": self.run,
+            "checkpoint": self.checkpoint,
+            "epoch": self.epoch,
+            "task": self.task,
+            "split": self.split,
+            "n": self.n,
+            "d": self.d,
+            "k": self.k,
+            "t": self.t,
+            "metrics": {k: json_number(v) for k, v in self.metrics.items()},
+            "info": jsonable(self.info),
+            "warnings": list(self.warnings),
+        }
+
+
+def json_number(value: float | None) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    return None if not math.isfinite(v) else v
+
+
+def jsonable(value: Any) -> Any:
+    """Turn numpy scalars/arrays and NaN into plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return jsonable(value.tolist())
+    if isinstance(value, float):
+        return json_number(value)
+    return value

@@ -1,0 +1,234 @@
+"""What every feature source looks like to the statistics: a head and batches of rows.
+
+Owns: `Head`, `Batch`, the `FeatureSource` interface, the in-memory `ArraySource`, and the
+shape/dtype validation shared by every reader. Knows nothing of HDF5, torch or files' formats:
+`store` (HDF5) and `dumps` (.npz/.pt/.safetensors) build sources; `stats` consumes them.
+
+Axes: N samples, D feature dim, K classes, T regression targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ncinspect.errors import InputError
+
+Task = Literal["classification", "regression"]
+
+DEFAULT_CHUNK_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class Head:
+    """The final Linear layer: weight (K x D or T x D) and optional bias (K or T)."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+    @property
+    def width(self) -> int:
+        return int(self.weight.shape[0])
+
+    def bias_or_zeros(self) -> np.ndarray:
+        if self.bias is None:
+            return np.zeros(self.weight.shape[0], dtype=np.float64)
+        return np.asarray(self.bias, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A block of consecutive rows. `labels` for classification, `targets` for regression."""
+
+    features: np.ndarray  # (B, D)
+    labels: np.ndarray | None = None  # (B,) int64
+    targets: np.ndarray | None = None  # (B, T)
+    outputs: np.ndarray | None = None  # (B, K) logits or (B, T) predictions
+
+
+@dataclass
+class FeatureSource:
+    """A readable set of penultimate features with their labels/targets and head.
+
+    Subclasses implement `_read(start, stop)`; everything else is shared.
+    `meta` holds provenance (run, checkpoint, epoch, split, ...), `origin` names the format.
+    """
+
+    path: str
+    task: Task
+    n: int
+    d: int
+    head: Head
+    has_outputs: bool
+    meta: dict[str, Any] = field(default_factory=dict)
+    origin: str = "array"
+
+    @property
+    def k(self) -> int | None:
+        return self.head.width if self.task == "classification" else None
+
+    @property
+    def t(self) -> int | None:
+        return self.head.width if self.task == "regression" else None
+
+    def _read(self, start: int, stop: int) -> Batch:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def chunk_rows(self) -> int:
+        """A good number of rows per read (stores align this with their HDF5 chunks)."""
+        return DEFAULT_CHUNK_ROWS
+
+    def batches(self, rows: int | None = None) -> Iterator[Batch]:
+        """Every row exactly once, in order, `rows` at a time (the last block may be shorter)."""
+        step = max(1, int(rows or self.chunk_rows()))
+        for start in range(0, self.n, step):
+            yield self._read(start, min(self.n, start + step))
+
+    def close(self) -> None:
+        """Release file handles (no-op for in-memory sources)."""
+
+
+@dataclass
+class ArraySource(FeatureSource):
+    """A source whose arrays are all in memory (foreign dumps, tests, the Python API)."""
+
+    features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    labels: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    outputs: np.ndarray | None = None
+
+    def _read(self, start: int, stop: int) -> Batch:
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[start:stop]
+
+        return Batch(
+            features=self.features[start:stop],
+            labels=cut(self.labels),
+            targets=cut(self.targets),
+            outputs=cut(self.outputs),
+        )
+
+
+def shape_str(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def validate_arrays(
+    path: str,
+    *,
+    features_shape: tuple[int, ...],
+    features_dtype: np.dtype,
+    weight_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...] | None,
+    labels_shape: tuple[int, ...] | None,
+    labels_dtype: np.dtype | None,
+    targets_shape: tuple[int, ...] | None,
+    outputs_shape: tuple[int, ...] | None,
+    names: dict[str, str],
+) -> Task:
+    """Check shapes and dtypes; raise one `InputError` naming the array, found and expected.
+
+    `names` maps the roles (features, labels, targets, weight, bias, outputs) to the names the
+    file uses, so messages speak the file's language (`head/weight` in a store, `weight` in a dump).
+    Returns the task implied by the arrays present.
+    """
+    if len(features_shape) != 2:
+        raise InputError(
+            f"'{names['features']}' has shape {shape_str(features_shape)}, expected 2-D (N, D)",
+            path=path,
+        )
+    if not np.issubdtype(features_dtype, np.floating):
+        raise InputError(
+            f"'{names['features']}' has dtype {features_dtype}, expected a floating dtype",
+            path=path,
+        )
+    n, d = features_shape
+    if n == 0:
+        raise InputError(f"'{names['features']}' has 0 rows, expected at least 1", path=path)
+    if d == 0:
+        raise InputError(f"'{names['features']}' has 0 columns, expected D >= 1", path=path)
+    if labels_shape is not None and targets_shape is not None:
+        raise InputError(
+            f"has both '{names['labels']}' and '{names['targets']}', expected exactly one",
+            path=path,
+        )
+    if labels_shape is None and targets_shape is None:
+        raise InputError(
+            f"has neither '{names['labels']}' (classification) nor '{names['targets']}' "
+            "(regression), expected one of them",
+            path=path,
+        )
+    if len(weight_shape) != 2:
+        raise InputError(
+            f"'{names['weight']}' has shape {shape_str(weight_shape)}, expected 2-D (K or T, D)",
+            path=path,
+        )
+    width = weight_shape[0]
+    if weight_shape[1] != d:
+        raise InputError(
+            f"'{names['weight']}' has shape {shape_str(weight_shape)}, expected ({width}, {d}) "
+            f"to match '{names['features']}' of shape {shape_str(features_shape)}",
+            path=path,
+        )
+    if width == 0:
+        raise InputError(f"'{names['weight']}' has 0 rows, expected K or T >= 1", path=path)
+    if bias_shape is not None and tuple(bias_shape) != (width,):
+        raise InputError(
+            f"'{names['bias']}' has shape {shape_str(bias_shape)}, expected ({width},)", path=path
+        )
+    task: Task
+    if labels_shape is not None:
+        task = "classification"
+        if tuple(labels_shape) != (n,):
+            raise InputError(
+                f"'{names['labels']}' has shape {shape_str(labels_shape)}, expected ({n},) "
+                f"to match '{names['features']}' of shape {shape_str(features_shape)}",
+                path=path,
+            )
+        assert labels_dtype is not None
+        if not np.issubdtype(labels_dtype, np.integer):
+            raise InputError(
+                f"'{names['labels']}' has dtype {labels_dtype}, expected integer class indices",
+                path=path,
+            )
+        expected_out = (n, width)
+    else:
+        task = "regression"
+        assert targets_shape is not None
+        if tuple(targets_shape) != (n, width):
+            raise InputError(
+                f"'{names['targets']}' has shape {shape_str(targets_shape)}, expected ({n}, {width}) "
+                f"(N rows of '{names['features']}', T rows of '{names['weight']}')",
+                path=path,
+            )
+        if width > d:
+            raise InputError(
+                f"regression with T = {width} targets > D = {d} features is not supported "
+                "(the collapse metrics need T <= D)",
+                path=path,
+            )
+        expected_out = (n, width)
+    if outputs_shape is not None and tuple(outputs_shape) != expected_out:
+        raise InputError(
+            f"'{names['outputs']}' has shape {shape_str(outputs_shape)}, "
+            f"expected {shape_str(expected_out)}",
+            path=path,
+        )
+    return task
+
+
+def check_label_range(path: str, name: str, labels: np.ndarray, k: int) -> None:
+    """Labels must index rows of the head: 0 <= y < K."""
+    if labels.size == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= k:
+        bad = lo if lo < 0 else hi
+        raise InputError(
+            f"'{name}' contains label {bad}, expected labels in [0, {k - 1}] "
+            f"(K = {k} rows in the head weight)",
+            path=path,
+        )
