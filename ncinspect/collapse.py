@@ -14,27 +14,10 @@ import math
 
 import numpy as np
 
+from ncinspect.keys import CLASSIFICATION_KEYS
 from ncinspect.results import MetricSet
 from ncinspect.sources import Head
 from ncinspect.stats import ClassMoments, ClassScatter
-
-CLASSIFICATION_KEYS: tuple[str, ...] = (
-    "nc1",
-    "nc1_cdnv",
-    "nc2_equinorm_means",
-    "nc2_equinorm_weights",
-    "nc2_equiangle_means",
-    "nc2_equiangle_weights",
-    "nc2_maxangle_means",
-    "nc2_maxangle_weights",
-    "nc2_etf_means",
-    "nc2_etf_weights",
-    "nc3",
-    "nc3_etf",
-    "nc4",
-    "accuracy",
-    "bias_gap",
-)
 
 EIG_RELATIVE_CUTOFF = 1e-10
 
@@ -45,7 +28,7 @@ def etf_target(k: int) -> np.ndarray:
 
 
 def _kept_eigen(mat: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenpairs of a symmetric PSD matrix kept by the spec's pinv rule (top max_rank, > 1e-10 max)."""
+    """Eigenpairs kept by the spec's pinv rule: the top `max_rank`, each > 1e-10 x the largest."""
     vals, vecs = np.linalg.eigh((mat + mat.T) / 2)
     order = np.argsort(vals)[::-1]
     vals, vecs = vals[order], vecs[:, order]
@@ -225,4 +208,5 @@ def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: H
     out.metrics["bias_gap"] = float(np.linalg.norm(w @ mu_g + b))
     if head.bias is None:
         out.info["bias"] = "absent (treated as zero)"
+    out.metrics = {key: out.metrics[key] for key in CLASSIFICATION_KEYS}
     return out

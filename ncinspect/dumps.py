@@ -184,9 +184,10 @@ def open_dump(path: str | Path) -> ArraySource:
         targets_shape=None if targets is None else targets.shape,
         outputs_shape=None if outputs is None else outputs.shape,
         names=names,
+        error=DumpError,
     )
     if labels is not None:
-        check_label_range(p, names["labels"], labels, weight.shape[0])
+        check_label_range(p, names["labels"], labels, weight.shape[0], DumpError)
         labels = labels.astype(np.int64, copy=False)
     head = Head(
         np.asarray(weight, dtype=np.float64),

@@ -113,7 +113,7 @@ class ArraySource(FeatureSource):
 
 
 def shape_str(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
 
 
 def validate_arrays(
@@ -128,6 +128,7 @@ def validate_arrays(
     targets_shape: tuple[int, ...] | None,
     outputs_shape: tuple[int, ...] | None,
     names: dict[str, str],
+    error: type[InputError] = InputError,
 ) -> Task:
     """Check shapes and dtypes; raise one `InputError` naming the array, found and expected.
 
@@ -136,61 +137,61 @@ def validate_arrays(
     Returns the task implied by the arrays present.
     """
     if len(features_shape) != 2:
-        raise InputError(
+        raise error(
             f"'{names['features']}' has shape {shape_str(features_shape)}, expected 2-D (N, D)",
             path=path,
         )
     if not np.issubdtype(features_dtype, np.floating):
-        raise InputError(
+        raise error(
             f"'{names['features']}' has dtype {features_dtype}, expected a floating dtype",
             path=path,
         )
     n, d = features_shape
     if n == 0:
-        raise InputError(f"'{names['features']}' has 0 rows, expected at least 1", path=path)
+        raise error(f"'{names['features']}' has 0 rows, expected at least 1", path=path)
     if d == 0:
-        raise InputError(f"'{names['features']}' has 0 columns, expected D >= 1", path=path)
+        raise error(f"'{names['features']}' has 0 columns, expected D >= 1", path=path)
     if labels_shape is not None and targets_shape is not None:
-        raise InputError(
+        raise error(
             f"has both '{names['labels']}' and '{names['targets']}', expected exactly one",
             path=path,
         )
     if labels_shape is None and targets_shape is None:
-        raise InputError(
+        raise error(
             f"has neither '{names['labels']}' (classification) nor '{names['targets']}' "
             "(regression), expected one of them",
             path=path,
         )
     if len(weight_shape) != 2:
-        raise InputError(
+        raise error(
             f"'{names['weight']}' has shape {shape_str(weight_shape)}, expected 2-D (K or T, D)",
             path=path,
         )
     width = weight_shape[0]
     if weight_shape[1] != d:
-        raise InputError(
+        raise error(
             f"'{names['weight']}' has shape {shape_str(weight_shape)}, expected ({width}, {d}) "
             f"to match '{names['features']}' of shape {shape_str(features_shape)}",
             path=path,
         )
     if width == 0:
-        raise InputError(f"'{names['weight']}' has 0 rows, expected K or T >= 1", path=path)
+        raise error(f"'{names['weight']}' has 0 rows, expected K or T >= 1", path=path)
     if bias_shape is not None and tuple(bias_shape) != (width,):
-        raise InputError(
+        raise error(
             f"'{names['bias']}' has shape {shape_str(bias_shape)}, expected ({width},)", path=path
         )
     task: Task
     if labels_shape is not None:
         task = "classification"
         if tuple(labels_shape) != (n,):
-            raise InputError(
+            raise error(
                 f"'{names['labels']}' has shape {shape_str(labels_shape)}, expected ({n},) "
                 f"to match '{names['features']}' of shape {shape_str(features_shape)}",
                 path=path,
             )
         assert labels_dtype is not None
         if not np.issubdtype(labels_dtype, np.integer):
-            raise InputError(
+            raise error(
                 f"'{names['labels']}' has dtype {labels_dtype}, expected integer class indices",
                 path=path,
             )
@@ -199,20 +200,21 @@ def validate_arrays(
         task = "regression"
         assert targets_shape is not None
         if tuple(targets_shape) != (n, width):
-            raise InputError(
-                f"'{names['targets']}' has shape {shape_str(targets_shape)}, expected ({n}, {width}) "
+            raise error(
+                f"'{names['targets']}' has shape {shape_str(targets_shape)}, "
+                f"expected ({n}, {width}) "
                 f"(N rows of '{names['features']}', T rows of '{names['weight']}')",
                 path=path,
             )
         if width > d:
-            raise InputError(
+            raise error(
                 f"regression with T = {width} targets > D = {d} features is not supported "
                 "(the collapse metrics need T <= D)",
                 path=path,
             )
         expected_out = (n, width)
     if outputs_shape is not None and tuple(outputs_shape) != expected_out:
-        raise InputError(
+        raise error(
             f"'{names['outputs']}' has shape {shape_str(outputs_shape)}, "
             f"expected {shape_str(expected_out)}",
             path=path,
@@ -220,14 +222,16 @@ def validate_arrays(
     return task
 
 
-def check_label_range(path: str, name: str, labels: np.ndarray, k: int) -> None:
+def check_label_range(
+    path: str, name: str, labels: np.ndarray, k: int, error: type[InputError] = InputError
+) -> None:
     """Labels must index rows of the head: 0 <= y < K."""
     if labels.size == 0:
         return
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= k:
         bad = lo if lo < 0 else hi
-        raise InputError(
+        raise error(
             f"'{name}' contains label {bad}, expected labels in [0, {k - 1}] "
             f"(K = {k} rows in the head weight)",
             path=path,

@@ -149,7 +149,7 @@ class StoreWriter:
         targets: np.ndarray | None = None,
         outputs: np.ndarray | None = None,
     ) -> None:
-        """Append B rows. Shapes: features (B, D), labels (B,) or targets (B, T), outputs (B, K|T)."""
+        """Append B rows: features (B, D), labels (B,) or targets (B, T), outputs (B, K|T)."""
         f = self._file
         assert f is not None, "use StoreWriter as a context manager"
         b = int(features.shape[0])
@@ -179,9 +179,7 @@ class StoreWriter:
     def update_attrs(self, **attrs: Any) -> None:
         self.attrs.update(attrs)
 
-    def _finalize(self) -> None:
-        f = self._file
-        assert f is not None
+    def _finalize(self, f: h5py.File) -> None:
         if self._head is None:
             raise ValueError("StoreWriter closed without set_head()")
         if self.n == 0:
@@ -219,7 +217,7 @@ class StoreWriter:
         try:
             if exc_type is None and f is not None:
                 try:
-                    self._finalize()
+                    self._finalize(f)
                     f.flush()
                 except OSError as err:
                     raise OutputError(f"writing failed: {err}", path=self.path) from err
@@ -389,6 +387,7 @@ def open_store(path: str | Path) -> StoreSource:
             targets_shape=None if targets is None else targets.shape,
             outputs_shape=None if outputs is None else outputs.shape,
             names=names,
+            error=StoreError,
         )
         declared = attrs.get("task")
         if declared is not None and declared != task:
@@ -405,7 +404,7 @@ def open_store(path: str | Path) -> StoreSource:
             k = head.width
             step = 1 << 20
             for s in range(0, labels.shape[0], step):
-                check_label_range(p, "labels", labels[s : s + step], k)
+                check_label_range(p, "labels", labels[s : s + step], k, StoreError)
         meta = dict(attrs)
         prov = meta.pop("provenance", None)
         if isinstance(prov, str):

@@ -1,0 +1,131 @@
+"""The Python API: one import, one call, the same records the CLI prints.
+
+    >>> import ncinspect
+    >>> results = ncinspect.analyze(["features/"])      # list[Result]
+    >>> results[0].metrics["nc1"]
+
+Owns: turning paths into results (discover, open, analyse, apply the run-level NRC3 gamma
+protocol) and `analyze_arrays` for arrays already in memory. Never prints.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ncinspect.analysis import AnalysisOptions, analyze_source
+from ncinspect.errors import NcInspectError
+from ncinspect.loader import STORE_SUFFIXES, discover, natural_key, open_source
+from ncinspect.results import Result
+from ncinspect.sources import ArraySource, Head, check_label_range, validate_arrays
+
+
+def analyze(
+    paths: Sequence[str | Path] | str | Path,
+    *,
+    chunk_rows: int | None = None,
+    drop_nonfinite: bool = False,
+    gamma: float | None = None,
+    ufm_lambdas: tuple[float, float] | None = None,
+    skipped: list[str] | None = None,
+) -> list[Result]:
+    """Analyse stores and dumps (files or directories searched recursively).
+
+    Files found inside directories that are not feature dumps (a data `.npz`, a checkpoint `.pt`)
+    are passed over and described in `skipped` when a list is given; named files must be valid.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    options = AnalysisOptions(
+        chunk_rows=chunk_rows, drop_nonfinite=drop_nonfinite, gamma=gamma, ufm_lambdas=ufm_lambdas
+    )
+    named = {Path(p) for p in paths}
+    found = discover([Path(p) for p in paths])
+    results: list[Result] = []
+    for path in found.files:
+        try:
+            source = open_source(path)
+        except NcInspectError as exc:
+            if path in named or path.suffix in STORE_SUFFIXES:
+                raise
+            if skipped is not None:
+                skipped.append(f"{path}: skipped, not a feature store or dump ({exc.message})")
+            continue
+        try:
+            results.append(analyze_source(source, options))
+        finally:
+            source.close()
+    _apply_run_protocols(results)
+    return results
+
+
+def run_key(result: Result) -> str:
+    """The run a result belongs to: its `run` attribute, else its directory."""
+    return result.run if result.run is not None else str(Path(result.source).parent)
+
+
+def _apply_run_protocols(results: list[Result]) -> None:
+    by_run: dict[tuple[str, str | None], list[Result]] = defaultdict(list)
+    for r in results:
+        if r.task == "regression":
+            by_run[(run_key(r), r.split)].append(r)
+    if not by_run:
+        return
+    from ncinspect.regression import apply_run_gamma
+
+    for group in by_run.values():
+        group.sort(key=lambda r: (r.epoch is None, r.epoch or 0, natural_key(r.source)))
+        apply_run_gamma(group)
+
+
+def analyze_arrays(
+    features: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    labels: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
+    outputs: np.ndarray | None = None,
+    name: str = "<arrays>",
+    options: AnalysisOptions | None = None,
+) -> Result:
+    """Analyse in-memory arrays: features (N, D), labels (N,) or targets (N, T), weight (K|T, D)."""
+    features = np.asarray(features)
+    weight = np.asarray(weight)
+    if targets is not None:
+        targets = np.asarray(targets, dtype=np.float64)
+        if targets.ndim == 1:
+            targets = targets.reshape(-1, 1)
+    names = {r: r for r in ("features", "labels", "targets", "weight", "bias", "outputs")}
+    task = validate_arrays(
+        name,
+        features_shape=features.shape,
+        features_dtype=features.dtype,
+        weight_shape=weight.shape,
+        bias_shape=None if bias is None else np.shape(bias),
+        labels_shape=None if labels is None else np.shape(labels),
+        labels_dtype=None if labels is None else np.asarray(labels).dtype,
+        targets_shape=None if targets is None else targets.shape,
+        outputs_shape=None if outputs is None else np.shape(outputs),
+        names=names,
+    )
+    if labels is not None:
+        labels = np.asarray(labels)
+        check_label_range(name, "labels", labels, weight.shape[0])
+        labels = labels.astype(np.int64)
+    source = ArraySource(
+        path=name,
+        task=task,
+        n=features.shape[0],
+        d=features.shape[1],
+        head=Head(weight.astype(np.float64), None if bias is None else np.asarray(bias, float)),
+        has_outputs=outputs is not None,
+        features=features,
+        labels=labels,
+        targets=targets,
+        outputs=outputs,
+    )
+    return analyze_source(source, options)
