@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ncinspect.dumps import open_dump, sniff
-from ncinspect.errors import InputError, NcInspectError
+from ncinspect.errors import InputError
 from ncinspect.sources import FeatureSource
 
 STORE_SUFFIXES = (".h5", ".hdf5")
@@ -77,12 +77,3 @@ def discover(paths: list[Path]) -> Discovery:
             raise InputError("no such file or directory", path=path)
     return out
 
-
-def probe_dump(path: Path) -> str | None:
-    """Why a dump-suffixed file found in a directory is not a feature dump (None if it is one)."""
-    try:
-        src = open_source(path)
-    except NcInspectError as exc:
-        return exc.message
-    src.close()
-    return None
