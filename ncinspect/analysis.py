@@ -118,6 +118,7 @@ def _regression(
 
 def _result(source: FeatureSource, ms: MetricSet, n_used: int, extras: dict[str, Any]) -> Result:
     meta = source.meta
+    extras = {**extras, "meta": dict(meta)}
     epoch = meta.get("epoch")
     return Result(
         source=source.path,
