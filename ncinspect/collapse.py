@@ -20,6 +20,20 @@ from ncinspect.sources import Head
 from ncinspect.stats import ClassMoments, ClassScatter
 
 EIG_RELATIVE_CUTOFF = 1e-10
+# A centred class mean this small relative to the means themselves is float64 rounding of mu_G,
+# not geometry: it is treated as exactly zero (so identical means give NaN, not 1e31).
+ROUNDING_RELATIVE = 1e-13
+
+
+def centred_means(moments: ClassMoments) -> np.ndarray:
+    """Mc: rows mu_k - mu_G of the present classes, with rounding-level rows snapped to zero."""
+    present = moments.counts > 0
+    means = moments.means[present]
+    mc = means - moments.global_mean()
+    scale = float(np.max(np.linalg.norm(means, axis=1), initial=0.0))
+    tiny = np.linalg.norm(mc, axis=1) <= ROUNDING_RELATIVE * scale
+    mc[tiny] = 0.0
+    return mc
 
 
 def etf_target(k: int) -> np.ndarray:
@@ -43,7 +57,7 @@ def nc1(moments: ClassMoments, scatter: ClassScatter, out: MetricSet) -> None:
     present = moments.counts > 0
     k_eff = int(present.sum())
     n = moments.n
-    mc = moments.means[present] - moments.global_mean()
+    mc = centred_means(moments)
     max_rank = min(k_eff - 1, moments.d)
     if k_eff < 2:
         out.undefined("nc1", f"needs at least 2 classes with samples (K_eff = {k_eff})")
@@ -74,7 +88,7 @@ def nc1_cdnv(moments: ClassMoments, out: MetricSet) -> None:
     if k_eff < 2:
         out.undefined("nc1_cdnv", f"needs at least 2 classes with samples (K_eff = {k_eff})")
         return
-    mc = moments.means[present] - moments.global_mean()
+    mc = centred_means(moments)
     var = moments.m2[present] / moments.counts[present]
     sq = np.einsum("kd,kd->k", mc, mc)
     dist2 = sq[:, None] + sq[None, :] - 2.0 * (mc @ mc.T)
@@ -114,7 +128,8 @@ def _cosines(vectors: np.ndarray, what: str, out: MetricSet) -> np.ndarray | Non
     return cos[np.triu_indices(v.shape[0], 1)]
 
 
-def _angles(vectors: np.ndarray, k: int, suffix: str, what: str, out: MetricSet) -> None:
+def _angles(vectors: np.ndarray, suffix: str, what: str, out: MetricSet) -> None:
+    """Equiangle and maxangle over the non-zero vectors; K in 1/(K-1) counts those vectors."""
     cos = _cosines(vectors, what, out)
     eq, mx = f"nc2_equiangle_{suffix}", f"nc2_maxangle_{suffix}"
     if cos is None:
@@ -125,6 +140,7 @@ def _angles(vectors: np.ndarray, k: int, suffix: str, what: str, out: MetricSet)
         out.undefined(eq, f"the std over pairs needs at least 3 {what} vectors (got 2)")
     else:
         out.metrics[eq] = float(cos.std(ddof=1))
+    k = (1 + math.isqrt(1 + 8 * cos.size)) // 2  # cos holds k(k-1)/2 pairs
     out.metrics[mx] = float(np.mean(np.abs(cos + 1.0 / (k - 1))))
 
 
@@ -150,7 +166,7 @@ def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: H
     w = np.asarray(head.weight, dtype=np.float64)
     b = head.bias_or_zeros()
     mu_g = moments.global_mean()
-    mc = moments.means[present] - mu_g
+    mc = centred_means(moments)
     w_p = w[present]
 
     out.info["k_eff"] = k_eff
@@ -184,12 +200,12 @@ def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: H
     _equinorm(mc, "nc2_equinorm_means", out)
     _equinorm(w, "nc2_equinorm_weights", out)
     if k_eff >= 2:
-        _angles(mc, k_eff, "means", "centred class-mean", out)
+        _angles(mc, "means", "centred class-mean", out)
     else:
         for key in ("nc2_equiangle_means", "nc2_maxangle_means"):
             out.undefined(key, f"needs at least 2 classes with samples (K_eff = {k_eff})")
     if k >= 2:
-        _angles(w, k, "weights", "classifier-row", out)
+        _angles(w, "weights", "classifier-row", out)
     else:
         for key in ("nc2_equiangle_weights", "nc2_maxangle_weights"):
             out.undefined(key, "needs at least 2 classifier rows (K = 1)")
