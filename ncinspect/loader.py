@@ -76,4 +76,3 @@ def discover(paths: list[Path]) -> Discovery:
         else:
             raise InputError("no such file or directory", path=path)
     return out
-
