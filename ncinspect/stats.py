@@ -173,3 +173,194 @@ class ClassScatter:
             ncc_mismatch=self.ncc_mismatch + other.ncc_mismatch,
             route=self.route,
         )
+
+
+# --- regression ---
+# Streaming statistics for the regression-collapse metrics (axes N, D, T). Memory is
+# O(D^2 + T^2), independent of N; every merge is exact (Chan's pairwise update for the means and
+# centred scatters, plain sums for the rest) and accumulates in float64.
+
+
+def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rows of `x` scaled to unit Euclidean norm, and the number of zero rows left out.
+
+    Each row is divided by its largest absolute entry before the norm is taken, so rows with tiny
+    or huge entries neither underflow to a false zero norm nor overflow.
+    """
+    if x.shape[0] == 0:
+        return x, 0
+    scale = np.max(np.abs(x), axis=1)
+    nonzero = scale > 0
+    y = x[nonzero] / scale[nonzero, None]
+    y /= np.linalg.norm(y, axis=1)[:, None]
+    return y, int(x.shape[0] - y.shape[0])
+
+
+def _mean_and_scatter(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, centred scatter sum_i (x_i - mean)(x_i - mean)^T) of the rows of `x`, in float64."""
+    if x.shape[0] == 0:
+        d = x.shape[1]
+        return np.zeros(d, dtype=np.float64), np.zeros((d, d), dtype=np.float64)
+    mean = x.mean(axis=0)
+    dev = x - mean
+    return mean, dev.T @ dev
+
+
+def _chan_merge(
+    na: int,
+    mean_a: np.ndarray,
+    scatter_a: np.ndarray,
+    nb: int,
+    mean_b: np.ndarray,
+    scatter_b: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chan et al.'s pairwise update of (mean, centred scatter) for two disjoint row sets."""
+    n = na + nb
+    if n == 0:
+        return mean_a.copy(), scatter_a.copy()
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (nb / n)
+    scatter = scatter_a + scatter_b + np.outer(delta, delta) * (na * nb / n)
+    return mean, scatter
+
+
+@dataclass
+class RegressionMoments:
+    """Pass-1 statistics of (features h, targets y, predictions yhat) for one regression source.
+
+    n: rows seen. feature_mean (D,) = mu_G; feature_scatter (D, D) = sum_i (h_i - mu_G)(...)^T.
+    unit_second (D, D) = sum over non-zero rows of hn_i hn_i^T with hn_i = h_i / ||h_i||
+    (uncentred); n_zero_norm rows had ||h_i|| = 0 and are not in it.
+    target_mean (T,) = ybar; target_scatter (T, T) = sum_i (y_i - ybar)(y_i - ybar)^T.
+    rss = sum_i ||y_i - yhat_i||^2.
+    """
+
+    n: int
+    feature_mean: np.ndarray
+    feature_scatter: np.ndarray
+    unit_second: np.ndarray
+    n_zero_norm: int
+    target_mean: np.ndarray
+    target_scatter: np.ndarray
+    rss: float
+
+    @classmethod
+    def empty(cls, d: int, t: int) -> RegressionMoments:
+        return cls(
+            n=0,
+            feature_mean=np.zeros(d, dtype=np.float64),
+            feature_scatter=np.zeros((d, d), dtype=np.float64),
+            unit_second=np.zeros((d, d), dtype=np.float64),
+            n_zero_norm=0,
+            target_mean=np.zeros(t, dtype=np.float64),
+            target_scatter=np.zeros((t, t), dtype=np.float64),
+            rss=0.0,
+        )
+
+    @classmethod
+    def from_batch(
+        cls, features: np.ndarray, targets: np.ndarray, predictions: np.ndarray
+    ) -> RegressionMoments:
+        """Statistics of one block: features (B, D), targets (B, T), predictions (B, T)."""
+        x = np.asarray(features, dtype=np.float64)
+        y = np.asarray(targets, dtype=np.float64)
+        yhat = np.asarray(predictions, dtype=np.float64)
+        feature_mean, feature_scatter = _mean_and_scatter(x)
+        target_mean, target_scatter = _mean_and_scatter(y)
+        unit, n_zero = _unit_rows(x)
+        resid = y - yhat
+        return cls(
+            n=int(x.shape[0]),
+            feature_mean=feature_mean,
+            feature_scatter=feature_scatter,
+            unit_second=unit.T @ unit,
+            n_zero_norm=n_zero,
+            target_mean=target_mean,
+            target_scatter=target_scatter,
+            rss=float(np.einsum("ij,ij->", resid, resid)),
+        )
+
+    @property
+    def d(self) -> int:
+        return int(self.feature_mean.shape[0])
+
+    @property
+    def t(self) -> int:
+        return int(self.target_mean.shape[0])
+
+    @property
+    def n_unit(self) -> int:
+        """Rows with a non-zero feature vector (those behind `unit_second`)."""
+        return self.n - self.n_zero_norm
+
+    def merge(self, other: RegressionMoments) -> RegressionMoments:
+        """Exact combination of two disjoint row sets (Chan's update; sums for the rest)."""
+        a, b = self, other
+        feature_mean, feature_scatter = _chan_merge(
+            a.n, a.feature_mean, a.feature_scatter, b.n, b.feature_mean, b.feature_scatter
+        )
+        target_mean, target_scatter = _chan_merge(
+            a.n, a.target_mean, a.target_scatter, b.n, b.target_mean, b.target_scatter
+        )
+        return RegressionMoments(
+            n=self.n + other.n,
+            feature_mean=feature_mean,
+            feature_scatter=feature_scatter,
+            unit_second=self.unit_second + other.unit_second,
+            n_zero_norm=self.n_zero_norm + other.n_zero_norm,
+            target_mean=target_mean,
+            target_scatter=target_scatter,
+            rss=self.rss + other.rss,
+        )
+
+    def update(
+        self, features: np.ndarray, targets: np.ndarray, predictions: np.ndarray
+    ) -> RegressionMoments:
+        return self.merge(RegressionMoments.from_batch(features, targets, predictions))
+
+    def feature_cov(self) -> np.ndarray:
+        """Centred feature covariance (D, D), divisor N, symmetrized."""
+        cov = self.feature_scatter / max(self.n, 1)
+        return (cov + cov.T) / 2
+
+    def target_cov(self) -> np.ndarray:
+        """Sigma (T, T) = (1/N) sum_i (y_i - ybar)(y_i - ybar)^T, symmetrized."""
+        cov = self.target_scatter / max(self.n, 1)
+        return (cov + cov.T) / 2
+
+
+@dataclass
+class RegressionCentred:
+    """Pass-2 statistics with the global feature mean mu_G fixed.
+
+    unit_second (D, D) = sum of hc_i hc_i^T with hc_i = (h_i - mu_G) / ||h_i - mu_G||, over the rows
+    where that norm is non-zero; n rows seen, n_zero_norm of them equal to mu_G and left out.
+    """
+
+    n: int
+    unit_second: np.ndarray
+    n_zero_norm: int
+
+    @classmethod
+    def empty(cls, d: int) -> RegressionCentred:
+        return cls(n=0, unit_second=np.zeros((d, d), dtype=np.float64), n_zero_norm=0)
+
+    @classmethod
+    def from_batch(cls, features: np.ndarray, mu_g: np.ndarray) -> RegressionCentred:
+        x = np.asarray(features, dtype=np.float64) - np.asarray(mu_g, dtype=np.float64)
+        unit, n_zero = _unit_rows(x)
+        return cls(n=int(x.shape[0]), unit_second=unit.T @ unit, n_zero_norm=n_zero)
+
+    @property
+    def n_unit(self) -> int:
+        return self.n - self.n_zero_norm
+
+    def merge(self, other: RegressionCentred) -> RegressionCentred:
+        return RegressionCentred(
+            n=self.n + other.n,
+            unit_second=self.unit_second + other.unit_second,
+            n_zero_norm=self.n_zero_norm + other.n_zero_norm,
+        )
+
+    def update(self, features: np.ndarray, mu_g: np.ndarray) -> RegressionCentred:
+        return self.merge(RegressionCentred.from_batch(features, mu_g))

@@ -1,0 +1,565 @@
+"""Regression-collapse metrics (NRC1-NRC3) as pure functions of finalized statistics + the head.
+
+Owns: every regression key of shared/spec/metrics.md (nrc1, nrc2 and their centred variants, nrc3
+with its gamma, evr, mse, r2) exactly as defined there, with its edge cases (T = 1, a singular
+target covariance, zero-norm feature rows); the two passes that gather `RegressionMoments` and
+`RegressionCentred` for one source; and the run-level protocol that holds the gamma chosen on a
+run's final checkpoint fixed for its earlier checkpoints (`apply_run_gamma`).
+Never opens files and never runs a model: rows arrive as `Batch`es, statistics come from `stats`.
+
+Axes: N samples, D feature dim, T regression targets (T <= D). Direction: nrc1, nrc2,
+nrc1_centered, nrc2_centered, nrc3 and mse are lower-is-better (0 at collapse / a perfect fit);
+evr and r2 are higher-is-better; nrc3_gamma and nrc3_gamma_ratio are parameters, not scores.
+
+How one pass serves the unit-vector metrics: for unit vectors hn_i and an orthogonal projector P,
+(1/n) sum_i ||hn_i - P hn_i||^2 = 1 - tr(P M) / n with M = sum_i hn_i hn_i^T, so the D x D matrix M
+(uncentred in pass 1, centred in pass 2) gives nrc1 and nrc2 exactly for any subspace.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from ncinspect.errors import InputError, UsageError
+from ncinspect.keys import REGRESSION_KEYS
+from ncinspect.results import MetricSet, Result
+from ncinspect.sources import Batch, FeatureSource, Head
+from ncinspect.stats import RegressionCentred, RegressionMoments
+
+if TYPE_CHECKING:  # analysis imports this module lazily; avoid the cycle at run time
+    from ncinspect.analysis import AnalysisOptions
+
+__all__ = [
+    "GAMMA_GRID_POINTS",
+    "REGRESSION_KEYS",
+    "GammaChoice",
+    "RowBatches",
+    "apply_run_gamma",
+    "explained_variance_ratio",
+    "gamma_choice",
+    "mse",
+    "nrc3_at",
+    "nrc3_search",
+    "pca_basis",
+    "psd_sqrt",
+    "r2",
+    "regression_from_source",
+    "regression_metrics",
+    "unit_subspace_distance",
+    "weight_row_basis",
+]
+
+# REGRESSION_KEYS ("nrc1", "nrc2", "nrc1_centered", "nrc2_centered", "nrc3", "nrc3_gamma",
+# "nrc3_gamma_ratio", "evr", "mse", "r2") lives in `keys`, the one catalogue of metric names.
+
+GAMMA_GRID_POINTS = 1001  # grid on [0, lambda_min] before the local refinement (spec: >= 1000)
+PCA_RELATIVE_CUTOFF = 1e-10  # principal directions kept: eigenvalue > cutoff x the largest
+SINGULAR_RELATIVE = 1e-12  # Sigma is singular when lambda_min <= this x lambda_max
+ZERO_A_RELATIVE = 1e-12  # A_gamma counts as zero when ||A_gamma||_F <= this x ||Sigma^1/2||_F
+
+GAMMA_SOURCES = ("searched", "final_checkpoint", "given", "ufm_lambdas")
+_ENDPOINT_WARNING = "nrc3: the searched gamma lies on the endpoint"
+
+
+@dataclass(frozen=True)
+class GammaChoice:
+    """The gamma nrc3 is evaluated at, and where it came from.
+
+    source: "searched" (minimized on this checkpoint), "final_checkpoint" (the run's final
+    checkpoint's searched gamma), "given" (fixed by the user) or "ufm_lambdas" (lambda_H x
+    lambda_W of a UFM-style run).
+    """
+
+    value: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.source not in GAMMA_SOURCES:
+            raise ValueError(f"gamma source {self.source!r}, expected one of {GAMMA_SOURCES}")
+        if not (math.isfinite(self.value) and self.value >= 0):
+            raise UsageError(f"NRC3 gamma = {self.value!r}, expected a finite number >= 0")
+
+
+# --------------------------------------------------------------------------------------------
+# linear algebra helpers
+
+
+def _sym_eigh(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of the symmetric part of `mat`, eigenvalues in descending order."""
+    m = np.asarray(mat, dtype=np.float64)
+    vals, vecs = np.linalg.eigh((m + m.T) / 2)
+    return vals[::-1], vecs[:, ::-1]
+
+
+def psd_sqrt(mat: np.ndarray) -> np.ndarray:
+    """The PSD square root of a symmetric matrix; negative (rounding) eigenvalues clipped to 0."""
+    vals, vecs = _sym_eigh(mat)
+    root = (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+    return (root + root.T) / 2
+
+
+def pca_basis(feature_cov: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """(D, r) orthonormal top-T principal directions and all eigenvalues (descending).
+
+    Only directions with eigenvalue > 1e-10 x the largest are kept, so r < T when the centred
+    features span fewer than T dimensions (the rest of a top-T basis would be arbitrary).
+    """
+    vals, vecs = _sym_eigh(feature_cov)
+    if vals.size == 0 or vals[0] <= 0:
+        return vecs[:, :0], vals
+    keep = np.flatnonzero(vals[:t] > PCA_RELATIVE_CUTOFF * vals[0])
+    return vecs[:, keep], vals
+
+
+def weight_row_basis(weight: np.ndarray) -> np.ndarray:
+    """(D, r) orthonormal basis of the row space of W (T, D), by SVD with numpy's rank tolerance.
+
+    Singular values above max(T, D) x eps x the largest count (as `np.linalg.matrix_rank`).
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    _, s, vt = np.linalg.svd(w, full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        return vt[:0].T
+    tol = max(w.shape) * np.finfo(np.float64).eps * s[0]
+    return vt[s > tol].T
+
+
+def unit_subspace_distance(unit_second: np.ndarray, n_unit: int, basis: np.ndarray) -> float:
+    """(1/n) sum_i ||hn_i - P hn_i||^2 = 1 - tr(P M)/n for P = basis basis^T. Lower; [0, 1]."""
+    captured = float(np.einsum("dr,de,er->", basis, unit_second, basis))
+    return min(max(1.0 - captured / n_unit, 0.0), 1.0)
+
+
+def explained_variance_ratio(eigenvalues: np.ndarray, t: int) -> float:
+    """Share of the centred feature variance in the top T principal components. Higher; [0, 1]."""
+    vals = np.clip(eigenvalues, 0.0, None)
+    return float(vals[:t].sum() / vals.sum())
+
+
+def mse(moments: RegressionMoments) -> float:
+    """(1/(N T)) sum_i ||y_i - yhat_i||^2. Lower is better."""
+    return moments.rss / (moments.n * moments.t)
+
+
+def r2(moments: RegressionMoments) -> float:
+    """1 - RSS / sum_i ||y_i - ybar||^2, pooled over the T targets. Higher is better (1 = exact)."""
+    return 1.0 - moments.rss / float(np.trace(moments.target_scatter))
+
+
+# --------------------------------------------------------------------------------------------
+# nrc3
+
+
+class _Nrc3Curve:
+    """nrc3 as a function of gamma for one (W, Sigma), evaluated in Sigma's eigenbasis.
+
+    With Sigma = U diag(lambda) U^T, A_g = U diag(a) U^T where a_j = sqrt(lambda_j) - sqrt(gamma),
+    and with G = U^T (W W^T / ||W W^T||_F) U:
+    ||W W^T/||W W^T|| - A_g/||A_g|| ||_F^2 = sum_{j != k} G_jk^2 + sum_j (G_jj - a_j/||a||)^2,
+    O(T) per gamma, computed without cancellation (accurate near 0).
+    """
+
+    def __init__(self, weight: np.ndarray, target_cov: np.ndarray) -> None:
+        w = np.asarray(weight, dtype=np.float64)
+        gram = w @ w.T
+        gram = (gram + gram.T) / 2
+        norm = float(np.linalg.norm(gram))
+        vals, vecs = _sym_eigh(target_cov)
+        self.lambdas = vals  # descending
+        self.roots = np.sqrt(np.clip(vals, 0.0, None))
+        self.zero_weight = norm == 0.0
+        g = vecs.T @ (gram / (norm if norm > 0 else 1.0)) @ vecs
+        self.diag = np.diag(g).copy()
+        off = g - np.diag(self.diag)
+        self.off2 = float(np.einsum("ij,ij->", off, off))
+        self.scale = float(np.linalg.norm(self.roots))
+
+    @property
+    def lambda_min(self) -> float:
+        return float(self.lambdas[-1])
+
+    @property
+    def lambda_max(self) -> float:
+        return float(self.lambdas[0])
+
+    def values(self, gammas: np.ndarray) -> np.ndarray:
+        """nrc3 at each gamma >= 0; NaN where W W^T = 0 or A_gamma = 0 (undefined there)."""
+        g = np.atleast_1d(np.asarray(gammas, dtype=np.float64))
+        if self.zero_weight:
+            return np.full(g.shape, np.nan)
+        a = self.roots[None, :] - np.sqrt(g)[:, None]
+        a_norm = np.linalg.norm(a, axis=1)
+        ok = a_norm > ZERO_A_RELATIVE * max(self.scale, float(np.sqrt(g.max(initial=0.0))))
+        unit = np.divide(a, a_norm[:, None], out=np.zeros_like(a), where=ok[:, None])
+        diff = self.diag[None, :] - unit
+        return np.where(ok, self.off2 + np.einsum("gj,gj->g", diff, diff), np.nan)
+
+    def at(self, gamma: float) -> float:
+        return float(self.values(np.array([gamma]))[0])
+
+    def search(self) -> tuple[float, float, bool]:
+        """Minimize over [0, max(lambda_min, 0)]: a grid, then bounded Brent around its best."""
+        hi = max(self.lambda_min, 0.0)
+        if hi == 0.0:
+            return 0.0, self.at(0.0), True
+        grid = np.linspace(0.0, hi, GAMMA_GRID_POINTS)
+        vals = self.values(grid)
+        if np.isnan(vals).all():
+            return math.nan, math.nan, False
+        i = int(np.nanargmin(vals))
+        best_g, best_v = float(grid[i]), float(vals[i])
+        lo_b, hi_b = float(grid[max(i - 1, 0)]), float(grid[min(i + 1, grid.size - 1)])
+
+        def objective(x: float) -> float:
+            v = self.at(x)
+            return math.inf if math.isnan(v) else v
+
+        res = minimize_scalar(
+            objective, bounds=(lo_b, hi_b), method="bounded", options={"xatol": 1e-12 * hi}
+        )
+        if math.isfinite(res.fun) and res.fun < best_v:
+            best_g, best_v = float(res.x), float(res.fun)
+        on_endpoint = best_g in (0.0, hi)
+        return best_g, best_v, on_endpoint
+
+
+def nrc3_at(weight: np.ndarray, target_cov: np.ndarray, gamma: float) -> float:
+    """||W W^T/||W W^T||_F - A_g/||A_g||_F||_F^2, A_g = Sigma^{1/2} - sqrt(gamma) I. Lower; [0, 4].
+
+    weight (T, D), target_cov Sigma (T, T). NaN when W W^T = 0 or A_gamma = 0 (undefined).
+    """
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma = {gamma!r}, expected a finite number >= 0")
+    return _Nrc3Curve(weight, target_cov).at(gamma)
+
+
+def nrc3_search(weight: np.ndarray, target_cov: np.ndarray) -> tuple[float, float, bool]:
+    """(gamma, nrc3, on_endpoint): nrc3 minimized over gamma in [0, max(lambda_min, 0)].
+
+    A grid of GAMMA_GRID_POINTS points, then a bounded scalar minimization between the best grid
+    point's neighbours. on_endpoint is True when the minimum is at 0 or at lambda_min (the true
+    minimizer may then lie outside the interval). (nan, nan, False) when nrc3 is undefined.
+    """
+    return _Nrc3Curve(weight, target_cov).search()
+
+
+# --------------------------------------------------------------------------------------------
+# metric families
+
+
+def _unit_metrics(
+    out: MetricSet, moments: RegressionMoments, centred: RegressionCentred, head: Head
+) -> None:
+    """nrc1, nrc2, their centred variants and evr."""
+    t = moments.t
+    pca, eigenvalues = pca_basis(moments.feature_cov(), t)
+    row_space = weight_row_basis(head.weight)
+    out.info["pca_rank"] = int(pca.shape[1])
+    out.info["weight_rank"] = int(row_space.shape[1])
+    out.info["zero_norm_rows"] = moments.n_zero_norm
+    out.info["centred_zero_norm_rows"] = centred.n_zero_norm
+
+    if moments.n_zero_norm:
+        out.warn(
+            f"{moments.n_zero_norm} feature row(s) have zero norm; excluded from nrc1 and nrc2"
+        )
+    if centred.n_zero_norm:
+        out.warn(
+            f"{centred.n_zero_norm} feature row(s) equal the global mean mu_G; excluded from "
+            "nrc1_centered and nrc2_centered"
+        )
+    no_variance = eigenvalues.size == 0 or eigenvalues[0] <= 0
+    if no_variance:
+        reason = "the features have zero variance (no principal directions)"
+        out.undefined("nrc1", reason)
+        out.undefined("nrc1_centered", reason)
+        out.undefined("evr", reason)
+    else:
+        if pca.shape[1] < t:
+            out.warn(
+                f"the centred features span only {pca.shape[1]} < T = {t} dimensions; P_pca "
+                "projects onto those directions"
+            )
+        elif eigenvalues.size > t and (
+            eigenvalues[t - 1] - eigenvalues[t] <= 1e-8 * eigenvalues[0]
+        ):
+            out.warn(
+                f"principal eigenvalues {t} and {t + 1} are (nearly) equal: the top-T PCA "
+                "subspace, and so nrc1, is not unique"
+            )
+        out.metrics["evr"] = explained_variance_ratio(eigenvalues, t)
+    if row_space.shape[1] == 0:
+        out.warn("the head weight W is zero: its row space is {0}, so nrc2 = 1")
+    elif row_space.shape[1] < t:
+        out.warn(f"the head weight W has rank {row_space.shape[1]} < T = {t}")
+
+    for key, second, n_unit, reason in (
+        ("", moments.unit_second, moments.n_unit, "every feature row has zero norm"),
+        (
+            "_centered",
+            centred.unit_second,
+            centred.n_unit,
+            "every feature row equals the global mean mu_G",
+        ),
+    ):
+        if n_unit == 0:
+            if not no_variance:  # else nrc1 already has its reason
+                out.undefined("nrc1" + key, reason)
+            out.undefined("nrc2" + key, reason)
+            continue
+        if not no_variance:
+            out.metrics["nrc1" + key] = unit_subspace_distance(second, n_unit, pca)
+        out.metrics["nrc2" + key] = unit_subspace_distance(second, n_unit, row_space)
+
+
+def _fit_metrics(out: MetricSet, moments: RegressionMoments) -> None:
+    """mse and r2."""
+    out.metrics["mse"] = mse(moments)
+    if float(np.trace(moments.target_scatter)) <= 0:
+        out.undefined("r2", "the targets have zero variance")
+    else:
+        out.metrics["r2"] = r2(moments)
+
+
+def _nrc3_metrics(
+    out: MetricSet, weight: np.ndarray, sigma: np.ndarray, gamma: GammaChoice | None
+) -> None:
+    """nrc3, nrc3_gamma, nrc3_gamma_ratio, with lambda_min/max and the gamma's source in info."""
+    t = weight.shape[0]
+    curve = _Nrc3Curve(weight, sigma)
+    lam_min, lam_max = curve.lambda_min, curve.lambda_max
+    out.info["lambda_min"] = lam_min
+    out.info["lambda_max"] = lam_max
+    out.info["nrc3_gamma_source"] = "searched" if gamma is None else gamma.source
+    keys = ("nrc3", "nrc3_gamma", "nrc3_gamma_ratio")
+    if t == 1:
+        for key in keys:
+            out.undefined(key, "T = 1: nrc3 is 0 by construction (1 x 1 matrices)")
+        return
+    if lam_max <= 0:
+        for key in keys:
+            out.undefined(key, "the targets have zero covariance (Sigma = 0)")
+        return
+    singular = lam_min <= SINGULAR_RELATIVE * lam_max
+    out.info["sigma_singular"] = singular
+    if singular:
+        out.warn(
+            f"the target covariance Sigma is singular (lambda_min = {lam_min:.3g}, lambda_max = "
+            f"{lam_max:.3g}); nrc3's gamma is searched on [0, max(lambda_min, 0)]"
+        )
+    if curve.zero_weight:
+        out.undefined("nrc3", "the head weight W is zero (W W^T = 0)")
+        if gamma is None:
+            out.undefined("nrc3_gamma", "nrc3 is undefined (W = 0), so no gamma was searched")
+            out.undefined("nrc3_gamma_ratio", "nrc3 is undefined (W = 0)")
+            return
+    if gamma is None:
+        g, value, on_endpoint = curve.search()
+        out.info["nrc3_gamma_on_endpoint"] = on_endpoint
+        if on_endpoint and not singular:
+            where = "0" if g == 0.0 else "lambda_min"
+            out.warn(
+                f"{_ENDPOINT_WARNING} gamma = {where} of [0, lambda_min]; the unconstrained "
+                "minimizer may lie outside it"
+            )
+    else:
+        g = gamma.value
+        value = curve.at(g)
+        if g > lam_min:
+            out.warn(
+                f"nrc3: gamma = {g:.6g} ({gamma.source}) exceeds lambda_min = {lam_min:.6g}; "
+                "A_gamma is then indefinite"
+            )
+    if not curve.zero_weight:
+        if math.isnan(value):
+            out.undefined("nrc3", f"A_gamma = Sigma^1/2 - sqrt(gamma) I is zero at gamma = {g:.6g}")
+        else:
+            out.metrics["nrc3"] = value
+    out.metrics["nrc3_gamma"] = g
+    if singular:
+        out.undefined("nrc3_gamma_ratio", f"Sigma is singular (lambda_min = {lam_min:.3g})")
+    else:
+        out.metrics["nrc3_gamma_ratio"] = g / lam_min
+
+
+def regression_metrics(
+    moments: RegressionMoments,
+    centred: RegressionCentred,
+    head: Head,
+    gamma: GammaChoice | None = None,
+) -> MetricSet:
+    """Every regression key of the spec from pass-1/pass-2 statistics and the head (W, b).
+
+    gamma None searches nrc3's gamma on this checkpoint; otherwise nrc3 is evaluated at it.
+    """
+    out = MetricSet()
+    weight = np.asarray(head.weight, dtype=np.float64)
+    if head.bias is None:
+        out.info["bias"] = "absent (treated as zero)"
+    _unit_metrics(out, moments, centred, head)
+    _fit_metrics(out, moments)
+    _nrc3_metrics(out, weight, moments.target_cov(), gamma)
+    out.metrics = {key: out.metrics[key] for key in REGRESSION_KEYS}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# one source, two passes
+
+
+class RowBatches(Protocol):
+    """Re-iterable batches of finite rows; `dropped` counts the non-finite rows left out."""
+
+    dropped: int
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+def gamma_choice(options: AnalysisOptions) -> GammaChoice | None:
+    """The fixed gamma the options ask for (--gamma or --ufm-lambdas), or None to search."""
+    if options.gamma is not None and options.ufm_lambdas is not None:
+        raise UsageError("gamma and ufm_lambdas are alternatives; give one")
+    if options.gamma is not None:
+        return GammaChoice(float(options.gamma), "given")
+    if options.ufm_lambdas is not None:
+        lam_h, lam_w = (float(v) for v in options.ufm_lambdas)
+        if not (lam_h >= 0 and lam_w >= 0):
+            raise UsageError(
+                f"ufm_lambdas = ({lam_h}, {lam_w}), expected lambda_H >= 0 and lambda_W >= 0"
+            )
+        return GammaChoice(lam_h * lam_w, "ufm_lambdas")
+    return None
+
+
+def _predictions(
+    source: FeatureSource, batch: Batch, weight: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
+    if source.has_outputs:
+        assert batch.outputs is not None
+        return np.asarray(batch.outputs, dtype=np.float64)
+    return np.asarray(batch.features, dtype=np.float64) @ weight.T + bias
+
+
+def _count_nonfinite(a: np.ndarray) -> int:
+    return int((~np.isfinite(a).all(axis=1)).sum())
+
+
+def regression_from_source(
+    source: FeatureSource, rows: RowBatches, options: AnalysisOptions
+) -> tuple[MetricSet, int, int, dict[str, Any]]:
+    """Two passes over `rows` (pass 1 moments, pass 2 centred with mu_G fixed), then the metrics.
+
+    `rows` yields `Batch`es (features, targets, outputs) each time it is iterated and afterwards
+    says in `rows.dropped` how many non-finite feature rows it left out. Predictions are the
+    stored outputs when the source has them, else features @ W^T + b.
+    Returns (metrics, rows used N, rows dropped, extras with "weight" (T, D) and "target_cov"
+    Sigma (T, T), which `apply_run_gamma` needs).
+    """
+    gamma = gamma_choice(options)
+    weight = np.asarray(source.head.weight, dtype=np.float64)
+    bias = source.head.bias_or_zeros()
+    t, d = weight.shape
+    moments = RegressionMoments.empty(d, t)
+    bad = {"targets": 0, "outputs": 0}
+    for batch in rows:
+        if not batch.features.shape[0]:
+            continue
+        assert batch.targets is not None
+        targets = np.asarray(batch.targets, dtype=np.float64).reshape(-1, t)
+        pred = _predictions(source, batch, weight, bias)
+        bad["targets"] += _count_nonfinite(targets)
+        if source.has_outputs:
+            bad["outputs"] += _count_nonfinite(pred)
+        moments = moments.merge(RegressionMoments.from_batch(batch.features, targets, pred))
+    problems = [
+        f"'{name}' has {count} row(s) with NaN or Inf" for name, count in bad.items() if count
+    ]
+    if problems:
+        raise InputError(
+            "; ".join(problems) + " (only non-finite feature rows can be dropped); fix the data",
+            path=source.path,
+        )
+    if moments.n == 0:
+        raise InputError("no finite feature rows left to analyse", path=source.path)
+    centred = RegressionCentred.empty(d)
+    for batch in rows:
+        if batch.features.shape[0]:
+            centred = centred.merge(
+                RegressionCentred.from_batch(batch.features, moments.feature_mean)
+            )
+    metric_set = regression_metrics(moments, centred, source.head, gamma)
+    metric_set.info["predictions"] = "outputs" if source.has_outputs else "W h + b"
+    extras: dict[str, Any] = {"weight": weight, "target_cov": moments.target_cov()}
+    return metric_set, moments.n, int(rows.dropped), extras
+
+
+# --------------------------------------------------------------------------------------------
+# run-level gamma protocol
+
+
+def _set_undefined(result: Result, key: str, reason: str) -> None:
+    result.metrics[key] = math.nan
+    result.info.setdefault("undefined", {})[key] = reason
+    result.warnings.append(f"{key} is undefined: {reason}")
+
+
+def apply_run_gamma(results: list[Result]) -> None:
+    """Hold the final checkpoint's searched gamma fixed for every earlier checkpoint of one run.
+
+    `results`: the regression results of ONE run (one split), sorted by epoch; the last is the
+    final checkpoint. When its gamma was searched, each earlier result whose gamma was searched
+    gets nrc3 = nrc3_at(its W, its Sigma, final gamma), nrc3_gamma = the final gamma,
+    nrc3_gamma_ratio = final gamma / its lambda_min, info "nrc3_gamma_source" = "final_checkpoint"
+    and "nrc3_gamma_from" = the final checkpoint's name; its own search moves to info
+    "nrc3_own_search". No-op for a single result or when gamma was given / from UFM lambdas.
+    """
+    if len(results) < 2:
+        return
+    final = results[-1]
+    if final.info.get("nrc3_gamma_source") != "searched":
+        return
+    g = final.metrics.get("nrc3_gamma", math.nan)
+    name = final.checkpoint if final.checkpoint is not None else final.source
+    earlier = [r for r in results[:-1] if r.info.get("nrc3_gamma_source") == "searched"]
+    if not math.isfinite(g):
+        for r in earlier:
+            r.warnings.append(
+                f"nrc3: the final checkpoint {name} has no gamma; this checkpoint keeps its own"
+            )
+        return
+    for r in earlier:
+        _hold_gamma(r, g, name)
+
+
+def _hold_gamma(r: Result, g: float, name: str) -> None:
+    weight, sigma = r.extras.get("weight"), r.extras.get("target_cov")
+    if weight is None or sigma is None or "nrc3" in r.info.get("undefined", {}):
+        return  # no arrays to recompute from, or nrc3 undefined whatever gamma (T = 1, W = 0)
+    r.info["nrc3_own_search"] = {
+        "nrc3": r.metrics.get("nrc3"),
+        "nrc3_gamma": r.metrics.get("nrc3_gamma"),
+        "on_endpoint": r.info.pop("nrc3_gamma_on_endpoint", None),
+    }
+    r.warnings[:] = [w for w in r.warnings if not w.startswith(_ENDPOINT_WARNING)]
+    r.info["nrc3_gamma_source"] = "final_checkpoint"
+    r.info["nrc3_gamma_from"] = name
+    value = nrc3_at(weight, sigma, g)
+    if math.isnan(value):
+        _set_undefined(r, "nrc3", f"A_gamma = Sigma^1/2 - sqrt(gamma) I is zero at gamma = {g:.6g}")
+    else:
+        r.metrics["nrc3"] = value
+    r.metrics["nrc3_gamma"] = g
+    lam_min = float(r.info.get("lambda_min", math.nan))
+    if not r.info.get("sigma_singular", False) and lam_min > 0:
+        r.metrics["nrc3_gamma_ratio"] = g / lam_min
+        if g > lam_min:
+            r.warnings.append(
+                f"nrc3: the final checkpoint's gamma = {g:.6g} exceeds this checkpoint's "
+                f"lambda_min = {lam_min:.6g}"
+            )
