@@ -1,0 +1,277 @@
+"""Plots of runs: metric-vs-epoch trajectories, NRC3-vs-gamma curves and matched comparisons.
+
+Owns: every figure ncinspect draws and writing them (atomically: a temporary name in the same
+directory, then a rename). The only module that imports matplotlib, lazily, and only through
+`matplotlib.figure.Figure` with the Agg canvas: no pyplot, so no global figure state and no
+change to the caller's backend. Never computes a metric (it reads `Result`s, `Run`s and
+`Comparison`s; the NRC3 curve calls `regression.nrc3_at`) and never opens a store.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ncinspect.errors import OutputError, UsageError
+from ncinspect.keys import METRICS, keys_for
+from ncinspect.runs import Comparison, Run, at_series, label_text
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+CLASSIFICATION_PLOT = ("nc1", "nc2_etf_means", "nc2_etf_weights", "nc3", "nc4", "accuracy")
+REGRESSION_PLOT = ("nrc1", "nrc1_centered", "nrc2", "nrc2_centered", "nrc3", "r2")
+DEFAULT_PLOT = {"classification": CLASSIFICATION_PLOT, "regression": REGRESSION_PLOT}
+FORMATS = ("png", "svg", "pdf")
+LOG_DECADES = 1.5  # a panel goes log-scale when its positive values span more than this
+GAMMA_POINTS = 200
+_COLUMNS = 3
+_DPI = 120
+
+
+def _figure(**kwargs: Any) -> Figure:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError(
+            "plotting needs the optional extra: pip install 'ncinspect[plot]'"
+        ) from None
+    return Figure(**kwargs)
+
+
+def run_label(run: Run) -> str:
+    """Legend text: the run's name, then its labels ('ce, LS 0.1')."""
+    extra = label_text(run.labels)
+    return f"{run.name} ({extra})" if extra else run.name
+
+
+def _values(run: Run, key: str) -> np.ndarray:
+    return np.array([r.metrics.get(key, math.nan) for r in run.results], dtype=float)
+
+
+def _x(run: Run) -> np.ndarray:
+    """Epochs, or 1..n (checkpoint order) for a run with any unknown epoch."""
+    if any(e is None for e in run.epochs):
+        return np.arange(1, len(run.results) + 1, dtype=float)
+    return np.array(run.epochs, dtype=float)
+
+
+def wants_log(values: Sequence[np.ndarray]) -> bool:
+    """True when the finite positive values span more than LOG_DECADES decades."""
+    pos = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in values] or [np.empty(0)])
+    return pos.size > 1 and math.log10(pos.max() / pos.min()) > LOG_DECADES
+
+
+def _panel_grid(fig: Figure, n: int) -> list[Axes]:
+    cols = min(_COLUMNS, max(n, 1))
+    rows = max(1, math.ceil(n / cols))
+    grid = fig.subplots(rows, cols, squeeze=False)
+    axes = list(grid.ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return axes[:n]
+
+
+def _panel_title(key: str) -> str:
+    info = METRICS.get(key)
+    if info is None:
+        return key
+    arrow = {"lower": " (lower = collapsed)", "higher": " (higher = better)"}.get(info.better, "")
+    return f"{info.header}{arrow}"
+
+
+def _size(n_panels: int) -> tuple[float, float]:
+    cols = min(_COLUMNS, max(n_panels, 1))
+    rows = max(1, math.ceil(n_panels / cols))
+    return (4.2 * cols, 3.2 * rows + 0.8)
+
+
+def _legend(fig: Figure, axes: Sequence[Axes]) -> None:
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)))
+
+
+def build_run_figure(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> Figure:
+    """Metric-vs-epoch panels, one line per run (label: `run_label`). Runs of one task; the
+    metrics default to that task's plot set. A run with unknown epochs is drawn against its
+    checkpoint order (the x label says so)."""
+    if not runs:
+        raise UsageError("no runs to plot")
+    tasks = sorted({r.task for r in runs})
+    if len(tasks) > 1:
+        raise UsageError(f"one figure holds runs of one task, got {', '.join(tasks)}")
+    keys = list(metrics if metrics is not None else DEFAULT_PLOT[tasks[0]])
+    fig = _figure(figsize=_size(len(keys)), dpi=_DPI, layout="constrained")
+    axes = _panel_grid(fig, len(keys))
+    by_order = any(e is None for run in runs for e in run.epochs)
+    for ax, key in zip(axes, keys, strict=True):
+        series = [_values(run, key) for run in runs]
+        log = wants_log(series)
+        for run, y in zip(runs, series, strict=True):
+            if log:
+                y = np.where(y > 0, y, np.nan)
+            ax.plot(_x(run), y, marker="o", markersize=3, label=run_label(run))
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(_panel_title(key))
+        ax.set_xlabel("checkpoint (epoch where known)" if by_order else "epoch")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{tasks[0]} runs")
+    _legend(fig, axes)
+    return fig
+
+
+def build_gamma_figure(runs: Sequence[Run], points: int = GAMMA_POINTS) -> Figure | None:
+    """NRC3 against gamma on [0, lambda_min] for each regression run's final checkpoint, with
+    the gamma the report used marked. None when no run's final result carries the arrays."""
+    from ncinspect.regression import nrc3_at
+
+    curves = []
+    for run in runs:
+        final = run.final
+        weight, cov = final.extras.get("weight"), final.extras.get("target_cov")
+        if run.task != "regression" or weight is None or cov is None:
+            continue
+        cov = np.asarray(cov, dtype=float)
+        lam_min = max(float(np.linalg.eigvalsh(cov).min()), 0.0)
+        gammas = np.linspace(0.0, lam_min, points) if lam_min > 0 else np.zeros(1)
+        values = np.array([nrc3_at(np.asarray(weight), cov, float(g)) for g in gammas])
+        curves.append((run, gammas, values))
+    if not curves:
+        return None
+    fig = _figure(figsize=(6.4, 4.6), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    for run, gammas, values in curves:
+        marker = "o" if gammas.size == 1 else None
+        (line,) = ax.plot(gammas, values, marker=marker, label=run_label(run))
+        chosen = run.final.metrics.get("nrc3_gamma", math.nan)
+        best = run.final.metrics.get("nrc3", math.nan)
+        if math.isfinite(chosen) and math.isfinite(best):
+            ax.plot([chosen], [best], marker="*", markersize=10, color=line.get_color())
+    ax.set_xlabel("gamma")
+    ax.set_ylabel("NRC3 (lower = collapsed)")
+    ax.set_title("NRC3 vs gamma at each run's final checkpoint (* = gamma used)")
+    ax.grid(True, alpha=0.3)
+    _legend(fig, [ax])
+    return fig
+
+
+def build_matched_figure(c: Comparison) -> Figure:
+    """Each compared metric against the `at` metric (log x): both runs' whole trajectories as
+    lines with markers, the matched points as larger diamonds, the levels as dotted lines."""
+    keys = c.metrics
+    fig = _figure(figsize=_size(len(keys)), dpi=_DPI, layout="constrained")
+    axes = _panel_grid(fig, len(keys))
+    at_header = METRICS[c.at].header
+    for ax, key in zip(axes, keys, strict=True):
+        ys = []
+        for side, run in (("a", c.a), ("b", c.b)):
+            pairs = at_series(run, c.at)
+            x = np.array([v for v, _ in pairs])
+            y = np.array([r.metrics.get(key, math.nan) for _, r in pairs], dtype=float)
+            ys.append(y)
+            (line,) = ax.plot(x, y, marker="o", markersize=3, label=run_label(run))
+            hits = [(m.level, getattr(m, side)[key]) for m in c.levels]
+            hits = [(lv, v) for lv, v in hits if v is not None]
+            ax.plot(
+                [lv for lv, _ in hits],
+                [v for _, v in hits],
+                linestyle="none",
+                marker="D",
+                markersize=7,
+                color=line.get_color(),
+                markeredgecolor="black",
+                label=f"{run.name} at matched {at_header}",
+            )
+        for m in c.levels:
+            ax.axvline(m.level, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xscale("log")
+        if wants_log(ys):
+            ax.set_yscale("log")
+        ax.set_xlabel(f"{at_header} ({c.at}, log)")
+        ax.set_title(f"{_panel_title(key)} vs {at_header}")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{c.a.name} vs {c.b.name} at matched {at_header}")
+    _legend(fig, axes)
+    return fig
+
+
+def save_figure(fig: Figure, out_dir: str | Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    """Write `stem.<format>` for each format atomically; text stays text in SVG."""
+    from matplotlib import rc_context
+
+    out = Path(out_dir)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise UsageError(f"plot format(s) {', '.join(bad)} not supported; use {', '.join(FORMATS)}")
+    if out.exists() and not out.is_dir():
+        raise OutputError("plot output path is a file, expected a directory", path=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create directory: {exc.strerror}", path=out) from None
+    written = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            with rc_context({"svg.fonttype": "none", "svg.hashsalt": "ncinspect"}):
+                fig.savefig(tmp, format=fmt)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write plot: {exc.strerror}", path=path) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        written.append(path)
+    return written
+
+
+def plot_runs(
+    runs: Sequence[Run],
+    out_dir: str | Path,
+    metrics: Sequence[str] | None = None,
+    formats: Sequence[str] = ("png", "svg"),
+) -> list[Path]:
+    """`<task>_trajectories.<fmt>` per task present, plus `nrc3_gamma.<fmt>` for regression runs.
+
+    `metrics` (when given) applies to each task's figure, keeping that task's keys only.
+    """
+    written: list[Path] = []
+    for task in ("classification", "regression"):
+        group = [r for r in runs if r.task == task]
+        if not group:
+            continue
+        keys = None if metrics is None else [k for k in metrics if k in keys_for(task)]
+        if keys == []:
+            continue
+        written += save_figure(
+            build_run_figure(group, keys), out_dir, f"{task}_trajectories", formats
+        )
+        if task == "regression":
+            gamma_fig = build_gamma_figure(group)
+            if gamma_fig is not None:
+                written += save_figure(gamma_fig, out_dir, "nrc3_gamma", formats)
+    return written
+
+
+def plot_matched(
+    comparison: Comparison, out_dir: str | Path, formats: Sequence[str] = ("png", "svg")
+) -> list[Path]:
+    """`matched_<at>.<fmt>`: see `build_matched_figure`."""
+    return save_figure(
+        build_matched_figure(comparison), out_dir, f"matched_{comparison.at}", formats
+    )
