@@ -30,6 +30,12 @@ app = typer.Typer(
 T = TypeVar("T")
 
 
+class By(str, Enum):
+    checkpoint = "checkpoint"
+    run = "run"
+    epoch = "epoch"
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"
@@ -80,6 +86,17 @@ def parse_pair(text: str | None, option: str) -> tuple[float, float] | None:
     if a < 0 or b < 0:
         raise UsageError(f"{option}: expected non-negative values, got {text!r}")
     return a, b
+
+
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    """`--label RUN=TEXT` (repeatable) -> {RUN: TEXT}."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        run, sep, text = item.partition("=")
+        if not sep or not run:
+            raise UsageError(f"--label: expected RUN=TEXT, got {item!r}")
+        out[run] = text
+    return out
 
 
 def write_output(text: str, output: Path | None) -> None:
@@ -150,6 +167,25 @@ def report(
         int | None, typer.Option(help="Table width in characters (default: the terminal's).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print warnings.")] = False,
+    by: Annotated[
+        By,
+        typer.Option(
+            "--by",
+            help="checkpoint: a row per store; run: a row per run at its final checkpoint; "
+            "epoch: each run's metrics across its checkpoints.",
+        ),
+    ] = By.checkpoint,
+    trajectory: Annotated[
+        bool, typer.Option("--trajectory", help="Same as --by epoch.", show_default=False)
+    ] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="With --by run: add each run's ratio to this run's final values."),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="RUN=TEXT: a label for a run's legend and table (repeatable)."),
+    ] = None,
 ) -> None:
     """Compute the collapse metrics of stores and dumps and print them."""
 
@@ -174,6 +210,14 @@ def report(
                 print(line, file=sys.stderr)
         if not results:
             raise NcInspectError("no feature store or dump found in " + ", ".join(map(str, paths)))
+        view = By.epoch if trajectory else by
+        if baseline is not None and view is not By.run:
+            raise UsageError("--baseline needs --by run")
+        if view is not By.checkpoint:
+            _render_runs(
+                results, view, selected, baseline, parse_labels(label), format, output, width
+            )
+            return
         if format is Format.table and output is None:
             rep.print_tables(results, selected, width=width)
             return
@@ -184,6 +228,185 @@ def report(
             Format.table: lambda res, sel: rep.table_text(res, sel, width or 160),
         }
         write_output(render[format](results, selected), output)
+
+    guarded(body)
+
+
+def _render_runs(
+    results: list[Any],
+    view: By,
+    selected: list[str] | None,
+    baseline: str | None,
+    labels: dict[str, str],
+    format: Format,
+    output: Path | None,
+    width: int | None,
+) -> None:
+    import json
+
+    from ncinspect import report as rep
+    from ncinspect.keys import TABLE_DEFAULT, keys_for
+    from ncinspect.runs import group_runs, runs_json, runs_table
+
+    runs = group_runs(results, labels)
+    tasks = {run.task for run in runs}
+
+    def keys(task: str, table: bool) -> list[str]:
+        every = keys_for(task)
+        if selected:
+            return [k for k in every if k in selected]
+        return list(TABLE_DEFAULT[task] if table else every)
+
+    table_like = format in (Format.table, Format.markdown)
+    if view is By.run:
+        chosen = [
+            k
+            for task in ("classification", "regression")
+            if task in tasks
+            for k in keys(task, table_like)
+        ]
+        table = runs_table(runs, chosen, baseline)
+        grids = rep.runs_grids(table)
+        render = {
+            Format.json: lambda: json.dumps(runs_json(table), indent=2, allow_nan=False),
+            Format.csv: lambda: rep.runs_csv(table),
+        }
+    else:
+        by_task = {task: keys(task, table_like) for task in tasks}
+        grids = rep.trajectory_grids(runs, by_task)
+        render = {
+            Format.json: lambda: rep.trajectory_json(runs, by_task),
+            Format.csv: lambda: rep.trajectory_csv(runs, by_task),
+        }
+    render[Format.markdown] = lambda: rep.grids_markdown(grids)
+    render[Format.table] = lambda: rep.grids_text(grids, width or 160)
+    if format is Format.table and output is None:
+        rep.print_grids(grids, width=width)
+    else:
+        write_output(render[format](), output)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[
+        Path, typer.Argument(help="A run: a directory of stores (as extract writes).")
+    ],
+    run_b: Annotated[Path, typer.Argument(help="The run to compare with it.")],
+    at: Annotated[str, typer.Option(help="The metric to match the runs at.")] = "nc1",
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric", "-m", help="Comma-separated keys to compare (default: the main ones)."
+        ),
+    ] = None,
+    levels: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated levels of --at (default: 5 inside both runs' range)."),
+    ] = None,
+    n_levels: Annotated[int, typer.Option(help="How many default levels.", min=1)] = 5,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+    plot_dir: Annotated[
+        Path | None, typer.Option("--plot", help="Also draw the matched panel into this directory.")
+    ] = None,
+    width: Annotated[int | None, typer.Option(help="Table width in characters.")] = None,
+) -> None:
+    """Compare two runs at matched values of a metric (e.g. NC2 at equal NC1), and how fast
+    each reaches those levels."""
+
+    def body() -> None:
+        import json
+
+        from ncinspect import report as rep
+        from ncinspect.api import analyze
+        from ncinspect.runs import compare_runs, comparison_json, group_runs
+
+        chosen = parse_metrics(metric)
+        level_values = None
+        if levels is not None:
+            try:
+                level_values = [float(x) for x in levels.split(",") if x.strip()]
+            except ValueError:
+                raise UsageError(
+                    f"--levels: expected numbers like 1,0.1,0.01, got {levels!r}"
+                ) from None
+        pair = []
+        for path in (run_a, run_b):
+            runs = group_runs(analyze([path]))
+            if len(runs) != 1:
+                names = ", ".join(r.name for r in runs)
+                raise UsageError(f"{path}: expected one run, found {len(runs)} ({names})")
+            pair.append(runs[0])
+        if pair[0].name == pair[1].name and run_a.resolve() != run_b.resolve():
+            pair[1].name = str(run_b)
+        comparison = compare_runs(pair[0], pair[1], at, chosen, level_values, n_levels)
+        if plot_dir is not None:
+            from ncinspect.plots import plot_matched
+
+            for path in plot_matched(comparison, plot_dir):
+                print(f"wrote {path}", file=sys.stderr)
+        grids = rep.comparison_grids(comparison)
+        if format is Format.table and output is None:
+            rep.print_grids(grids, width=width)
+            return
+        render = {
+            Format.json: lambda: json.dumps(comparison_json(comparison), indent=2, allow_nan=False),
+            Format.csv: lambda: rep.comparison_csv(comparison),
+            Format.markdown: lambda: rep.grids_markdown(grids),
+            Format.table: lambda: rep.grids_text(grids, width or 160),
+        }
+        write_output(render[format](), output)
+
+    guarded(body)
+
+
+@app.command()
+def plot(
+    paths: PathsArg,
+    out: Annotated[Path, typer.Option("--out", help="Directory for the figures.")] = Path("plots"),
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", "-m", help="Comma-separated keys to draw.")
+    ] = None,
+    formats: Annotated[
+        str, typer.Option("--formats", help="Comma-separated: png, svg, pdf.")
+    ] = "png,svg",
+    compare_runs_: Annotated[
+        str | None,
+        typer.Option(
+            "--compare", help="A,B: also draw the matched panel of runs A and B (at --at)."
+        ),
+    ] = None,
+    at: Annotated[str, typer.Option(help="The metric --compare matches at.")] = "nc1",
+    label: Annotated[
+        list[str] | None, typer.Option(help="RUN=TEXT: a legend label (repeatable).")
+    ] = None,
+) -> None:
+    """Draw metric-vs-epoch panels (one line per run), NRC3-vs-gamma for regression runs, and
+    optionally the matched NC2-vs-NC1 panel. Needs the `plot` extra (matplotlib)."""
+
+    def body() -> None:
+        from ncinspect.api import analyze
+        from ncinspect.plots import plot_matched, plot_runs
+        from ncinspect.runs import compare_runs, group_runs
+
+        chosen = parse_metrics(metrics)
+        fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+        runs = group_runs(analyze(paths), parse_labels(label))
+        written = plot_runs(runs, out, chosen, fmts)
+        if compare_runs_ is not None:
+            names = compare_runs_.split(",")
+            by_name = {r.name: r for r in runs}
+            missing = [n for n in names if n not in by_name]
+            if len(names) != 2 or missing:
+                raise UsageError(
+                    f"--compare: expected two run names A,B; runs: {', '.join(by_name)}"
+                )
+            comparison = compare_runs(by_name[names[0]], by_name[names[1]], at)
+            written += plot_matched(comparison, out, fmts)
+        for path in written:
+            print(path)
 
     guarded(body)
 

@@ -12,14 +12,17 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from ncinspect import __version__
 from ncinspect.keys import METRICS, TABLE_DEFAULT, keys_for
-from ncinspect.results import Result
+from ncinspect.results import Result, jsonable
+
+if TYPE_CHECKING:
+    from ncinspect.runs import Comparison, Run, RunsTable
 
 TASK_ORDER = ("classification", "regression")
 ID_COLUMNS = ("source", "run", "checkpoint", "epoch", "task", "split", "n", "d", "k", "t")
@@ -78,16 +81,7 @@ def build_tables(results: Sequence[Result], selected: Sequence[str] | None) -> l
             epoch = "-" if r.epoch is None else str(r.epoch)
             values = [fmt_number(r.metrics.get(k)) for k in keys]
             table.add_row(run, ckpt, epoch, str(r.n), *values)
-        lower = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "lower"]
-        higher = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "higher"]
-        other = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "-"]
-        legend = []
-        if lower:
-            legend.append("lower is more collapsed: " + ", ".join(lower))
-        if higher:
-            legend.append("higher is better: " + ", ".join(higher))
-        if other:
-            legend.append("parameters: " + ", ".join(other))
+        legend = [_legend(keys)]
         hidden = len(keys_for(task)) - len(keys)
         if hidden and not selected:
             legend.append(f"{hidden} more keys with --metrics all or --format json")
@@ -105,8 +99,12 @@ def print_tables(
     width: int | None = None,
     color: bool | None = None,
 ) -> None:
-    tables = build_tables(results, selected)
+    _print_rich(build_tables(results, selected), file=file, width=width, color=color)
 
+
+def _print_rich(
+    tables: Sequence[Table], *, file: IO[str] | None, width: int | None, color: bool | None
+) -> None:
     def make(w: int | None) -> Console:
         return Console(
             file=file,
@@ -193,3 +191,247 @@ def warning_lines(results: Sequence[Result]) -> list[str]:
         for w in r.warnings:
             out.append(f"warning: {r.source}: {w}")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: the runs table (--by run), trajectories (--by epoch) and the matched comparison.
+# Each view is built once as a `Grid` of strings and rendered as a rich table or Markdown; CSV
+# and JSON carry the raw numbers.
+
+
+class Grid:
+    """A titled table of display strings with right-aligned numeric columns and a caption."""
+
+    def __init__(self, title: str, headers: list[str], numeric_from: int, caption: str = ""):
+        self.title = title
+        self.headers = headers
+        self.numeric_from = numeric_from
+        self.rows: list[list[str]] = []
+        self.caption = caption
+
+    def table(self) -> Table:
+        table = Table(title=self.title)
+        for i, header in enumerate(self.headers):
+            numeric = i >= self.numeric_from
+            table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric)
+        for row in self.rows:
+            table.add_row(*row)
+        if self.caption:
+            table.caption = self.caption
+            table.caption_justify = "left"
+        return table
+
+    def markdown(self) -> str:
+        n = len(self.headers)
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |"]
+        lines.append(
+            "|" + "|".join("---:" if i >= self.numeric_from else "---" for i in range(n)) + "|"
+        )
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.caption:
+            lines += ["", self.caption.replace("\n", "  \n")]
+        return "\n".join(lines)
+
+
+def print_grids(
+    grids: Sequence[Grid],
+    *,
+    file: IO[str] | None = None,
+    width: int | None = None,
+    color: bool | None = None,
+) -> None:
+    _print_rich([g.table() for g in grids], file=file, width=width, color=color)
+
+
+def grids_text(grids: Sequence[Grid], width: int) -> str:
+    buf = io.StringIO()
+    print_grids(grids, file=buf, width=width, color=False)
+    return buf.getvalue()
+
+
+def grids_markdown(grids: Sequence[Grid]) -> str:
+    return "\n\n".join(g.markdown() for g in grids) + "\n"
+
+
+def _legend(keys: Sequence[str]) -> str:
+    lower = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "lower"]
+    higher = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "higher"]
+    other = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "-"]
+    parts = []
+    if lower:
+        parts.append("lower is more collapsed: " + ", ".join(lower))
+    if higher:
+        parts.append("higher is better: " + ", ".join(higher))
+    if other:
+        parts.append("parameters: " + ", ".join(other))
+    return "\n".join(parts)
+
+
+def runs_grids(table: RunsTable) -> list[Grid]:
+    """One grid per task: a row per run at its final checkpoint; '*' marks each column's best."""
+    from ncinspect.runs import label_text
+
+    grids = []
+    for task in TASK_ORDER:
+        rows = [row for row in table.rows if row.task == task]
+        if not rows:
+            continue
+        keys = [k for k in table.keys if k in keys_for(task)]
+        headers = ["run", "labels", "epochs", "final", *(METRICS[k].header for k in keys)]
+        caption = _legend(keys) + "\n* best value in its column (final checkpoints)"
+        if table.baseline is not None:
+            caption += f"\n(xR): ratio to the baseline run {table.baseline}"
+        grid = Grid(f"{task} runs ({len(rows)})", headers, numeric_from=2, caption=caption)
+        for row in rows:
+            epochs = [e for e in row.epochs if e is not None]
+            cells = []
+            for k in keys:
+                cell = fmt_number(row.final.metrics.get(k))
+                if table.best.get(k) == row.run:
+                    cell += "*"
+                if row.ratio_to_baseline is not None:
+                    ratio = row.ratio_to_baseline.get(k)
+                    cell += f" (x{ratio:.3g})" if ratio is not None else " (x-)"
+                cells.append(cell)
+            final = "-" if row.final.epoch is None else str(row.final.epoch)
+            grid.rows.append(
+                [
+                    row.run,
+                    label_text(row.labels) or "-",
+                    str(len(epochs) or len(row.epochs)),
+                    final,
+                    *cells,
+                ]
+            )
+        grids.append(grid)
+    return grids
+
+
+def runs_csv(table: RunsTable) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    label_keys = sorted({k for row in table.rows for k in row.labels})
+    ratio_cols = [f"ratio_{k}" for k in table.keys] if table.baseline is not None else []
+    writer.writerow(
+        ["run", "task", *label_keys, "checkpoints", "final_epoch", *table.keys, *ratio_cols]
+    )
+    for row in table.rows:
+        ratios = row.ratio_to_baseline or {}
+        writer.writerow(
+            [
+                row.run,
+                row.task,
+                *(_csv_cell(row.labels.get(k)) for k in label_keys),
+                len(row.epochs),
+                _csv_cell(row.final.epoch),
+                *(_csv_cell(row.final.metrics.get(k)) for k in table.keys),
+                *(_csv_cell(ratios.get(k)) for k in table.keys if ratio_cols),
+            ]
+        )
+    return buf.getvalue()
+
+
+def trajectory_grids(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> list[Grid]:
+    from ncinspect.runs import label_text
+
+    grids = []
+    for run in runs:
+        keys = keys_by_task[run.task]
+        labels = label_text(run.labels)
+        title = f"{run.name}" + (f" ({labels})" if labels else "") + f": {run.task}"
+        grid = Grid(
+            title,
+            ["epoch", "checkpoint", "N", *(METRICS[k].header for k in keys)],
+            numeric_from=2,
+            caption=_legend(keys),
+        )
+        for r in run.results:
+            grid.rows.append(
+                [
+                    "-" if r.epoch is None else str(r.epoch),
+                    _labels(r)[1],
+                    str(r.n),
+                    *(fmt_number(r.metrics.get(k)) for k in keys),
+                ]
+            )
+        grids.append(grid)
+    return grids
+
+
+def trajectory_json(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> str:
+    from ncinspect.runs import trajectory
+
+    doc = {
+        "ncinspect_version": __version__,
+        "runs": [
+            {
+                "run": run.name,
+                "task": run.task,
+                "labels": jsonable(run.labels),
+                "trajectory": trajectory(run, keys_by_task[run.task]),
+            }
+            for run in runs
+        ],
+    }
+    return json.dumps(doc, indent=2, allow_nan=False)
+
+
+def trajectory_csv(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> str:
+    keys = [k for task in TASK_ORDER for k in keys_by_task.get(task, [])]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["run", "task", "epoch", "source", *keys])
+    for run in runs:
+        for r in run.results:
+            writer.writerow(
+                [
+                    run.name,
+                    run.task,
+                    _csv_cell(r.epoch),
+                    r.source,
+                    *(_csv_cell(r.metrics.get(k)) for k in keys),
+                ]
+            )
+    return buf.getvalue()
+
+
+def comparison_grids(c: Comparison) -> list[Grid]:
+    """Matched values at each level, then the first epoch each run reaches each level."""
+    at = METRICS[c.at].header
+    headers = [at]
+    for k in c.metrics:
+        h = METRICS[k].header
+        headers += [f"{h} {c.a.name}", f"{h} {c.b.name}", f"{h} diff"]
+    caption = (
+        f"each run's metrics where {c.at} first reaches the level, interpolated in log {c.at} "
+        f"between the checkpoints around the crossing (never extrapolated; n/a: not crossed); "
+        f"diff = {c.b.name} - {c.a.name}\n" + _legend(c.metrics)
+    )
+    matched = Grid(f"{c.a.name} vs {c.b.name} at matched {c.at}", headers, 0, caption)
+    for m in c.levels:
+        row = [fmt_number(m.level)]
+        for k in c.metrics:
+            row += [fmt_number(m.a[k]), fmt_number(m.b[k]), fmt_number(m.diff[k])]
+        matched.rows.append(row)
+    speed = Grid(f"first epoch reaching each {c.at} level", [at, c.a.name, c.b.name], 0)
+    for m in c.levels:
+        ea = c.first_epoch_reaching["a"].get(m.level)
+        eb = c.first_epoch_reaching["b"].get(m.level)
+        speed.rows.append([fmt_number(m.level), _reached_text(ea), _reached_text(eb)])
+    return [matched, speed]
+
+
+def _reached_text(epoch: int | None) -> str:
+    return "not reached" if epoch is None else str(epoch)
+
+
+def comparison_csv(c: Comparison) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([c.at, "metric", c.a.name, c.b.name, "diff"])
+    for m in c.levels:
+        for k in c.metrics:
+            writer.writerow(
+                [m.level, k, _csv_cell(m.a[k]), _csv_cell(m.b[k]), _csv_cell(m.diff[k])]
+            )
+    return buf.getvalue()
