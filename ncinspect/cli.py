@@ -411,6 +411,147 @@ def plot(
     guarded(body)
 
 
+# ---------------------------------------------------------------------------------------------
+# ncinspect ufm: unconstrained-feature-model theory
+
+ufm_app = typer.Typer(
+    name="ufm",
+    help="Unconstrained-feature-model theory: closed-form optima vs. a numerical L-BFGS solution.",
+    no_args_is_help=True,
+)
+app.add_typer(ufm_app, name="ufm")
+
+
+class UfmFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _emit_ufm(reports: list[dict], format: UfmFormat, width: int | None, quiet: bool) -> None:
+    import json
+
+    from ncinspect.results import jsonable
+
+    if not quiet:
+        for rep in reports:
+            for line in rep.get("numerical", {}).get("warnings", []):
+                print(f"warning: {line}", file=sys.stderr)
+    if format is UfmFormat.json:
+        data = jsonable(reports[0] if len(reports) == 1 else reports)
+        write_output(json.dumps(data, indent=2, allow_nan=False), None)
+        return
+    from ncinspect import report as rep_module
+
+    rep_module.print_ufm(reports, width=width)
+
+
+@ufm_app.command("classify")
+def ufm_classify(
+    classes: Annotated[int, typer.Option("--classes", help="Number of classes K.", min=2)],
+    dim: Annotated[int, typer.Option("--dim", help="Feature dimension D (>= K - 1).", min=1)],
+    per_class: Annotated[int, typer.Option("--per-class", help="Samples per class n.", min=1)],
+    lambda_w: Annotated[float, typer.Option("--lambda-w", help="Weight decay on W.")],
+    lambda_h: Annotated[float, typer.Option("--lambda-h", help="Weight decay on the features H.")],
+    lambda_b: Annotated[
+        float, typer.Option("--lambda-b", help="Weight decay on b.", min=0.0)
+    ] = 0.0,
+    alpha: Annotated[
+        str,
+        typer.Option(
+            "--alpha", help="Label smoothing in [0, 1], or a comma list (e.g. 0,0.1,0.3) to sweep."
+        ),
+    ] = "0",
+    seed: Annotated[int, typer.Option(help="Seed of the solver's random start.")] = 0,
+    tol: Annotated[float, typer.Option(help="Gradient-norm tolerance of L-BFGS.", min=0.0)] = 1e-8,
+    max_iter: Annotated[
+        int, typer.Option("--max-iter", help="L-BFGS iteration cap.", min=1)
+    ] = 5000,
+    format: Annotated[UfmFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        UfmFormat.table
+    ),
+    width: Annotated[int | None, typer.Option(help="Table width in characters.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print warnings.")] = False,
+) -> None:
+    """Balanced classification UFM (CE or label smoothing): closed form vs. L-BFGS."""
+
+    def body() -> None:
+        from ncinspect import ufm
+
+        alphas = ufm.parse_float_list(alpha, "--alpha")
+        reports = ufm.sweep_classify(
+            classes,
+            per_class,
+            lambda_w,
+            lambda_h,
+            alphas,
+            d=dim,
+            lambda_b=lambda_b,
+            seed=seed,
+            tol=tol,
+            max_iter=max_iter,
+        )
+        _emit_ufm(reports, format, width, quiet)
+
+    guarded(body)
+
+
+@ufm_app.command("regress")
+def ufm_regress(
+    dim: Annotated[int, typer.Option("--dim", help="Feature dimension D (>= T).", min=1)],
+    lambda_w: Annotated[
+        str, typer.Option("--lambda-w", help="Weight decay on W, or a comma list to sweep.")
+    ],
+    lambda_h: Annotated[
+        str, typer.Option("--lambda-h", help="Weight decay on H, or a comma list to sweep.")
+    ],
+    targets_cov: Annotated[
+        str | None,
+        typer.Option(
+            "--targets-cov",
+            help="Target covariance Sigma: a literal like [[2,1],[1,2]] or a .npy/.txt/.csv file.",
+        ),
+    ] = None,
+    targets: Annotated[
+        Path | None,
+        typer.Option(
+            "--targets", help="Targets (N, T) as .npy/.txt/.csv.", exists=True, dir_okay=False
+        ),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option("--samples", help="N when generating targets from --targets-cov.", min=2)
+    ] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the targets and of the solver's start.")] = 0,
+    tol: Annotated[float, typer.Option(help="Gradient-norm tolerance of L-BFGS.", min=0.0)] = 1e-8,
+    max_iter: Annotated[
+        int, typer.Option("--max-iter", help="L-BFGS iteration cap.", min=1)
+    ] = 5000,
+    format: Annotated[UfmFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        UfmFormat.table
+    ),
+    width: Annotated[int | None, typer.Option(help="Table width in characters.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print warnings.")] = False,
+) -> None:
+    """Regression UFM (Andriopoulos et al. 2024, Thm 4.1): closed form vs. L-BFGS."""
+
+    def body() -> None:
+        from ncinspect import ufm
+
+        if (targets_cov is None) == (targets is None):
+            raise UsageError("give exactly one of --targets-cov MATRIX or --targets FILE")
+        pairs = ufm.zip_lambdas(
+            ufm.parse_float_list(lambda_h, "--lambda-h"),
+            ufm.parse_float_list(lambda_w, "--lambda-w"),
+        )
+        sigma = None if targets_cov is None else ufm.parse_matrix(targets_cov, "--targets-cov")
+        y = None if targets is None else ufm.load_targets(targets)
+        reports = ufm.sweep_regress(
+            sigma, pairs, targets=y, d=dim, n=samples, seed=seed, tol=tol, max_iter=max_iter
+        )
+        _emit_ufm(reports, format, width, quiet)
+
+    guarded(body)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"ncinspect {__version__}")

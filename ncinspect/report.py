@@ -435,3 +435,19 @@ def comparison_csv(c: Comparison) -> str:
                 [m.level, k, _csv_cell(m.a[k]), _csv_cell(m.b[k]), _csv_cell(m.diff[k])]
             )
     return buf.getvalue()
+
+
+def print_ufm(reports: Sequence[dict[str, Any]], width: int | None = None) -> None:
+    """One table per UFM report: quantity | closed form | numerical (rows from ncinspect.ufm)."""
+    from ncinspect.ufm import report_rows, report_title
+
+    tables = []
+    for rep in reports:
+        table = Table(title=report_title(rep), title_justify="left")
+        table.add_column("quantity")
+        table.add_column("closed form", justify="right")
+        table.add_column("numerical", justify="right")
+        for label, closed, numerical in report_rows(rep):
+            table.add_row(label, closed, numerical)
+        tables.append(table)
+    _print_rich(tables, file=None, width=width, color=None)
