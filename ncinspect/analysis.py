@@ -3,6 +3,7 @@
 Owns: the order of passes (pass 1 moments, pass 2 with pass-1 quantities fixed), non-finite row
 handling, and assembling the result record. Reads data only through `FeatureSource.batches`;
 computes nothing itself beyond masking rows (the math lives in `stats`, `collapse`, `regression`).
+Memory is independent of N: one read block (about 8 MiB of features) and the statistics.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ncinspect.collapse import classification_metrics
 from ncinspect.errors import InputError
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource
-from ncinspect.stats import ClassMoments, ClassScatter, plan_scatter
+from ncinspect.stats import ClassMoments, ClassScatter, ClassSums, plan_scatter
 
 
 @dataclass(frozen=True)
@@ -32,17 +33,32 @@ class AnalysisOptions:
 
 
 class _Rows:
-    """Iterates a source's batches, masking or refusing non-finite feature rows."""
+    """Iterates a source's batches, masking or refusing non-finite feature rows.
 
-    def __init__(self, source: FeatureSource, options: AnalysisOptions) -> None:
+    Once a complete pass has found every row finite, later passes skip the check (the source
+    does not change between passes). outputs=False: batches without the stored outputs. A batch
+    is valid until the next is requested (the source may reuse its buffer): consumers must not
+    keep it.
+    """
+
+    def __init__(
+        self, source: FeatureSource, options: AnalysisOptions, outputs: bool = True
+    ) -> None:
         self.source = source
         self.options = options
+        self.outputs = outputs
         self.dropped = 0
+        self._all_finite = False
 
     def __iter__(self) -> Iterator[Batch]:
         self.dropped = 0
-        for batch in self.source.batches(self.options.chunk_rows):
+        check = not self._all_finite
+        batches = self.source.batches(self.options.chunk_rows, outputs=self.outputs, reuse=True)
+        for batch in batches:
             x = batch.features
+            if not check:
+                yield batch
+                continue
             finite = np.isfinite(x).all(axis=1)
             if finite.all():
                 yield batch
@@ -62,34 +78,42 @@ class _Rows:
                 targets=None if batch.targets is None else batch.targets[finite],
                 outputs=None if batch.outputs is None else batch.outputs[finite],
             )
+        if check and self.dropped == 0:
+            self._all_finite = True
 
     def _count_nonfinite(self) -> int:
         return sum(
             int((~np.isfinite(b.features).all(axis=1)).sum())
-            for b in self.source.batches(self.options.chunk_rows)
+            for b in self.source.batches(self.options.chunk_rows, outputs=False)
         )
 
 
 def classification_stats(
     source: FeatureSource, options: AnalysisOptions
 ) -> tuple[ClassMoments, ClassScatter, int]:
-    """Two passes over the source; returns (moments, scatter, rows dropped as non-finite)."""
-    rows = _Rows(source, options)
+    """Two passes over the source; returns (moments, scatter, rows dropped as non-finite).
+
+    Pass 1 gathers counts and per-class sums (`ClassSums`); pass 2, with the means fixed, the
+    scatter, accuracy, NC4 and the within-class squared deviations that complete `ClassMoments`
+    (the two-pass form of m2, exact up to float64 rounding).
+    """
+    rows = _Rows(source, options, outputs=False)  # the metrics use W h + b, not stored logits
     k = source.head.width
-    moments = ClassMoments.empty(k, source.d)
+    sums = ClassSums.empty(k, source.d)
     for batch in rows:
         assert batch.labels is not None
         if batch.features.shape[0]:
-            moments = moments.merge(ClassMoments.from_batch(batch.features, batch.labels, k))
-    if moments.n == 0:
+            sums = sums.merge(ClassSums.from_batch(batch.features, batch.labels, k))
+    if sums.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
-    plan = plan_scatter(moments, source.head.weight, source.head.bias_or_zeros(), options.nc1_route)
+    head = source.head
+    plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route)
     scatter = ClassScatter.empty(plan)
     for batch in rows:
         assert batch.labels is not None
         if batch.features.shape[0]:
             scatter = scatter.merge(ClassScatter.from_batch(plan, batch.features, batch.labels))
-    return moments, scatter, rows.dropped
+    return sums.moments(scatter.within), scatter, rows.dropped
 
 
 def analyze_source(source: FeatureSource, options: AnalysisOptions | None = None) -> Result:

@@ -41,6 +41,15 @@ def etf_target(k: int) -> np.ndarray:
     return (np.eye(k) - np.full((k, k), 1.0 / k)) / math.sqrt(k - 1)
 
 
+def _upper(mat: np.ndarray) -> np.ndarray:
+    """The entries above the diagonal of a square matrix, row by row (np.triu_indices order).
+
+    A boolean mask: cheaper than np.triu_indices' two index arrays when K is large.
+    """
+    k = mat.shape[0]
+    return mat[np.triu(np.ones((k, k), dtype=bool), 1)]
+
+
 def _kept_eigen(mat: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
     """Eigenpairs kept by the spec's pinv rule: the top `max_rank`, each > 1e-10 x the largest."""
     vals, vecs = np.linalg.eigh((mat + mat.T) / 2)
@@ -92,12 +101,12 @@ def nc1_cdnv(moments: ClassMoments, out: MetricSet) -> None:
     var = moments.m2[present] / moments.counts[present]
     sq = np.einsum("kd,kd->k", mc, mc)
     dist2 = sq[:, None] + sq[None, :] - 2.0 * (mc @ mc.T)
-    iu = np.triu_indices(k_eff, 1)
-    d2 = dist2[iu]
+    d2 = _upper(dist2)
     if np.any(d2 <= 0):
         out.undefined("nc1_cdnv", "two class means coincide (zero distance between them)")
         return
-    out.metrics["nc1_cdnv"] = float(np.mean((var[iu[0]] + var[iu[1]]) / (2.0 * d2)))
+    pair_var = _upper(var[:, None] + var[None, :])
+    out.metrics["nc1_cdnv"] = float(np.mean(pair_var / (2.0 * d2)))
 
 
 def _equinorm(vectors: np.ndarray, key: str, out: MetricSet) -> None:
@@ -125,7 +134,7 @@ def _cosines(vectors: np.ndarray, what: str, out: MetricSet) -> np.ndarray | Non
     if v.shape[0] < 2:
         return None
     cos = v @ v.T
-    return cos[np.triu_indices(v.shape[0], 1)]
+    return _upper(cos)
 
 
 def _angles(vectors: np.ndarray, suffix: str, what: str, out: MetricSet) -> None:
@@ -153,7 +162,12 @@ def _etf_distance(gram: np.ndarray, key: str, out: MetricSet) -> None:
     if norm == 0:
         out.undefined(key, "the Gram matrix is zero")
         return
-    out.metrics[key] = float(np.linalg.norm(gram / norm - etf_target(k)))
+    # gram / norm - E_K, without building E_K: + 1/(K sqrt(K-1)) everywhere, - 1/sqrt(K-1) on
+    # the diagonal
+    diff = gram / norm
+    diff += 1.0 / (k * math.sqrt(k - 1))
+    diff[np.diag_indices(k)] -= 1.0 / math.sqrt(k - 1)
+    out.metrics[key] = float(np.linalg.norm(diff))
 
 
 def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: Head) -> MetricSet:

@@ -2,18 +2,21 @@
 
 Owns: every regression key of shared/spec/metrics.md (nrc1, nrc2 and their centred variants, nrc3
 with its gamma, evr, mse, r2) exactly as defined there, with its edge cases (T = 1, a singular
-target covariance, zero-norm feature rows); the two passes that gather `RegressionMoments` and
-`RegressionCentred` for one source; and the run-level protocol that holds the gamma chosen on a
-run's final checkpoint fixed for its earlier checkpoints (`apply_run_gamma`).
+target covariance, zero-norm feature rows); the two passes that gather the statistics of one
+source (`RegressionMoments`, then `UnitProjections`); and the run-level protocol that holds the
+gamma chosen on a run's final checkpoint fixed for its earlier checkpoints (`apply_run_gamma`).
 Never opens files and never runs a model: rows arrive as `Batch`es, statistics come from `stats`.
 
 Axes: N samples, D feature dim, T regression targets (T <= D). Direction: nrc1, nrc2,
 nrc1_centered, nrc2_centered, nrc3 and mse are lower-is-better (0 at collapse / a perfect fit);
 evr and r2 are higher-is-better; nrc3_gamma and nrc3_gamma_ratio are parameters, not scores.
 
-How one pass serves the unit-vector metrics: for unit vectors hn_i and an orthogonal projector P,
-(1/n) sum_i ||hn_i - P hn_i||^2 = 1 - tr(P M) / n with M = sum_i hn_i hn_i^T, so the D x D matrix M
-(uncentred in pass 1, centred in pass 2) gives nrc1 and nrc2 exactly for any subspace.
+How the unit-vector metrics are gathered: for unit vectors hn_i and an orthogonal projector P,
+(1/n) sum_i ||hn_i - P hn_i||^2 = 1 - tr(P M) / n with M = sum_i hn_i hn_i^T. The D x D matrix M
+(`RegressionMoments.unit_second`, `RegressionCentred`) gives nrc1 and nrc2 for any subspace; the
+analysis needs them for two subspaces only (the top-T PCA directions and W's row space), both
+fixed after pass 1, so pass 2 projects the uncentred and the centred unit rows on those few
+directions (`UnitProjections`, O(N D T)) instead of forming M twice (O(N D^2) each).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ncinspect.errors import InputError, UsageError
 from ncinspect.keys import REGRESSION_KEYS
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource, Head
-from ncinspect.stats import RegressionCentred, RegressionMoments
+from ncinspect.stats import RegressionCentred, RegressionMoments, UnitProjections, sub_blocks
 
 if TYPE_CHECKING:  # analysis imports this module lazily; avoid the cycle at run time
     from ncinspect.analysis import AnalysisOptions
@@ -40,6 +43,8 @@ __all__ = [
     "REGRESSION_KEYS",
     "GammaChoice",
     "RowBatches",
+    "Subspaces",
+    "UnitStatistics",
     "apply_run_gamma",
     "explained_variance_ratio",
     "gamma_choice",
@@ -253,21 +258,71 @@ def nrc3_search(weight: np.ndarray, target_cov: np.ndarray) -> tuple[float, floa
 # metric families
 
 
+class UnitStatistics(Protocol):
+    """What nrc1/nrc2 need of the unit rows u_i: how many, and how much of them a subspace holds.
+
+    `RegressionMoments` / `RegressionCentred` (D x D second moments) and `UnitProjections`
+    (projections on the few directions pass 2 needs) all provide it.
+    """
+
+    n_zero_norm: int
+
+    @property
+    def n_unit(self) -> int: ...
+
+    def captured(self, basis: np.ndarray) -> float: ...
+
+
+@dataclass(frozen=True)
+class Subspaces:
+    """The subspaces nrc1/nrc2 project on, fixed after pass 1.
+
+    pca (D, r <= T): top principal directions; eigenvalues: all of the feature covariance's,
+    descending; row_space (D, r_W): orthonormal basis of W's rows.
+    """
+
+    pca: np.ndarray
+    eigenvalues: np.ndarray
+    row_space: np.ndarray
+
+    @classmethod
+    def of(cls, moments: RegressionMoments, weight: np.ndarray) -> Subspaces:
+        # numpy's eigh, not scipy's: scipy links its own OpenBLAS, whose threads would contend
+        # with numpy's (each pool spins for a while after a call) between the passes
+        pca, eigenvalues = pca_basis(moments.feature_cov(), moments.t)
+        return cls(pca=pca, eigenvalues=eigenvalues, row_space=weight_row_basis(weight))
+
+    def joint_basis(self) -> np.ndarray:
+        """(D, m <= 2 T) orthonormal basis of span(pca) + span(row_space), for `UnitProjections`."""
+        both = np.concatenate([self.pca, self.row_space], axis=1)
+        if both.shape[1] == 0:
+            return both
+        u, s, _ = np.linalg.svd(both, full_matrices=False)
+        return u[:, s > max(both.shape) * np.finfo(np.float64).eps * s[0]]
+
+
+def _unit_distance(stats: UnitStatistics, basis: np.ndarray) -> float:
+    """(1/n) sum_i ||u_i - P u_i||^2 = 1 - tr(P M)/n, clipped to [0, 1]. Lower is better."""
+    return min(max(1.0 - stats.captured(basis) / stats.n_unit, 0.0), 1.0)
+
+
 def _unit_metrics(
-    out: MetricSet, moments: RegressionMoments, centred: RegressionCentred, head: Head
+    out: MetricSet,
+    t: int,
+    spaces: Subspaces,
+    uncentred: UnitStatistics,
+    centred: UnitStatistics,
 ) -> None:
     """nrc1, nrc2, their centred variants and evr."""
-    t = moments.t
-    pca, eigenvalues = pca_basis(moments.feature_cov(), t)
-    row_space = weight_row_basis(head.weight)
+    pca, eigenvalues, row_space = spaces.pca, spaces.eigenvalues, spaces.row_space
     out.info["pca_rank"] = int(pca.shape[1])
     out.info["weight_rank"] = int(row_space.shape[1])
-    out.info["zero_norm_rows"] = moments.n_zero_norm
+    out.info["zero_norm_rows"] = uncentred.n_zero_norm
     out.info["centred_zero_norm_rows"] = centred.n_zero_norm
 
-    if moments.n_zero_norm:
+    if uncentred.n_zero_norm:
         out.warn(
-            f"{moments.n_zero_norm} feature row(s) have zero norm; excluded from nrc1 and nrc2"
+            f"{uncentred.n_zero_norm} feature row(s) have zero norm; excluded from nrc1 and nrc2"
         )
     if centred.n_zero_norm:
         out.warn(
@@ -299,23 +354,18 @@ def _unit_metrics(
     elif row_space.shape[1] < t:
         out.warn(f"the head weight W has rank {row_space.shape[1]} < T = {t}")
 
-    for key, second, n_unit, reason in (
-        ("", moments.unit_second, moments.n_unit, "every feature row has zero norm"),
-        (
-            "_centered",
-            centred.unit_second,
-            centred.n_unit,
-            "every feature row equals the global mean mu_G",
-        ),
+    for key, stats, reason in (
+        ("", uncentred, "every feature row has zero norm"),
+        ("_centered", centred, "every feature row equals the global mean mu_G"),
     ):
-        if n_unit == 0:
+        if stats.n_unit == 0:
             if not no_variance:  # else nrc1 already has its reason
                 out.undefined("nrc1" + key, reason)
             out.undefined("nrc2" + key, reason)
             continue
         if not no_variance:
-            out.metrics["nrc1" + key] = unit_subspace_distance(second, n_unit, pca)
-        out.metrics["nrc2" + key] = unit_subspace_distance(second, n_unit, row_space)
+            out.metrics["nrc1" + key] = _unit_distance(stats, pca)
+        out.metrics["nrc2" + key] = _unit_distance(stats, row_space)
 
 
 def _fit_metrics(out: MetricSet, moments: RegressionMoments) -> None:
@@ -397,12 +447,25 @@ def regression_metrics(
     """Every regression key of the spec from pass-1/pass-2 statistics and the head (W, b).
 
     gamma None searches nrc3's gamma on this checkpoint; otherwise nrc3 is evaluated at it.
+    `moments` must carry its unit rows (built with unit_rows=True, the default).
     """
+    spaces = Subspaces.of(moments, np.asarray(head.weight, dtype=np.float64))
+    return _metrics(moments, spaces, moments, centred, head, gamma)
+
+
+def _metrics(
+    moments: RegressionMoments,
+    spaces: Subspaces,
+    uncentred: UnitStatistics,
+    centred: UnitStatistics,
+    head: Head,
+    gamma: GammaChoice | None,
+) -> MetricSet:
     out = MetricSet()
     weight = np.asarray(head.weight, dtype=np.float64)
     if head.bias is None:
         out.info["bias"] = "absent (treated as zero)"
-    _unit_metrics(out, moments, centred, head)
+    _unit_metrics(out, moments.t, spaces, uncentred, centred)
     _fit_metrics(out, moments)
     _nrc3_metrics(out, weight, moments.target_cov(), gamma)
     out.metrics = {key: out.metrics[key] for key in REGRESSION_KEYS}
@@ -440,10 +503,15 @@ def gamma_choice(options: AnalysisOptions) -> GammaChoice | None:
 def _predictions(
     source: FeatureSource, batch: Batch, weight: np.ndarray, bias: np.ndarray
 ) -> np.ndarray:
+    """The stored outputs when the source has them, else h @ W^T + b in float64 (B, T)."""
     if source.has_outputs:
         assert batch.outputs is not None
         return np.asarray(batch.outputs, dtype=np.float64)
-    return np.asarray(batch.features, dtype=np.float64) @ weight.T + bias
+    x = batch.features
+    pred = np.empty((x.shape[0], weight.shape[0]))
+    for sl in sub_blocks(x.shape[0], x.shape[1]):  # no (B, D) float64 copy
+        pred[sl] = np.asarray(x[sl], dtype=np.float64) @ weight.T + bias
+    return pred
 
 
 def _count_nonfinite(a: np.ndarray) -> int:
@@ -453,8 +521,12 @@ def _count_nonfinite(a: np.ndarray) -> int:
 def regression_from_source(
     source: FeatureSource, rows: RowBatches, options: AnalysisOptions
 ) -> tuple[MetricSet, int, int, dict[str, Any]]:
-    """Two passes over `rows` (pass 1 moments, pass 2 centred with mu_G fixed), then the metrics.
+    """Two passes over `rows`, then the metrics.
 
+    Pass 1: `RegressionMoments` without unit rows (counts, means, the centred feature scatter for
+    the PCA, target statistics, RSS). Pass 2, with mu_G, the PCA basis and W's row space fixed:
+    the uncentred and the centred unit rows projected on those few directions
+    (`UnitProjections`), which is all nrc1/nrc2 need; so there is one D x D product, not three.
     `rows` yields `Batch`es (features, targets, outputs) each time it is iterated and afterwards
     says in `rows.dropped` how many non-finite feature rows it left out. Predictions are the
     stored outputs when the source has them, else features @ W^T + b.
@@ -467,6 +539,7 @@ def regression_from_source(
     t, d = weight.shape
     moments = RegressionMoments.empty(d, t)
     bad = {"targets": 0, "outputs": 0}
+    scratch: np.ndarray | None = None  # one (B, D) float64 buffer for every block's centring
     for batch in rows:
         if not batch.features.shape[0]:
             continue
@@ -476,7 +549,12 @@ def regression_from_source(
         bad["targets"] += _count_nonfinite(targets)
         if source.has_outputs:
             bad["outputs"] += _count_nonfinite(pred)
-        moments = moments.merge(RegressionMoments.from_batch(batch.features, targets, pred))
+        if scratch is None or scratch.size < batch.features.size:
+            scratch = np.empty(batch.features.size, dtype=np.float64)
+        part = RegressionMoments.from_batch(
+            batch.features, targets, pred, unit_rows=False, scratch=scratch
+        )
+        moments = moments.merge(part)
     problems = [
         f"'{name}' has {count} row(s) with NaN or Inf" for name, count in bad.items() if count
     ]
@@ -487,13 +565,17 @@ def regression_from_source(
         )
     if moments.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
-    centred = RegressionCentred.empty(d)
+    spaces = Subspaces.of(moments, weight)
+    basis = spaces.joint_basis()
+    uncentred = centred = UnitProjections.empty(basis)
     for batch in rows:
         if batch.features.shape[0]:
-            centred = centred.merge(
-                RegressionCentred.from_batch(batch.features, moments.feature_mean)
+            plain, about_mean = UnitProjections.pair_from_batch(
+                batch.features, basis, moments.feature_mean
             )
-    metric_set = regression_metrics(moments, centred, source.head, gamma)
+            uncentred = uncentred.merge(plain)
+            centred = centred.merge(about_mean)
+    metric_set = _metrics(moments, spaces, uncentred, centred, source.head, gamma)
     metric_set.info["predictions"] = "outputs" if source.has_outputs else "W h + b"
     extras: dict[str, Any] = {"weight": weight, "target_cov": moments.target_cov()}
     return metric_set, moments.n, int(rows.dropped), extras

@@ -74,18 +74,34 @@ class FeatureSource:
     def t(self) -> int | None:
         return self.head.width if self.task == "regression" else None
 
-    def _read(self, start: int, stop: int) -> Batch:  # pragma: no cover - interface
+    def _read(
+        self,
+        start: int,
+        stop: int,
+        outputs: bool = True,
+        scratch: dict[str, np.ndarray] | None = None,
+    ) -> Batch:  # pragma: no cover - interface
+        """Rows start:stop. scratch (optional): buffers the reader may reuse across calls."""
         raise NotImplementedError
 
     def chunk_rows(self) -> int:
         """A good number of rows per read (stores align this with their HDF5 chunks)."""
         return DEFAULT_CHUNK_ROWS
 
-    def batches(self, rows: int | None = None) -> Iterator[Batch]:
-        """Every row exactly once, in order, `rows` at a time (the last block may be shorter)."""
+    def batches(
+        self, rows: int | None = None, *, outputs: bool = True, reuse: bool = False
+    ) -> Iterator[Batch]:
+        """Every row exactly once, in order, `rows` at a time (the last block may be shorter).
+
+        outputs=False leaves `Batch.outputs` None (saves reading them when they are not needed).
+        reuse=True lets a reader put every batch's features in one buffer, so each batch is valid
+        only until the next is requested (saves allocating and faulting in a fresh block per
+        read); for consumers that finish with a batch before asking for the next.
+        """
         step = max(1, int(rows or self.chunk_rows()))
+        scratch: dict[str, np.ndarray] | None = {} if reuse else None
         for start in range(0, self.n, step):
-            yield self._read(start, min(self.n, start + step))
+            yield self._read(start, min(self.n, start + step), outputs, scratch)
 
     def close(self) -> None:
         """Release file handles (no-op for in-memory sources)."""
@@ -100,7 +116,13 @@ class ArraySource(FeatureSource):
     targets: np.ndarray | None = None
     outputs: np.ndarray | None = None
 
-    def _read(self, start: int, stop: int) -> Batch:
+    def _read(
+        self,
+        start: int,
+        stop: int,
+        outputs: bool = True,
+        scratch: dict[str, np.ndarray] | None = None,
+    ) -> Batch:
         def cut(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[start:stop]
 
@@ -108,7 +130,7 @@ class ArraySource(FeatureSource):
             features=self.features[start:stop],
             labels=cut(self.labels),
             targets=cut(self.targets),
-            outputs=cut(self.outputs),
+            outputs=cut(self.outputs) if outputs else None,
         )
 
 

@@ -1,33 +1,141 @@
-"""Streaming sufficient statistics for classification: update, merge, finalize; no I/O.
+"""Streaming sufficient statistics: update, merge, finalize; no I/O.
 
-Owns: `ClassMoments` (pass 1: per-class counts, means and squared deviations, merged with Chan's
-pairwise update in float64) and `ClassScatter` (pass 2, with the means fixed: the within-class
-scatter in the cheaper exact basis, and the counts behind accuracy and NC4). Both merge exactly, so
-batch size and shard order cannot change a result beyond float64 rounding.
+Owns, for classification: `ClassSums` (the analysis's pass 1: counts and per-class sums),
+`ClassMoments` (counts, means and within-class squared deviations, merged with Chan's pairwise
+update) and `ClassScatter` (pass 2, with the means fixed: the within-class scatter in the cheaper
+exact basis, the within-class squared deviations, and the counts behind accuracy and NC4); for
+regression: `RegressionMoments`, `RegressionCentred` and `UnitProjections`. All accumulate in
+float64 and merge exactly, so batch size and shard order cannot change a result beyond float64
+rounding.
 
-Never reads files and never computes a metric: `collapse` turns finalized statistics into metrics.
-Axes: N samples, D feature dim, K classes.
+Speed without changing answers: blocks are processed in sub-blocks of about 2 MiB of float64
+rows (cache-resident, no large temporaries); the argmax / argmin behind accuracy and NC4 come
+from float32 GEMMs (or, on the class-span route, from pass 2's own projection) whose winners are
+certified by a rigorous error bound (`dot_error_bound`), every row the bound cannot certify being
+recomputed exactly as before in float64, so the counts equal those of the float64 computation.
+
+Never reads files and never computes a metric: `collapse` and `regression` turn finalized
+statistics into metrics. Axes: N samples, D feature dim, K classes, T regression targets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+# Unit roundoffs (half the machine epsilon) behind the float32 error bounds below.
+UNIT32 = float(np.finfo(np.float32).eps) / 2
+UNIT64 = float(np.finfo(np.float64).eps) / 2
+# Inputs of a float32 product stay below this (in norm), so nothing can overflow float32.
+_FLOAT32_MAX_NORM = 2.0**60
+# Absolute error per float32 operation from gradual underflow (half the smallest subnormal).
+_UNDERFLOW = 2.0**-150
+# Widens every error bound a little, for the rounding of the bound's own arithmetic.
+_SAFETY = 1.25
+# Rows of a block scored at once: bounds the (rows x K) score arrays to about this many entries.
+_SCORE_ENTRIES = 1 << 20
+# Rows are processed in sub-blocks of about this many bytes of float64 features.
+_SUB_BLOCK_BYTES = 1 << 21
+# Up to this many classes, per-class sums come from a one-hot GEMM; above it, from sorted runs.
+_ONE_HOT_MAX_K = 32
+# Up to this many columns (K_eff + K), pass 2's projection GEMM also yields the logits.
+_STACK_MAX = 32
+
+
+def dot_error_bound(d: int, unit: float) -> float:
+    """c with |fl(a . b) - a . b| <= c ||a|| ||b|| for length-d a, b, both first rounded to the
+    working precision (unit roundoff `unit`), any summation order, with or without FMA.
+
+    Higham, Accuracy and Stability of Numerical Algorithms (2002), eq. (3.5): the computed dot
+    product of the rounded vectors errs by at most gamma_d |a|.|b|, gamma_d = d u / (1 - d u);
+    rounding a and b adds (2u + u^2) |a|.|b|; Cauchy-Schwarz bounds |a|.|b| by ||a|| ||b||.
+    Underflow is not covered (see `_UNDERFLOW`).
+    """
+    gamma = d * unit / (1.0 - d * unit)
+    return gamma * (1.0 + unit) ** 2 + 2.0 * unit + unit * unit
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(B,) row-wise dot products a_i . b_i."""
+    vecdot = getattr(np, "vecdot", None)  # numpy >= 2.0; faster than einsum
+    return vecdot(a, b) if vecdot is not None else np.einsum("ij,ij->i", a, b)
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(_row_dots(x, x))
+
+
+def sub_blocks(
+    n: int, d: int, min_rows: int = 1, nbytes: int = _SUB_BLOCK_BYTES
+) -> Iterator[slice]:
+    """Row ranges of about `nbytes` of float64 (B, D) data, at least min_rows each."""
+    step = max(32, min_rows, nbytes // (8 * max(1, d)))
+    for a in range(0, n, step):
+        yield slice(a, min(n, a + step))
+
+
+def _deviations(x: np.ndarray, labels: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """(B, D) float64 rows minus the mean of their class: h_i - mu_{y_i}."""
+    dev = np.array(x, dtype=np.float64)
+    dev -= means[labels]
+    return dev
+
+
+@dataclass(frozen=True)
+class ClassRuns:
+    """The rows of one block grouped by class: a stable sort by label, one run per class.
+
+    `order` (B,) sorts the rows (None when they already are); `labels` (B,) are the sorted
+    labels; run r covers sorted positions starts[r]:stops[r], all of class classes[r]. Per-class
+    sums then work run by run: no K x B one-hot matrix and no np.add.at.
+    """
+
+    order: np.ndarray | None
+    labels: np.ndarray
+    classes: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> ClassRuns:
+        y = np.asarray(labels, dtype=np.int64)
+        order: np.ndarray | None = None
+        if y.size > 1 and np.any(y[1:] < y[:-1]):
+            order = np.argsort(y, kind="stable")
+            y = y[order]
+        if y.size:
+            starts = np.flatnonzero(np.r_[True, y[1:] != y[:-1]])
+            stops = np.r_[starts[1:], y.size]
+        else:
+            starts = stops = np.zeros(0, dtype=np.intp)
+        return cls(order=order, labels=y, classes=y[starts], starts=starts, stops=stops)
+
+    def class_sums(self, rows: np.ndarray, k: int) -> np.ndarray:
+        """(K, D) float64 sums of each class's rows (in block order), accumulated in float64.
+
+        Long runs are gathered one at a time (each in cache, no sorted copy of the block); many
+        short runs come from one sorted copy, which is cheaper than many small gathers.
+        """
+        sums = np.zeros((k, rows.shape[1]), dtype=np.float64)
+        bounds = zip(self.classes.tolist(), self.starts.tolist(), self.stops.tolist(), strict=True)
+        if self.order is None:
+            for c, a, b in bounds:
+                np.sum(rows[a:b], axis=0, dtype=np.float64, out=sums[c])
+        elif self.labels.size >= 32 * self.classes.size:
+            for c, a, b in bounds:
+                np.sum(rows[self.order[a:b]], axis=0, dtype=np.float64, out=sums[c])
+        else:
+            grouped = rows[self.order]
+            for c, a, b in bounds:
+                np.sum(grouped[a:b], axis=0, dtype=np.float64, out=sums[c])
+        return sums
+
 
 def _per_class_sums(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """(K, D) float64 sums of the rows of each class, without a K x N one-hot matrix."""
-    d = features.shape[1]
-    sums = np.zeros((k, d), dtype=np.float64)
-    if labels.size == 0:
-        return sums
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-    block = np.add.reduceat(features[order].astype(np.float64, copy=False), starts, axis=0)
-    sums[sorted_labels[starts]] = block
-    return sums
+    return ClassRuns.of(labels).class_sums(np.asarray(features), k)
 
 
 @dataclass
@@ -48,14 +156,15 @@ class ClassMoments:
 
     @classmethod
     def from_batch(cls, features: np.ndarray, labels: np.ndarray, k: int) -> ClassMoments:
-        x = np.asarray(features, dtype=np.float64)
+        x = np.asarray(features)
         y = np.asarray(labels, dtype=np.int64)
         counts = np.bincount(y, minlength=k).astype(np.int64)
-        sums = _per_class_sums(x, y, k)
-        means = np.divide(sums, np.maximum(counts, 1)[:, None])
-        dev = x - means[y]
-        m2 = np.bincount(y, weights=np.einsum("ij,ij->i", dev, dev), minlength=k)
-        return cls(counts=counts, means=means, m2=m2.astype(np.float64))
+        means = _per_class_sums(x, y, k) / np.maximum(counts, 1)[:, None]
+        m2 = np.zeros(k, dtype=np.float64)
+        for sl in sub_blocks(x.shape[0], x.shape[1]):
+            dev = _deviations(x[sl], y[sl], means)
+            m2 += np.bincount(y[sl], weights=_row_dots(dev, dev), minlength=k)
+        return cls(counts=counts, means=means, m2=m2)
 
     @property
     def k(self) -> int:
@@ -89,11 +198,59 @@ class ClassMoments:
 
 
 @dataclass
+class ClassSums:
+    """The analysis's pass 1: counts (K,) and per-class sums (K, D), accumulated in float64.
+
+    Cheaper than `ClassMoments` (no deviations): the within-class squared deviations, m2, come
+    from pass 2 instead (`ClassScatter.within`), with the means fixed, which is the exact
+    two-pass form. Plain sums, so merging is exact up to float64 addition. Rows must be finite.
+    """
+
+    counts: np.ndarray
+    sums: np.ndarray
+
+    @classmethod
+    def empty(cls, k: int, d: int) -> ClassSums:
+        return cls(counts=np.zeros(k, dtype=np.int64), sums=np.zeros((k, d), dtype=np.float64))
+
+    @classmethod
+    def from_batch(cls, features: np.ndarray, labels: np.ndarray, k: int) -> ClassSums:
+        x = np.asarray(features)
+        y = np.asarray(labels, dtype=np.int64)
+        counts = np.bincount(y, minlength=k).astype(np.int64)
+        if k > _ONE_HOT_MAX_K:
+            return cls(counts=counts, sums=ClassRuns.of(y).class_sums(x, k))
+        sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+        for sl in sub_blocks(x.shape[0], x.shape[1]):  # few classes: a (K, rows) one-hot GEMM
+            one_hot = np.zeros((k, sl.stop - sl.start), dtype=np.float64)
+            one_hot[y[sl], np.arange(sl.stop - sl.start)] = 1.0
+            sums += one_hot @ np.asarray(x[sl], dtype=np.float64)
+        return cls(counts=counts, sums=sums)
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def merge(self, other: ClassSums) -> ClassSums:
+        return ClassSums(counts=self.counts + other.counts, sums=self.sums + other.sums)
+
+    def moments(self, m2: np.ndarray | None = None) -> ClassMoments:
+        """`ClassMoments` with means = sums / counts (0 for empty classes) and the given m2."""
+        means = self.sums / np.maximum(self.counts, 1)[:, None]
+        if m2 is None:
+            m2 = np.zeros(self.counts.shape[0], dtype=np.float64)
+        return ClassMoments(counts=self.counts.copy(), means=means, m2=np.asarray(m2, float))
+
+
+@dataclass
 class ScatterPlan:
     """What pass 2 needs, fixed after pass 1.
 
     `basis` is None for the D x D route (scatter of the raw deviations) or the (r, D) matrix Mc of
     centred present-class means for the class-span route (scatter of Mc (h_i - mu_{y_i})).
+    `centre` (D,) is the point the class means are centred on for the nearest-mean scores (mu_G
+    from `plan_scatter`; any fixed point gives the same nearest means). `ncc` and `logits` are
+    derived here once for `ClassScatter.from_batch`.
     """
 
     means: np.ndarray  # (K, D) class means
@@ -101,6 +258,19 @@ class ScatterPlan:
     basis: np.ndarray | None
     weight: np.ndarray  # (K, D)
     bias: np.ndarray  # (K,)
+    centre: np.ndarray | None = None  # (D,)
+    ncc: _NearestMean = field(init=False, repr=False, compare=False)
+    logits: _Logits = field(init=False, repr=False, compare=False)
+    projector: np.ndarray | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        centre = np.zeros(self.means.shape[1]) if self.centre is None else self.centre
+        self.ncc = _NearestMean.build(self.means, self.present, centre, self.basis)
+        self.logits = _Logits.build(self.weight, self.bias, self.means)
+        # what pass 2 multiplies the deviations by: Mc, with W stacked under it when few classes
+        self.projector = self.basis
+        if self.basis is not None and self.basis.shape[0] + self.weight.shape[0] <= _STACK_MAX:
+            self.projector = np.concatenate([self.basis, self.weight])
 
     @property
     def route(self) -> str:
@@ -115,63 +285,357 @@ def plan_scatter(
     k_eff = int(present.sum())
     if route == "auto":
         route = "class_span" if k_eff < moments.d else "dxd"
+    mu_g = moments.global_mean()
     basis = None
     if route == "class_span":
-        basis = moments.means[present] - moments.global_mean()
+        basis = moments.means[present] - mu_g
     return ScatterPlan(
         means=moments.means,
         present=present,
         basis=basis,
         weight=np.asarray(weight, dtype=np.float64),
         bias=np.asarray(bias, dtype=np.float64),
+        centre=mu_g,
     )
+
+
+def _certified_argmax(scores: np.ndarray, slack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise argmax of approximate `scores` (B, C), and which rows' winners are certain.
+
+    Each score is within `slack` (B,) of its exact value, so a winner that beats the runner-up by
+    more than 2 x slack is the exact winner, and the unique one (a tie is never certain). NaN rows
+    are never certain. Overwrites `scores`.
+    """
+    best = np.argmax(scores, axis=1)
+    if scores.shape[1] == 1:
+        return best, np.isfinite(scores[:, 0])
+    rows = np.arange(scores.shape[0])
+    top = scores[rows, best]
+    scores[rows, best] = -np.inf
+    with np.errstate(invalid="ignore"):
+        margin = top - np.max(scores, axis=1)
+    return best, margin > 2.0 * slack
+
+
+def _row_blocks(n: int, width: int) -> Iterator[slice]:
+    """Row ranges whose (rows x width) score arrays hold about `_SCORE_ENTRIES` entries."""
+    step = max(1, _SCORE_ENTRIES // max(1, width))
+    for a in range(0, n, step):
+        yield slice(a, min(n, a + step))
+
+
+def _shifted(
+    rows: Callable[[np.ndarray], np.ndarray], start: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """rows(i + start): feature rows of a row block, indexed from the block's first row."""
+    return lambda i: rows(i + start)
+
+
+def _float32_safe(*norms: np.ndarray | float) -> bool:
+    """True when every norm is finite and small enough for overflow-free float32 products."""
+    return all(bool(np.all(np.asarray(v) < _FLOAT32_MAX_NORM)) for v in norms)
+
+
+@dataclass(frozen=True)
+class _Logits:
+    """argmax_k (w_k . h + b_k) per row, equal to that of the float64 computation.
+
+    Two fast routes, each certified by an a-priori error bound: a certified winner leads both the
+    exact logits and the float64 ones by more than their error bounds. Rows a route cannot
+    certify are recomputed exactly as before: x @ W^T + b in float64, argmax.
+    - `argmax`: one float32 GEMM on the features.
+    - `from_projection` (few classes, class-span route): w_k . h = w_k . (h - mu_y) + w_k . mu_y,
+      the first term from pass 2's float64 projection GEMM (W stacked under Mc, which costs that
+      memory-bound GEMM almost nothing), the second from a (K, K) table.
+    """
+
+    weight: np.ndarray  # (K, D) float64
+    bias: np.ndarray  # (K,) float64
+    weight32: np.ndarray  # float32 (float64 if that could overflow)
+    bias32: np.ndarray
+    table: np.ndarray  # (K, K): mu_k . w_j + b_j
+    wmax: float  # largest ||w_k||
+    bmax: float  # largest |b_k|
+
+    @classmethod
+    def build(cls, weight: np.ndarray, bias: np.ndarray, means: np.ndarray) -> _Logits:
+        wmax = float(np.max(_row_norms(weight), initial=0.0))
+        bmax = float(np.max(np.abs(bias), initial=0.0))
+        fits = _float32_safe(wmax, bmax)
+        return cls(
+            weight=weight,
+            bias=bias,
+            weight32=weight.astype(np.float32) if fits else weight,
+            bias32=bias.astype(np.float32) if fits else bias,
+            table=means @ weight.T + bias,
+            wmax=wmax,
+            bmax=bmax,
+        )
+
+    def _reference_error(self, xnorm: np.ndarray) -> np.ndarray:
+        """Bound on |float64 (x @ W^T + b) - exact| per row, ||h_i|| <= xnorm."""
+        scale = xnorm * self.wmax
+        d = self.weight.shape[1]
+        return dot_error_bound(d, UNIT64) * scale + UNIT64 * (scale + self.bmax)
+
+    def _certify(
+        self,
+        scores: np.ndarray,
+        slack: np.ndarray,
+        rows: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        pred, sure = _certified_argmax(scores, slack)
+        unsure = np.flatnonzero(~sure)
+        if unsure.size:
+            exact = np.asarray(rows(unsure), dtype=np.float64) @ self.weight.T + self.bias
+            pred[unsure] = np.argmax(exact, axis=1)
+        return pred
+
+    def argmax(self, x: np.ndarray, xnorm: np.ndarray) -> np.ndarray:
+        """Predicted class per row of x (B, D) by the float32 route; ||x_i|| <= xnorm (B,)."""
+        pred = np.zeros(x.shape[0], dtype=np.int64)
+        d = x.shape[1]
+        fast = self.weight32.dtype == np.float32 and _float32_safe(xnorm)
+        for sl in _row_blocks(x.shape[0], self.weight.shape[0]):
+            if fast:
+                scores = x[sl].astype(np.float32, copy=False) @ self.weight32.T
+                scores += self.bias32
+                scale = xnorm[sl] * self.wmax
+                error = dot_error_bound(d, UNIT32) * scale
+                error += 2.0 * UNIT32 * (scale + self.bmax)  # casting b, adding it
+                error += _UNDERFLOW * (2 * d + 2 + np.sqrt(d) * (xnorm[sl] + self.wmax))
+                slack = _SAFETY * (error + self._reference_error(xnorm[sl]))
+            else:  # nothing is certain: every row takes the float64 reference
+                scores = np.zeros((sl.stop - sl.start, self.weight.shape[0]))
+                slack = np.full(sl.stop - sl.start, np.inf)
+            pred[sl] = self._certify(scores, slack, _shifted(x.__getitem__, sl.start))
+        return pred
+
+    def from_projection(
+        self,
+        dw: np.ndarray,
+        labels: np.ndarray,
+        xnorm: np.ndarray,
+        rows: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """Predicted class per row from dw (B, K) = (h_i - mu_{y_i}) . w_k (float64).
+
+        labels (B,); ||h_i - mu_{y_i}|| + ||mu_{y_i}|| <= xnorm (B,); rows(i): feature rows i.
+        """
+        d = self.weight.shape[1]
+        pred = np.zeros(dw.shape[0], dtype=np.int64)
+        for sl in _row_blocks(dw.shape[0], self.weight.shape[0]):
+            scores = dw[sl] + self.table[labels[sl]]
+            scale = xnorm[sl] * self.wmax
+            # dw and the table each err by one product bound (plus b's rounding); then one add
+            error = dot_error_bound(d, UNIT64) * scale + 2.0 * UNIT64 * (scale + self.bmax)
+            slack = _SAFETY * (error + self._reference_error(xnorm[sl]))
+            pred[sl] = self._certify(scores, slack, _shifted(rows, sl.start))
+        return pred
+
+
+@dataclass(frozen=True)
+class _NearestMean:
+    """argmin over present classes j of ||h - mu_j||^2 per row, ties to the lowest index.
+
+    ||h - mu_j||^2 = ||h||^2 - 2 h . mu_j + ||mu_j||^2 and h . mu_j = h . c_j + h . g for the
+    centred means c_j = mu_j - g, so the nearest mean maximizes 2 h . c_j - ||mu_j||^2 (h . g is
+    common to all j). On the class-span route h . c_j comes free from pass 2's projection,
+    z_ij + mu_{y_i} . c_j with z_i = Mc (h_i - mu_{y_i}); on the D x D route the scores come from
+    one float32 GEMM. Either way the winner is certified against a bound on its score's error
+    (and on the float64 reference's), and uncertain rows are recomputed exactly as before:
+    argmin_j (||mu_j||^2 - 2 h . mu_j) in float64.
+    """
+
+    index: np.ndarray  # (K_eff,) class of each present mean
+    means: np.ndarray  # (K_eff, D) present means
+    sq: np.ndarray  # (K_eff,) ||mu_j||^2
+    sq32: np.ndarray
+    twice32: np.ndarray | None  # (K_eff, D) 2 c_j in float32; None if that could overflow
+    table: np.ndarray | None  # (K, K_eff) mu_k . c_j, class-span route only
+    mean_norms: np.ndarray  # (K,) ||mu_k|| of every class
+    cmax: float  # largest ||c_j||
+    mumax: float  # largest ||mu_j||
+    sqmax: float
+
+    @classmethod
+    def build(
+        cls, means: np.ndarray, present: np.ndarray, centre: np.ndarray, basis: np.ndarray | None
+    ) -> _NearestMean:
+        index = np.flatnonzero(present)
+        mu = means[index]
+        centred = mu - centre if basis is None else basis
+        cmax = float(np.max(_row_norms(centred), initial=0.0))
+        mean_norms = _row_norms(means)
+        sq = np.einsum("kd,kd->k", mu, mu)
+        sqmax = float(np.max(sq, initial=0.0))
+        return cls(
+            index=index,
+            means=mu,
+            sq=sq,
+            sq32=sq.astype(np.float32) if _float32_safe(sqmax) else sq,
+            twice32=(2.0 * centred).astype(np.float32) if _float32_safe(2 * cmax) else None,
+            table=None if basis is None else means @ basis.T,
+            mean_norms=mean_norms,
+            cmax=cmax,
+            mumax=float(np.max(mean_norms[index], initial=0.0)),
+            sqmax=sqmax,
+        )
+
+    def _slack(self, xnorm: np.ndarray, product_error: np.ndarray, unit: float) -> np.ndarray:
+        """Bound (B,) on the score's error plus the float64 reference's, ||h_i|| <= xnorm.
+
+        product_error bounds |computed h . c_j - h . c_j|; the score 2 h . c_j - ||mu_j||^2 in
+        precision `unit` adds the rounding of ||mu_j||^2 and of the subtraction; the reference
+        ||mu_j||^2 - 2 h . mu_j errs by twice its product's bound plus one rounding.
+        """
+        d = self.means.shape[1]
+        scale, ref_scale = xnorm * self.cmax, xnorm * self.mumax
+        score = 2.0 * product_error + 2.0 * unit * (scale + self.sqmax)
+        reference = 2.0 * dot_error_bound(d, UNIT64) * ref_scale
+        reference += UNIT64 * (self.sqmax + 2.0 * ref_scale)
+        return _SAFETY * (score + reference)
+
+    def _choose(
+        self, scores: np.ndarray, slack: np.ndarray, rows: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """Certified winners of the scores; `rows(i)` gives uncertain rows' features."""
+        best, sure = _certified_argmax(scores, slack)
+        unsure = np.flatnonzero(~sure)
+        if unsure.size:
+            h = np.asarray(rows(unsure), dtype=np.float64)
+            best[unsure] = np.argmin(self.sq[None, :] - 2.0 * (h @ self.means.T), axis=1)
+        return best
+
+    def from_projection(
+        self,
+        z: np.ndarray,
+        labels: np.ndarray,
+        dev_norm: np.ndarray,
+        rows: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """Nearest mean (class index) per row from z (B, K_eff) = (h_i - mu_{y_i}) . c_j.
+
+        labels (B,), dev_norm (B,) = ||h_i - mu_{y_i}||; rows(i) returns feature rows i.
+        """
+        if self.index.size == 1:
+            return np.full(z.shape[0], self.index[0], dtype=np.int64)
+        assert self.table is not None
+        d = self.means.shape[1]
+        best = np.zeros(z.shape[0], dtype=np.int64)
+        for sl in _row_blocks(z.shape[0], self.index.size):
+            y = labels[sl]
+            xnorm = dev_norm[sl] + self.mean_norms[y]  # >= ||h_i||
+            # z and the table each err by one float64 product bound; adding them, one rounding
+            error = (dot_error_bound(d, UNIT64) + UNIT64) * xnorm * self.cmax
+            scores = z[sl] + self.table[y]
+            scores *= 2.0
+            scores -= self.sq
+            slack = self._slack(xnorm, error, UNIT64)
+            best[sl] = self._choose(scores, slack, _shifted(rows, sl.start))
+        return self.index[best]
+
+    def from_features(self, x: np.ndarray, xnorm: np.ndarray) -> np.ndarray:
+        """Nearest mean (class index) per row of x (B, D), ||h_i|| <= xnorm (B,)."""
+        if self.index.size == 1:
+            return np.full(x.shape[0], self.index[0], dtype=np.int64)
+        d = x.shape[1]
+        best = np.zeros(x.shape[0], dtype=np.int64)
+        fast = self.twice32 is not None and self.sq32.dtype == np.float32 and _float32_safe(xnorm)
+        for sl in _row_blocks(x.shape[0], self.index.size):
+            if fast:
+                assert self.twice32 is not None
+                scores = x[sl].astype(np.float32, copy=False) @ self.twice32.T
+                scores -= self.sq32
+                # c_j was rounded twice (to float64, then float32): the u64 term
+                error = (dot_error_bound(d, UNIT32) + UNIT64) * xnorm[sl] * self.cmax
+                error += _UNDERFLOW * (d + np.sqrt(d) * (xnorm[sl] + self.cmax))
+                slack = self._slack(xnorm[sl], error, UNIT32)
+            else:  # nothing is certain: every row takes the float64 reference
+                scores = np.zeros((sl.stop - sl.start, self.index.size))
+                slack = np.full(sl.stop - sl.start, np.inf)
+            best[sl] = self._choose(scores, slack, _shifted(x.__getitem__, sl.start))
+        return self.index[best]
 
 
 @dataclass
 class ClassScatter:
-    """Pass-2 statistics, plain sums: scatter (r, r), n, correct (accuracy), ncc_mismatch (NC4)."""
+    """Pass-2 statistics, plain sums: scatter (r, r), n, correct (accuracy), ncc_mismatch (NC4),
+    and within (K,) = sum_{i in k} ||h_i - mu_k||^2 with the plan's means (the exact two-pass m2).
+    """
 
     scatter: np.ndarray
     n: int = 0
     correct: int = 0
     ncc_mismatch: int = 0
     route: str = field(default="dxd")
+    within: np.ndarray | None = None
 
     @classmethod
     def empty(cls, plan: ScatterPlan) -> ClassScatter:
         r = plan.means.shape[1] if plan.basis is None else plan.basis.shape[0]
-        return cls(scatter=np.zeros((r, r), dtype=np.float64), route=plan.route)
+        return cls(
+            scatter=np.zeros((r, r), dtype=np.float64),
+            route=plan.route,
+            within=np.zeros(plan.means.shape[0], dtype=np.float64),
+        )
 
     @classmethod
     def from_batch(
         cls, plan: ScatterPlan, features: np.ndarray, labels: np.ndarray
     ) -> ClassScatter:
-        x = np.asarray(features, dtype=np.float64)
+        """Statistics of one block: features (B, D), labels (B,).
+
+        The deviations h_i - mu_{y_i} exist only a cache-sized sub-block at a time; what is kept
+        per row is their squared norm and, on the class-span route, their projection.
+        """
+        x = np.asarray(features)
         y = np.asarray(labels, dtype=np.int64)
-        dev = x - plan.means[y]
-        z = dev if plan.basis is None else dev @ plan.basis.T
-        scatter = z.T @ z
-        pred = np.argmax(x @ plan.weight.T + plan.bias, axis=1)
-        idx = np.flatnonzero(plan.present)
-        mu = plan.means[idx]
-        # argmin_k ||h - mu_k||^2 = argmin_k (||mu_k||^2 - 2 h.mu_k); ties go to the lowest index.
-        dist = np.einsum("kd,kd->k", mu, mu)[None, :] - 2.0 * (x @ mu.T)
-        ncc = idx[np.argmin(dist, axis=1)]
-        return cls(
-            scatter=scatter,
-            n=int(x.shape[0]),
-            correct=int(np.count_nonzero(pred == y)),
-            ncc_mismatch=int(np.count_nonzero(pred != ncc)),
-            route=plan.route,
-        )
+        out = cls.empty(plan)
+        n, d = x.shape
+        dev_sq = np.empty(n)
+        proj = None if plan.projector is None else np.empty((n, plan.projector.shape[0]))
+        # the D x D route adds a D x D product per sub-block: at least D rows amortize it
+        for sl in sub_blocks(n, d, min_rows=d if proj is None else 1):
+            dev = _deviations(x[sl], y[sl], plan.means)
+            dev_sq[sl] = _row_dots(dev, dev)
+            if proj is None:
+                out.scatter += dev.T @ dev
+            else:
+                assert plan.projector is not None
+                np.matmul(dev, plan.projector.T, out=proj[sl])
+        dev_norm = np.sqrt(dev_sq)
+        xnorm = dev_norm + plan.ncc.mean_norms[y]  # >= ||h_i||
+        if proj is None:
+            ncc = plan.ncc.from_features(x, xnorm)
+            pred = plan.logits.argmax(x, xnorm)
+        else:
+            r = out.scatter.shape[0]
+            z = proj[:, :r]
+            out.scatter = z.T @ z
+            ncc = plan.ncc.from_projection(z, y, dev_norm, x.__getitem__)
+            if proj.shape[1] > r:
+                pred = plan.logits.from_projection(proj[:, r:], y, xnorm, x.__getitem__)
+            else:
+                pred = plan.logits.argmax(x, xnorm)
+        assert out.within is not None
+        out.within += np.bincount(y, weights=dev_sq, minlength=out.within.size)
+        out.n = n
+        out.correct = int(np.count_nonzero(pred == y))
+        out.ncc_mismatch = int(np.count_nonzero(pred != ncc))
+        return out
 
     def merge(self, other: ClassScatter) -> ClassScatter:
+        within = None
+        if self.within is not None and other.within is not None:
+            within = self.within + other.within
         return ClassScatter(
             scatter=self.scatter + other.scatter,
             n=self.n + other.n,
             correct=self.correct + other.correct,
             ncc_mismatch=self.ncc_mismatch + other.ncc_mismatch,
             route=self.route,
+            within=within,
         )
 
 
@@ -196,13 +660,24 @@ def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
     return y, int(x.shape[0] - y.shape[0])
 
 
-def _mean_and_scatter(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, centred scatter sum_i (x_i - mean)(x_i - mean)^T) of the rows of `x`, in float64."""
-    if x.shape[0] == 0:
-        d = x.shape[1]
+def _mean_and_scatter(
+    x: np.ndarray, scratch: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, centred scatter sum_i (x_i - mean)(x_i - mean)^T) of the rows of `x`, in float64.
+
+    scratch: optional float64 array of at least x's size that may be overwritten; it holds the
+    centred rows instead of a new (B, D) temporary.
+    """
+    n, d = x.shape
+    if n == 0:
         return np.zeros(d, dtype=np.float64), np.zeros((d, d), dtype=np.float64)
-    mean = x.mean(axis=0)
-    dev = x - mean
+    if scratch is None:
+        dev = np.array(x, dtype=np.float64)
+    else:
+        dev = scratch.reshape(-1)[: n * d].reshape(n, d)
+        np.copyto(dev, x)
+    mean = dev.mean(axis=0)
+    dev -= mean
     return mean, dev.T @ dev
 
 
@@ -220,7 +695,8 @@ def _chan_merge(
         return mean_a.copy(), scatter_a.copy()
     delta = mean_b - mean_a
     mean = mean_a + delta * (nb / n)
-    scatter = scatter_a + scatter_b + np.outer(delta, delta) * (na * nb / n)
+    scatter = scatter_a + scatter_b
+    scatter += np.multiply.outer(delta, delta * (na * nb / n))
     return mean, scatter
 
 
@@ -230,7 +706,9 @@ class RegressionMoments:
 
     n: rows seen. feature_mean (D,) = mu_G; feature_scatter (D, D) = sum_i (h_i - mu_G)(...)^T.
     unit_second (D, D) = sum over non-zero rows of hn_i hn_i^T with hn_i = h_i / ||h_i||
-    (uncentred); n_zero_norm rows had ||h_i|| = 0 and are not in it.
+    (uncentred); n_zero_norm rows had ||h_i|| = 0 and are not in it. unit_second is None (and
+    n_zero_norm 0) when built with unit_rows=False: the analysis then projects the unit rows in
+    pass 2 (`UnitProjections`) instead of paying for this second D x D product.
     target_mean (T,) = ybar; target_scatter (T, T) = sum_i (y_i - ybar)(y_i - ybar)^T.
     rss = sum_i ||y_i - yhat_i||^2.
     """
@@ -238,7 +716,7 @@ class RegressionMoments:
     n: int
     feature_mean: np.ndarray
     feature_scatter: np.ndarray
-    unit_second: np.ndarray
+    unit_second: np.ndarray | None
     n_zero_norm: int
     target_mean: np.ndarray
     target_scatter: np.ndarray
@@ -259,21 +737,34 @@ class RegressionMoments:
 
     @classmethod
     def from_batch(
-        cls, features: np.ndarray, targets: np.ndarray, predictions: np.ndarray
+        cls,
+        features: np.ndarray,
+        targets: np.ndarray,
+        predictions: np.ndarray,
+        *,
+        unit_rows: bool = True,
+        scratch: np.ndarray | None = None,
     ) -> RegressionMoments:
-        """Statistics of one block: features (B, D), targets (B, T), predictions (B, T)."""
-        x = np.asarray(features, dtype=np.float64)
+        """Statistics of one block: features (B, D), targets (B, T), predictions (B, T).
+
+        scratch: optional float64 buffer (at least B x D entries) the block may overwrite, so a
+        caller streaming many blocks allocates the (B, D) centred copy once.
+        """
+        x = np.asarray(features)
         y = np.asarray(targets, dtype=np.float64)
         yhat = np.asarray(predictions, dtype=np.float64)
-        feature_mean, feature_scatter = _mean_and_scatter(x)
+        feature_mean, feature_scatter = _mean_and_scatter(x, scratch)
         target_mean, target_scatter = _mean_and_scatter(y)
-        unit, n_zero = _unit_rows(x)
+        unit_second, n_zero = None, 0
+        if unit_rows:
+            unit, n_zero = _unit_rows(np.asarray(x, dtype=np.float64))
+            unit_second = unit.T @ unit
         resid = y - yhat
         return cls(
             n=int(x.shape[0]),
             feature_mean=feature_mean,
             feature_scatter=feature_scatter,
-            unit_second=unit.T @ unit,
+            unit_second=unit_second,
             n_zero_norm=n_zero,
             target_mean=target_mean,
             target_scatter=target_scatter,
@@ -293,6 +784,12 @@ class RegressionMoments:
         """Rows with a non-zero feature vector (those behind `unit_second`)."""
         return self.n - self.n_zero_norm
 
+    def captured(self, basis: np.ndarray) -> float:
+        """sum_i ||basis^T hn_i||^2 over the unit rows, for a (D, r) orthonormal basis."""
+        if self.unit_second is None:
+            raise ValueError("these moments were gathered without unit rows (unit_rows=False)")
+        return _captured(self.unit_second, basis)
+
     def merge(self, other: RegressionMoments) -> RegressionMoments:
         """Exact combination of two disjoint row sets (Chan's update; sums for the rest)."""
         a, b = self, other
@@ -302,11 +799,14 @@ class RegressionMoments:
         target_mean, target_scatter = _chan_merge(
             a.n, a.target_mean, a.target_scatter, b.n, b.target_mean, b.target_scatter
         )
+        unit_second = None
+        if self.unit_second is not None and other.unit_second is not None:
+            unit_second = self.unit_second + other.unit_second
         return RegressionMoments(
             n=self.n + other.n,
             feature_mean=feature_mean,
             feature_scatter=feature_scatter,
-            unit_second=self.unit_second + other.unit_second,
+            unit_second=unit_second,
             n_zero_norm=self.n_zero_norm + other.n_zero_norm,
             target_mean=target_mean,
             target_scatter=target_scatter,
@@ -355,6 +855,10 @@ class RegressionCentred:
     def n_unit(self) -> int:
         return self.n - self.n_zero_norm
 
+    def captured(self, basis: np.ndarray) -> float:
+        """sum_i ||basis^T hc_i||^2 over the unit rows, for a (D, r) orthonormal basis."""
+        return _captured(self.unit_second, basis)
+
     def merge(self, other: RegressionCentred) -> RegressionCentred:
         return RegressionCentred(
             n=self.n + other.n,
@@ -364,3 +868,117 @@ class RegressionCentred:
 
     def update(self, features: np.ndarray, mu_g: np.ndarray) -> RegressionCentred:
         return self.merge(RegressionCentred.from_batch(features, mu_g))
+
+
+def _captured(unit_second: np.ndarray, basis: np.ndarray) -> float:
+    """tr(B^T M B) = sum_i ||B^T u_i||^2 for M = sum_i u_i u_i^T."""
+    return float(np.einsum("dr,de,er->", basis, unit_second, basis))
+
+
+# Squared row norms in this range are taken directly: no overflow, no loss to underflow.
+_SAFE_SQ_NORM = (2.0**-960, 2.0**960)
+
+
+@dataclass
+class UnitProjections:
+    """Unit feature rows projected on a fixed orthonormal basis Q (D, m), m small (<= 2 T).
+
+    u_i = (h_i - c) / ||h_i - c|| for a fixed centre c (none: the paper's uncentred rows; mu_G:
+    the centred ones). n rows seen, n_zero_norm of them with h_i = c and left out, and
+    gram (m, m) = sum_i (Q^T u_i)(Q^T u_i)^T. For any orthonormal B (D, r) inside span(Q),
+    sum_i ||B^T u_i||^2 = tr(C^T gram C) with C = Q^T B, so nrc1 and nrc2 (B = the PCA basis or
+    the row space of W, both fixed after pass 1) need this m x m matrix instead of the D x D
+    second moment: pass 2 is O(N D m), not O(N D^2). Plain sums; merging is exact.
+    """
+
+    basis: np.ndarray
+    n: int
+    n_zero_norm: int
+    gram: np.ndarray
+
+    @classmethod
+    def empty(cls, basis: np.ndarray) -> UnitProjections:
+        m = basis.shape[1]
+        return cls(basis=basis, n=0, n_zero_norm=0, gram=np.zeros((m, m), dtype=np.float64))
+
+    @classmethod
+    def from_batch(
+        cls, features: np.ndarray, basis: np.ndarray, centre: np.ndarray | None = None
+    ) -> UnitProjections:
+        """Projections of one block's unit rows, features (B, D), centred on `centre` if given."""
+        if centre is None:
+            return cls.pair_from_batch(features, basis, None)[0]
+        return cls.pair_from_batch(features, basis, centre)[1]
+
+    @classmethod
+    def pair_from_batch(
+        cls, features: np.ndarray, basis: np.ndarray, centre: np.ndarray | None
+    ) -> tuple[UnitProjections, UnitProjections]:
+        """(uncentred, centred on `centre`) projections of one block's unit rows.
+
+        Each cache-sized sub-block is converted to float64 once, projected and measured, centred
+        in place, projected and measured again; the (B, m) projections are then divided by the
+        row norms (no (B, D) unit-row copy). centre None: the second result equals the first.
+        """
+        x = np.asarray(features)
+        n, d = x.shape
+        m = basis.shape[1]
+        proj = np.empty((2, n, m))
+        sq = np.empty((2, n))
+        # extreme rows may overflow here; `_normalized` redoes them by the scaled route
+        with np.errstate(over="ignore", invalid="ignore"):
+            for sl in sub_blocks(n, d, nbytes=1 << 20):
+                rows = np.array(x[sl], dtype=np.float64)
+                sq[0, sl] = _row_dots(rows, rows)
+                np.matmul(rows, basis, out=proj[0, sl])
+                if centre is not None:
+                    rows -= centre
+                    sq[1, sl] = _row_dots(rows, rows)
+                    np.matmul(rows, basis, out=proj[1, sl])
+        uncentred = cls._normalized(x, basis, proj[0], sq[0], None)
+        if centre is None:
+            return uncentred, uncentred
+        return uncentred, cls._normalized(x, basis, proj[1], sq[1], centre)
+
+    @classmethod
+    def _normalized(
+        cls,
+        x: np.ndarray,
+        basis: np.ndarray,
+        proj: np.ndarray,
+        sq: np.ndarray,
+        centre: np.ndarray | None,
+    ) -> UnitProjections:
+        """Divide the projections (B, m) of x - centre by the row norms (sq: squared norms).
+
+        Rows whose squared norm is extreme (zero, tiny, huge or not finite) are redone by
+        `_unit_rows`' scaled route, which also leaves out the zero rows.
+        """
+        lo, hi = _SAFE_SQ_NORM
+        safe = (sq >= lo) & (sq <= hi)
+        n_zero = 0
+        if safe.all():
+            proj /= np.sqrt(sq)[:, None]
+        else:
+            rows = np.asarray(x[~safe], dtype=np.float64)
+            unit, n_zero = _unit_rows(rows if centre is None else rows - centre)
+            direct = proj[safe] / np.sqrt(sq[safe])[:, None]
+            proj = np.concatenate([direct, unit @ basis])
+        return cls(basis=basis, n=int(sq.shape[0]), n_zero_norm=n_zero, gram=proj.T @ proj)
+
+    @property
+    def n_unit(self) -> int:
+        return self.n - self.n_zero_norm
+
+    def captured(self, basis: np.ndarray) -> float:
+        """sum_i ||basis^T u_i||^2 for an orthonormal (D, r) basis inside span(Q)."""
+        c = self.basis.T @ basis
+        return float(np.einsum("ar,ab,br->", c, self.gram, c))
+
+    def merge(self, other: UnitProjections) -> UnitProjections:
+        return UnitProjections(
+            basis=self.basis,
+            n=self.n + other.n,
+            n_zero_norm=self.n_zero_norm + other.n_zero_norm,
+            gram=self.gram + other.gram,
+        )

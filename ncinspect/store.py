@@ -298,20 +298,42 @@ class StoreSource(FeatureSource):
         self._outputs = f["outputs"] if "outputs" in f else None
 
     def chunk_rows(self) -> int:
+        """About 8 MiB of features per read, a whole number of HDF5 chunks (each read once)."""
         chunks = self._features.chunks
         base = int(chunks[0]) if chunks else 4096
         return base * max(1, (1 << 23) // max(1, base * self.d * self._features.dtype.itemsize))
 
-    def _read(self, start: int, stop: int) -> Batch:
+    def _features_into(self, start: int, stop: int, scratch: dict[str, np.ndarray]) -> np.ndarray:
+        """Rows start:stop of the features, read into the reused buffer scratch["features"]."""
+        m = stop - start
+        buf = scratch.get("features")
+        if buf is None or buf.shape[0] < m:
+            buf = scratch["features"] = np.empty((m, self.d), dtype=self._features.dtype)
+        if m:
+            self._features.read_direct(buf, np.s_[start:stop], np.s_[0:m])
+        return buf[:m]
+
+    def _read(
+        self,
+        start: int,
+        stop: int,
+        outputs: bool = True,
+        scratch: dict[str, np.ndarray] | None = None,
+    ) -> Batch:
         def get(ds: Any) -> np.ndarray | None:
             return None if ds is None else ds[start:stop]
 
         try:
+            features = (
+                self._features[start:stop]
+                if scratch is None
+                else self._features_into(start, stop, scratch)
+            )
             return Batch(
-                features=self._features[start:stop],
+                features=features,
                 labels=get(self._labels),
                 targets=get(self._targets),
-                outputs=get(self._outputs),
+                outputs=get(self._outputs) if outputs else None,
             )
         except OSError as exc:
             raise StoreError(f"reading rows {start}:{stop} failed: {exc}", path=self.path) from exc
@@ -344,7 +366,9 @@ def open_store(path: str | Path) -> StoreSource:
     """Open and validate a store; raise `StoreError` naming the dataset or attribute at fault."""
     p = str(path)
     try:
-        f = h5py.File(p, "r")
+        # No chunk cache: reads are whole, aligned chunks (`chunk_rows`), each read once, and
+        # HDF5 then copies them straight into the result instead of through the cache.
+        f = h5py.File(p, "r", rdcc_nbytes=0)
     except (OSError, ValueError) as exc:
         raise StoreError(f"not a readable HDF5 file ({exc})", path=p) from exc
     try:

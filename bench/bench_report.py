@@ -1,0 +1,496 @@
+"""`report`'s library path against a naive implementation and against the I/O + arithmetic floor.
+
+    .venv/bin/python bench/bench_report.py [--quick] [--repeats 3] [--parts a,b,d]
+
+Issue #7, on seeded data written to temporary stores (float32 features, with outputs, like
+`ncinspect extract` writes them):
+
+(a) classification: `ncinspect.api.analyze([path])` on N=50,000 x D=512 with K=10 and K=100, and
+    N=20,000 x D=256 with K=1,000, against
+    naive  `bench/naive_metrics.py`: everything in memory, per-class D x D covariances, dense
+           pinv, Python loop over class pairs, cdist for NC4;
+    floor  one chunked read of the features (h5py `read_direct` into one buffer, the store's read
+           size) plus the cheapest exact arithmetic: per-class float64 sums and the one Gram-type
+           product NC1 needs, on the cheaper route (Z = X Mc^T and Z^T Z with the centred class
+           means Mc given for free when K < D; X^T X when K >= D), in float64, on the same
+           cache-resident sub-blocks ncinspect uses.
+    Targets: naive / report >= 5, report / floor <= 1.5.
+(b) peak memory of a fresh process that imports ncinspect and runs `analyze` (its peak RSS,
+    VmHWM, since Linux carries ru_maxrss over from the parent across fork + exec) at N and 10 N
+    (D=256, K=100): target within 15 % of each other.
+(d) regression (N=50,000, D=512, T=3) against `bench/naive_metrics.py` (SVD PCA, D x D
+    projectors) and the floor (one chunked read plus X^T X in float64).
+
+Timings: the three contenders run interleaved, `repeats` rounds after one warm-up, and the table
+shows medians; ratios come from medians measured in this one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import naive_metrics as naive  # noqa: E402  (bench/ is not a package)
+
+from ncinspect.api import analyze  # noqa: E402
+from ncinspect.store import StoreWriter, open_store  # noqa: E402
+
+NAIVE_OVER_REPORT = 5.0  # target: naive / report >= 5
+REPORT_OVER_FLOOR = 1.5  # target: report / floor <= 1.5
+MEMORY_SPREAD = 1.15  # target: peak RSS at 10 N within 15 % of that at N
+WRITE_ROWS = 8192  # rows per StoreWriter.append
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Classification cases (N, D, K), memory (N, 10 N, D, K), regression (N, D, T), repeats."""
+
+    classification: tuple[tuple[int, int, int], ...] = (
+        (50_000, 512, 10),
+        (50_000, 512, 100),
+        (20_000, 256, 1_000),
+    )
+    memory: tuple[int, int, int, int] = (20_000, 200_000, 256, 100)
+    regression: tuple[int, int, int] = (50_000, 512, 3)
+    repeats: int = 5
+
+
+QUICK = Sizes(
+    classification=((600, 16, 3), (500, 24, 6), (400, 8, 12)),
+    memory=(300, 3_000, 8, 4),
+    regression=(400, 16, 3),
+    repeats=1,
+)
+
+
+@dataclass
+class Row:
+    """One line of the summary table. Times in seconds (medians); NaN where not measured."""
+
+    bench: str
+    case: str
+    values: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, bool] = field(default_factory=dict)
+    note: str = ""
+
+    def verdict(self) -> str:
+        if not self.targets:
+            return "-"
+        failed = [name for name, ok in self.targets.items() if not ok]
+        return "met" if not failed else "NOT met: " + ", ".join(failed)
+
+    def figures(self) -> str:
+        """The measured values on one line: medians in s, ratios, or peak memory in MiB."""
+        v = self.values
+        if "peak_MiB@N" in v:
+            return (
+                f"peak RSS {v['peak_MiB@N']:.1f} MiB at N, {v['peak_MiB@10N']:.1f} MiB at 10 N "
+                f"(10N/N {v['10N/N']:.3f}; after imports {v['import_MiB']:.1f} MiB; ru_maxrss "
+                f"{v['ru_maxrss_MiB@N']:.1f} / {v['ru_maxrss_MiB@10N']:.1f} MiB, parent's included)"
+            )
+        names = [name for name in ("naive", "report", "floor", "floor+argmax") if f"{name}_s" in v]
+        parts = [f"{name} {v[f'{name}_s']:.3f} s" for name in names]
+        ratios = ("naive/report", "report/floor", "report/(floor+argmax)")
+        parts += [f"{name} {v[name]:.2f}" for name in ratios if name in v]
+        return " | ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# seeded data, written in blocks
+
+
+def write_classification(path: Path, n: int, d: int, k: int, seed: int = 0) -> Path:
+    """A classification store: noisy class clusters, a head near the means, logits as outputs."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((k, d)) * 1.5
+    weight = (means - means.mean(axis=0)) + 0.5 * rng.standard_normal((k, d))
+    bias = 0.1 * rng.standard_normal(k)
+    with StoreWriter(path, task="classification", d=d, width=k, overwrite=True) as w:
+        for start in range(0, n, WRITE_ROWS):
+            m = min(WRITE_ROWS, n - start)
+            labels = rng.integers(0, k, m)
+            labels[: min(m, k)] = np.arange(min(m, k))  # every class present (first block)
+            noise = rng.standard_normal((m, d), dtype=np.float32)
+            feats = (means[labels] + noise).astype(np.float32)
+            w.append(feats, labels=labels, outputs=(feats @ weight.T + bias).astype(np.float32))
+        w.set_head(weight, bias)
+    return path
+
+
+def write_regression(path: Path, n: int, d: int, t: int, seed: int = 1) -> Path:
+    """A regression store: correlated, uncentred features; noisy linear targets; predictions."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((d, d)) / np.sqrt(d)
+    offset = rng.standard_normal(d)
+    w_true = rng.standard_normal((t, d)) / np.sqrt(d)
+    weight = w_true + 0.05 * rng.standard_normal((t, d)) / np.sqrt(d)
+    bias = rng.standard_normal(t)
+    with StoreWriter(path, task="regression", d=d, width=t, overwrite=True) as w:
+        for start in range(0, n, WRITE_ROWS):
+            m = min(WRITE_ROWS, n - start)
+            feats = (rng.standard_normal((m, d)) @ mix + offset).astype(np.float32)
+            targets = feats @ w_true.T + bias + 0.1 * rng.standard_normal((m, t))
+            outputs = (feats @ weight.T + bias).astype(np.float32)
+            w.append(feats, targets=targets, outputs=outputs)
+        w.set_head(weight, bias)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# the floor: one read plus the cheapest exact arithmetic
+
+
+def _read_rows(path: Path) -> int:
+    source = open_store(path)
+    try:
+        return source.chunk_rows()
+    finally:
+        source.close()
+
+
+def _chunks(path: Path, labels: str | None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(features block, labels block) with every block read into one reused buffer."""
+    step = _read_rows(path)
+    with h5py.File(path, "r", rdcc_nbytes=0) as f:  # as ncinspect.store opens stores
+        feats = f["features"]
+        n, d = feats.shape
+        buf = np.empty((step, d), dtype=feats.dtype)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            feats.read_direct(buf, np.s_[start:stop], np.s_[0 : stop - start])
+            yield buf[: stop - start], None if labels is None else f[labels][start:stop]
+
+
+SUB_BLOCK_BYTES = 1 << 21  # float64 rows processed at a time (cache-resident), as ncinspect does
+ONE_HOT_MAX_K = 32  # per-class sums by a one-hot GEMM up to this K, else by sorted runs
+
+
+def _sub_blocks(n: int, d: int, min_rows: int = 1) -> Iterator[slice]:
+    step = max(32, min_rows, SUB_BLOCK_BYTES // (8 * d))
+    for a in range(0, n, step):
+        yield slice(a, min(n, a + step))
+
+
+def class_sums(x: np.ndarray, y: np.ndarray, sums: np.ndarray) -> None:
+    """Add each class's rows of x to sums (K, D) in float64: one sort by label, one sum per run."""
+    order = np.argsort(y, kind="stable")
+    ys = y[order]
+    bounds = np.flatnonzero(ys[1:] != ys[:-1]) + 1
+    starts, stops = np.r_[0, bounds], np.r_[bounds, ys.size]
+    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+        sums[ys[a]] += np.sum(x[order[a:b]], axis=0, dtype=np.float64)
+
+
+def floor_classification(
+    path: Path,
+    k: int,
+    basis: np.ndarray | None,
+    scores: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class sums (K, D) and NC1's Gram: Z^T Z with Z = X basis^T, or X^T X if basis is None.
+
+    Cache-resident float64 sub-blocks; the sums by a one-hot GEMM (small K) or sorted runs.
+    scores = (W, class means) adds, for the "floor+argmax" context column (no target), the
+    float32 GEMMs that accuracy and NC4 cannot do without: the logits' argmax and, when there is
+    no class-span projection to read the nearest-mean scores from (basis None), the distances'
+    argmin, with the means given for free. The real thing's certification and float64
+    recomputation of uncertain rows are left out.
+    """
+    sums: np.ndarray | None = None
+    gram: np.ndarray | None = None
+    w32 = None if scores is None else scores[0].astype(np.float32)
+    m32 = None if scores is None or basis is not None else scores[1].astype(np.float32)
+    for x, y in _chunks(path, "labels"):
+        assert y is not None
+        d = x.shape[1]
+        if sums is None:
+            sums = np.zeros((k, d))
+            r = d if basis is None else basis.shape[0]
+            gram = np.zeros((r, r))
+        assert gram is not None
+        if k > ONE_HOT_MAX_K:
+            class_sums(x, y, sums)
+        z = None if basis is None else np.empty((x.shape[0], basis.shape[0]))
+        for sl in _sub_blocks(x.shape[0], d, min_rows=d if basis is None else 1):
+            x64 = x[sl].astype(np.float64)
+            if k <= ONE_HOT_MAX_K:
+                one_hot = np.zeros((k, x64.shape[0]))
+                one_hot[y[sl], np.arange(x64.shape[0])] = 1.0
+                sums += one_hot @ x64
+            if z is None:
+                gram += x64.T @ x64
+            else:
+                assert basis is not None
+                np.matmul(x64, basis.T, out=z[sl])
+        if z is not None:
+            gram += z.T @ z
+        if w32 is not None:
+            np.argmax(x @ w32.T, axis=1)
+        if m32 is not None:
+            np.argmax(x @ m32.T, axis=1)
+    assert sums is not None and gram is not None
+    return sums, gram
+
+
+def floor_regression(path: Path) -> np.ndarray:
+    """X^T X (D, D) in float64 from one chunked read: the one D x D product PCA needs.
+
+    Each block is converted into one reused float64 buffer, then one symmetric product.
+    """
+    gram: np.ndarray | None = None
+    buf = np.empty(0)
+    for x, _ in _chunks(path, None):
+        if buf.size < x.size:
+            buf = np.empty(x.size)
+        x64 = buf[: x.size].reshape(x.shape)
+        np.copyto(x64, x)
+        part = x64.T @ x64
+        gram = part if gram is None else gram + part
+    assert gram is not None
+    return gram
+
+
+def class_means(path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class means (K, D) and centred means Mc (K, D), the class-span basis the floor is handed
+    (computed outside the timing)."""
+    sums = np.zeros(0)
+    counts = np.zeros(k)
+    for x, y in _chunks(path, "labels"):
+        assert y is not None
+        if sums.size == 0:
+            sums = np.zeros((k, x.shape[1]))
+        class_sums(x, y, sums)
+        counts += np.bincount(y, minlength=k)
+    means = sums / counts[:, None]
+    return means, means - sums.sum(axis=0) / counts.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# timing and memory
+
+
+def time_interleaved(
+    contenders: dict[str, Callable[[], object]], repeats: int, warmup: bool = True
+) -> dict[str, float]:
+    """Median wall time of each contender over `repeats` interleaved rounds (after a warm-up)."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    if warmup:
+        for fn in contenders.values():
+            fn()
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+_PEAK_SCRIPT = """\
+import json, resource, sys
+
+def peak_kib():
+    # VmHWM: this process's own peak RSS. ru_maxrss would also count the parent's peak: Linux
+    # carries the high-water mark across fork + exec.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+import ncinspect.api
+base = peak_kib()
+ncinspect.api.analyze([sys.argv[1]])
+maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"base_kib": base, "peak_kib": peak_kib(), "ru_maxrss_kib": maxrss}))
+"""
+
+
+def peak_memory(path: Path) -> dict[str, int]:
+    """Peak RSS (KiB) of a fresh interpreter after importing ncinspect and after `analyze`."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+# --------------------------------------------------------------------------------------------
+# the three parts
+
+
+def _ratios(row: Row, times: dict[str, float]) -> None:
+    row.values.update({f"{name}_s": value for name, value in times.items()})
+    if "naive" in times:
+        row.values["naive/report"] = times["naive"] / times["report"]
+        row.targets[f"naive/report >= {NAIVE_OVER_REPORT:g}"] = (
+            row.values["naive/report"] >= NAIVE_OVER_REPORT
+        )
+    row.values["report/floor"] = times["report"] / times["floor"]
+    row.targets[f"report/floor <= {REPORT_OVER_FLOOR:g}"] = (
+        row.values["report/floor"] <= REPORT_OVER_FLOOR
+    )
+    if "floor+argmax" in times:  # context only: no target
+        row.values["report/(floor+argmax)"] = times["report"] / times["floor+argmax"]
+
+
+def bench_classification(tmp: Path, sizes: Sizes, log: Callable[[str], None]) -> list[Row]:
+    rows = []
+    for n, d, k in sizes.classification:
+        path = write_classification(tmp / f"cls_n{n}_d{d}_k{k}.h5", n, d, k)
+        means, centred = class_means(path, k)
+        basis = centred if k < d else None
+        with h5py.File(path, "r") as f:
+            scores = (np.asarray(f["head/weight"][()]), means)
+        times = time_interleaved(
+            {
+                "naive": lambda p=path: naive.classification(p),
+                "report": lambda p=path: analyze([p]),
+                "floor": lambda p=path, k=k, b=basis: floor_classification(p, k, b),
+                "floor+argmax": lambda p=path, k=k, b=basis, s=scores: floor_classification(
+                    p, k, b, s
+                ),
+            },
+            sizes.repeats,
+        )
+        row = Row("report (a)", f"N={n} D={d} K={k}")
+        _ratios(row, times)
+        rows.append(row)
+        log(_describe(row))
+        path.unlink()
+    return rows
+
+
+def bench_regression(tmp: Path, sizes: Sizes, log: Callable[[str], None]) -> list[Row]:
+    n, d, t = sizes.regression
+    path = write_regression(tmp / f"reg_n{n}_d{d}_t{t}.h5", n, d, t)
+    times = time_interleaved(
+        {
+            "naive": lambda: naive.regression(path),
+            "report": lambda: analyze([path]),
+            "floor": lambda: floor_regression(path),
+        },
+        sizes.repeats,
+    )
+    row = Row("regression (d)", f"N={n} D={d} T={t}")
+    _ratios(row, times)
+    log(_describe(row))
+    path.unlink()
+    return [row]
+
+
+def bench_memory(tmp: Path, sizes: Sizes, log: Callable[[str], None]) -> list[Row]:
+    n_small, n_large, d, k = sizes.memory
+    peaks = {}
+    for n in (n_small, n_large):
+        path = write_classification(tmp / f"mem_n{n}.h5", n, d, k, seed=2)
+        peaks[n] = peak_memory(path)
+        path.unlink()
+    small, large = peaks[n_small]["peak_kib"], peaks[n_large]["peak_kib"]
+    row = Row("memory (b)", f"N={n_small} vs {n_large} D={d} K={k}")
+    row.values = {
+        "peak_MiB@N": small / 1024,
+        "peak_MiB@10N": large / 1024,
+        "import_MiB": peaks[n_small]["base_kib"] / 1024,
+        "10N/N": large / small,
+        "ru_maxrss_MiB@N": peaks[n_small]["ru_maxrss_kib"] / 1024,
+        "ru_maxrss_MiB@10N": peaks[n_large]["ru_maxrss_kib"] / 1024,
+    }
+    row.targets[f"peak(10N)/peak(N) <= {MEMORY_SPREAD:g}"] = (
+        max(small, large) / min(small, large) <= MEMORY_SPREAD
+    )
+    log(_describe(row))
+    return [row]
+
+
+PARTS: dict[str, Callable[[Path, Sizes, Callable[[str], None]], list[Row]]] = {
+    "a": bench_classification,
+    "b": bench_memory,
+    "d": bench_regression,
+}
+
+
+def _describe(row: Row) -> str:
+    values = "  ".join(f"{k}={v:.3f}" for k, v in row.values.items())
+    return f"{row.bench:15s} {row.case:28s} {values}  [{row.verdict()}]"
+
+
+@contextmanager
+def _scratch() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="ncinspect-bench-") as tmp:
+        yield Path(tmp)
+
+
+def bench_rows(
+    sizes: Sizes | None = None,
+    parts: str = "abd",
+    log: Callable[[str], None] = print,
+) -> list[Row]:
+    """Run the chosen parts and return their summary rows (the runner's entry point)."""
+    sizes = sizes or Sizes()
+    rows: list[Row] = []
+    with _scratch() as tmp:
+        for part in parts:
+            rows += PARTS[part](tmp, sizes, log)
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    """The rows as a fixed-width table: contender medians (s), ratios and the verdict."""
+    lines = [
+        f"{'bench':15s} {'case':30s} {'naive s':>8s} {'report s':>9s} {'floor s':>8s} "
+        f"{'fl+argmax s':>11s} {'naive/rep':>9s} {'rep/floor':>9s} {'rep/fl+am':>9s}  verdict"
+    ]
+
+    def cell(row: Row, key: str, width: int) -> str:
+        value = row.values.get(key)
+        return f"{value:{width}.3f}" if value is not None else " " * (width - 1) + "-"
+
+    for row in rows:
+        if row.bench.startswith("memory"):
+            lines.append(f"{row.bench:15s} {row.case:30s} {row.figures()}  {row.verdict()}")
+            continue
+        lines.append(
+            f"{row.bench:15s} {row.case:30s} {cell(row, 'naive_s', 8)} "
+            f"{cell(row, 'report_s', 9)} {cell(row, 'floor_s', 8)} "
+            f"{cell(row, 'floor+argmax_s', 11)} {cell(row, 'naive/report', 9)} "
+            f"{cell(row, 'report/floor', 9)} {cell(row, 'report/(floor+argmax)', 9)}  "
+            f"{row.verdict()}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5)")
+    parser.add_argument("--parts", default="a,b,d", help="comma-separated subset of a,b,d")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else Sizes()
+    if args.repeats is not None:
+        sizes = Sizes(sizes.classification, sizes.memory, sizes.regression, args.repeats)
+    rows = bench_rows(sizes, "".join(args.parts.split(",")))
+    print()
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The benchmarks run, at tiny sizes, and compare like with like. No timing is asserted.
+
+bench/naive_metrics.py must compute what `ncinspect.api.analyze` computes (else the speed-up
+`bench/bench_report.py` reports would compare different work), and the floor's arithmetic must be
+the exact quantities NC1 and the PCA need.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import bench_report  # noqa: E402
+import naive_metrics  # noqa: E402
+import run as bench_run  # noqa: E402
+
+from ncinspect.api import analyze  # noqa: E402
+
+RTOL = 1e-6
+
+
+def assert_close(actual: dict[str, float], expected: dict[str, float], keys: list[str]) -> None:
+    bad = [
+        f"{key}: analyze {actual[key]!r}, naive {expected[key]!r}"
+        for key in keys
+        if not math.isclose(actual[key], expected[key], rel_tol=RTOL, abs_tol=1e-12)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(("n", "d", "k"), bench_report.QUICK.classification)
+def test_naive_classification_agrees_with_analyze(tmp_path: Path, n: int, d: int, k: int) -> None:
+    path = bench_report.write_classification(tmp_path / "c.h5", n, d, k)
+    expected = naive_metrics.classification(path)
+    actual = analyze([path])[0].metrics
+    assert set(expected) == set(actual)
+    assert_close(actual, expected, sorted(expected))
+
+
+def test_naive_regression_agrees_with_analyze(tmp_path: Path) -> None:
+    n, d, t = bench_report.QUICK.regression
+    path = bench_report.write_regression(tmp_path / "r.h5", n, d, t)
+    expected = naive_metrics.regression(path)
+    actual = analyze([path])[0].metrics
+    assert set(expected) == set(actual)
+    exact = [key for key in expected if not key.startswith("nrc3")]
+    assert_close(actual, expected, exact)
+    # nrc3: analyze's search is at least as good as the naive dense grid, and close to it.
+    assert actual["nrc3"] <= expected["nrc3"] + 1e-12
+    assert actual["nrc3"] == pytest.approx(expected["nrc3"], rel=1e-6, abs=1e-9)
+    assert actual["nrc3_gamma"] == pytest.approx(expected["nrc3_gamma"], rel=1e-3, abs=1e-6)
+
+
+def test_floor_computes_the_sums_and_grams_it_claims(tmp_path: Path) -> None:
+    n, d, k = 300, 12, 5
+    path = bench_report.write_classification(tmp_path / "c.h5", n, d, k)
+    data = naive_metrics.load_store(path)
+    x, y = data["features"], data["labels"]
+    sums_ref = np.stack([x[y == c].sum(axis=0) for c in range(k)])
+    means_ref = sums_ref / np.bincount(y, minlength=k)[:, None]
+    means, mc = bench_report.class_means(path, k)
+    np.testing.assert_allclose(means, means_ref, rtol=1e-12)
+    np.testing.assert_allclose(mc, means_ref - x.mean(axis=0), rtol=1e-10, atol=1e-12)
+    sums, gram = bench_report.floor_classification(path, k, mc)
+    np.testing.assert_allclose(sums, sums_ref, rtol=1e-12)
+    np.testing.assert_allclose(gram, (x @ mc.T).T @ (x @ mc.T), rtol=1e-10)
+    _, gram_dxd = bench_report.floor_classification(path, k, None)
+    np.testing.assert_allclose(gram_dxd, x.T @ x, rtol=1e-10)
+    with_scores = bench_report.floor_classification(path, k, None, (data["weight"], means))
+    np.testing.assert_allclose(with_scores[1], gram_dxd, rtol=1e-12)
+    reg = bench_report.write_regression(tmp_path / "r.h5", 200, 9, 2)
+    h = naive_metrics.load_store(reg)["features"]
+    np.testing.assert_allclose(bench_report.floor_regression(reg), h.T @ h, rtol=1e-10)
+
+
+def test_every_part_runs_at_quick_sizes_and_the_runner_prints_one_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench_run.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    summary = out[out.index("Summary") :]
+    for bench in ("report (a)", "memory (b)", "regression (d)"):
+        assert bench in summary
+    assert summary.count("report (a)") == len(bench_report.QUICK.classification)
+    assert "nan" not in summary.lower()
+
+
+def test_timing_helper_reports_a_median_per_contender() -> None:
+    calls: list[str] = []
+    medians = bench_report.time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3
+    )
+    assert set(medians) == {"a", "b"}
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three interleaved rounds
+    assert all(value >= 0 for value in medians.values())

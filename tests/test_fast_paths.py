@@ -1,0 +1,371 @@
+"""The report path's fast routes change no answer (issue #7).
+
+- `dot_error_bound` bounds every float32 / float64 dot product, cancellation included.
+- The argmax / argmin behind accuracy and NC4 (float32 GEMMs, or pass 2's projection) certify a
+  winner only when the bound proves it, and recompute the rest in float64: the predicted and
+  nearest classes equal those of the plain float64 computation row for row, near ties and exact
+  ties included, on every route.
+- Pass 2's statistics equal the plain float64 ones (`reference_scatter`, the previous code) to
+  float64 rounding, and every metric stays within 1e-6 of the naive oracle.
+- Pass 1 without m2 (`ClassSums`), projections instead of D x D unit moments (`UnitProjections`)
+  and the finite-row check done once give the same results as the straightforward forms.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from oracle_nc import classification_oracle
+
+from ncinspect.analysis import AnalysisOptions, analyze_source
+from ncinspect.api import analyze_arrays
+from ncinspect.sources import ArraySource, Head
+from ncinspect.stats import (
+    UNIT32,
+    UNIT64,
+    ClassMoments,
+    ClassScatter,
+    ClassSums,
+    RegressionCentred,
+    RegressionMoments,
+    UnitProjections,
+    dot_error_bound,
+    plan_scatter,
+)
+
+# --------------------------------------------------------------------------------------------
+# the error bound
+
+
+@pytest.mark.parametrize("d", [1, 3, 64, 512, 2048])
+def test_dot_error_bound_holds_for_float32_products(d: int) -> None:
+    rng = np.random.default_rng(d)
+    a = rng.standard_normal((300, d)) * rng.uniform(0.1, 1e3, (300, 1))
+    b = rng.standard_normal((40, d))
+    # cancellation: rows nearly orthogonal to some b, and exactly ties between two columns
+    a[:100] -= (a[:100] @ b[0])[:, None] * b[0] / (b[0] @ b[0])
+    b[1] = b[0] * (1 + 1e-7)
+    exact = np.asarray(a, np.longdouble) @ np.asarray(b, np.longdouble).T
+    approx = a.astype(np.float32) @ b.astype(np.float32).T
+    bound = dot_error_bound(d, UNIT32) * np.outer(
+        np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    )
+    assert np.all(np.abs(approx - exact) <= bound)
+    approx64 = a @ b.T
+    bound64 = dot_error_bound(d, UNIT64) * np.outer(
+        np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    )
+    assert np.all(np.abs(approx64 - exact) <= bound64)
+
+
+def test_dot_error_bound_is_not_vacuous() -> None:
+    # the float32 bound is a few D x u32, far below the quantities it certifies
+    assert dot_error_bound(512, UNIT32) < 600 * UNIT32
+    assert dot_error_bound(512, UNIT64) < 600 * UNIT64
+
+
+# --------------------------------------------------------------------------------------------
+# certified argmax / argmin: equal to the plain float64 computation, row by row
+
+
+def reference_scatter(plan, x: np.ndarray, y: np.ndarray) -> tuple:
+    """The plain float64 pass 2 (the code before issue #7): scatter, m2, pred, nearest."""
+    x = np.asarray(x, dtype=np.float64)
+    dev = x - plan.means[y]
+    z = dev if plan.basis is None else dev @ plan.basis.T
+    pred = np.argmax(x @ plan.weight.T + plan.bias, axis=1)
+    idx = np.flatnonzero(plan.present)
+    mu = plan.means[idx]
+    dist = np.einsum("kd,kd->k", mu, mu)[None, :] - 2.0 * (x @ mu.T)
+    ncc = idx[np.argmin(dist, axis=1)]
+    within = np.bincount(y, weights=np.einsum("ij,ij->i", dev, dev), minlength=plan.means.shape[0])
+    return z.T @ z, within, pred, ncc
+
+
+def tie_heavy_data(
+    seed: int, k: int, d: int, n: int, offset: float = 0.0, dtype: type = np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Classification data with exact and near ties (below float32 resolution).
+
+    Logits: classes 0 and 1 have identical weights and biases (exact ties). Distances: a third
+    of the rows sit on (or within 1e-9 / 3e-8 of) the bisector of two class means; each comes
+    with its mirror image through its own class mean, so the class means do not move.
+    """
+    rng = np.random.default_rng(seed)
+    m = n // 6
+    base = n - 2 * m
+    centres = rng.standard_normal((k, d)) + offset
+    y = rng.integers(0, k, base)
+    y[:k] = np.arange(k)
+    x = centres[y] + 0.8 * rng.standard_normal((base, d))
+    means = np.stack([x[y == c].mean(axis=0) for c in range(k)])
+    a = rng.integers(0, k, m)
+    b = (a + 1 + rng.integers(0, k - 1, m)) % k
+    t = 0.5 + rng.choice([0.0, 1e-9, -1e-9, 3e-8], m)[:, None]
+    on_bisector = means[a] * t + means[b] * (1 - t)
+    mirror = 2 * means[a] - on_bisector
+    x = np.concatenate([x, on_bisector, mirror])
+    y = np.concatenate([y, a, a])
+    w = rng.standard_normal((k, d))
+    w[1] = w[0]
+    bias = rng.standard_normal(k)
+    bias[1] = bias[0]
+    return x.astype(dtype), y, w, bias
+
+
+TIE = 1e-11  # relative to the scores' scale: differences below this are float64 rounding
+
+
+def exact_scores(plan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Logits and squared distances to the present means in extended precision, and their scales."""
+    h = np.asarray(x, np.longdouble)
+    logits = h @ np.asarray(plan.weight, np.longdouble).T + np.asarray(plan.bias, np.longdouble)
+    mu = np.asarray(plan.means[plan.present], np.longdouble)
+    dist = (h**2).sum(axis=1)[:, None] - 2 * h @ mu.T + (mu**2).sum(axis=1)[None, :]
+    norm = np.linalg.norm(np.asarray(x, np.float64), axis=1)
+    logit_scale = norm * np.linalg.norm(plan.weight, axis=1).max() + np.abs(plan.bias).max()
+    dist_scale = (norm + np.linalg.norm(plan.means, axis=1).max()) ** 2
+    return logits, dist, logit_scale, dist_scale
+
+
+def assert_same_or_tied(got: np.ndarray, ref: np.ndarray, score: np.ndarray, scale: np.ndarray):
+    """Equal choices, except where the two candidates tie to float64 rounding (either is right)."""
+    rows = np.flatnonzero(got != ref)
+    gap = np.abs(score[rows, got[rows]] - score[rows, ref[rows]]).astype(np.float64)
+    assert np.all(gap <= TIE * scale[rows]), (rows, gap / scale[rows])
+    return rows.size
+
+
+def rounding_ties(score: np.ndarray, scale: np.ndarray, best: str) -> int:
+    """Rows whose best and runner-up scores differ by no more than float64 rounding."""
+    ordered = np.sort(score if best == "min" else -score, axis=1)
+    return int(np.count_nonzero((ordered[:, 1] - ordered[:, 0]).astype(float) <= TIE * scale))
+
+
+@pytest.mark.parametrize(
+    ("k", "d", "route"),
+    [
+        (6, 40, "class_span"),  # few classes: logits from the stacked projection GEMM
+        (40, 64, "class_span"),  # K_eff + K > 32: logits from the float32 GEMM
+        (12, 8, "dxd"),  # K > D: nearest means from the float32 GEMM
+        (6, 40, "dxd"),
+    ],
+)
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_certified_choices_equal_float64_up_to_rounding_ties(
+    k: int, d: int, route: str, offset: float, dtype: type
+) -> None:
+    x, y, w, b = tie_heavy_data(k + d, k, d, 600, offset, dtype)
+    moments = ClassMoments.from_batch(x, y, k)
+    plan = plan_scatter(moments, w, b, route)
+    scatter_ref, within_ref, pred_ref, ncc_ref = reference_scatter(plan, x, y)
+    logits, dist, logit_scale, dist_scale = exact_scores(plan, x)
+    present = np.flatnonzero(plan.present)
+    xnorm = np.linalg.norm(np.asarray(x, np.float64), axis=1) * (1 + 1e-9)
+    pred = plan.logits.argmax(x, xnorm)
+    ncc = plan.ncc.from_features(x, xnorm)
+    assert_same_or_tied(pred, pred_ref, logits, logit_scale)
+    assert_same_or_tied(
+        np.searchsorted(present, ncc), np.searchsorted(present, ncc_ref), dist, dist_scale
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ClassScatter.from_batch(plan, x, y)
+    ties = rounding_ties(logits, logit_scale, "max") + rounding_ties(dist, dist_scale, "min")
+    assert abs(got.correct - int(np.count_nonzero(pred_ref == y))) <= ties
+    assert abs(got.ncc_mismatch - int(np.count_nonzero(pred_ref != ncc_ref))) <= ties
+    assert got.route == route
+    np.testing.assert_allclose(got.scatter, scatter_ref, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(got.within, within_ref, rtol=1e-10)
+    np.testing.assert_allclose(got.within, moments.m2, rtol=1e-10)
+
+
+def test_decided_rows_match_float64_exactly() -> None:
+    # Away from rounding ties the choices are identical, near ties (1e-9 relative) included:
+    # there the float32 bound cannot decide, and the float64 recomputation must.
+    x, y, w, b = tie_heavy_data(3, 6, 40, 600, 0.0, np.float64)
+    plan = plan_scatter(ClassMoments.from_batch(x, y, 6), w, b, "dxd")
+    _, _, pred_ref, ncc_ref = reference_scatter(plan, x, y)
+    _, dist, _, dist_scale = exact_scores(plan, x)
+    ordered = np.sort(dist, axis=1)
+    gap = (ordered[:, 1] - ordered[:, 0]).astype(float)
+    near = (gap > TIE * dist_scale) & (gap < 1e-6 * dist_scale)  # float32 cannot resolve these
+    assert near.sum() >= 20
+    xnorm = np.linalg.norm(x, axis=1) * (1 + 1e-9)
+    decided = gap > TIE * dist_scale
+    np.testing.assert_array_equal(plan.ncc.from_features(x, xnorm)[decided], ncc_ref[decided])
+    np.testing.assert_array_equal(plan.logits.argmax(x, xnorm), pred_ref)
+
+
+def test_the_ties_really_are_ties() -> None:
+    # the data above must exercise the fallback: exact ties exist in the logits and distances
+    x, y, w, b = tie_heavy_data(1, 6, 40, 600, 0.0, np.float64)
+    logits = x @ w.T + b
+    assert np.any(logits[:, 0] == logits[:, 1])
+    plan = plan_scatter(ClassMoments.from_batch(x, y, 6), w, b, "class_span")
+    mu = plan.means
+    dist = ((x[:, None, :] - mu[None]) ** 2).sum(axis=2)
+    top2 = np.sort(dist, axis=1)[:, :2]
+    assert np.mean(top2[:, 1] - top2[:, 0] < 1e-6 * top2[:, 0]) > 0.1
+
+
+def test_huge_features_take_the_float64_route_without_warnings() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((80, 6)) * 1e30  # beyond float32 once squared: no float32 route
+    y = np.arange(80) % 3
+    w = rng.standard_normal((3, 6))
+    moments = ClassMoments.from_batch(x, y, 3)
+    for route in ("class_span", "dxd"):
+        plan = plan_scatter(moments, w, np.zeros(3), route)
+        _, _, pred_ref, ncc_ref = reference_scatter(plan, x, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = ClassScatter.from_batch(plan, x, y)
+        assert got.correct == int(np.count_nonzero(pred_ref == y))
+        assert got.ncc_mismatch == int(np.count_nonzero(pred_ref != ncc_ref))
+
+
+@pytest.mark.parametrize(("k", "d"), [(4, 30), (40, 64), (12, 8)])
+def test_every_metric_within_1e_6_of_the_oracle_with_near_ties(k: int, d: int) -> None:
+    x, y, w, b = tie_heavy_data(k * d, k, d, 500, 3.0)
+    expected = classification_oracle(x, y, w, b)
+    got = analyze_arrays(x, w, b, labels=y, options=AnalysisOptions(chunk_rows=97)).metrics
+    for key, value in expected.metrics.items():
+        assert math.isclose(got[key], value, rel_tol=1e-6, abs_tol=1e-12), key
+
+
+# --------------------------------------------------------------------------------------------
+# pass 1 and the finite-row check
+
+
+@pytest.mark.parametrize("k", [3, 32, 33, 200])  # one-hot GEMM (K <= 32) and sorted runs
+def test_class_sums_equal_the_naive_sums(k: int) -> None:
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((1500, 7)).astype(np.float32) + 10
+    y = rng.integers(0, k, 1500)
+    sums = ClassSums.from_batch(x, y, k)
+    naive = np.stack([x[y == c].astype(np.float64).sum(axis=0) for c in range(k)])
+    np.testing.assert_allclose(sums.sums, naive, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(sums.counts, np.bincount(y, minlength=k))
+    moments = sums.moments()
+    np.testing.assert_allclose(moments.means, ClassMoments.from_batch(x, y, k).means, rtol=1e-12)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_dropping_nonfinite_rows_drops_the_same_rows_in_both_passes(task: str) -> None:
+    rng = np.random.default_rng(9)
+    n, d = 300, 6
+    x = rng.standard_normal((n, d)) + 2
+    bad = np.array([3, 50, 51, 299])
+    x[bad[:2], 1] = np.nan
+    x[bad[2:], 0] = np.inf
+    keep = np.setdiff1d(np.arange(n), bad)
+    w = rng.standard_normal((3, d))
+    if task == "classification":
+        y = rng.integers(0, 3, n)
+        kw: dict = {"labels": y}
+        kw_keep: dict = {"labels": y[keep]}
+    else:
+        t = rng.standard_normal((n, 3))
+        kw = {"targets": t}
+        kw_keep = {"targets": t[keep]}
+    opts = AnalysisOptions(chunk_rows=41, drop_nonfinite=True)
+    got = analyze_arrays(x, w, None, options=opts, **kw)
+    want = analyze_arrays(x[keep], w, None, options=AnalysisOptions(chunk_rows=41), **kw_keep)
+    assert got.info["nonfinite_rows_dropped"] == 4 and got.n == n - 4
+    for key, value in want.metrics.items():
+        assert got.metrics[key] == pytest.approx(value, rel=1e-10, abs=1e-13, nan_ok=True), key
+
+
+def test_batches_without_outputs() -> None:
+    x = np.zeros((5, 2))
+    src = ArraySource(
+        path="<t>",
+        task="classification",
+        n=5,
+        d=2,
+        head=Head(np.ones((2, 2)), None),
+        has_outputs=True,
+        features=x,
+        labels=np.zeros(5, dtype=np.int64),
+        outputs=np.ones((5, 2)),
+    )
+    assert all(b.outputs is not None for b in src.batches(2))
+    assert all(b.outputs is None for b in src.batches(2, outputs=False))
+
+
+def test_store_batches_reusing_one_buffer_read_every_row(tmp_path) -> None:
+    from ncinspect.store import open_store, write_store
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((103, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 103)
+    path = write_store(tmp_path / "s.h5", features=x, labels=y, weight=np.ones((3, 5)))
+    source = open_store(path)
+    try:
+        got = [b.features.copy() for b in source.batches(10, reuse=True)]
+        shared = {b.features.base is not None for b in source.batches(10, reuse=True)}
+        labels = np.concatenate([b.labels for b in source.batches(10, reuse=True)])
+    finally:
+        source.close()
+    np.testing.assert_array_equal(np.concatenate(got), x)
+    np.testing.assert_array_equal(labels, y)
+    assert shared == {True}  # views of the one reused buffer
+
+
+# --------------------------------------------------------------------------------------------
+# regression: projections instead of D x D unit moments
+
+
+def test_unit_projections_capture_what_the_dxd_moments_capture() -> None:
+    rng = np.random.default_rng(11)
+    n, d = 400, 12
+    x = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) + 5 * rng.standard_normal(d)
+    x[[7, 8]] = 0.0  # zero rows: left out of the uncentred statistics
+    x[9] *= 1e-170  # tiny and huge rows take the scaled route
+    x[10] *= 1e170
+    mu = x[11].copy()  # a row equal to the centre: left out of the centred statistics
+    dxd = RegressionCentred.from_batch(x, np.zeros(d))  # the uncentred D x D unit moments
+    dxd_centred = RegressionCentred.from_batch(x, mu)
+    q, _ = np.linalg.qr(rng.standard_normal((d, 4)))
+    unc, cen = UnitProjections.pair_from_batch(x, q, mu)
+    assert (unc.n_zero_norm, cen.n_zero_norm) == (dxd.n_zero_norm, dxd_centred.n_zero_norm)
+    assert (unc.n_zero_norm, cen.n_zero_norm) == (2, 1)
+    for basis in (q[:, :2], q[:, 2:], q @ np.linalg.qr(rng.standard_normal((4, 3)))[0]):
+        assert unc.captured(basis) == pytest.approx(dxd.captured(basis), rel=1e-12)
+        assert cen.captured(basis) == pytest.approx(dxd_centred.captured(basis), rel=1e-12)
+    single = UnitProjections.from_batch(x, q, mu)
+    np.testing.assert_allclose(single.gram, cen.gram, rtol=1e-12)
+    halves = UnitProjections.from_batch(x[:150], q).merge(UnitProjections.from_batch(x[150:], q))
+    np.testing.assert_allclose(halves.gram, unc.gram, rtol=1e-12)
+
+
+def test_regression_analysis_equals_the_dxd_form() -> None:
+    from ncinspect.regression import regression_metrics
+
+    rng = np.random.default_rng(12)
+    n, d, t = 700, 70, 3
+    x = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) / 8 + rng.standard_normal(d)
+    w = rng.standard_normal((t, d))
+    y = x @ w.T + rng.standard_normal((n, t))
+    source = ArraySource(
+        path="<t>",
+        task="regression",
+        n=n,
+        d=d,
+        head=Head(w, None),
+        has_outputs=False,
+        features=x.astype(np.float32),
+        targets=y,
+    )
+    got = analyze_source(source, AnalysisOptions(chunk_rows=256)).metrics
+    x32 = x.astype(np.float32).astype(np.float64)
+    moments = RegressionMoments.from_batch(x32, y, x32 @ w.T)
+    centred = RegressionCentred.from_batch(x32, moments.feature_mean)
+    want = regression_metrics(moments, centred, Head(w, None)).metrics
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-13), key
