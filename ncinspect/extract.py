@@ -1,0 +1,912 @@
+"""Extraction: run each checkpoint's model over the data and store the head's input features.
+
+Owns: `ExtractConfig`, `run_extract` (checkpoints -> one HDF5 store per checkpoint and split),
+the plan (runs, output paths, resume by skipping complete stores), device and precision choice,
+the forward passes with a hook on the head, and the background writer thread. This is the only
+module that runs models.
+
+Never parses a command line (the CLI builds an `ExtractConfig`), never prints, and writes only
+through `store.StoreWriter` (temporary name, renamed when complete: an interrupted run leaves
+nothing that looks complete).
+
+Per batch: inputs go to the device (non-blocking, pinned memory on CUDA), the model runs under
+`torch.inference_mode()` in eval mode (and autocast for bf16/fp16), a forward pre-hook on the
+head catches its input h (B, D), and h, the labels (B,) or targets (B, T) and the model output
+(B, K or T) are handed to a single writer thread through a bounded queue, so that HDF5 writing
+overlaps the next batch's forward pass. Features are stored float32.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from ncinspect import __version__
+from ncinspect.checkpoint import (
+    Checkpoint,
+    file_sha256,
+    hint,
+    import_object,
+    is_file_spec,
+    list_checkpoints,
+    load_checkpoint,
+    load_exported_module,
+    read_sidecar,
+    split_spec,
+)
+from ncinspect.data import DataSource, open_data
+from ncinspect.errors import (
+    CheckpointError,
+    DataError,
+    ModelError,
+    NcInspectError,
+    OutputError,
+    UsageError,
+)
+from ncinspect.models import (
+    Call,
+    ModelSpec,
+    build_model,
+    choose_head,
+    head_arrays,
+    head_candidates,
+    load_strict,
+    resolve_spec,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from ncinspect.store import StoreWriter
+
+Precision = Literal["fp32", "bf16", "fp16"]
+TaskChoice = Literal["auto", "classification", "regression"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+TASKS: tuple[str, ...] = ("auto", "classification", "regression")
+_QUEUE_DEPTH = 4
+_COALESCE_BYTES = 8 << 20  # write about 8 MiB per HDF5 append
+# A writer thread overlaps HDF5 writes with the forward pass where the host is idle while the
+# accelerator computes. On CPU the forward pass already keeps every core busy, and a concurrent
+# writer only slows it down (measured by bench/bench_extract.py): writes are made between batches.
+_THREADED_WRITES: dict[str, bool] = {"cpu": False}
+
+
+class ProgressHook(Protocol):
+    """Progress callbacks: one start/finish per checkpoint, advance per batch (rows)."""
+
+    def start(self, label: str, total: int | None) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything `ncinspect extract` needs; see the CLI's help for each field."""
+
+    checkpoints: tuple[Path, ...]
+    data: str
+    model: str | None = None
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    head: str | None = None
+    split: str | None = None
+    out: Path = Path("features")
+    batch_size: int = 256
+    workers: int = 0
+    device: str = "auto"
+    precision: Precision = "fp32"
+    task: TaskChoice = "auto"
+    limit: int | None = None
+    overwrite: bool = False
+    unsafe_pickle: bool = False
+    state_key: str | None = None
+    data_keys: tuple[str, str] | None = None
+    data_args: Mapping[str, Any] = field(default_factory=dict)
+    code_paths: tuple[Path, ...] = ()
+    run: str | None = None
+    with_outputs: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.checkpoints:
+            raise UsageError("give at least one checkpoint file or directory")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be >= 1, got {self.limit}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.task not in TASKS:
+            raise UsageError(f"--task must be one of {', '.join(TASKS)}")
+        if self.data_keys is not None and len(self.data_keys) != 2:
+            raise UsageError("--data-keys takes two names: INPUTS,LABELS")
+
+
+@dataclass(frozen=True)
+class ExtractOutcome:
+    """One checkpoint's result: the store written (or found complete and skipped)."""
+
+    checkpoint: Path
+    store: Path
+    status: Literal["written", "skipped"]
+    n: int
+    seconds: float
+    run: str
+
+
+@dataclass(frozen=True)
+class Job:
+    checkpoint: Path
+    run: str
+    store: Path
+
+
+def parse_assignments(items: Sequence[str] | None, option: str) -> dict[str, Any]:
+    """`KEY=VALUE` items -> dict; values parsed with ast.literal_eval, else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(f"{option}: expected KEY=VALUE with KEY a Python name, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            out[key] = text
+    return out
+
+
+def parse_data_keys(text: str | None) -> tuple[str, str] | None:
+    """`X,Y` -> ("X", "Y")."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise UsageError(f"--data-keys: expected two names INPUTS,LABELS, got {text!r}")
+    return parts[0], parts[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan
+
+
+def plan(config: ExtractConfig, split: str) -> list[Job]:
+    """Checkpoints in run and epoch order with their store paths:
+    `out/<run>/<checkpoint file name>.<split>.h5`."""
+    dirs = [p for p in config.checkpoints if p.is_dir()]
+    if config.run is not None and len(dirs) > 1:
+        raise UsageError(
+            f"--run names one run, but {len(dirs)} directories were given (each is a run)"
+        )
+    jobs: list[Job] = []
+    for path in config.checkpoints:
+        if not path.exists():
+            raise CheckpointError("no such file or directory", path=path)
+        if path.is_dir():
+            found = list_checkpoints(path)
+            if not found:
+                raise CheckpointError(
+                    "directory holds no checkpoint (.safetensors, torch.save, TorchScript or "
+                    f"torch.export files); {hint(path)}",
+                    path=path,
+                )
+            run = config.run or path.resolve().name
+        else:
+            found = [path]
+            run = config.run or path.resolve().parent.name
+        for ckpt in found:
+            jobs.append(Job(ckpt, run, config.out / run / f"{ckpt.name}.{split}.h5"))
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        other = seen.get(job.store)
+        if other is not None and other.resolve() != job.checkpoint.resolve():
+            raise UsageError(
+                f"{other} and {job.checkpoint} would both write {job.store}; give them "
+                "different runs (--run) or extract them separately"
+            )
+        seen[job.store] = job.checkpoint
+    unique: dict[Path, Job] = {}
+    for job in jobs:
+        unique.setdefault(job.store, job)
+    return list(unique.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto: cuda > mps > cpu; explicit choices are checked for availability."""
+    import torch
+
+    text = spec.strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device: expected auto, cpu, cuda, cuda:I or mps, got {spec!r}"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {spec}: only {count} CUDA device(s) (0..{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {spec}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise UsageError(f"--device: expected auto, cpu, cuda, cuda:I or mps, got {spec!r}")
+    return device
+
+
+def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def borrowed_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the duration; every submodule's train/eval flag is restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+# ---------------------------------------------------------------------------------------------
+# The background writer
+
+
+class _Aborted(Exception):
+    pass
+
+
+class BackgroundWriter:
+    """One thread appending blocks to a StoreWriter from a bounded queue (back-pressure keeps
+    memory bounded). Consecutive blocks are copied into reused buffers and appended about
+    `coalesce_bytes` at a time (fewer, larger HDF5 writes; no fresh allocations). Errors in the
+    thread surface on the next `put` or on `close`. With `threaded=False` the same happens in
+    the caller's thread, between batches."""
+
+    def __init__(
+        self,
+        store: StoreWriter,
+        depth: int = _QUEUE_DEPTH,
+        coalesce_bytes: int = _COALESCE_BYTES,
+        threaded: bool = True,
+    ) -> None:
+        self.store = store
+        self.coalesce_bytes = coalesce_bytes
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._buffers: dict[str, np.ndarray] | None = None  # reused coalescing buffers
+        self._rows = 0
+        self.thread: threading.Thread | None = None
+        if threaded:
+            self.thread = threading.Thread(target=self._run, name="ncinspect-writer", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if self.error is not None:
+                if item is None:
+                    return
+                continue  # draining after a failure or an abort
+            try:
+                if item is None:
+                    self._flush()
+                    return
+                self._take(item)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                self.error = exc
+                if item is None:
+                    return
+
+    def _take(self, item: dict[str, Any]) -> None:
+        event = item.pop("event", None)
+        if event is not None:
+            event.synchronize()
+        arrays = {k: _numpy(v) for k, v in item.items() if v is not None}
+        block: dict[str, np.ndarray] = {k: v for k, v in arrays.items() if v is not None}
+        rows = len(block["features"])
+        if self._buffers is None:
+            row_bytes = sum(a[:1].nbytes for a in block.values())
+            capacity = max(rows, self.coalesce_bytes // max(1, row_bytes))
+            import numpy as np
+
+            self._buffers = {
+                k: np.empty((capacity, *a.shape[1:]), dtype=a.dtype) for k, a in block.items()
+            }
+        capacity = len(self._buffers["features"])
+        if self._rows + rows > capacity:
+            self._flush()
+        if rows > capacity:
+            self._append(block)
+            return
+        for k, a in block.items():
+            self._buffers[k][self._rows : self._rows + rows] = a
+        self._rows += rows
+
+    def _flush(self) -> None:
+        if self._buffers is None or self._rows == 0:
+            return
+        n, self._rows = self._rows, 0
+        self._append({k: b[:n] for k, b in self._buffers.items()})
+
+    def _append(self, block: dict[str, np.ndarray]) -> None:
+        self.store.append(
+            block["features"],
+            labels=block.get("labels"),
+            targets=block.get("targets"),
+            outputs=block.get("outputs"),
+        )
+
+    def put(self, item: dict[str, Any]) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.thread is None:
+            self._take(item)
+        else:
+            self.queue.put(item)
+
+    def close(self) -> None:
+        """Finish writing everything queued; re-raise a writer error."""
+        if self.thread is None:
+            self._flush()
+            return
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        """Stop after the block being written; drop the rest."""
+        if self.error is None:
+            self.error = _Aborted()
+        self._rows = 0
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+
+
+def _numpy(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    to_numpy = getattr(value, "numpy", None)
+    return to_numpy() if callable(to_numpy) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def run_extract(
+    config: ExtractConfig, progress: ProgressHook | None = None
+) -> list[ExtractOutcome]:
+    """Extract features for every checkpoint of the config (see the module docstring).
+
+    Stops at the first failing checkpoint with an `NcInspectError` (stores already written stay;
+    the failing one leaves no file); re-running skips complete stores unless `overwrite`.
+    """
+    from ncinspect.checkpoint import add_code_paths
+
+    add_code_paths(config.code_paths)
+    data_path = Path(config.data)
+    try:
+        data = open_data(
+            config.data,
+            keys=config.data_keys,
+            args=config.data_args,
+            split=config.split,
+            limit=config.limit,
+            code_paths=config.code_paths,
+        )
+    except DataError as exc:
+        raise _with_hint(exc, data_path if data_path.exists() else None) from None
+    jobs = plan(config, data.split)
+    device: torch.device | None = None
+    outcomes: list[ExtractOutcome] = []
+    for job in jobs:
+        t0 = time.perf_counter()
+        if job.store.exists() and not config.overwrite:
+            outcomes.append(
+                ExtractOutcome(
+                    job.checkpoint, job.store, "skipped", _complete_rows(job.store), 0.0, job.run
+                )
+            )
+            continue
+        if device is None:
+            device = resolve_device(config.device)
+        try:
+            n = _extract_one(job, data, config, device, progress)
+        except DataError as exc:
+            raise _with_hint(exc, data_path if data_path.exists() else None) from None
+        except (CheckpointError, ModelError) as exc:
+            raise _with_hint(exc, job.checkpoint) from None
+        outcomes.append(
+            ExtractOutcome(
+                job.checkpoint, job.store, "written", n, time.perf_counter() - t0, job.run
+            )
+        )
+    return outcomes
+
+
+def _with_hint(exc: NcInspectError, path: Path | None) -> NcInspectError:
+    """The same error, ending with the `ncinspect inspect` pointer when it does not yet."""
+    if path is None or "ncinspect inspect" in exc.message:
+        return exc
+    new = type(exc)(f"{exc.message}; {hint(path)}", path=exc.path)
+    new.__cause__ = exc.__cause__
+    return new
+
+
+def _complete_rows(path: Path) -> int:
+    """Rows of an existing store; OutputError when the file is not a complete store."""
+    from ncinspect.store import open_store
+
+    try:
+        src = open_store(path)
+    except NcInspectError as exc:
+        raise OutputError(
+            f"exists but is not a complete feature store ({exc.message}); pass --overwrite to "
+            "replace it",
+            path=path,
+        ) from None
+    try:
+        return src.n
+    finally:
+        src.close()
+
+
+@dataclass
+class _Model:
+    module: nn.Module
+    info: dict[str, Any]
+    static_batch: int | None = None
+
+
+def _prepare_imports(config: ExtractConfig) -> None:
+    """With --unsafe-pickle, --model only makes its classes importable (the file's directory on
+    sys.path, the file imported under its stem) so that a pickled module resolves them."""
+    if config.model is None or not config.unsafe_pickle:
+        return
+    target, _ = split_spec(config.model)
+    if is_file_spec(target):
+        from ncinspect.checkpoint import import_file
+
+        path = Path(target)
+        if not path.is_file():
+            raise ModelError(f"--model {config.model!r}: no such file", path=path)
+        import_file(path)
+    else:
+        import_object(config.model, what="--model", code_paths=config.code_paths)
+
+
+def _model_for(ckpt: Checkpoint, config: ExtractConfig) -> _Model:
+    p = ckpt.path
+    if ckpt.module is not None:
+        cls = type(ckpt.module)
+        return _Model(
+            ckpt.module,
+            {"model": f"{cls.__module__}.{cls.__qualname__}", "model_source": "pickled module"},
+        )
+    sidecar = read_sidecar(p)
+    spec: ModelSpec | None = None
+    if config.model is not None or ckpt.format != "export":
+        spec = resolve_spec(ckpt, sidecar, config.model, config.model_args)
+    if spec is None and ckpt.format == "export":
+        em = load_exported_module(p, unsafe_pickle=config.unsafe_pickle)
+        return _Model(
+            em.module,
+            {"model": "torch.export program", "model_source": "checkpoint"},
+            em.batch,
+        )
+    if spec is None:
+        if ckpt.format == "torchscript":
+            raise ModelError(
+                "is a TorchScript archive: forward pre-hooks do not work on scripted modules, so "
+                "extraction rebuilds the architecture from --model package.module:factory (or "
+                "path/to/file.py:factory) and loads the archive's weights into it; no --model "
+                f"was given and no run.json/config.json/args.json beside it names one; {hint(p)}",
+                path=p,
+            )
+        raise ModelError(
+            "holds weights only; pass --model package.module:factory or path/to/file.py:factory "
+            "(with --model-arg KEY=VALUE), or put 'model' and 'model_args' in a run.json beside "
+            f"it; {hint(p)}",
+            path=p,
+        )
+    model = build_model(spec, config.code_paths)
+    stripped = load_strict(model, ckpt.tensors, p, spec)
+    info: dict[str, Any] = {
+        "model": spec.spec,
+        "model_args": dict(spec.args),
+        "model_source": spec.source,
+    }
+    if stripped:
+        info["stripped_key_prefix"] = stripped
+    return _Model(model, info)
+
+
+class _Digest:
+    """sha256 of a file, computed in a background thread (hashlib releases the GIL)."""
+
+    def __init__(self, path: Path) -> None:
+        self._value: str | None = None
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._value = file_sha256(path)
+        except OSError as exc:
+            self._error = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None or self._value is None:
+            raise CheckpointError(f"cannot be read for hashing ({self._error})")
+        return self._value
+
+
+def _output_tensor(out: Any, path: Path) -> torch.Tensor:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        for key in ("logits", "out", "output", "outputs", "pred", "preds"):
+            if isinstance(out.get(key), torch.Tensor):
+                return out[key]
+        out = list(out.values())
+    if isinstance(out, list | tuple):
+        for item in out:
+            if isinstance(item, torch.Tensor):
+                return item
+    raise ModelError(
+        f"the model returned a {type(out).__name__}; expected a tensor of outputs (or a "
+        "tuple/dict holding one)",
+        path=path,
+    )
+
+
+def _forward(model: nn.Module, xb: torch.Tensor, path: Path) -> Any:
+    try:
+        return model(xb)
+    except NcInspectError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(
+            f"forward pass failed on inputs of shape {tuple(xb.shape)} dtype "
+            f"{str(xb.dtype).replace('torch.', '')}: {type(exc).__name__}: {first[:300]}; check "
+            f"--model / --data; {hint(path)}",
+            path=path,
+        ) from None
+
+
+def _probe(
+    model: nn.Module, xb: torch.Tensor, path: Path
+) -> tuple[Any, list[Call], dict[str, list[torch.Tensor]]]:
+    """Run one batch with a pre-hook on every Linear-like module; record the call order."""
+    calls: list[Call] = []
+    inputs: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    try:
+        for name, module in head_candidates(model):
+
+            def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+                x = args[0] if args else None
+                width = int(mod.weight.shape[0])  # type: ignore[index]
+                shape = tuple(x.shape) if x is not None and hasattr(x, "shape") else ()
+                calls.append(Call(name, len(calls), width, shape))
+                if x is not None:
+                    inputs.setdefault(name, []).append(x)
+
+            handles.append(module.register_forward_pre_hook(hook))
+        out = _forward(model, xb, path)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, calls, inputs
+
+
+def _pad(xb: torch.Tensor, size: int) -> torch.Tensor:
+    import torch
+
+    if len(xb) == size:
+        return xb
+    filler = xb[-1:].expand(size - len(xb), *xb.shape[1:])
+    return torch.cat([xb, filler])
+
+
+def _extract_one(
+    job: Job,
+    data: DataSource,
+    config: ExtractConfig,
+    device: torch.device,
+    progress: ProgressHook | None,
+) -> int:
+    import torch
+
+    path = job.checkpoint
+    _prepare_imports(config)
+    digest = _Digest(path)  # hashed in a thread while the model loads and runs
+    ckpt = load_checkpoint(path, unsafe_pickle=config.unsafe_pickle, state_key=config.state_key)
+    built = _model_for(ckpt, config)
+    model = built.module
+    batch_size = built.static_batch or config.batch_size
+    cuda = device.type == "cuda"
+    attrs: dict[str, Any] = {
+        "run": job.run,
+        "split": data.split,
+        "checkpoint": str(path),
+        "epoch": ckpt.epoch,
+        "epoch_source": ckpt.epoch_source,
+        "checkpoint_format": ckpt.format,
+        "state_key": ckpt.state_key,
+        "stripped_prefixes": ckpt.stripped_prefixes or None,
+        **built.info,
+        **data.provenance,
+        "device": str(device),
+        "precision": config.precision,
+        "batch_size": batch_size,
+        "limit": config.limit,
+        "torch_version": torch.__version__,
+        "ncinspect_version": __version__,
+    }
+    if ckpt.format == "safetensors" and ckpt.metadata:
+        attrs["safetensors_metadata"] = ckpt.metadata
+    elif ckpt.metadata:
+        attrs["checkpoint_metadata"] = {
+            k: v for k, v in ckpt.metadata.items() if k != "scripted_modules"
+        } or None
+    labels = dict(ckpt.labels)
+    sidecar = read_sidecar(path)
+    if sidecar.path is not None:
+        attrs["config_file"] = str(sidecar.path)
+        from ncinspect.checkpoint import find_labels
+
+        for key, value in find_labels(sidecar.data).items():
+            labels.setdefault(key, value)
+    attrs.update(labels)
+    attrs = {k: v for k, v in attrs.items() if v is not None}
+
+    model.to(device)
+    label = f"{job.run}/{path.name}"
+    if progress is not None:
+        progress.start(label, data.n)
+    try:
+        with borrowed_eval(model), torch.inference_mode(), _autocast(device, config.precision):
+            return _run_batches(
+                job, data, config, model, device, batch_size, built, attrs, progress, cuda, digest
+            )
+    finally:
+        if progress is not None:
+            progress.finish()
+        if device.type != "cpu":
+            model.to("cpu")
+
+
+def _run_batches(
+    job: Job,
+    data: DataSource,
+    config: ExtractConfig,
+    model: nn.Module,
+    device: torch.device,
+    batch_size: int,
+    built: _Model,
+    attrs: dict[str, Any],
+    progress: ProgressHook | None,
+    cuda: bool,
+    digest: _Digest,
+) -> int:
+
+    from ncinspect.store import StoreWriter
+
+    path = job.checkpoint
+    stream = data.batches(batch_size, workers=config.workers, pin_memory=cuda)
+    first = next(stream, None)
+    if first is None:
+        raise DataError(f"--data {data.spec!r} yielded no rows")
+    xb, yb = first
+    rows = len(xb)
+    xin = xb.to(device, non_blocking=True)
+    if built.static_batch:
+        xin = _pad(xin, built.static_batch)
+    out, calls, inputs = _probe(model, xin, path)
+    out_t = _output_tensor(out, path)
+    if out_t.dim() == 1:
+        out_t = out_t.reshape(-1, 1)
+    if out_t.dim() != 2:
+        raise ModelError(
+            f"the model's output has shape {tuple(out_t.shape)}; expected (B, K) logits or "
+            f"(B, T) predictions; {hint(path)}",
+            path=path,
+        )
+    width = int(out_t.shape[1])
+    head_name = choose_head(model, calls, width, config.head, path)
+    head_module = model.get_submodule(head_name)
+    if len(inputs.get(head_name, [])) != 1:
+        raise ModelError(
+            f"head {head_name!r} ran {len(inputs.get(head_name, []))} times in one forward pass; "
+            f"pass --head NAME for a layer that runs once; {hint(path)}",
+            path=path,
+        )
+    feats = inputs[head_name][0]
+    if feats.dim() != 2:
+        raise ModelError(
+            f"the input of head {head_name!r} has shape {tuple(feats.shape)}; expected (B, D) "
+            f"flat features; {hint(path)}",
+            path=path,
+        )
+    weight, bias = head_arrays(head_module)
+    d = int(feats.shape[1])
+    if weight.shape[1] != d:
+        raise ModelError(
+            f"head {head_name!r} has weight {weight.shape} but receives {d} features; {hint(path)}",
+            path=path,
+        )
+    head_width = int(weight.shape[0])
+    task = _task(config, data, yb)
+    attrs = {**attrs, "head": head_name, "task": task}
+    state = _BatchCheck(data, task, head_width, head_name)
+    pending = _blocks(feats, out_t, rows, cuda)
+    with StoreWriter(
+        job.store,
+        task=task,
+        d=d,
+        width=head_width,
+        attrs=attrs,
+        with_outputs=config.with_outputs and width == head_width,
+        overwrite=config.overwrite,
+    ) as writer:
+        bg = BackgroundWriter(writer, threaded=_THREADED_WRITES.get(device.type, True))
+        ok = False
+        try:
+            bg.put(state.item(pending, yb, writer.with_outputs))
+            if progress is not None:
+                progress.advance(rows)
+            total = rows
+            captured: list[torch.Tensor] = []
+
+            def grab(mod: nn.Module, args: tuple[Any, ...]) -> None:
+                captured.append(args[0])
+
+            handle = head_module.register_forward_pre_hook(grab)
+            try:
+                for xb, yb in stream:
+                    rows = len(xb)
+                    xin = xb.to(device, non_blocking=True)
+                    if built.static_batch:
+                        xin = _pad(xin, built.static_batch)
+                    captured.clear()
+                    out_t = _output_tensor(_forward(model, xin, path), path)
+                    if len(captured) != 1:
+                        raise ModelError(
+                            f"head {head_name!r} ran {len(captured)} times in one forward pass",
+                            path=path,
+                        )
+                    blocks = _blocks(captured[0], out_t.reshape(len(out_t), -1), rows, cuda)
+                    bg.put(state.item(blocks, yb, writer.with_outputs))
+                    total += rows
+                    if progress is not None:
+                        progress.advance(rows)
+            finally:
+                handle.remove()
+            bg.close()
+            ok = True
+        finally:
+            if not ok:
+                bg.abort()
+        writer.set_head(weight, bias)
+        writer.update_attrs(checkpoint_sha256=digest.result())
+    return total
+
+
+def _task(
+    config: ExtractConfig, data: DataSource, yb: torch.Tensor
+) -> Literal["classification", "regression"]:
+    if config.task != "auto":
+        return config.task
+    if data.task is not None:
+        return data.task
+    return "regression" if yb.dtype.is_floating_point else "classification"
+
+
+def _blocks(feats: torch.Tensor, out: torch.Tensor, rows: int, cuda: bool) -> dict[str, Any]:
+    """Features (B, D) and outputs as float32 CPU tensors (pinned, copied asynchronously on
+    CUDA with an event for the writer to wait on)."""
+    import torch
+
+    feats = feats[:rows].detach()
+    out = out[:rows].detach()
+    if not cuda:
+        return {"features": feats.float(), "outputs": out.float()}
+    f_host = torch.empty(feats.shape, dtype=torch.float32, pin_memory=True)
+    o_host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+    f_host.copy_(feats, non_blocking=True)
+    o_host.copy_(out, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return {"features": f_host, "outputs": o_host, "event": event}
+
+
+@dataclass
+class _BatchCheck:
+    """Validates each batch's labels/targets against the head and shapes the store blocks."""
+
+    data: DataSource
+    task: Literal["classification", "regression"]
+    width: int
+    head: str
+    row: int = 0
+
+    def item(self, blocks: dict[str, Any], yb: torch.Tensor, with_outputs: bool) -> dict[str, Any]:
+        import torch
+
+        rows = len(blocks["features"])
+        if len(yb) != rows:
+            raise DataError(
+                f"--data {self.data.spec!r}: a batch has {rows} inputs but {len(yb)} labels"
+            )
+        item = dict(blocks)
+        if not with_outputs:
+            item.pop("outputs", None)
+        if self.task == "classification":
+            if yb.is_floating_point():
+                raise DataError(
+                    f"--data {self.data.spec!r}: labels are floating point but the task is "
+                    "classification; pass --task regression for float targets"
+                )
+            labels = yb.reshape(-1).to("cpu", dtype=torch.int64)
+            if labels.numel() != rows:
+                raise DataError(
+                    f"--data {self.data.spec!r}: labels have shape {tuple(yb.shape)}, expected "
+                    f"({rows},) class indices"
+                )
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= self.width:
+                bad = lo if lo < 0 else hi
+                raise DataError(
+                    f"--data {self.data.spec!r}: label {bad} near row {self.row} is outside "
+                    f"[0, {self.width - 1}]: head {self.head!r} has K = {self.width} outputs"
+                )
+            item["labels"] = labels
+        else:
+            targets = yb.to("cpu").reshape(rows, -1).float()
+            if targets.shape[1] != self.width:
+                raise DataError(
+                    f"--data {self.data.spec!r}: targets have {targets.shape[1]} columns but head "
+                    f"{self.head!r} has T = {self.width} outputs"
+                )
+            item["targets"] = targets
+        self.row += rows
+        return item

@@ -1,0 +1,461 @@
+"""`ncinspect inspect`: what a checkpoint, feature store, dump or data file holds.
+
+Owns: `describe(path)` -> a JSON-able dict (detected format; tensors with shapes and dtypes, or a
+store's datasets and provenance; head candidates; whether a checkpoint loads safely) and
+`format_description(desc)` -> plain text lines.
+
+Never runs code from the file: pickles that need full unpickling are scanned statically unless
+`unsafe_pickle` is given, exported programs are audited, not loaded. Never renders with rich and
+never writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ncinspect.checkpoint import (
+    CHECKPOINT_FORMATS,
+    audit_exported_program,
+    epoch_from_name,
+    list_checkpoints,
+    load_checkpoint,
+    pickle_globals,
+    read_sidecar,
+    sniff,
+    unsafe_globals,
+)
+from ncinspect.errors import InputError, NcInspectError
+
+FORMAT_NAMES: dict[str, str] = {
+    "safetensors": "safetensors",
+    "torch": "torch.save archive",
+    "torch_legacy": "torch.save file (legacy, non-zip)",
+    "torchscript": "TorchScript archive",
+    "export": "torch.export program (.pt2)",
+    "hdf5": "HDF5",
+    "npz": "numpy .npz archive",
+    "npy": "numpy .npy array",
+    "pickle": "Python pickle",
+    "json": "JSON",
+    "empty": "empty file",
+    "corrupt_zip": "truncated or corrupt zip archive",
+    "unknown": "unknown",
+}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types only (tensor scalars unwrapped, non-finite floats as strings)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return _jsonable(item())
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+def describe(path: str | Path, unsafe_pickle: bool = False) -> dict[str, Any]:
+    """Describe a file or directory; JSON-able. Raises InputError only for a missing path."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError("no such file or directory", path=p)
+    if p.is_dir():
+        return _jsonable(_describe_dir(p))
+    fmt = sniff(p)
+    desc: dict[str, Any] = {
+        "path": str(p),
+        "kind": "unknown",
+        "format": fmt,
+        "format_name": FORMAT_NAMES.get(fmt, fmt),
+        "size_bytes": p.stat().st_size,
+        "notes": [],
+    }
+    if fmt in CHECKPOINT_FORMATS:
+        _describe_checkpoint(p, fmt, desc, unsafe_pickle)
+    elif fmt == "hdf5":
+        _describe_hdf5(p, desc)
+    elif fmt in ("npz", "npy"):
+        _describe_arrays(p, desc)
+    elif fmt == "pickle":
+        _describe_pickle(p, desc)
+    elif fmt == "corrupt_zip":
+        desc["kind"] = "checkpoint"
+        desc["notes"].append(
+            "starts like a zip archive (torch.save) but has no central directory: the file is "
+            "truncated or corrupt; copy or save it again"
+        )
+    elif fmt == "empty":
+        desc["notes"].append("the file is empty (0 bytes)")
+    else:
+        desc["notes"].append("not a format ncinspect reads")
+    return _jsonable(desc)
+
+
+def _tensor_rows(tensors: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": k,
+            "shape": [int(s) for s in v.shape],
+            "dtype": str(v.dtype).replace("torch.", ""),
+        }
+        for k, v in tensors.items()
+    ]
+
+
+def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], unsafe_pickle: bool) -> None:
+    from ncinspect.models import head_candidates, weight_pairs
+
+    desc["kind"] = "checkpoint"
+    notes: list[str] = desc["notes"]
+    if fmt == "torch":
+        names = unsafe_globals(p)
+        if names:
+            desc["unsafe_globals"] = names
+    safe_names = desc.get("unsafe_globals")
+    if safe_names and not unsafe_pickle:
+        desc["loads_safely"] = False
+        desc["contents"] = "pickled objects (a whole nn.Module or other classes)"
+        notes.append(
+            "loading needs full unpickling, which runs code from the file (the classes above); "
+            "extract needs --unsafe-pickle (trust the source first); nothing was loaded"
+        )
+        e = epoch_from_name(p.name)
+        if e is not None:
+            desc["epoch"], desc["epoch_source"] = e, "file name"
+        _sidecar(p, desc)
+        return
+    try:
+        ckpt = load_checkpoint(p, unsafe_pickle=unsafe_pickle)
+    except NcInspectError as exc:
+        desc["loads_safely"] = False if "pickled object" in exc.message else None
+        desc["error"] = exc.message.split("; run `ncinspect inspect")[0]
+        _sidecar(p, desc)
+        return
+    desc["loads_safely"] = ckpt.safe and not safe_names
+    if ckpt.module is not None:
+        cls = type(ckpt.module)
+        desc["contents"] = f"a pickled nn.Module ({cls.__module__}.{cls.__qualname__})"
+        desc["modules"] = [
+            {"name": n, "type": type(m).__name__, "weight": _weight_shape(m)}
+            for n, m in head_candidates(ckpt.module)
+        ]
+        notes.append("extract uses this module as is (with --unsafe-pickle)")
+    elif fmt == "export":
+        desc["contents"] = "a program (graph and weights)"
+    elif fmt == "torchscript":
+        desc["contents"] = "a scripted module (code and weights)"
+    elif ckpt.state_key:
+        desc["contents"] = f"a dict holding the state dict under '{ckpt.state_key}'"
+    else:
+        desc["contents"] = "a state dict (name -> tensor)"
+    desc["state_key"] = ckpt.state_key
+    if ckpt.other_state_keys:
+        desc["other_state_keys"] = ckpt.other_state_keys
+        notes.append(
+            "other entries also hold weights: "
+            + ", ".join(ckpt.other_state_keys)
+            + " (choose with --state-key)"
+        )
+    if ckpt.stripped_prefixes:
+        desc["stripped_prefixes"] = ckpt.stripped_prefixes
+    desc["epoch"] = ckpt.epoch
+    desc["epoch_source"] = ckpt.epoch_source
+    if ckpt.labels:
+        desc["labels"] = ckpt.labels
+    meta = {k: v for k, v in ckpt.metadata.items() if k != "scripted_modules"}
+    if meta:
+        desc["metadata"] = meta
+    if ckpt.config:
+        desc["model_in_checkpoint"] = ckpt.config
+    desc["tensors"] = _tensor_rows(ckpt.tensors)
+    desc["n_tensors"] = len(ckpt.tensors)
+    desc["n_parameters"] = int(sum(int(v.numel()) for v in ckpt.tensors.values()))
+    desc["head_candidates"] = weight_pairs(ckpt.tensors)
+    if fmt == "torchscript":
+        scripted = ckpt.metadata.get("scripted_modules", {})
+        desc["modules"] = [
+            {"name": n, "type": t} for n, t in reversed(list(scripted.items())) if t == "Linear"
+        ]
+        notes.append(
+            "TorchScript: forward pre-hooks do not work on scripted modules; extract rebuilds "
+            "the architecture with --model and loads these weights into it"
+        )
+    if fmt == "export":
+        problems = audit_exported_program(p)
+        desc["runnable_without_model"] = not problems
+        if problems:
+            desc["audit"] = problems
+            notes.append(
+                "running the exported program could run code from the file ("
+                + "; ".join(problems[:3])
+                + "); extract needs --model (weights only) or --unsafe-pickle"
+            )
+        else:
+            notes.append("the program carries its architecture: extract needs no --model")
+    _sidecar(p, desc)
+
+
+def _weight_shape(module: Any) -> list[int]:
+    weight = module.weight
+    return [int(s) for s in weight.shape]
+
+
+def _sidecar(p: Path, desc: dict[str, Any]) -> None:
+    from ncinspect.checkpoint import find_labels
+
+    side = read_sidecar(p)
+    if side.path is None:
+        return
+    info: dict[str, Any] = {"path": str(side.path)}
+    if side.error:
+        info["error"] = side.error
+    else:
+        for key in ("model", "model_args"):
+            if key in side.data:
+                info[key] = side.data[key]
+        labels = find_labels(side.data)
+        if labels:
+            info["labels"] = labels
+    desc["config_file"] = info
+
+
+def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
+    from ncinspect.store import open_store
+
+    try:
+        src = open_store(p)
+    except NcInspectError as exc:
+        desc["store_error"] = exc.message
+        _describe_arrays(p, desc)
+        return
+    try:
+        desc["kind"] = "store"
+        desc["task"] = src.task
+        desc["n"], desc["d"] = src.n, src.d
+        desc["width"] = src.head.width
+        desc["datasets"] = [
+            {"name": "features", "shape": [src.n, src.d]},
+            {"name": "labels" if src.task == "classification" else "targets"},
+            {"name": "head/weight", "shape": [int(s) for s in src.head.weight.shape]},
+        ]
+        if src.head.bias is not None:
+            desc["datasets"].append({"name": "head/bias", "shape": [src.head.width]})
+        if src.has_outputs:
+            desc["datasets"].append({"name": "outputs", "shape": [src.n, src.head.width]})
+        meta = dict(src.meta)
+        desc["provenance"] = meta.pop("provenance", {})
+        desc["attributes"] = meta
+    finally:
+        src.close()
+
+
+def _describe_arrays(p: Path, desc: dict[str, Any]) -> None:
+    from ncinspect.data import INPUT_KEYS, LABEL_KEYS, array_members
+
+    try:
+        members = array_members(p)
+    except NcInspectError as exc:
+        desc["error"] = exc.message
+        return
+    desc["arrays"] = [
+        {"name": k, "shape": list(v.shape), "dtype": str(v.dtype)} for k, v in members.items()
+    ]
+    if "features" in members:
+        desc["kind"] = "dump"
+        desc["notes"].append("a feature dump: `ncinspect report` reads it")
+        return
+    desc["kind"] = "data"
+    x = next((k for k in INPUT_KEYS if k in members), None)
+    y = next((k for k in LABEL_KEYS if k in members), None)
+    desc["inputs_key"], desc["labels_key"] = x, y
+    if x is None or y is None:
+        desc["notes"].append(
+            "no default inputs/labels names found; pass --data-keys INPUTS,LABELS to extract"
+        )
+
+
+def _describe_pickle(p: Path, desc: dict[str, Any]) -> None:
+    from ncinspect.data import restricted_load
+
+    data = p.read_bytes()
+    desc["globals"] = pickle_globals(data)
+    try:
+        obj = restricted_load(p)
+    except Exception:  # noqa: BLE001 - refused or damaged: the static scan is all we show
+        desc["notes"].append(
+            "a pickle naming classes beyond numpy arrays; ncinspect does not load it"
+        )
+        return
+    desc["kind"] = "data"
+    if isinstance(obj, dict):
+        desc["entries"] = [
+            {
+                "name": str(k),
+                "type": type(v).__name__,
+                "shape": list(getattr(v, "shape", ())) or None,
+                "length": len(v) if isinstance(v, list | tuple) else None,
+            }
+            for k, v in obj.items()
+        ]
+        if "data" in obj:
+            desc["notes"].append("looks like a CIFAR batch: pass its folder as --data")
+
+
+def _describe_dir(p: Path) -> dict[str, Any]:
+    from ncinspect.data import cifar_root
+
+    ckpts = list_checkpoints(p)
+    desc: dict[str, Any] = {
+        "path": str(p),
+        "kind": "directory",
+        "format": "directory",
+        "format_name": "directory",
+        "notes": [],
+        "checkpoints": [
+            {"name": c.name, "format": sniff(c), "epoch_from_name": epoch_from_name(c.name)}
+            for c in ckpts
+        ],
+    }
+    root = cifar_root(p)
+    if root is not None:
+        desc["cifar"] = sorted(x.name for x in root.iterdir() if x.is_file())
+        desc["notes"].append("a CIFAR 'python version' batch folder: usable as --data")
+    if ckpts:
+        desc["notes"].append(f"a run of {len(ckpts)} checkpoints, in extraction (epoch) order")
+    _sidecar(p / "_", desc)
+    return desc
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+def _shape(shape: Any) -> str:
+    if shape is None:
+        return "?"
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _kv(mapping: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in mapping.items())
+
+
+def format_description(desc: dict[str, Any]) -> str:
+    """Plain text lines for `describe`'s dict (no colours, no terminal width assumptions)."""
+    lines = [f"{desc['path']}"]
+    add = lines.append
+    fmt_line = f"  format: {desc.get('format_name', desc.get('format'))}"
+    if desc.get("contents"):
+        fmt_line += f" -- {desc['contents']}"
+    add(fmt_line)
+    if "size_bytes" in desc:
+        add(f"  size: {_size(int(desc['size_bytes']))}")
+    if desc.get("kind") == "checkpoint" and "loads_safely" in desc:
+        safe = desc["loads_safely"]
+        text = {True: "yes (weights only)", False: "no: needs --unsafe-pickle", None: "no"}[safe]
+        add(f"  loads safely: {text}")
+    if desc.get("unsafe_globals"):
+        add(f"  pickled classes: {', '.join(desc['unsafe_globals'])}")
+    if desc.get("error"):
+        add(f"  error: {desc['error']}")
+    if desc.get("epoch") is not None:
+        add(f"  epoch: {desc['epoch']} (from {desc.get('epoch_source')})")
+    if desc.get("state_key"):
+        add(f"  state dict key: {desc['state_key']}")
+    if desc.get("stripped_prefixes"):
+        add(f"  stripped key prefixes: {', '.join(desc['stripped_prefixes'])}")
+    if desc.get("labels"):
+        add(f"  training labels: {_kv(desc['labels'])}")
+    if desc.get("metadata"):
+        add(f"  metadata: {_kv(desc['metadata'])}")
+    if desc.get("model_in_checkpoint"):
+        add(f"  model named in the checkpoint: {_kv(desc['model_in_checkpoint'])}")
+    if "tensors" in desc:
+        add(f"  tensors: {desc['n_tensors']} ({desc['n_parameters']:,} values)")
+        width = max((len(t["name"]) for t in desc["tensors"]), default=0)
+        for t in desc["tensors"]:
+            add(f"    {t['name']:<{width}}  {_shape(t['shape'])}  {t['dtype']}")
+    if desc.get("head_candidates") is not None and "tensors" in desc:
+        add("  head candidates (weight pairs, last first):")
+        if not desc["head_candidates"]:
+            add("    none (no 2-D *.weight tensor)")
+        for c in desc["head_candidates"]:
+            bias = f"  bias {_shape(c['bias'])}" if c.get("bias") else "  no bias"
+            add(f"    {c['module']}  weight {_shape(c['weight'])}{bias}")
+    if desc.get("modules"):
+        add("  Linear modules (last first):")
+        for m in desc["modules"]:
+            shape = f"  weight {_shape(m['weight'])}" if m.get("weight") else ""
+            add(f"    {m['name']}  {m['type']}{shape}")
+    if desc.get("audit"):
+        add("  export audit:")
+        for a in desc["audit"]:
+            add(f"    {a}")
+    if desc.get("kind") == "store":
+        add(
+            f"  store: task {desc['task']}, N = {desc['n']}, D = {desc['d']}, width {desc['width']}"
+        )
+        add("  datasets:")
+        for d in desc["datasets"]:
+            add(f"    {d['name']}" + (f"  {_shape(d['shape'])}" if d.get("shape") else ""))
+        add("  attributes:")
+        for k, v in sorted(desc.get("attributes", {}).items()):
+            add(f"    {k}: {v}")
+        if desc.get("provenance"):
+            add("  provenance:")
+            for k, v in sorted(desc["provenance"].items()):
+                add(f"    {k}: {json.dumps(v, default=str)}")
+    if desc.get("store_error"):
+        add(f"  not a feature store: {desc['store_error']}")
+    if desc.get("arrays") is not None:
+        add("  arrays:")
+        for a in desc["arrays"]:
+            add(f"    {a['name']}  {_shape(a['shape'])}  {a['dtype']}")
+        if desc.get("kind") == "data":
+            add(f"  inputs: {desc.get('inputs_key')}  labels/targets: {desc.get('labels_key')}")
+    if desc.get("globals") is not None and desc.get("format") == "pickle":
+        add(f"  globals: {', '.join(desc['globals']) or 'none'}")
+    if desc.get("entries"):
+        add("  entries:")
+        for e in desc["entries"]:
+            extra = _shape(e["shape"]) if e.get("shape") else (e.get("length") or "")
+            add(f"    {e['name']}  {e['type']}  {extra}".rstrip())
+    if desc.get("checkpoints") is not None:
+        add(f"  checkpoints: {len(desc['checkpoints'])}")
+        for c in desc["checkpoints"]:
+            e = c.get("epoch_from_name")
+            add(f"    {c['name']}  {c['format']}" + (f"  epoch {e}" if e is not None else ""))
+    if desc.get("cifar"):
+        add(f"  CIFAR batches: {', '.join(desc['cifar'])}")
+    cfg = desc.get("config_file")
+    if cfg:
+        add(f"  config: {cfg['path']}")
+        if cfg.get("error"):
+            add(f"    error: {cfg['error']}")
+        if cfg.get("model"):
+            add(f"    model: {cfg['model']}  args: {json.dumps(cfg.get('model_args', {}))}")
+        if cfg.get("labels"):
+            add(f"    training labels: {_kv(cfg['labels'])}")
+    for note in desc.get("notes", []):
+        add(f"  note: {note}")
+    return "\n".join(lines)

@@ -1,0 +1,550 @@
+"""Extraction end to end: every checkpoint format against a direct forward pass, errors that
+leave no file, epoch order, resume, limits, provenance, interruption."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_checkpoint import load_module, make_model, write_model_file
+from torch import nn
+
+from ncinspect.errors import (
+    CheckpointError,
+    DataError,
+    ModelError,
+    NcInspectError,
+    OutputError,
+    UsageError,
+)
+from ncinspect.extract import (
+    BackgroundWriter,
+    ExtractConfig,
+    _probe,
+    borrowed_eval,
+    parse_assignments,
+    parse_data_keys,
+    run_extract,
+)
+from ncinspect.inspection import describe, format_description
+from ncinspect.store import StoreWriter, open_store
+
+N = 37  # not a multiple of the batch size: the last batch is short
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A model file, its module, data (N x 6 inputs, 3 classes) and an output folder."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    before = set(sys.modules)
+    code = write_model_file(tmp_path / "code")
+    module = load_module(code)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, 6)).astype(np.float32)
+    y = rng.integers(0, 3, N)
+    data = tmp_path / "data_test.npz"
+    np.savez(data, x=x, y=y)
+    yield Env(tmp_path, code, module, x, y, data)
+    for name in set(sys.modules) - before:
+        if "tmp" in str(getattr(sys.modules[name], "__file__", "") or ""):
+            del sys.modules[name]
+
+
+class Env:
+    def __init__(self, root: Path, code: Path, module: ModuleType, x, y, data: Path) -> None:
+        self.root, self.code, self.module, self.x, self.y, self.data = (
+            root,
+            code,
+            module,
+            x,
+            y,
+            data,
+        )
+        self.out = root / "features"
+
+    @property
+    def spec(self) -> str:
+        return f"{self.code}:tiny"
+
+    def config(self, *checkpoints: Path, **kwargs) -> ExtractConfig:
+        kwargs.setdefault("data", str(self.data))
+        kwargs.setdefault("out", self.out)
+        kwargs.setdefault("batch_size", 8)
+        return ExtractConfig(checkpoints=tuple(checkpoints), **kwargs)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.out.rglob("*") if p.is_file()) if self.out.exists() else []
+
+
+def oracle(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Features (the head's input) and outputs by a direct forward pass."""
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        return model.body(xt).numpy(), model(xt).numpy()
+
+
+def check_store(path: Path, model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict:
+    feats, outs = oracle(model, x)
+    with h5py.File(path) as f:
+        np.testing.assert_allclose(f["features"][()], feats, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(f["outputs"][()], outs, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(f["labels"][()], y)
+        np.testing.assert_allclose(f["head/weight"][()], model.head.weight.detach().numpy())
+        np.testing.assert_allclose(f["head/bias"][()], model.head.bias.detach().numpy())
+        assert f["features"].dtype == np.float32
+    src = open_store(path)
+    try:
+        return dict(src.meta)
+    finally:
+        src.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every format
+
+
+def test_state_dict_wrapper_safetensors_legacy(env: Env) -> None:
+    run = env.root / "myrun"
+    run.mkdir()
+    models = {}
+    for i, name in enumerate(["epoch_1.pt", "epoch_2.pth", "epoch_3.safetensors", "epoch_4.pt"]):
+        m = make_model(env.module, seed=i)
+        models[name] = m
+        sd = m.state_dict()
+        if i == 0:
+            torch.save(sd, run / name)
+        elif i == 1:
+            ddp = {f"module.{k}": v for k, v in sd.items()}
+            torch.save({"model_state_dict": ddp, "epoch": 2}, run / name)
+        elif i == 2:
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(run / name))
+        else:
+            torch.save({"net": sd}, run / name, _use_new_zipfile_serialization=False)
+    outcomes = run_extract(env.config(run, model=env.spec))
+    assert [o.checkpoint.name for o in outcomes] == list(models)
+    for o in outcomes:
+        assert o.status == "written" and o.n == N and o.run == "myrun"
+        assert o.store == env.out / "myrun" / f"{o.checkpoint.name}.test.h5"
+        check_store(o.store, models[o.checkpoint.name], env.x, env.y)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_needs_model_and_then_extracts(env: Env) -> None:
+    model = make_model(env.module)
+    path = env.root / "scripted.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    with pytest.raises(ModelError) as err:
+        run_extract(env.config(path))
+    message = str(err.value)
+    assert "TorchScript" in message and "--model" in message and "\n" not in message
+    assert env.files() == []
+    (outcome,) = run_extract(env.config(path, model=env.spec))
+    check_store(outcome.store, model, env.x, env.y)
+
+
+def test_exported_program_without_model(env: Env) -> None:
+    model = make_model(env.module)
+    dyn = env.root / "dynamic.pt2"
+    static = env.root / "static.pt2"
+    sample = (torch.randn(4, 6),)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.export.save(torch.export.export(model, sample, dynamic_shapes=({0: batch},)), str(dyn))
+    torch.export.save(torch.export.export(model, (torch.randn(16, 6),)), str(static))
+    a, b = run_extract(env.config(dyn, static))
+    check_store(a.store, model, env.x, env.y)
+    meta = check_store(b.store, model, env.x, env.y)  # static batch 16: inputs padded
+    assert meta["provenance"]["model"] == "torch.export program"
+    assert meta["provenance"]["batch_size"] == 16
+    # with --model only the program's weights are used (read without torch.export.load)
+    (c,) = run_extract(env.config(static, model=env.spec, out=env.root / "with_model"))
+    assert check_store(c.store, model, env.x, env.y)["provenance"]["model"] == env.spec
+
+
+def test_pickled_module_needs_flag(env: Env) -> None:
+    marker = env.root / "imported.txt"
+    code = write_model_file(env.root / "picklecode", marker=marker)
+    module = load_module(code)
+    model = make_model(module)
+    path = env.root / "whole.pt"
+    torch.save(model, path)
+    sys.modules.pop(module.__name__)
+    marker.unlink()
+    with pytest.raises(CheckpointError) as err:
+        run_extract(env.config(path))
+    assert "--unsafe-pickle" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists() and env.files() == []
+    # with the flag, --model FILE only makes the classes importable; the module is used as is
+    (outcome,) = run_extract(env.config(path, unsafe_pickle=True, model=f"{code}:tiny"))
+    meta = check_store(outcome.store, model, env.x, env.y)
+    assert meta["provenance"]["model_source"] == "pickled module"
+    assert marker.read_text() == "imported\n"
+
+
+def test_model_from_run_json_and_provenance(env: Env) -> None:
+    run = env.root / "ls_run"
+    run.mkdir()
+    model = make_model(env.module, hidden=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+    ckpt = run / "epoch_009.pt"
+    torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict()}, ckpt)
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "model": str(env.code.relative_to(env.root)) + ":tiny",
+                "model_args": {"hidden": 5},
+                "loss": "cross_entropy",
+                "label_smoothing": 0.1,
+            }
+        )
+    )
+    (outcome,) = run_extract(env.config(run, split="heldout", precision="fp32"))
+    assert outcome.store.name == "epoch_009.pt.heldout.h5"
+    meta = check_store(outcome.store, model, env.x, env.y)
+    prov = meta["provenance"]
+    assert meta["run"] == "ls_run" and meta["split"] == "heldout" and meta["epoch"] == 9
+    assert meta["checkpoint"] == str(ckpt)
+    assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert prov["model_args"] == {"hidden": 5} and prov["model_source"].endswith("run.json")
+    assert prov["loss"] == "cross_entropy" and prov["label_smoothing"] == 0.1
+    assert prov["weight_decay"] == 1e-3  # from the optimizer state in the checkpoint
+    assert prov["head"] == "head" and prov["device"] == "cpu" and prov["precision"] == "fp32"
+    assert prov["torch_version"] == torch.__version__ and prov["ncinspect_version"]
+    assert prov["data"] == str(env.data) and prov["data_keys"] == ["x", "y"]
+    assert prov["checkpoint_format"] == "torch" and prov["state_key"] == "state_dict"
+    # --model-arg overrides run.json's model_args key by key: a wrong width is one error
+    with pytest.raises(CheckpointError, match="shapes differ"):
+        run_extract(env.config(run, overwrite=True, model_args={"hidden": 7}))
+
+
+def test_config_file_cannot_name_arbitrary_callables(env: Env) -> None:
+    run = env.root / "hostile"
+    run.mkdir()
+    torch.save(make_model(env.module).state_dict(), run / "epoch_1.pt")
+    marker = env.root / "pwned.txt"
+    (run / "config.json").write_text(
+        json.dumps({"model": "subprocess:run", "model_args": {"args": ["touch", str(marker)]}})
+    )
+    _fails(env, env.config(run), ModelError, "config.json names model 'subprocess:run'", "--model")
+    assert not marker.exists()
+    # the command line's --model is the user's own choice and is honoured
+    (o,) = run_extract(env.config(run, model=env.spec))
+    assert o.status == "written"
+
+
+def test_regression_task_and_bf16(env: Env) -> None:
+    model = make_model(env.module, out_dim=2)
+    t = np.random.default_rng(1).standard_normal((N, 2)).astype(np.float32)
+    data = env.root / "reg.npz"
+    np.savez(data, x=env.x, y=t)
+    path = env.root / "r.pt"
+    torch.save(model.state_dict(), path)
+    (o,) = run_extract(env.config(path, data=str(data), model=env.spec, model_args={"out_dim": 2}))
+    feats, outs = oracle(model, env.x)
+    with h5py.File(o.store) as f:
+        assert f.attrs["task"] == "regression"
+        np.testing.assert_array_equal(f["targets"][()], t)
+        np.testing.assert_allclose(f["features"][()], feats, atol=1e-5)
+    (o,) = run_extract(
+        env.config(
+            path,
+            data=str(data),
+            model=env.spec,
+            model_args={"out_dim": 2},
+            precision="bf16",
+            out=env.root / "bf16",
+        )
+    )
+    with h5py.File(o.store) as f:
+        assert f["features"].dtype == np.float32
+        np.testing.assert_allclose(f["features"][()], feats, atol=0.1)
+
+
+def test_cifar_folder_with_a_conv_model(env: Env) -> None:
+    import pickle
+
+    rng = np.random.default_rng(2)
+    root = env.root / "cifar-10-batches-py"
+    root.mkdir()
+    images = rng.integers(0, 256, (10, 3072), dtype=np.uint8)
+    batch = {b"data": images, b"labels": list(rng.integers(0, 3, 10))}
+    (root / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    (env.code.parent / "convnet.py").write_text(
+        "from torch import nn\n"
+        "def conv():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(),\n"
+        "                         nn.Linear(4 * 8 * 8, 6), nn.ReLU(), nn.Linear(6, 3))\n"
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    ).eval()
+    path = env.root / "conv.pt"
+    torch.save(model.state_dict(), path)
+    cfg = env.config(
+        path, data=str(root), split="test", model=f"{env.code.parent / 'convnet.py'}:conv"
+    )
+    (o,) = run_extract(cfg)
+    x = torch.from_numpy(images.reshape(-1, 3, 32, 32).astype(np.float32) / 255)
+    with torch.no_grad():
+        feats = model[:5](x).numpy()
+    with h5py.File(o.store) as f:
+        np.testing.assert_allclose(f["features"][()], feats, atol=1e-5)
+        assert json.loads(f.attrs["provenance"])["head"] == "5"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line, the right type, no output file
+
+
+def _fails(env: Env, config: ExtractConfig, error: type[NcInspectError], *needles: str) -> str:
+    with pytest.raises(error) as err:
+        run_extract(config)
+    message = str(err.value)
+    assert "\n" not in message, message
+    assert "to see what it holds" in message, message
+    for needle in needles:
+        assert needle in message, message
+    assert env.files() == [], env.files()  # not even a hidden partial file
+    return message
+
+
+def test_errors_leave_no_file(env: Env) -> None:
+    model = make_model(env.module)
+    good = env.root / "good.pt"
+    torch.save(model.state_dict(), good)
+    # wrong architecture: every problem in one message
+    _fails(
+        env,
+        env.config(good, model=env.spec, model_args={"hidden": 4}),
+        CheckpointError,
+        "does not fit",
+        "shapes differ (5)",
+        "ncinspect inspect",
+    )
+    # missing head
+    _fails(
+        env,
+        env.config(good, model=env.spec, head="body.9"),
+        ModelError,
+        "--head 'body.9' is not a module",
+        "head (3, 8), body.2 (8, 8), body.0 (8, 6)",
+    )
+    # truncated checkpoint
+    cut = env.root / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:500])
+    _fails(env, env.config(cut, model=env.spec), CheckpointError, "truncated", "inspect")
+    # data file with the wrong keys
+    wrong = env.root / "wrong.npz"
+    np.savez(wrong, a=env.x, b=env.y)
+    _fails(
+        env,
+        env.config(good, model=env.spec, data=str(wrong)),
+        DataError,
+        "--data-keys",
+        "'a' (37, 6) float32",
+    )
+    # labels outside the head's classes
+    bad = env.root / "bad_labels.npz"
+    np.savez(bad, x=env.x, y=env.y + 5)
+    _fails(env, env.config(good, model=env.spec, data=str(bad)), DataError, "outside [0, 2]")
+    # weights without any model spec
+    _fails(env, env.config(good), ModelError, "--model")
+    # data of the wrong width: the forward pass fails, named
+    narrow = env.root / "narrow.npz"
+    np.savez(narrow, x=env.x[:, :4], y=env.y)
+    _fails(
+        env,
+        env.config(good, model=env.spec, data=str(narrow)),
+        ModelError,
+        "forward pass failed on inputs of shape (8, 4)",
+    )
+
+
+def test_head_not_found_lists_candidates(env: Env) -> None:
+    (env.code.parent / "nohead.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(6, 5)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x)[:, :3]\n"
+        "def net():\n    return Net()\n"
+    )
+    torch.manual_seed(0)
+    path = env.root / "nohead.pt"
+    torch.save({"fc.weight": torch.randn(5, 6), "fc.bias": torch.zeros(5)}, path)
+    _fails(
+        env,
+        env.config(path, model=f"{env.code.parent / 'nohead.py'}:net"),
+        ModelError,
+        "cannot find the head",
+        "fc (-> 5)",
+        "--head NAME",
+    )
+
+
+def test_interrupt_leaves_nothing_complete(env: Env) -> None:
+    path = env.root / "epoch_1.pt"
+    torch.save(make_model(env.module).state_dict(), path)
+
+    class Interrupt:
+        def start(self, label: str, total: int | None) -> None:
+            self.seen = 0
+
+        def advance(self, n: int) -> None:
+            self.seen += n
+            if self.seen > 10:
+                raise KeyboardInterrupt
+
+        def finish(self) -> None:
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(env.config(path, model=env.spec), progress=Interrupt())
+    assert env.files() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs, order, resume, limit
+
+
+def test_epoch_order_runs_resume_and_limit(env: Env) -> None:
+    runs = [env.root / "runs" / "a", env.root / "runs" / "b"]
+    for run in runs:
+        run.mkdir(parents=True)
+        for e in (10, 2, 1):
+            torch.save(make_model(env.module, seed=e).state_dict(), run / f"epoch_{e}.pt")
+        save_file(
+            {k: v.contiguous() for k, v in make_model(env.module).state_dict().items()},
+            str(run / "epoch_1.safetensors"),
+        )
+    events: list[tuple[str, int | None]] = []
+
+    class Progress:
+        def start(self, label: str, total: int | None) -> None:
+            events.append((label, total))
+
+        def advance(self, n: int) -> None:
+            pass
+
+        def finish(self) -> None:
+            pass
+
+    first = run_extract(env.config(*runs, model=env.spec, limit=20), progress=Progress())
+    names = [(o.run, o.checkpoint.name) for o in first]
+    per_run = ["epoch_1.pt", "epoch_1.safetensors", "epoch_2.pt", "epoch_10.pt"]
+    assert names == [("a", n) for n in per_run] + [("b", n) for n in per_run]
+    assert all(o.status == "written" and o.n == 20 for o in first)
+    assert events[0] == ("a/epoch_1.pt", 20)
+    # full file names: epoch_1.pt and epoch_1.safetensors never collide
+    assert {p.name for p in (env.out / "a").iterdir()} == {f"{n}.test.h5" for n in per_run}
+    # re-running resumes: complete stores are skipped
+    again = run_extract(env.config(*runs, model=env.spec, limit=20))
+    assert [o.status for o in again] == ["skipped"] * 8 and again[0].n == 20
+    # --overwrite replaces
+    (o,) = run_extract(env.config(runs[0] / "epoch_2.pt", model=env.spec, overwrite=True))
+    assert o.status == "written" and o.n == N and o.run == "a"
+    # a damaged file under a store's name is not silently skipped
+    (env.out / "a" / "epoch_10.pt.test.h5").write_bytes(b"junk")
+    with pytest.raises(OutputError, match="--overwrite"):
+        run_extract(env.config(runs[0], model=env.spec))
+    with pytest.raises(UsageError, match="--run names one run"):
+        run_extract(env.config(*runs, model=env.spec, run="x"))
+
+
+def test_inspect_store_after_extraction(env: Env) -> None:
+    path = env.root / "epoch_5.pt"
+    torch.save({"model": make_model(env.module).state_dict(), "epoch": 5}, path)
+    (o,) = run_extract(env.config(path, model=env.spec, run="named"))
+    assert o.store == env.out / "named" / "epoch_5.pt.test.h5"
+    desc = describe(o.store)
+    assert desc["kind"] == "store" and desc["n"] == N and desc["provenance"]["head"] == "head"
+    assert desc["attributes"]["epoch"] == 5
+    assert "provenance:" in format_description(desc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Borrowed state and small parsers
+
+
+def test_hooks_removed_and_modes_restored_even_on_failure(env: Env) -> None:
+    model = make_model(env.module).train()
+    model.body[0].eval()
+    with borrowed_eval(model):
+        assert not any(m.training for m in model.modules())
+        with pytest.raises(ModelError):
+            _probe(model, torch.zeros(2, 9), Path("c.pt"))  # wrong width: forward fails
+        out, calls, inputs = _probe(model, torch.zeros(2, 6), Path("c.pt"))
+    assert [c.name for c in calls] == ["body.0", "body.2", "head"]
+    assert model.training and not model.body[0].training and model.body[2].training
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_parsers() -> None:
+    assert parse_assignments(["a=1", "b=[1, 2]", "c=hello", "d='x'", "e=1e-3"], "--model-arg") == {
+        "a": 1,
+        "b": [1, 2],
+        "c": "hello",
+        "d": "x",
+        "e": 1e-3,
+    }
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        parse_assignments(["novalue"], "--model-arg")
+    assert parse_data_keys("images,labels") == ("images", "labels")
+    with pytest.raises(UsageError):
+        parse_data_keys("x")
+    with pytest.raises(UsageError, match="--batch-size"):
+        ExtractConfig(checkpoints=(Path("a"),), data="d", batch_size=0)
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+@pytest.mark.parametrize("coalesce", [1, 700, 1 << 20])
+def test_writer_coalesces_in_order(tmp_path: Path, threaded: bool, coalesce: int) -> None:
+    rng = np.random.default_rng(0)
+    sizes = [5, 5, 3, 9, 1, 7]
+    feats = [rng.standard_normal((n, 4)).astype(np.float32) for n in sizes]
+    labels = [rng.integers(0, 3, n) for n in sizes]
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, task="classification", d=4, width=3, with_outputs=False) as w:
+        bg = BackgroundWriter(w, depth=2, coalesce_bytes=coalesce, threaded=threaded)
+        for f, y in zip(feats, labels, strict=True):
+            bg.put({"features": torch.from_numpy(f), "labels": torch.from_numpy(y)})
+        bg.close()
+        w.set_head(np.zeros((3, 4), np.float32), None)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["features"][()], np.concatenate(feats))
+        np.testing.assert_array_equal(f["labels"][()], np.concatenate(labels))
+
+
+def test_writer_thread_errors_surface_and_abort_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    with pytest.raises(ValueError, match="features block"):
+        with StoreWriter(path, task="classification", d=4, width=3, with_outputs=False) as w:
+            bg = BackgroundWriter(w, coalesce_bytes=1, threaded=True)
+            bg.put({"features": np.zeros((2, 5), np.float32), "labels": np.zeros(2, np.int64)})
+            bg.close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt):
+        with StoreWriter(path, task="classification", d=4, width=3, with_outputs=False) as w:
+            bg = BackgroundWriter(w, coalesce_bytes=1, threaded=True)
+            try:
+                bg.put({"features": np.zeros((2, 4), np.float32), "labels": np.zeros(2, np.int64)})
+                raise KeyboardInterrupt
+            finally:
+                bg.abort()
+    assert list(tmp_path.iterdir()) == []
