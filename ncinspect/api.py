@@ -59,6 +59,14 @@ def analyze(
         finally:
             source.close()
     _apply_run_protocols(results)
+    # Within a run, checkpoints in epoch order (file names like checkpoint_ep50 vs epoch_010
+    # do not sort naturally); runs keep the order they were found in.
+    first_seen: dict[str, int] = {}
+    for i, r in enumerate(results):
+        first_seen.setdefault(run_key(r), i)
+    results.sort(
+        key=lambda r: (first_seen[run_key(r)], r.epoch is None, r.epoch or 0, natural_key(r.source))
+    )
     return results
 
 

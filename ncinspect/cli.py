@@ -412,6 +412,240 @@ def plot(
 
 
 # ---------------------------------------------------------------------------------------------
+# ncinspect extract / inspect
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class TaskChoice(str, Enum):
+    auto = "auto"
+    classification = "classification"
+    regression = "regression"
+
+
+class InspectFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class StderrProgress:
+    """A progress line per checkpoint on stderr (implements extract.ProgressHook)."""
+
+    def __init__(self) -> None:
+        self.label = ""
+        self.total: int | None = None
+        self.done = 0
+        self.t0 = 0.0
+
+    def start(self, label: str, total: int | None) -> None:
+        import time
+
+        self.label, self.total, self.done, self.t0 = label, total, 0, time.perf_counter()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if sys.stderr.isatty():
+            of = f"/{self.total}" if self.total else ""
+            print(f"\r{self.label}: {self.done}{of} rows", end="", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        import time
+
+        seconds = time.perf_counter() - self.t0
+        end = "\r" if sys.stderr.isatty() else ""
+        print(f"{end}{self.label}: {self.done} rows in {seconds:.1f} s", file=sys.stderr)
+
+
+@app.command()
+def extract(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Checkpoint files or run directories (every checkpoint in a directory, in "
+            "epoch order; each directory is a run). Formats are detected from content.",
+            exists=True,
+            show_default=False,
+        ),
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="An .npz or .h5 file (inputs x/inputs/data/images, labels or targets "
+            "y/labels/targets), a CIFAR-10/100 python batch folder, or module:factory / "
+            "file.py:factory returning a torch Dataset of (input, label_or_target).",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="package.module:factory or path/to/file.py:factory building the nn.Module. "
+            "Default: 'model'/'model_args' in a run.json, config.json or args.json beside the "
+            "checkpoint. Optional for torch.export programs.",
+        ),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option("--model-arg", help="KEY=VALUE for the model factory (repeatable)."),
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(help="Module name of the head (default: the last matching nn.Linear)."),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split name (default: from the data file's name, else 'train')."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Output: OUT/<run>/<checkpoint file name>.<split>.h5.")
+    ] = Path("features"),
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per batch.", min=1)] = 256,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.", min=0)] = 0,
+    device: Annotated[
+        str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:I or mps.")
+    ] = "auto",
+    precision: Annotated[
+        Precision, typer.Option(help="Autocast precision; features are stored float32.")
+    ] = Precision.fp32,
+    task: Annotated[
+        TaskChoice,
+        typer.Option(help="auto: integer labels -> classification, float targets -> regression."),
+    ] = TaskChoice.auto,
+    limit: Annotated[int | None, typer.Option(help="Use the first N rows only.", min=1)] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing stores (default: skip them).")
+    ] = False,
+    unsafe_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-pickle",
+            help="Allow full unpickling (whole pickled modules). RUNS CODE FROM THE FILE.",
+        ),
+    ] = False,
+    state_key: Annotated[
+        str | None, typer.Option("--state-key", help="Wrapper-dict entry holding the weights.")
+    ] = None,
+    data_keys: Annotated[
+        str | None, typer.Option("--data-keys", help="INPUTS,LABELS: array names in the data.")
+    ] = None,
+    data_arg: Annotated[
+        list[str] | None,
+        typer.Option("--data-arg", help="KEY=VALUE for a data factory (repeatable)."),
+    ] = None,
+    code_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--code-path",
+            help="Directory to make importable (repeatable).",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option(help="Run name (default: the checkpoint's directory name).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Extract penultimate features (the head's input) of checkpoints into HDF5 feature stores."""
+
+    def body() -> None:
+        from ncinspect.extract import (
+            ExtractConfig,
+            parse_assignments,
+            parse_data_keys,
+            run_extract,
+        )
+
+        config = ExtractConfig(
+            checkpoints=tuple(checkpoints),
+            data=data,
+            model=model,
+            model_args=parse_assignments(model_arg, "--model-arg"),
+            head=head,
+            split=split,
+            out=out,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            precision=precision.value,
+            task=task.value,
+            limit=limit,
+            overwrite=overwrite,
+            unsafe_pickle=unsafe_pickle,
+            state_key=state_key,
+            data_keys=parse_data_keys(data_keys),
+            data_args=parse_assignments(data_arg, "--data-arg"),
+            code_paths=tuple(code_path or ()),
+            run=run,
+        )
+        outcomes = run_extract(config, None if quiet else StderrProgress())
+        for o in outcomes:
+            if o.status == "skipped":
+                note = "skipped (exists; --overwrite replaces it)"
+            else:
+                note = f"{o.n} rows in {o.seconds:.1f} s"
+            print(f"{o.store}  {note}")
+
+    guarded(body)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint, feature store, dump, data file or directory.",
+            exists=True,
+            show_default=False,
+        ),
+    ],
+    format: Annotated[
+        InspectFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = InspectFormat.text,
+    unsafe_pickle: Annotated[
+        bool,
+        typer.Option("--unsafe-pickle", help="Also load full pickles (RUNS CODE FROM THE FILE)."),
+    ] = False,
+    code_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--code-path",
+            help="Directory to make importable for pickled classes (repeatable).",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Show what a checkpoint, store, dump or data file holds: format, tensors or datasets,
+    head candidates, and whether a checkpoint loads safely (nothing from the file is run)."""
+
+    def body() -> None:
+        import json
+
+        from ncinspect.checkpoint import add_code_paths
+        from ncinspect.inspection import describe, format_description
+
+        add_code_paths(code_path or ())
+        desc = describe(path, unsafe_pickle=unsafe_pickle)
+        if format is InspectFormat.json:
+            text = json.dumps(desc, indent=2, allow_nan=False)
+        else:
+            text = format_description(desc)
+        write_output(text, output)
+
+    guarded(body)
+
+
+# ---------------------------------------------------------------------------------------------
 # ncinspect ufm: unconstrained-feature-model theory
 
 ufm_app = typer.Typer(

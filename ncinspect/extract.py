@@ -787,6 +787,7 @@ def _run_batches(
         attrs=attrs,
         with_outputs=config.with_outputs and width == head_width,
         overwrite=config.overwrite,
+        expected_rows=data.n,
     ) as writer:
         bg = BackgroundWriter(writer, threaded=_THREADED_WRITES.get(device.type, True))
         ok = False

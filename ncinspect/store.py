@@ -77,7 +77,10 @@ class StoreWriter:
         feature_dtype: str | np.dtype = "float32",
         with_outputs: bool = True,
         overwrite: bool = False,
+        expected_rows: int | None = None,
     ) -> None:
+        # expected_rows caps the HDF5 chunk so a small store is not padded to a whole chunk.
+        self.expected_rows = expected_rows
         self.path = Path(path)
         self.task = task
         self.d = int(d)
@@ -115,6 +118,8 @@ class StoreWriter:
             raise OutputError(f"cannot create store: {exc}", path=self.path) from exc
         self._file = f
         rows = _chunk_rows(self.d, self.feature_dtype.itemsize)
+        if self.expected_rows is not None:
+            rows = max(1, min(rows, int(self.expected_rows)))
         f.create_dataset(
             "features",
             shape=(0, self.d),
@@ -260,6 +265,7 @@ def write_store(
         attrs=attrs,
         with_outputs=outputs is not None,
         overwrite=overwrite,
+        expected_rows=features.shape[0],
     ) as w:
         w.append(features, labels=labels, targets=targets, outputs=outputs)
         w.set_head(weight, bias)
