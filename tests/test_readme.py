@@ -1,0 +1,21 @@
+"""The README documents every metric key with its direction, and both set-up commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ncinspect.keys import METRICS
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_every_metric_key_has_a_row_with_its_direction() -> None:
+    for key, info in METRICS.items():
+        rows = [line for line in README.splitlines() if line.startswith(f"| `{key}` |")]
+        assert rows, key
+        expected = "parameter" if info.better == "-" else info.better
+        assert expected in rows[0], (key, rows[0])
+
+
+def test_both_commands_documented() -> None:
+    assert "make demo" in README and "make test" in README
