@@ -105,14 +105,16 @@ def make_model(module: ModuleType, seed: int = 0, **kwargs: int) -> nn.Module:
 
 
 @pytest.fixture
-def clean_imports(monkeypatch: pytest.MonkeyPatch):
+def clean_imports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Restore sys.path afterwards and drop modules the test imported from tmp_path."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:
         mod = sys.modules.get(name)
-        if "tmp" in str(getattr(mod, "__file__", "") or "") or name.startswith("_ncinspect_user"):
+        # Only modules loaded from this test's tmp_path: the checkout itself may live under /tmp.
+        from_tmp = str(getattr(mod, "__file__", "") or "").startswith(str(tmp_path))
+        if from_tmp or name.startswith("_ncinspect_user"):
             del sys.modules[name]
 
 

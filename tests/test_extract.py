@@ -55,7 +55,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     np.savez(data, x=x, y=y)
     yield Env(tmp_path, code, module, x, y, data)
     for name in set(sys.modules) - before:
-        if "tmp" in str(getattr(sys.modules[name], "__file__", "") or ""):
+        # Only modules loaded from this test's tmp_path: the checkout itself may live under /tmp.
+        if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(tmp_path)):
             del sys.modules[name]
 
 
