@@ -661,6 +661,14 @@ class UfmFormat(str, Enum):
     json = "json"
 
 
+# Options shared by both `ufm` commands.
+UfmTol = Annotated[float, typer.Option(help="Gradient-norm tolerance of L-BFGS.", min=0.0)]
+UfmMaxIter = Annotated[int, typer.Option("--max-iter", help="L-BFGS iteration cap.", min=1)]
+UfmFormatOpt = Annotated[UfmFormat, typer.Option("--format", "-f", help="Output format.")]
+WidthOpt = Annotated[int | None, typer.Option(help="Table width in characters.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Do not print warnings.")]
+
+
 def _emit_ufm(reports: list[dict], format: UfmFormat, width: int | None, quiet: bool) -> None:
     import json
 
@@ -696,15 +704,11 @@ def ufm_classify(
         ),
     ] = "0",
     seed: Annotated[int, typer.Option(help="Seed of the solver's random start.")] = 0,
-    tol: Annotated[float, typer.Option(help="Gradient-norm tolerance of L-BFGS.", min=0.0)] = 1e-8,
-    max_iter: Annotated[
-        int, typer.Option("--max-iter", help="L-BFGS iteration cap.", min=1)
-    ] = 5000,
-    format: Annotated[UfmFormat, typer.Option("--format", "-f", help="Output format.")] = (
-        UfmFormat.table
-    ),
-    width: Annotated[int | None, typer.Option(help="Table width in characters.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print warnings.")] = False,
+    tol: UfmTol = 1e-8,
+    max_iter: UfmMaxIter = 5000,
+    format: UfmFormatOpt = UfmFormat.table,
+    width: WidthOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Balanced classification UFM (CE or label smoothing): closed form vs. L-BFGS."""
 
@@ -755,15 +759,11 @@ def ufm_regress(
         int, typer.Option("--samples", help="N when generating targets from --targets-cov.", min=2)
     ] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the targets and of the solver's start.")] = 0,
-    tol: Annotated[float, typer.Option(help="Gradient-norm tolerance of L-BFGS.", min=0.0)] = 1e-8,
-    max_iter: Annotated[
-        int, typer.Option("--max-iter", help="L-BFGS iteration cap.", min=1)
-    ] = 5000,
-    format: Annotated[UfmFormat, typer.Option("--format", "-f", help="Output format.")] = (
-        UfmFormat.table
-    ),
-    width: Annotated[int | None, typer.Option(help="Table width in characters.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print warnings.")] = False,
+    tol: UfmTol = 1e-8,
+    max_iter: UfmMaxIter = 5000,
+    format: UfmFormatOpt = UfmFormat.table,
+    width: WidthOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Regression UFM (Andriopoulos et al. 2024, Thm 4.1): closed form vs. L-BFGS."""
 
