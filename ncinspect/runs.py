@@ -241,14 +241,35 @@ def _warn_duplicate_epochs(run: Run) -> None:
             _warn(r, message)
 
 
+_REGRESSION_LOSSES = ("mse", "l1", "l2", "huber", "smooth_l1", "mae")
+
+
+def _is_classification_loss(loss: Any) -> bool:
+    """False for a regression loss, where a label-smoothing entry (often 0 in a shared config
+    template) means nothing; True when the loss is unknown or a classification loss."""
+    if not loss:
+        return True
+    name = str(loss).lower().replace("-", "_")
+    return (
+        not any(
+            name == r or name.startswith(r + "_") or name.endswith("_" + r)
+            for r in _REGRESSION_LOSSES
+        )
+        and "regression" not in name
+    )
+
+
 def label_text(labels: dict[str, Any]) -> str:
-    """Short legend text: 'free text, ce, LS 0.1, WD 0.0005' (empty when nothing is known)."""
+    """Short legend text: 'free text, ce, LS 0.1, WD 0.0005' (empty when nothing is known).
+
+    The label-smoothing part is left out for regression losses (mse, l1, huber, ...).
+    """
     parts = []
     if labels.get("label"):
         parts.append(str(labels["label"]))
     if labels.get("loss"):
         parts.append(str(labels["loss"]))
-    if labels.get("label_smoothing") is not None:
+    if labels.get("label_smoothing") is not None and _is_classification_loss(labels.get("loss")):
         parts.append(f"LS {labels['label_smoothing']:g}")
     if labels.get("weight_decay") is not None:
         parts.append(f"WD {labels['weight_decay']:g}")

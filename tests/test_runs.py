@@ -20,6 +20,7 @@ from ncinspect.runs import (
     default_levels,
     first_epoch_reaching,
     group_runs,
+    label_text,
     labels_from_config,
     matched_values,
     runs_json,
@@ -160,6 +161,17 @@ def test_label_overrides() -> None:
     with pytest.raises(UsageError) as err:
         group_runs(results, {"q": "x"})
     assert str(err.value) == "--label q=x: no run named 'q'; runs: r[test], r[train]"
+
+
+def test_label_text_drops_smoothing_for_regression_losses() -> None:
+    assert label_text({"loss": "cross_entropy", "label_smoothing": 0.0}) == "cross_entropy, LS 0"
+    assert label_text({"label_smoothing": 0.1, "weight_decay": 5e-4}) == "LS 0.1, WD 0.0005"
+    assert (
+        label_text({"loss": "mse", "label_smoothing": 0.0, "weight_decay": 0.01}) == "mse, WD 0.01"
+    )
+    assert label_text({"loss": "smooth-l1", "label_smoothing": 0.0}) == "smooth-l1"
+    assert label_text({"loss": "nll", "label_smoothing": 0.2}) == "nll, LS 0.2"
+    assert label_text({}) == ""
 
 
 def test_labels_from_config_aliases() -> None:
