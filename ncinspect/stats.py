@@ -21,7 +21,7 @@ statistics into metrics. Axes: N samples, D feature dim, K classes, T regression
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,6 +42,10 @@ _SUB_BLOCK_BYTES = 1 << 21
 _ONE_HOT_MAX_K = 32
 # Up to this many columns (K_eff + K), pass 2's projection GEMM also yields the logits.
 _STACK_MAX = 32
+# Class-span route: logits through the span of the means (`_Logits.from_span`).
+_SPAN_LOGITS = True
+# ... when rows x K >= this x r^2 (the least-squares setup, O(D r^2), then costs little).
+_SPAN_SETUP = 20
 
 
 def dot_error_bound(d: int, unit: float) -> float:
@@ -250,7 +254,8 @@ class ScatterPlan:
     centred present-class means for the class-span route (scatter of Mc (h_i - mu_{y_i})).
     `centre` (D,) is the point the class means are centred on for the nearest-mean scores (mu_G
     from `plan_scatter`; any fixed point gives the same nearest means). `ncc` and `logits` are
-    derived here once for `ClassScatter.from_batch`.
+    derived here once for `ClassScatter.from_batch`. `rows`: how many rows pass 2 will see (0:
+    unknown), which decides whether the span route for the logits pays for its setup.
     """
 
     means: np.ndarray  # (K, D) class means
@@ -259,6 +264,7 @@ class ScatterPlan:
     weight: np.ndarray  # (K, D)
     bias: np.ndarray  # (K,)
     centre: np.ndarray | None = None  # (D,)
+    rows: int = 0
     ncc: _NearestMean = field(init=False, repr=False, compare=False)
     logits: _Logits = field(init=False, repr=False, compare=False)
     projector: np.ndarray | None = field(init=False, repr=False, compare=False)
@@ -267,10 +273,20 @@ class ScatterPlan:
         centre = np.zeros(self.means.shape[1]) if self.centre is None else self.centre
         self.ncc = _NearestMean.build(self.means, self.present, centre, self.basis)
         self.logits = _Logits.build(self.weight, self.bias, self.means)
-        # what pass 2 multiplies the deviations by: Mc, with W stacked under it when few classes
+        # what pass 2 multiplies the deviations by: Mc; the logits come from that projection
+        # through the span (`_Logits.with_span`), or, with _SPAN_LOGITS off, from W stacked
+        # under Mc when few classes
         self.projector = self.basis
-        if self.basis is not None and self.basis.shape[0] + self.weight.shape[0] <= _STACK_MAX:
+        if self.basis is not None and _SPAN_LOGITS and self._span_pays(*self.basis.shape):
+            self.logits = self.logits.with_span(self.basis)
+        elif self.basis is not None and self.basis.shape[0] + self.weight.shape[0] <= _STACK_MAX:
             self.projector = np.concatenate([self.basis, self.weight])
+
+    def _span_pays(self, r: int, d: int) -> bool:
+        """Whether the span route's (K, r) float64 products per row beat the (K, D) float32 ones
+        (2 r <= D), with its O(D r^2) least-squares setup amortized over the rows."""
+        k = self.weight.shape[0]
+        return 2 * r <= d and (self.rows == 0 or self.rows * k >= _SPAN_SETUP * r * r)
 
     @property
     def route(self) -> str:
@@ -296,6 +312,7 @@ def plan_scatter(
         weight=np.asarray(weight, dtype=np.float64),
         bias=np.asarray(bias, dtype=np.float64),
         centre=mu_g,
+        rows=moments.n,
     )
 
 
@@ -347,6 +364,12 @@ class _Logits:
     - `from_projection` (few classes, class-span route): w_k . h = w_k . (h - mu_y) + w_k . mu_y,
       the first term from pass 2's float64 projection GEMM (W stacked under Mc, which costs that
       memory-bound GEMM almost nothing), the second from a (K, K) table.
+    - `from_span` (class-span route, `with_span`): W = A Mc + 1 v^T + R with A least-squares
+      coefficients, so up to v . h, common to every class, w_k . (h - mu_y) = a_k . z +
+      r_k . (h - mu_y) with z = Mc (h - mu_y), pass 2's own projection; a (K, r) product per row
+      replaces the (K, D) one, and |r_k . (h - mu_y)| <= ||r_k|| ||h - mu_y|| joins the error
+      bound. Near collapse (NC3: W close to span(Mc)) R is small and nearly every row is
+      certified; rows that are not take the `argmax` route.
     """
 
     weight: np.ndarray  # (K, D) float64
@@ -356,6 +379,9 @@ class _Logits:
     table: np.ndarray  # (K, K): mu_k . w_j + b_j
     wmax: float  # largest ||w_k||
     bmax: float  # largest |b_k|
+    coef: np.ndarray | None = None  # (K, r) A with W = A Mc + R (`with_span`); None: no span route
+    coef_scale: float = 0.0  # largest sum_j |A_kj| ||mc_j||
+    resid: float = 0.0  # bound on the largest ||r_k|| (exact residual rows)
 
     @classmethod
     def build(cls, weight: np.ndarray, bias: np.ndarray, means: np.ndarray) -> _Logits:
@@ -371,6 +397,78 @@ class _Logits:
             wmax=wmax,
             bmax=bmax,
         )
+
+    def with_span(self, basis: np.ndarray) -> _Logits:
+        """These logits with the class-span route: W = A basis + 1 v^T + R, basis (r, D) = Mc.
+
+        A: least-squares coefficients, v: the mean residual row (any A and v are exact: R is
+        whatever remains; v . h is the same for every class, so it changes no argmax and no
+        margin and the scores leave it out). `resid` bounds the exact residual rows' norms: the
+        computed R's plus the rounding of computing it, |fl(A Mc) - A Mc| <= gamma_r |A| |Mc| and
+        one rounding per subtraction.
+        """
+        w, mc = self.weight, np.asarray(basis, dtype=np.float64)
+        d, r = mc.shape[1], mc.shape[0]
+        with np.errstate(all="ignore"):
+            if r == 0 or not (np.isfinite(mc).all() and np.isfinite(w).all()):
+                return self
+            coef = np.linalg.lstsq(mc.T, w.T, rcond=None)[0].T  # (K, r)
+            abs_coef = np.abs(coef)
+            rest = w - coef @ mc
+            common = rest.mean(axis=0)  # v . h is common to every logit: it moves no argmax
+            residual = _row_norms(rest - common)
+            rounding = _row_norms(abs_coef @ np.abs(mc)) * (dot_error_bound(r, UNIT64) + 3 * UNIT64)
+            rounding += 3 * UNIT64 * (_row_norms(w) + _row_norms(rest) + float(_row_norms(common)))
+            grow = 1.0 + dot_error_bound(d, UNIT64)  # the norms' own rounding
+            resid = float(np.max(residual * grow + rounding * grow, initial=0.0))
+            coef_scale = float(np.max(abs_coef @ (_row_norms(mc) * grow), initial=0.0))
+        if not (np.isfinite(resid) and np.isfinite(coef_scale)):
+            return self
+        return replace(self, coef=coef, coef_scale=coef_scale, resid=resid)
+
+    def from_span(
+        self,
+        z: np.ndarray,
+        labels: np.ndarray,
+        dev_norm: np.ndarray,
+        xnorm: np.ndarray,
+        rows: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """Predicted class per row from z (B, r) = Mc (h_i - mu_{y_i}) (float64, `with_span`).
+
+        labels (B,); dev_norm (B,) = ||h_i - mu_{y_i}|| as computed; ||h_i|| <= xnorm (B,);
+        rows(i): feature rows i, for the rows the bound cannot certify (`argmax` route).
+
+        Error of the score fl(fl(a_k . z) + T_yk) against w_k . h + b_k, with e = h - mu_y and
+        dn >= ||e||, ||fl(e)||: a_k . z errs by gamma_r |a_k| |z| and z by gamma_D ||mc_j|| dn +
+        u ||mc_j|| dn (fl(e) vs e), together <= (gamma_r + gamma_D + 2u) coef_scale dn; the
+        residual adds resid dn; the table one product bound plus b's rounding; the final add one
+        rounding of the sum's magnitude.
+        """
+        assert self.coef is not None
+        d = self.weight.shape[1]
+        r = self.coef.shape[1]
+        pred = np.zeros(z.shape[0], dtype=np.int64)
+        unit_terms = dot_error_bound(r, UNIT64) + dot_error_bound(d, UNIT64) + 3.0 * UNIT64
+        for sl in _row_blocks(z.shape[0], self.weight.shape[0]):
+            y = labels[sl]
+            with np.errstate(all="ignore"):
+                scores = z[sl] @ self.coef.T
+                scores += self.table[y]
+                dn = dev_norm[sl] * (1.0 + 2.0 * dot_error_bound(d, UNIT64))
+                mscale = xnorm[sl] * self.wmax  # >= ||mu_y|| max ||w_k||
+                error = (unit_terms * self.coef_scale + self.resid) * dn
+                error += dot_error_bound(d, UNIT64) * mscale + 2.0 * UNIT64 * (mscale + self.bmax)
+                error += UNIT64 * (self.coef_scale * dn + mscale + self.bmax)
+                slack = _SAFETY * (error + self._reference_error(xnorm[sl]))
+            slack[~np.isfinite(slack)] = np.inf
+            best, sure = _certified_argmax(scores, slack)
+            unsure = np.flatnonzero(~sure)
+            if unsure.size:
+                start = sl.start
+                best[unsure] = self.argmax(rows(unsure + start), xnorm[sl][unsure])
+            pred[sl] = best
+        return pred
 
     def _reference_error(self, xnorm: np.ndarray) -> np.ndarray:
         """Bound on |float64 (x @ W^T + b) - exact| per row, ||h_i|| <= xnorm."""
@@ -614,7 +712,9 @@ class ClassScatter:
             z = proj[:, :r]
             out.scatter = z.T @ z
             ncc = plan.ncc.from_projection(z, y, dev_norm, x.__getitem__)
-            if proj.shape[1] > r:
+            if plan.logits.coef is not None:
+                pred = plan.logits.from_span(z, y, dev_norm, xnorm, x.__getitem__)
+            elif proj.shape[1] > r:
                 pred = plan.logits.from_projection(proj[:, r:], y, xnorm, x.__getitem__)
             else:
                 pred = plan.logits.argmax(x, xnorm)
@@ -672,12 +772,16 @@ def _mean_and_scatter(
     if n == 0:
         return np.zeros(d, dtype=np.float64), np.zeros((d, d), dtype=np.float64)
     if scratch is None:
-        dev = np.array(x, dtype=np.float64)
+        dev = np.empty((n, d), dtype=np.float64)
     else:
         dev = scratch.reshape(-1)[: n * d].reshape(n, d)
-        np.copyto(dev, x)
-    mean = dev.mean(axis=0)
-    dev -= mean
+    # the mean straight from the stored rows (summed in float64, as dev.mean would), then each
+    # cache-sized piece converted and centred while it is in cache: one pass over dev, not three
+    mean = np.sum(x, axis=0, dtype=np.float64) / n
+    for sl in sub_blocks(n, d):
+        piece = dev[sl]
+        np.copyto(piece, x[sl])
+        piece -= mean
     return mean, dev.T @ dev
 
 

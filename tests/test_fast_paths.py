@@ -148,8 +148,9 @@ def rounding_ties(score: np.ndarray, scale: np.ndarray, best: str) -> int:
 @pytest.mark.parametrize(
     ("k", "d", "route"),
     [
-        (6, 40, "class_span"),  # few classes: logits from the stacked projection GEMM
-        (40, 64, "class_span"),  # K_eff + K > 32: logits from the float32 GEMM
+        (6, 40, "class_span"),  # logits through the span (a random W: most rows fall back)
+        (6, 10, "class_span"),  # 2 K_eff > D: no span route; W stacked under Mc (K_eff + K <= 32)
+        (40, 64, "class_span"),  # neither: logits from the float32 GEMM
         (12, 8, "dxd"),  # K > D: nearest means from the float32 GEMM
         (6, 40, "dxd"),
     ],
@@ -182,6 +183,104 @@ def test_certified_choices_equal_float64_up_to_rounding_ties(
     np.testing.assert_allclose(got.scatter, scatter_ref, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(got.within, within_ref, rtol=1e-10)
     np.testing.assert_allclose(got.within, moments.m2, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("k", "d"), [(6, 40), (20, 64)])
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_span_logits_certify_most_rows_and_equal_float64(
+    k: int, d: int, offset: float, dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A head in span(Mc) plus one common row: w_k = mu_k, b_k = -||mu_k||^2 / 2, so the logits'
+    # argmax is the nearest mean and the data's near ties in distance (1e-9 relative, below
+    # float32) are near ties in the logits; classes 0 and 1 tie exactly. The span route must
+    # certify the clear rows, and leave the ties to the float32 / float64 routes.
+    x, y, _, _ = tie_heavy_data(k + d, k, d, 600, offset, dtype)
+    moments = ClassMoments.from_batch(x, y, k)
+    w = moments.means.copy()
+    b = -0.5 * np.einsum("kd,kd->k", w, w)
+    w[1], b[1] = w[0], b[0]
+    plan = plan_scatter(moments, w, b, "class_span")
+    assert plan.logits.coef is not None
+    assert plan.logits.resid < 1e-9 * np.linalg.norm(w, axis=1).max()
+    fallback: list[int] = []
+    logits_type = type(plan.logits)
+    original = logits_type.argmax
+
+    def counting(self, rows: np.ndarray, xnorm: np.ndarray) -> np.ndarray:
+        fallback.append(rows.shape[0])
+        return original(self, rows, xnorm)
+
+    monkeypatch.setattr(logits_type, "argmax", counting)
+    _, _, pred_ref, ncc_ref = reference_scatter(plan, x, y)
+    logits, dist, logit_scale, dist_scale = exact_scores(plan, x)
+    x64 = np.asarray(x, np.float64)
+    dev = x64 - plan.means[y]
+    assert plan.basis is not None
+    dev_norm = np.linalg.norm(dev, axis=1)
+    xnorm = dev_norm + plan.ncc.mean_norms[y]
+    pred = plan.logits.from_span(dev @ plan.basis.T, y, dev_norm, xnorm, x.__getitem__)
+    assert_same_or_tied(pred, pred_ref, logits, logit_scale)
+    decided = np.sort(logits, axis=1)
+    decided = (decided[:, -1] - decided[:, -2]).astype(float) > TIE * logit_scale
+    np.testing.assert_array_equal(pred[decided], pred_ref[decided])
+    assert 0 < sum(fallback) < 0.6 * x.shape[0]  # ties fall back; the rest is certified
+    fallback.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ClassScatter.from_batch(plan, x, y)
+    assert 0 < sum(fallback) < 0.6 * x.shape[0]
+    ties = rounding_ties(logits, logit_scale, "max") + rounding_ties(dist, dist_scale, "min")
+    assert abs(got.correct - int(np.count_nonzero(pred_ref == y))) <= ties
+    assert abs(got.ncc_mismatch - int(np.count_nonzero(pred_ref != ncc_ref))) <= ties
+
+
+def test_span_route_only_where_it_pays() -> None:
+    # (K, r) float64 products per row must beat (K, D) float32 ones: 2 r <= D; and the O(D r^2)
+    # least-squares setup must be small against the rows (rows x K >= _SPAN_SETUP x r^2).
+    rng = np.random.default_rng(3)
+    for k, d, n, expected in [(6, 40, 600, True), (6, 10, 600, False), (40, 64, 600, False)]:
+        x = rng.standard_normal((n, d))
+        y = np.arange(n) % k
+        w = rng.standard_normal((k, d))
+        plan = plan_scatter(ClassMoments.from_batch(x, y, k), w, np.zeros(k))
+        assert (plan.logits.coef is not None) == expected, (k, d)
+        assert plan.projector is not None
+        stacked = plan.projector.shape[0] == 2 * k
+        assert stacked == (not expected and 2 * k <= 32), (k, d)
+    few_rows = plan_scatter(
+        ClassMoments.from_batch(rng.standard_normal((30, 90)), np.arange(30) % 30, 30),
+        rng.standard_normal((30, 90)),
+        np.zeros(30),
+    )
+    assert few_rows.logits.coef is None  # 30 rows x 30 classes < 20 x 30^2
+
+
+def test_span_logits_bound_holds_against_extended_precision() -> None:
+    # The scores the span route certifies lie within its slack of the exact logits (up to the
+    # common v . h, which shifts every class alike): checked on the score differences.
+    rng = np.random.default_rng(11)
+    k, d = 12, 48
+    x, y, _, _ = tie_heavy_data(7, k, d, 600, 20.0, np.float32)
+    moments = ClassMoments.from_batch(x, y, k)
+    mc = moments.means - moments.global_mean()
+    w = 3.0 * mc + 0.05 * rng.standard_normal((k, d)) + rng.standard_normal(d)
+    b = rng.standard_normal(k)
+    plan = plan_scatter(moments, w, b, "class_span")
+    lg = plan.logits
+    assert lg.coef is not None and plan.basis is not None
+    dev = np.asarray(x, np.float64) - plan.means[y]
+    z = dev @ plan.basis.T
+    scores = z @ lg.coef.T + lg.table[y]
+    exact, _, _, _ = exact_scores(plan, x)
+    dev_norm = np.linalg.norm(dev, axis=1)
+    # largest score error, after removing the common shift (taken from class 0)
+    err = (scores - scores[:, :1]) - (exact - exact[:, :1]).astype(np.float64)
+    bound = 2.0 * (lg.coef_scale * 1e-12 + lg.resid) * dev_norm * 1.01 + 1e-9 * (
+        np.abs(exact).max(axis=1).astype(float) + 1.0
+    )
+    assert np.all(np.abs(err) <= bound[:, None])
+    assert lg.resid > 0  # the residual really is there and is what the bound carries
 
 
 def test_decided_rows_match_float64_exactly() -> None:
@@ -369,3 +468,27 @@ def test_regression_analysis_equals_the_dxd_form() -> None:
     want = regression_metrics(moments, centred, Head(w, None)).metrics
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-13), key
+
+
+def test_subspaces_are_reused_only_for_the_same_moments_and_weight() -> None:
+    from ncinspect.regression import Subspaces
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((300, 9)) @ rng.standard_normal((9, 9))
+    y = rng.standard_normal((300, 2))
+    w = rng.standard_normal((2, 9))
+    moments = RegressionMoments.from_batch(x, y, y, unit_rows=False)
+    first = Subspaces.of(moments, w)
+    assert Subspaces.of(moments, w) is first  # the analysis's second request: no new eigh
+    changed = w.copy()
+    changed[0] += 1.0
+    other = Subspaces.of(moments, changed)
+    assert other is not first
+    assert not np.allclose(np.abs(other.row_space.T @ first.row_space), np.eye(2))
+    third = Subspaces.of(moments, w)
+    w[1] *= -3.0  # the caller's W changed in place after the call: not mistaken for the old one
+    assert Subspaces.of(moments, w) is not third
+    merged = moments.merge(RegressionMoments.empty(9, 2))  # equal statistics, another object
+    again = Subspaces.of(merged, w)
+    assert again is not first
+    np.testing.assert_allclose(again.eigenvalues, first.eigenvalues, rtol=1e-12)
