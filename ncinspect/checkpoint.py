@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ncinspect.errors import CheckpointError, ModelError, NcInspectError
+from ncinspect.errors import CheckpointError, ModelError, NcInspectError, reading
 
 if TYPE_CHECKING:
     import torch
@@ -149,7 +149,7 @@ def sniff(path: str | Path) -> Format:
         try:
             with zipfile.ZipFile(p) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError):
+        except Exception:  # noqa: BLE001 - zipfile raises many types on a damaged directory
             return "corrupt_zip"
         return _zip_kind(names)
     if head.startswith(_HDF5_SIGNATURE):
@@ -580,6 +580,16 @@ def load_checkpoint(
         raise CheckpointError("no such file", path=p)
     if p.is_dir():
         raise CheckpointError("is a directory, expected a checkpoint file", path=p)
+    with reading(p, CheckpointError, "a checkpoint"):
+        ckpt = _load_any(p, unsafe_pickle=unsafe_pickle, state_key=state_key)
+    if ckpt.epoch is None:
+        e = epoch_from_name(p.name)
+        if e is not None:
+            ckpt.epoch, ckpt.epoch_source = e, "file name"
+    return ckpt
+
+
+def _load_any(p: Path, *, unsafe_pickle: bool, state_key: str | None) -> Checkpoint:
     fmt = sniff(p)
     if fmt == "empty":
         raise CheckpointError(f"file is empty (0 bytes); {hint(p)}", path=p)
@@ -610,10 +620,6 @@ def load_checkpoint(
             f"archive or a torch.export program; {hint(p)}",
             path=p,
         )
-    if ckpt.epoch is None:
-        e = epoch_from_name(p.name)
-        if e is not None:
-            ckpt.epoch, ckpt.epoch_source = e, "file name"
     return ckpt
 
 
@@ -1084,9 +1090,14 @@ def audit_exported_program(path: str | Path) -> list[str]:
     custom objects are stored, that every graph node calls an aten/prims/higher-order operator
     or a plain arithmetic function, and that every symbolic-shape expression is plain arithmetic.
     """
+    p = Path(path)
+    with reading(p, CheckpointError, "a torch.export program"):
+        return _audit(p)
+
+
+def _audit(p: Path) -> list[str]:
     from torch.serialization import get_unsafe_globals_in_checkpoint
 
-    p = Path(path)
     problems: list[str] = []
     with zipfile.ZipFile(p) as zf:
         arc = _export_archive(zf, p)

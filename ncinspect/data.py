@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ncinspect.checkpoint import call_factory, import_object, is_file_spec, sniff, split_spec
-from ncinspect.errors import DataError
+from ncinspect.errors import DataError, reading
 
 if TYPE_CHECKING:
     import torch
@@ -161,6 +161,22 @@ class H5Dataset(LazyArray):
         return np.asarray(self._h[start:stop])
 
 
+def _check_claim(
+    path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, available: int
+) -> None:
+    """Refuse an array whose header claims more bytes than the file holds for it (truncated or
+    crafted), before any row is read: nothing of the claimed size is allocated."""
+    claimed = int(dtype.itemsize)
+    for extent in shape:
+        claimed *= int(extent)
+    if claimed > max(available, 0):
+        raise DataError(
+            f"array '{name}' claims shape {shape} of {dtype} ({claimed} bytes) but the file "
+            f"holds {max(available, 0)} bytes for it (truncated or damaged); {data_hint(path)}",
+            path=path,
+        )
+
+
 def _npz_members(path: Path) -> dict[str, LazyArray]:
     """Every array of an .npz file as a lazy handle (only the .npy headers are read)."""
     out: dict[str, LazyArray] = {}
@@ -184,6 +200,7 @@ def _npz_members(path: Path) -> dict[str, LazyArray]:
                         path=path,
                     )
                 shape = tuple(int(s) for s in shape)
+                _check_claim(path, key, shape, dtype, info.file_size - header)
                 if info.compress_type == zipfile.ZIP_STORED:
                     raw.seek(info.header_offset)
                     local = raw.read(30)
@@ -211,6 +228,10 @@ def _h5_members(path: Path) -> dict[str, LazyArray]:
 
             def visit(name: str, obj: Any) -> None:
                 if isinstance(obj, h5py.Dataset) and obj.shape:
+                    if not (obj.is_virtual or obj.external):  # those live in other files
+                        filtered = obj.id.get_create_plist().get_nfilters() > 0
+                        stored = int(obj.id.get_storage_size()) * (1100 if filtered else 1)
+                        _check_claim(path, name, tuple(obj.shape), obj.dtype, stored)
                     out[name] = H5Dataset(path, name, tuple(obj.shape), obj.dtype)
 
             f.visititems(visit)
@@ -441,6 +462,8 @@ class DataSource:
         """(inputs, labels | targets) batches in order; at most `n` rows in all."""
         assert self._make_loader is not None
         loader = self._make_loader(batch_size, workers, pin_memory)
+        if self.kind in ("npz", "hdf5"):  # a damaged file can fail at any row: one line
+            loader = _guarded(loader, self.spec)
         seen = 0
         for item in loader:
             if not isinstance(item, list | tuple) or len(item) != 2:
@@ -458,6 +481,11 @@ class DataSource:
             yield xb, yb
             if self.limit is not None and seen >= self.limit:
                 break
+
+
+def _guarded(loader: Any, spec: str) -> Iterator[Any]:
+    with reading(spec, DataError, "an .npz or HDF5 data file"):
+        yield from loader
 
 
 def _loader(dataset: Any, batch_size: int | None, workers: int, pin: bool) -> Any:
@@ -528,8 +556,10 @@ def open_data(
                     ".h5 file, a CIFAR folder or package.module:factory",
                     path=path,
                 )
-            return _open_cifar(root, text, keys, split or "train", limit)
-        return _open_arrays(path, text, keys, split, limit)
+            with reading(root, DataError, "a CIFAR batch folder"):
+                return _open_cifar(root, text, keys, split or "train", limit)
+        with reading(path, DataError, "an .npz or HDF5 data file"):
+            return _open_arrays(path, text, keys, split, limit)
     if ":" in text and not (text.endswith(DATA_SUFFIXES)):
         return _open_factory(text, args or {}, split, limit, code_paths)
     raise DataError("no such file or directory (and not a module:factory spec)", path=path)

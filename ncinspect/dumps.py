@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ncinspect.errors import DumpError
+from ncinspect.errors import DumpError, reading
 from ncinspect.sources import ArraySource, Head, check_label_range, validate_arrays
 
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -46,7 +46,7 @@ def sniff(path: str | Path) -> str | None:
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except (zipfile.BadZipFile, OSError):
+        except Exception:  # noqa: BLE001 - zipfile raises many types on a damaged directory
             return "npz" if str(path).endswith(".npz") else "torch"
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
@@ -58,10 +58,39 @@ def sniff(path: str | Path) -> str | None:
     return None
 
 
+def _check_npz_claims(path: str) -> None:
+    """Refuse a member whose .npy header claims more bytes than the archive holds for it, before
+    anything of that size is allocated (a truncated or crafted header)."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                header = fh.tell()
+            claimed = int(dtype.itemsize)
+            for extent in shape:
+                claimed *= int(extent)
+            if claimed > info.file_size - header:
+                raise DumpError(
+                    f"array '{info.filename[:-4]}' claims shape {tuple(shape)} of {dtype} "
+                    f"({claimed} bytes) but the archive holds {info.file_size - header} bytes "
+                    "for it (truncated or damaged)",
+                    path=path,
+                )
+
+
 def _load_npz(path: str) -> dict[str, np.ndarray]:
     try:
+        _check_npz_claims(path)
         with np.load(path, allow_pickle=False) as z:
             return {k: np.asarray(z[k]) for k in z.files}
+    except DumpError:
+        raise
     except ValueError as exc:
         raise DumpError(f"cannot read .npz without pickles ({exc})", path=path) from exc
     except Exception as exc:  # noqa: BLE001 - zip/npy errors come in many types
@@ -95,14 +124,22 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             path=path,
         ) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ...
+        detail = _first_sentence(f"{type(exc).__name__}: {exc}")
         raise DumpError(
-            f"not a readable torch file ({type(exc).__name__}: {exc})", path=path
+            f"not a readable torch file, truncated or corrupt ({detail}); copy or save it again",
+            path=path,
         ) from exc
     if not isinstance(obj, dict):
         raise DumpError(
             f"holds a {type(obj).__name__}, expected a dict of named tensors", path=path
         )
     return {str(k): np.asarray(_tensor_to_numpy(v)) for k, v in obj.items()}
+
+
+def _first_sentence(text: str) -> str:
+    """The first line and sentence of a library's message (torch's run on for paragraphs)."""
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line.partition(". ")[0]
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -139,6 +176,11 @@ def _pick(arrays: dict[str, np.ndarray], role: str) -> tuple[str, np.ndarray | N
 def open_dump(path: str | Path) -> ArraySource:
     """Read a dump into memory and validate it; raise `DumpError` listing what was found."""
     p = str(path)
+    with reading(p, DumpError, "a feature dump"):
+        return _open_dump(p)
+
+
+def _open_dump(p: str) -> ArraySource:
     kind = sniff(p)
     if kind == "npz":
         arrays = _load_npz(p)

@@ -7,6 +7,8 @@ Never raised for programming errors (those stay ordinary exceptions).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -53,3 +55,31 @@ class ModelError(InputError):
 
 class OutputError(NcInspectError):
     """An output path cannot be written (read-only, a directory, disk full)."""
+
+
+@contextmanager
+def reading(path: str | Path, error: type[InputError], what: str) -> Iterator[None]:
+    """Turn whatever a third-party parser raises on a damaged file into one `error` line.
+
+    zipfile, pickle, numpy, h5py, torch and safetensors each raise their own mix (KeyError,
+    UnicodeDecodeError, RuntimeError, struct.error, zlib.error, ...) on truncated or corrupted
+    input; inside this block every such exception becomes `error` naming the file. ncinspect's
+    own errors pass through unchanged; KeyboardInterrupt and SystemExit are not caught.
+    """
+    try:
+        yield
+    except NcInspectError:
+        raise
+    except MemoryError as exc:
+        raise error(
+            f"cannot be read as {what}: it claims more memory than is available (damaged or "
+            "crafted sizes)",
+            path=path,
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged file can make a parser raise anything
+        text = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+        raise error(
+            f"cannot be read as {what}: the file is damaged or is not {what} ({detail})",
+            path=path,
+        ) from exc
