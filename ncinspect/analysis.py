@@ -8,13 +8,13 @@ Memory is independent of N: one read block (about 8 MiB of features) and the sta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ncinspect.collapse import classification_metrics
+from ncinspect.collapse import classification_extras, classification_metrics
 from ncinspect.errors import InputError
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource
@@ -97,6 +97,25 @@ def classification_stats(
     scatter, accuracy, NC4 and the within-class squared deviations that complete `ClassMoments`
     (the two-pass form of m2, exact up to float64 rounding).
     """
+    sums, scatter, dropped = classification_statistics(source, options)
+    return sums.moments(scatter.within), scatter, dropped
+
+
+def finite_rows(source: FeatureSource, options: AnalysisOptions, outputs: bool = True) -> _Rows:
+    """The source's batches as the passes read them (non-finite rows refused or dropped)."""
+    return _Rows(source, options, outputs=outputs)
+
+
+def classification_statistics(
+    source: FeatureSource,
+    options: AnalysisOptions,
+    combine: Callable[[ClassSums], ClassSums] | None = None,
+) -> tuple[ClassSums, ClassScatter, int]:
+    """The two passes of `classification_stats`: (pass-1 sums, pass-2 scatter, rows dropped).
+
+    `combine`, when given, turns this pass-1 result into the one over every row of a distributed
+    extraction (each process sees its shard) before pass 2 uses the means.
+    """
     rows = _Rows(source, options, outputs=False)  # the metrics use W h + b, not stored logits
     k = source.head.width
     sums = ClassSums.empty(k, source.d)
@@ -104,6 +123,8 @@ def classification_stats(
         assert batch.labels is not None
         if batch.features.shape[0]:
             sums = sums.merge(ClassSums.from_batch(batch.features, batch.labels, k))
+    if combine is not None:
+        sums = combine(sums)
     if sums.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
     head = source.head
@@ -113,23 +134,45 @@ def classification_stats(
         assert batch.labels is not None
         if batch.features.shape[0]:
             scatter = scatter.merge(ClassScatter.from_batch(plan, batch.features, batch.labels))
-    return sums.moments(scatter.within), scatter, rows.dropped
+    return sums, scatter, rows.dropped
 
 
 def analyze_source(source: FeatureSource, options: AnalysisOptions | None = None) -> Result:
     """Compute every metric of the source's task and return one result record."""
     options = options or AnalysisOptions()
+    _check_finite_head(source)
     extras: dict[str, Any] = {}
-    if source.task == "classification":
+    if source.statistics is not None:  # saved by extract --stats-only: no rows to read
+        from ncinspect.statsets import metrics_from_statistics
+
+        metric_set, n_used, dropped, extras = metrics_from_statistics(source, options)
+    elif source.task == "classification":
         moments, scatter, dropped = classification_stats(source, options)
         metric_set = classification_metrics(moments, scatter, source.head)
         n_used = moments.n
+        extras = classification_extras(moments, source.head)
     else:
         metric_set, n_used, dropped, extras = _regression(source, options)
     if dropped:
         metric_set.info["nonfinite_rows_dropped"] = dropped
         metric_set.warn(f"{dropped} row(s) with NaN or Inf features were dropped")
     return _result(source, metric_set, n_used, extras)
+
+
+def _check_finite_head(source: FeatureSource) -> None:
+    """A head weight or bias with NaN/Inf makes every head metric meaningless: refuse it."""
+    head = source.head
+    for name, arr in (("weight", head.weight), ("bias", head.bias)):
+        if arr is None:
+            continue
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise InputError(
+                f"the head {name} {tuple(int(s) for s in arr.shape)} has {bad} NaN or Inf "
+                "value(s); the checkpoint's head diverged (--drop-nonfinite drops feature rows "
+                "only)",
+                path=source.path,
+            )
 
 
 def _regression(

@@ -10,6 +10,7 @@ here is "lower is more collapsed" except `accuracy` (higher is better).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -41,13 +42,20 @@ def etf_target(k: int) -> np.ndarray:
     return (np.eye(k) - np.full((k, k), 1.0 / k)) / math.sqrt(k - 1)
 
 
+@functools.lru_cache(maxsize=4)
+def _upper_mask(k: int) -> np.ndarray:
+    mask = ~np.tri(k, k, 0, dtype=bool)
+    mask.flags.writeable = False
+    return mask
+
+
 def _upper(mat: np.ndarray) -> np.ndarray:
     """The entries above the diagonal of a square matrix, row by row (np.triu_indices order).
 
-    A boolean mask: cheaper than np.triu_indices' two index arrays when K is large.
+    A boolean mask (cached per size): cheaper than np.triu_indices' two index arrays when K is
+    large.
     """
-    k = mat.shape[0]
-    return mat[np.triu(np.ones((k, k), dtype=bool), 1)]
+    return mat[_upper_mask(mat.shape[0])]
 
 
 def _kept_eigen(mat: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +98,11 @@ def nc1(moments: ClassMoments, scatter: ClassScatter, out: MetricSet) -> None:
     out.metrics["nc1"] = value
 
 
-def nc1_cdnv(moments: ClassMoments, out: MetricSet) -> None:
-    """Mean over class pairs of (s_i^2 + s_j^2) / (2 ||mu_i - mu_j||^2)."""
+def nc1_cdnv(moments: ClassMoments, out: MetricSet, gram: np.ndarray | None = None) -> None:
+    """Mean over class pairs of (s_i^2 + s_j^2) / (2 ||mu_i - mu_j||^2).
+
+    gram: Mc Mc^T if the caller has it (K_eff x K_eff), else computed here.
+    """
     present = moments.counts > 0
     k_eff = int(present.sum())
     if k_eff < 2:
@@ -100,7 +111,7 @@ def nc1_cdnv(moments: ClassMoments, out: MetricSet) -> None:
     mc = centred_means(moments)
     var = moments.m2[present] / moments.counts[present]
     sq = np.einsum("kd,kd->k", mc, mc)
-    dist2 = sq[:, None] + sq[None, :] - 2.0 * (mc @ mc.T)
+    dist2 = sq[:, None] + sq[None, :] - 2.0 * (mc @ mc.T if gram is None else gram)
     d2 = _upper(dist2)
     if np.any(d2 <= 0):
         out.undefined("nc1_cdnv", "two class means coincide (zero distance between them)")
@@ -122,24 +133,36 @@ def _equinorm(vectors: np.ndarray, key: str, out: MetricSet) -> None:
     out.metrics[key] = float(norms.std(ddof=1) / mean)
 
 
-def _cosines(vectors: np.ndarray, what: str, out: MetricSet) -> np.ndarray | None:
-    """Pairwise cosines (upper triangle) of the non-zero rows; warn about dropped zero rows."""
+def _cosines(
+    vectors: np.ndarray, what: str, out: MetricSet, gram: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Pairwise cosines (upper triangle) of the non-zero rows; warn about dropped zero rows.
+
+    gram: vectors @ vectors.T if the caller has it; the cosines are then its entries over the
+    products of the norms (no second K x K x D product).
+    """
     norms = np.linalg.norm(vectors, axis=1)
     nonzero = norms > 0
     if not nonzero.all():
         out.warn(
             f"{int((~nonzero).sum())} {what} vector(s) are zero; dropped from the angle metrics"
         )
-    v = vectors[nonzero] / norms[nonzero, None]
-    if v.shape[0] < 2:
+    if int(nonzero.sum()) < 2:
         return None
+    if gram is not None:
+        kept = norms[nonzero]
+        g = gram if nonzero.all() else gram[np.ix_(nonzero, nonzero)]
+        return _upper(g / kept[:, None] / kept[None, :])
+    v = vectors[nonzero] / norms[nonzero, None]
     cos = v @ v.T
     return _upper(cos)
 
 
-def _angles(vectors: np.ndarray, suffix: str, what: str, out: MetricSet) -> None:
+def _angles(
+    vectors: np.ndarray, suffix: str, what: str, out: MetricSet, gram: np.ndarray | None = None
+) -> None:
     """Equiangle and maxangle over the non-zero vectors; K in 1/(K-1) counts those vectors."""
-    cos = _cosines(vectors, what, out)
+    cos = _cosines(vectors, what, out, gram)
     eq, mx = f"nc2_equiangle_{suffix}", f"nc2_maxangle_{suffix}"
     if cos is None:
         out.undefined(eq, f"needs at least 2 non-zero {what} vectors")
@@ -208,23 +231,25 @@ def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: H
             )
         out.info["etf_floor_weights"] = True
 
+    gram_means = mc @ mc.T  # (K_eff, K_eff), shared by nc1_cdnv, the angles and the ETF error
+    gram_weights = w @ w.T  # (K, K)
     nc1(moments, scatter, out)
-    nc1_cdnv(moments, out)
+    nc1_cdnv(moments, out, gram_means)
 
     _equinorm(mc, "nc2_equinorm_means", out)
     _equinorm(w, "nc2_equinorm_weights", out)
     if k_eff >= 2:
-        _angles(mc, "means", "centred class-mean", out)
+        _angles(mc, "means", "centred class-mean", out, gram_means)
     else:
         for key in ("nc2_equiangle_means", "nc2_maxangle_means"):
             out.undefined(key, f"needs at least 2 classes with samples (K_eff = {k_eff})")
     if k >= 2:
-        _angles(w, "weights", "classifier-row", out)
+        _angles(w, "weights", "classifier-row", out, gram_weights)
     else:
         for key in ("nc2_equiangle_weights", "nc2_maxangle_weights"):
             out.undefined(key, "needs at least 2 classifier rows (K = 1)")
-    _etf_distance(mc @ mc.T, "nc2_etf_means", out)
-    _etf_distance(w @ w.T, "nc2_etf_weights", out)
+    _etf_distance(gram_means, "nc2_etf_means", out)
+    _etf_distance(gram_weights, "nc2_etf_weights", out)
 
     w_norm, m_norm = np.linalg.norm(w_p), np.linalg.norm(mc)
     if w_norm == 0 or m_norm == 0:
@@ -240,3 +265,16 @@ def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: H
         out.info["bias"] = "absent (treated as zero)"
     out.metrics = {key: out.metrics[key] for key in CLASSIFICATION_KEYS}
     return out
+
+
+def classification_extras(moments: ClassMoments, head: Head) -> dict[str, np.ndarray]:
+    """The statistics later stages need beside the metrics (`ufm.ufm_distance`): the head
+    (weight (K, D), bias (K,)), class means (K, D), counts (K,) and within-class sums of
+    squares m2 (K,). K x D floats, the size of the weight itself."""
+    return {
+        "weight": np.asarray(head.weight, dtype=np.float64),
+        "bias": head.bias_or_zeros(),
+        "class_means": moments.means,
+        "counts": moments.counts,
+        "within_ss": moments.m2,
+    }

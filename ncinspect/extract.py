@@ -14,16 +14,34 @@ Per batch: inputs go to the device (non-blocking, pinned memory on CUDA), the mo
 head catches its input h (B, D), and h, the labels (B,) or targets (B, T) and the model output
 (B, K or T) are handed to a single writer thread through a bounded queue, so that HDF5 writing
 overlaps the next batch's forward pass. Features are stored float32.
+
+`stats_only` (`--stats-only`): no rows are stored. The data is run through the model twice, each
+time as a `FeatureSource` whose batches are the forward pass's float32 features (exactly what a
+feature store would hold), and the report's own two statistics passes consume it
+(`statsets.gather_statistics`); the store keeps those statistics and the head.
+
+Distributed (`torchrun --nproc-per-node P -m ncinspect extract ...`: RANK, WORLD_SIZE, LOCAL_RANK
+in the environment, P > 1): a gloo process group carries the few small host-side messages
+(decisions, ids, row counts, pass-1 statistics). Process r takes the r-th of P contiguous runs of
+whole batches (every sample exactly once, no padding; the same batches a single process would
+run; an iterable dataset without a length: every P-th batch) and writes its own
+`NAME.shard-RRRRR-of-PPPPP.h5`; `loader`/`store` read a complete set as one source. With
+`stats_only`, pass 1 is combined over all processes before pass 2, so every shard's pass 2 uses
+the global means. Process 0 reports progress; an error in any process ends the job (torchrun
+stops the others).
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
+import os
 import queue
+import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -50,6 +68,7 @@ from ncinspect.errors import (
     OutputError,
     UsageError,
 )
+from ncinspect.locking import store_lock
 from ncinspect.models import (
     Call,
     ModelSpec,
@@ -60,6 +79,7 @@ from ncinspect.models import (
     load_strict,
     resolve_spec,
 )
+from ncinspect.sources import Batch, FeatureSource, Head
 
 if TYPE_CHECKING:
     import numpy as np
@@ -115,6 +135,8 @@ class ExtractConfig:
     code_paths: tuple[Path, ...] = ()
     run: str | None = None
     with_outputs: bool = True
+    stats_only: bool = False
+    drop_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
@@ -131,6 +153,11 @@ class ExtractConfig:
             raise UsageError(f"--task must be one of {', '.join(TASKS)}")
         if self.data_keys is not None and len(self.data_keys) != 2:
             raise UsageError("--data-keys takes two names: INPUTS,LABELS")
+        if self.drop_nonfinite and not self.stats_only:
+            raise UsageError(
+                "--drop-nonfinite belongs to --stats-only (a feature store keeps every row; "
+                "pass --drop-nonfinite to report instead)"
+            )
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,15 @@ class ExtractOutcome:
     n: int
     seconds: float
     run: str
+    shards: int = 1  # P > 1: `store` is this process's shard, `n` the rows of the whole set
+    rank: int = 0
+
+    @property
+    def name(self) -> str:
+        """The store, or for a shard set its name pattern NAME.shard-*-of-PPPPP.h5."""
+        if self.shards == 1:
+            return str(self.store)
+        return str(self.store).replace(f".shard-{self.rank:05d}-", ".shard-*-")
 
 
 @dataclass(frozen=True)
@@ -276,6 +312,277 @@ def borrowed_eval(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed extraction (torchrun)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a multi-process extraction: rank r of `world` P (> 1)."""
+
+    rank: int
+    world: int
+    local_rank: int
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except NcInspectError:
+            raise
+        except Exception as exc:  # gloo reports a dead peer as a RuntimeError
+            first = (str(exc).strip().splitlines() or [""])[0]
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:120]  # gloo's source location
+            raise NcInspectError(
+                f"{what} failed, most likely because another process of the job stopped (see "
+                f"its error): {type(exc).__name__}: {first}"
+            ) from None
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's `obj`, in rank order, on every process."""
+        import torch.distributed as torch_dist
+
+        out: list[Any] = [None] * self.world
+        self._call("exchanging results", lambda: torch_dist.all_gather_object(out, obj))
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Process 0's `obj` on every process."""
+        import torch.distributed as torch_dist
+
+        box = [obj]
+        self._call("exchanging results", lambda: torch_dist.broadcast_object_list(box, src=0))
+        return box[0]
+
+    def combine(self, part: Any) -> Any:
+        """Merge every process's accumulator in rank order (the same result on every process)."""
+        parts = self.gather(part)
+        merged = parts[0]
+        for other in parts[1:]:
+            merged = merged.merge(other)
+        return merged
+
+
+def distributed_from_env(env: Mapping[str, str] | None = None) -> Distributed | None:
+    """The process's rank from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or None
+    when the job has one process."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise UsageError(
+            "RANK / WORLD_SIZE / LOCAL_RANK in the environment are not integers; start "
+            "multi-process extraction with torchrun"
+        ) from None
+    if world <= 1:
+        return None
+    if not 0 <= rank < world:
+        raise UsageError(f"RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
+    return Distributed(rank, world, local)
+
+
+@contextlib.contextmanager
+def _process_group(dist: Distributed | None) -> Iterator[None]:
+    """Join the job's gloo process group for the duration (unless the caller already did).
+
+    gloo, not NCCL, also on GPUs: every message is a small host-side object (decisions, ids, row
+    counts, float64 statistics), and gloo needs no device of its own.
+    """
+    if dist is None:
+        yield
+        return
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_initialized():
+        yield
+        return
+    try:
+        torch_dist.init_process_group("gloo", rank=dist.rank, world_size=dist.world)
+    except Exception as exc:  # noqa: BLE001 - a rendezvous failure is the user's setup
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UsageError(
+            f"process {dist.rank} of {dist.world} could not join the job's process group "
+            f"({type(exc).__name__}: {first}); start it with torchrun (MASTER_ADDR and "
+            "MASTER_PORT set)"
+        ) from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            torch_dist.destroy_process_group()
+
+
+def _shard_data(data: DataSource, batch_size: int, dist: Distributed) -> tuple[DataSource, str]:
+    """This process's part of the data, and the layout ("blocks" or "strided").
+
+    With a known length N: the batches a single process would run, numbered 0..nb-1, in P
+    contiguous runs (run r = batches r nb / P .. (r + 1) nb / P - 1); so every sample is read
+    exactly once, in the same batch as in a single-process run. Without one (an iterable
+    dataset): every P-th batch, counted over the whole stream (where --limit applies).
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    base = data._make_loader
+    assert base is not None
+    rank, world = dist.rank, dist.world
+    if data.n is not None:
+        n = data.n
+        nb = -(-n // batch_size)
+        if nb < world:
+            raise UsageError(
+                f"--data {data.spec!r}: {n} rows make {nb} batch(es) of {batch_size}, too few "
+                f"for {world} processes (each needs one); lower --batch-size to at most "
+                f"{max(1, n // world)}, or use fewer processes"
+            )
+        b0, b1 = rank * nb // world, (rank + 1) * nb // world
+        rows = min(n, b1 * batch_size) - b0 * batch_size
+
+        def make_blocks(size: int, workers: int, pin: bool) -> Any:
+            loader = base(size, workers, pin)
+            if loader.batch_size is None:  # a dataset whose item i is batch i (arrays, CIFAR)
+                part = Subset(loader.dataset, range(b0, b1))
+            else:
+                part = Subset(loader.dataset, range(b0 * size, min(n, b1 * size)))
+            extra: dict[str, Any] = {}
+            if workers > 0:
+                extra["prefetch_factor"] = loader.prefetch_factor
+            return DataLoader(
+                part,
+                batch_size=loader.batch_size,
+                shuffle=False,
+                num_workers=workers,
+                pin_memory=pin,
+                collate_fn=loader.collate_fn,
+                **extra,
+            )
+
+        return dataclasses.replace(data, n=rows, _make_loader=make_blocks), "blocks"
+
+    limit = data.limit
+
+    def make_strided(size: int, workers: int, pin: bool) -> Any:
+        def batches() -> Iterator[Any]:
+            seen = 0
+            for i, item in enumerate(base(size, workers, pin)):
+                if not isinstance(item, list | tuple) or len(item) != 2:
+                    yield item  # DataSource.batches names the problem
+                    return
+                xb, yb = item
+                if limit is not None and seen + len(xb) > limit:
+                    xb, yb = xb[: limit - seen], yb[: limit - seen]
+                if len(xb) == 0:
+                    return
+                seen += len(xb)
+                if i % world == rank:
+                    yield xb, yb
+                if limit is not None and seen >= limit:
+                    return
+
+        return batches()
+
+    return dataclasses.replace(data, _make_loader=make_strided, limit=None), "strided"
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where one job's process writes, and what it shares with the other processes."""
+
+    path: Path
+    dist: Distributed | None = None
+    extraction_id: str | None = None
+
+    def finish(self, rows: int) -> dict[str, Any]:
+        """Attributes known only when every process has its rows (before the file is renamed)."""
+        if self.dist is None:
+            return {}
+        return {"total_rows": sum(self.dist.gather(rows))}
+
+    @property
+    def combine(self) -> Callable[[Any], Any] | None:
+        return None if self.dist is None else self.dist.combine
+
+
+def _shard_path(store: Path, dist: Distributed) -> Path:
+    from ncinspect.loader import shard_name
+
+    return store.with_name(shard_name(store.stem, dist.rank, dist.world, store.suffix))
+
+
+def _complete_rows_any(store: Path) -> int | None:
+    """Rows of a complete copy of `store` (the file itself or a complete shard set of it); None
+    when there is none. OutputError when the file exists but is not a complete store."""
+    if store.exists():
+        return _complete_rows(store)
+    for paths in _shard_sets(store):
+        if _set_rows(paths) is not None:
+            return _set_rows(paths)
+    return None
+
+
+def _shard_sets(store: Path) -> list[list[Path]]:
+    """The shard files of `store` found beside it, grouped by set (any count, complete or not)."""
+    from ncinspect.loader import shard_key
+
+    try:
+        entries = sorted(store.parent.iterdir())
+    except OSError:
+        return []
+    sets: dict[int, list[Path]] = {}
+    for p in entries:
+        key = shard_key(p)
+        if key is not None and key[1] == store.stem and key[3] == store.suffix:
+            sets.setdefault(key[2], []).append(p)
+    return list(sets.values())
+
+
+def _set_rows(paths: list[Path]) -> int | None:
+    """Rows of a complete, consistent shard set (any of its files given); None otherwise."""
+    from ncinspect.loader import shard_paths
+    from ncinspect.store import open_shard_set
+
+    try:
+        src = open_shard_set(shard_paths(paths[0]))
+    except NcInspectError:
+        return None
+    try:
+        return src.n
+    finally:
+        src.close()
+
+
+def _shard_id(path: Path, world: int) -> str | None:
+    """The extraction id of an existing complete shard file of a `world`-process set."""
+    from ncinspect.store import open_store
+
+    if not path.exists():
+        return None
+    try:
+        src = open_store(path)
+    except NcInspectError:
+        return None
+    try:
+        ok = src.meta.get("shard_count") == world
+        value = src.meta.get("extraction_id")
+        return str(value) if ok and value is not None else None
+    finally:
+        src.close()
+
+
+def _remove_superseded(store: Path, keep: Path) -> None:
+    """After `keep` (the store, or any shard of the new set) is complete: remove the other copies
+    of `store` (the whole file, shard sets of other sizes); they are stale or were replaced."""
+    from ncinspect.loader import shard_key
+
+    new = shard_key(keep)
+    victims = [] if new is None else ([store] if store.exists() else [])
+    for paths in _shard_sets(store):
+        victims += [p for p in paths if new is None or shard_key(p) != new]
+    for p in victims:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +720,26 @@ def run_extract(
 
     Stops at the first failing checkpoint with an `NcInspectError` (stores already written stay;
     the failing one leaves no file); re-running skips complete stores unless `overwrite`.
+    Under torchrun with P > 1 processes, every process calls this; each writes its shard of every
+    store (see the module docstring), only process 0 reports progress, and a store is skipped
+    when a complete copy exists (its complete shard set, or the whole file).
     """
+    dist = distributed_from_env()
+    if dist is not None and dist.rank != 0:
+        progress = None
+    try:
+        with _process_group(dist):
+            return _run_jobs(config, progress, dist)
+    except NcInspectError as exc:
+        if dist is None:
+            raise
+        err = type(exc)(f"[process {dist.rank} of {dist.world}] {exc.message}", path=exc.path)
+        raise err from None
+
+
+def _run_jobs(
+    config: ExtractConfig, progress: ProgressHook | None, dist: Distributed | None
+) -> list[ExtractOutcome]:
     from ncinspect.checkpoint import add_code_paths
 
     add_code_paths(config.code_paths)
@@ -432,29 +758,87 @@ def run_extract(
     jobs = plan(config, data.split)
     device: torch.device | None = None
     outcomes: list[ExtractOutcome] = []
+    shards, rank = (1, 0) if dist is None else (dist.world, dist.rank)
     for job in jobs:
         t0 = time.perf_counter()
-        if job.store.exists() and not config.overwrite:
-            outcomes.append(
-                ExtractOutcome(
-                    job.checkpoint, job.store, "skipped", _complete_rows(job.store), 0.0, job.run
+        target = job.store if dist is None else _shard_path(job.store, dist)
+        # One writer per file: a concurrent extraction of the same file is refused, and the
+        # existence check happens under the lock (a store finished meanwhile is skipped).
+        with store_lock(target):
+            rows = _skip_rows(job, target, config, dist)
+            if rows is not None:
+                outcomes.append(
+                    ExtractOutcome(
+                        job.checkpoint, target, "skipped", rows, 0.0, job.run, shards, rank
+                    )
                 )
-            )
-            continue
-        if device is None:
-            device = resolve_device(config.device)
-        try:
-            n = _extract_one(job, data, config, device, progress)
-        except DataError as exc:
-            raise _with_hint(exc, data_path if data_path.exists() else None) from None
-        except (CheckpointError, ModelError) as exc:
-            raise _with_hint(exc, job.checkpoint) from None
+                continue
+            if device is None:
+                device = resolve_device(config.device)
+                if dist is not None and device.type == "cuda" and device.index is None:
+                    import torch
+
+                    device = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+                    torch.cuda.set_device(device)
+            ident = None
+            if dist is not None:
+                import uuid
+
+                ident = dist.broadcast(uuid.uuid4().hex if dist.rank == 0 else None)
+            output = _Output(target, dist, ident)
+            try:
+                n = _extract_one(job, data, config, device, progress, output)
+            except DataError as exc:
+                raise _with_hint(exc, data_path if data_path.exists() else None) from None
+            except (CheckpointError, ModelError) as exc:
+                raise _with_hint(exc, job.checkpoint) from None
+        if dist is not None:
+            n = sum(dist.gather(n))  # also: every process has renamed its shard
+        if rank == 0:
+            _remove_superseded(job.store, target)
         outcomes.append(
             ExtractOutcome(
-                job.checkpoint, job.store, "written", n, time.perf_counter() - t0, job.run
+                job.checkpoint,
+                target,
+                "written",
+                n,
+                time.perf_counter() - t0,
+                job.run,
+                shards,
+                rank,
             )
         )
     return outcomes
+
+
+def _skip_rows(
+    job: Job, target: Path, config: ExtractConfig, dist: Distributed | None
+) -> int | None:
+    """Rows of the complete copy that makes this job a skip, or None to extract. Every process
+    of a distributed job reaches the same decision: skip when a complete copy exists (the whole
+    file, or a complete shard set of any size) or when every process finds its shard of one set.
+    """
+    if config.overwrite:
+        if dist is not None:
+            dist.gather(None)  # keep the processes in step
+        return None
+    if dist is None:
+        return _complete_rows_any(job.store)
+    # Each process looks at what it can see (nodes may not share a file system).
+    seen = dist.gather((_shard_id(target, dist.world), _complete_rows_any(job.store)))
+    rows = [r for _, r in seen if r is not None]
+    if rows:
+        return rows[0]
+    ids = {i for i, _ in seen}
+    if len(ids) == 1 and None not in ids:
+        from ncinspect.store import open_store
+
+        src = open_store(target)
+        try:
+            return int(src.meta.get("total_rows", src.n))
+        finally:
+            src.close()
+    return None
 
 
 def _with_hint(exc: NcInspectError, path: Path | None) -> NcInspectError:
@@ -470,6 +854,8 @@ def _complete_rows(path: Path) -> int:
     """Rows of an existing store; OutputError when the file is not a complete store."""
     from ncinspect.store import open_store
 
+    if path.is_dir():
+        raise OutputError("output path is a directory, expected a store file name", path=path)
     try:
         src = open_store(path)
     except NcInspectError as exc:
@@ -653,9 +1039,11 @@ def _extract_one(
     config: ExtractConfig,
     device: torch.device,
     progress: ProgressHook | None,
+    output: _Output | None = None,
 ) -> int:
     import torch
 
+    output = output or _Output(job.store)
     path = job.checkpoint
     _prepare_imports(config)
     digest = _Digest(path)  # hashed in a thread while the model loads and runs
@@ -664,6 +1052,15 @@ def _extract_one(
     model = built.module
     batch_size = built.static_batch or config.batch_size
     cuda = device.type == "cuda"
+    shard_attrs: dict[str, Any] = {}
+    if output.dist is not None:
+        data, layout = _shard_data(data, batch_size, output.dist)
+        shard_attrs = {
+            "shard_index": output.dist.rank,
+            "shard_count": output.dist.world,
+            "extraction_id": output.extraction_id,
+            "shard_layout": layout,
+        }
     attrs: dict[str, Any] = {
         "run": job.run,
         "split": data.split,
@@ -681,6 +1078,7 @@ def _extract_one(
         "limit": config.limit,
         "torch_version": torch.__version__,
         "ncinspect_version": __version__,
+        **shard_attrs,
     }
     if ckpt.format == "safetensors" and ckpt.metadata:
         attrs["safetensors_metadata"] = ckpt.metadata
@@ -701,12 +1099,29 @@ def _extract_one(
 
     model.to(device)
     label = f"{job.run}/{path.name}"
+    if output.dist is not None:
+        label += f" [process 0 of {output.dist.world}]"
+    total = data.n
+    if config.stats_only:
+        label += " [stats-only: 2 passes]"
+        total = None if data.n is None else 2 * data.n
     if progress is not None:
-        progress.start(label, data.n)
+        progress.start(label, total)
     try:
         with borrowed_eval(model), torch.inference_mode(), _autocast(device, config.precision):
             return _run_batches(
-                job, data, config, model, device, batch_size, built, attrs, progress, cuda, digest
+                job,
+                data,
+                config,
+                model,
+                device,
+                batch_size,
+                built,
+                attrs,
+                progress,
+                cuda,
+                digest,
+                output,
             )
     finally:
         if progress is not None:
@@ -727,6 +1142,7 @@ def _run_batches(
     progress: ProgressHook | None,
     cuda: bool,
     digest: _Digest,
+    output: _Output,
 ) -> int:
 
     from ncinspect.store import StoreWriter
@@ -777,16 +1193,62 @@ def _run_batches(
     head_width = int(weight.shape[0])
     task = _task(config, data, yb)
     attrs = {**attrs, "head": head_name, "task": task}
+    # A distributed job rewrites a stale shard of an incomplete set (the set is not complete).
+    overwrite = config.overwrite or output.dist is not None
+    if config.stats_only:
+        close = getattr(stream, "close", None)
+        if callable(close):
+            close()  # the passes read the data afresh
+        forward = _Forward(
+            data=data,
+            config=config,
+            model=model,
+            device=device,
+            batch_size=batch_size,
+            static_batch=built.static_batch,
+            head_module=head_module,
+            check=_BatchCheck(data, task, head_width, head_name),
+            cuda=cuda,
+            checkpoint=path,
+            progress=progress,
+        )
+        source = _ForwardSource(
+            path=str(path),
+            task=task,
+            n=data.n or 0,
+            d=d,
+            head=Head(weight.astype("float64"), None if bias is None else bias.astype("float64")),
+            has_outputs=config.with_outputs and width == head_width,
+            forward=forward,
+        )
+        from ncinspect.analysis import AnalysisOptions
+        from ncinspect.statsets import gather_statistics
+
+        options = AnalysisOptions(drop_nonfinite=config.drop_nonfinite)
+        parts, stats_attrs = gather_statistics(source, options, output.combine)
+        with StoreWriter(
+            output.path,
+            task=task,
+            d=d,
+            width=head_width,
+            attrs=attrs,
+            overwrite=overwrite,
+            stats_only=True,
+        ) as writer:
+            writer.set_statistics(parts, forward.rows, stats_attrs)
+            writer.set_head(weight, bias)
+            writer.update_attrs(checkpoint_sha256=digest.result(), **output.finish(forward.rows))
+        return forward.rows
     state = _BatchCheck(data, task, head_width, head_name)
     pending = _blocks(feats, out_t, rows, cuda)
     with StoreWriter(
-        job.store,
+        output.path,
         task=task,
         d=d,
         width=head_width,
         attrs=attrs,
         with_outputs=config.with_outputs and width == head_width,
-        overwrite=config.overwrite,
+        overwrite=overwrite,
         expected_rows=data.n,
     ) as writer:
         bg = BackgroundWriter(writer, threaded=_THREADED_WRITES.get(device.type, True))
@@ -828,8 +1290,103 @@ def _run_batches(
             if not ok:
                 bg.abort()
         writer.set_head(weight, bias)
-        writer.update_attrs(checkpoint_sha256=digest.result())
+        writer.update_attrs(checkpoint_sha256=digest.result(), **output.finish(total))
     return total
+
+
+@dataclass
+class _Forward:
+    """One pass of the model over the (shard of the) data: `Batch`es of float32 features, labels
+    or targets and float32 outputs, exactly the rows a feature store would hold. Re-runnable;
+    `rows` counts the rows of the latest complete pass."""
+
+    data: DataSource
+    config: ExtractConfig
+    model: nn.Module
+    device: torch.device
+    batch_size: int
+    static_batch: int | None
+    head_module: nn.Module
+    check: _BatchCheck
+    cuda: bool
+    checkpoint: Path
+    progress: ProgressHook | None
+    rows: int = 0
+
+    def __call__(self, outputs: bool) -> Iterator[Batch]:
+
+        stream = self.data.batches(
+            self.batch_size, workers=self.config.workers, pin_memory=self.cuda
+        )
+        captured: list[torch.Tensor] = []
+
+        def grab(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            captured.append(args[0])
+
+        self.check.row = 0
+        seen = 0
+        handle = self.head_module.register_forward_pre_hook(grab)
+        try:
+            for xb, yb in stream:
+                rows = len(xb)
+                xin = xb.to(self.device, non_blocking=True)
+                if self.static_batch:
+                    xin = _pad(xin, self.static_batch)
+                captured.clear()
+                out_t = _output_tensor(_forward(self.model, xin, self.checkpoint), self.checkpoint)
+                if len(captured) != 1:
+                    raise ModelError(
+                        f"the head ran {len(captured)} times in one forward pass",
+                        path=self.checkpoint,
+                    )
+                blocks = _blocks(captured[0], out_t.reshape(len(out_t), -1), rows, self.cuda)
+                item = self.check.item(blocks, yb, outputs)
+                event = item.pop("event", None)
+                if event is not None:
+                    event.synchronize()
+                seen += rows
+                features = _numpy(item["features"])
+                assert features is not None
+                yield Batch(
+                    features=features,
+                    labels=_numpy(item.get("labels")),
+                    targets=_numpy(item.get("targets")),
+                    outputs=_numpy(item.get("outputs")),
+                )
+                if self.progress is not None:
+                    self.progress.advance(rows)
+        finally:
+            handle.remove()
+        if seen == 0:
+            raise DataError(f"--data {self.data.spec!r} yielded no rows")
+        self.rows = seen
+
+
+class _ForwardSource(FeatureSource):
+    """A `FeatureSource` whose rows are computed by the model each time they are read (the
+    statistics passes of --stats-only). `n` is the expected row count (0 when unknown)."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        task: Literal["classification", "regression"],
+        n: int,
+        d: int,
+        head: Head,
+        has_outputs: bool,
+        forward: _Forward,
+    ) -> None:
+        super().__init__(
+            path=path, task=task, n=n, d=d, head=head, has_outputs=has_outputs, origin="forward"
+        )
+        self._forward = forward
+
+    def batches(
+        self, rows: int | None = None, *, outputs: bool = True, reuse: bool = False
+    ) -> Iterator[Batch]:
+        """Every row once, in the extraction's batches (`rows` and `reuse` do not apply)."""
+        return self._forward(outputs and self.has_outputs)
 
 
 def _task(

@@ -27,7 +27,7 @@ from ncinspect.checkpoint import (
     sniff,
     unsafe_globals,
 )
-from ncinspect.errors import InputError, NcInspectError
+from ncinspect.errors import InputError, NcInspectError, reading
 
 FORMAT_NAMES: dict[str, str] = {
     "safetensors": "safetensors",
@@ -81,14 +81,12 @@ def describe(path: str | Path, unsafe_pickle: bool = False) -> dict[str, Any]:
         "size_bytes": p.stat().st_size,
         "notes": [],
     }
-    if fmt in CHECKPOINT_FORMATS:
-        _describe_checkpoint(p, fmt, desc, unsafe_pickle)
-    elif fmt == "hdf5":
-        _describe_hdf5(p, desc)
-    elif fmt in ("npz", "npy"):
-        _describe_arrays(p, desc)
-    elif fmt == "pickle":
-        _describe_pickle(p, desc)
+    if fmt in CHECKPOINT_FORMATS or fmt in ("hdf5", "npz", "npy", "pickle"):
+        try:  # a damaged file is described as damaged, never a traceback
+            with reading(p, InputError, str(FORMAT_NAMES.get(fmt, fmt))):
+                _describe_content(p, fmt, desc, unsafe_pickle)
+        except NcInspectError as exc:
+            desc["notes"].append(f"cannot be read: {exc.message}")
     elif fmt == "corrupt_zip":
         desc["kind"] = "checkpoint"
         desc["notes"].append(
@@ -100,6 +98,17 @@ def describe(path: str | Path, unsafe_pickle: bool = False) -> dict[str, Any]:
     else:
         desc["notes"].append("not a format ncinspect reads")
     return _jsonable(desc)
+
+
+def _describe_content(p: Path, fmt: str, desc: dict[str, Any], unsafe_pickle: bool) -> None:
+    if fmt in CHECKPOINT_FORMATS:
+        _describe_checkpoint(p, fmt, desc, unsafe_pickle)
+    elif fmt == "hdf5":
+        _describe_hdf5(p, desc)
+    elif fmt in ("npz", "npy"):
+        _describe_arrays(p, desc)
+    else:
+        _describe_pickle(p, desc)
 
 
 def _tensor_rows(tensors: dict[str, Any]) -> list[dict[str, Any]]:
@@ -249,6 +258,17 @@ def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
             {"name": "labels" if src.task == "classification" else "targets"},
             {"name": "head/weight", "shape": [int(s) for s in src.head.weight.shape]},
         ]
+        if src.statistics is not None:  # a stats-only store: statistics instead of rows
+            desc["datasets"] = [
+                {"name": "head/weight", "shape": [int(s) for s in src.head.weight.shape]},
+                *(
+                    {"name": f"stats/{part}/{key}", "shape": [int(x) for x in value.shape]}
+                    for saved in src.statistics[:1]
+                    for part, record in saved.parts.items()
+                    for key, value in record.fields.items()
+                    if hasattr(value, "shape")
+                ),
+            ]
         if src.head.bias is not None:
             desc["datasets"].append({"name": "head/bias", "shape": [src.head.width]})
         if src.has_outputs:

@@ -1,7 +1,9 @@
 """Finding and opening feature sources: stores and foreign dumps, by content, not by name.
 
 Owns: `open_source` (one file -> a validated `FeatureSource`), `discover` (paths and directories
--> the files to analyse, in natural order) and `natural_key`. Never computes anything.
+-> the files to analyse, in natural order), shard sets (`NAME.shard-RRRRR-of-PPPPP.h5`, the files
+of a distributed extraction: found together, listed once, opened as one source; an incomplete set
+is an error naming the missing shard) and `natural_key`. Never computes anything.
 """
 
 from __future__ import annotations
@@ -16,6 +18,42 @@ from ncinspect.sources import FeatureSource
 
 STORE_SUFFIXES = (".h5", ".hdf5")
 DUMP_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors")
+SHARD_PATTERN = re.compile(
+    r"^(?P<base>.+)\.shard-(?P<index>\d{5})-of-(?P<count>\d{5})(?P<suffix>\.h5|\.hdf5)$"
+)
+
+
+def shard_name(base: str, index: int, count: int, suffix: str = ".h5") -> str:
+    """The file name of shard `index` of `count`: NAME.shard-RRRRR-of-PPPPP.h5 (0-based)."""
+    return f"{base}.shard-{index:05d}-of-{count:05d}{suffix}"
+
+
+def shard_key(path: Path) -> tuple[Path, str, int, str] | None:
+    """(directory, NAME, count, suffix) of a shard file's set; None for any other file."""
+    m = SHARD_PATTERN.match(path.name)
+    if m is None:
+        return None
+    return path.parent, m["base"], int(m["count"]), m["suffix"]
+
+
+def shard_paths(path: Path) -> list[Path]:
+    """Every shard of the set `path` belongs to, in order; InputError naming what is missing."""
+    key = shard_key(path)
+    if key is None:
+        raise InputError("is not a shard file (NAME.shard-RRRRR-of-PPPPP.h5)", path=path)
+    folder, base, count, suffix = key
+    if count < 1:
+        raise InputError("names a set of 0 shards", path=path)
+    paths = [folder / shard_name(base, i, count, suffix) for i in range(count)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(p.name for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise InputError(
+            f"incomplete shard set: {len(missing)} of {count} shard(s) missing ({shown}); re-run "
+            f"the extraction with --nproc-per-node {count}, or with --overwrite",
+            path=folder / shard_name(base, 0, count, suffix).replace(".shard-00000-", ".shard-*-"),
+        )
+    return paths
 
 
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
@@ -28,6 +66,10 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
 def open_source(path: str | Path) -> FeatureSource:
     """Open a store or dump after checking that the file exists and is not empty."""
     p = Path(path)
+    if shard_key(p) is not None:
+        from ncinspect.store import open_shard_set
+
+        return open_shard_set(shard_paths(p))
     if not p.exists():
         raise InputError("no such file or directory", path=p)
     if p.is_dir():
@@ -56,7 +98,44 @@ def _is_hidden_or_partial(p: Path) -> bool:
 
 def discover(paths: list[Path]) -> Discovery:
     """Expand directories recursively. Named files are always taken (and fail loudly if bad);
-    files found in directories are taken when their suffix is a store's or a dump's."""
+    files found in directories are taken when their suffix is a store's or a dump's. The shards
+    of one set appear once, as the set's first shard (`open_source` opens the whole set)."""
+    out = _discover_files(paths)
+    out.files = _collapse_shards(out.files)
+    return out
+
+
+def _collapse_shards(files: list[Path]) -> list[Path]:
+    """One entry per shard set (its shard 0); refuse a name stored both whole and sharded."""
+    kept: list[Path] = []
+    seen: dict[tuple[Path, str, int, str], Path] = {}
+    for f in files:
+        key = shard_key(f)
+        if key is None:
+            kept.append(f)
+            continue
+        if key not in seen:
+            folder, base, count, suffix = key
+            seen[key] = folder / shard_name(base, 0, count, suffix)
+            kept.append(seen[key])
+    by_name: dict[tuple[Path, str], list[str]] = {}
+    for folder, base, count, suffix in seen:
+        by_name.setdefault((folder, base), []).append(shard_name(base, 0, count, suffix))
+        whole = folder / f"{base}{suffix}"
+        if whole.is_file():
+            by_name[(folder, base)].append(whole.name)
+    for (folder, base), names in by_name.items():
+        if len(names) > 1:
+            shown = ", ".join(n.replace(".shard-00000-", ".shard-*-") for n in sorted(names))
+            raise InputError(
+                f"'{base}' is stored more than once ({shown}); remove the stale copies (or "
+                "re-run extract with --overwrite, which replaces them)",
+                path=folder,
+            )
+    return kept
+
+
+def _discover_files(paths: list[Path]) -> Discovery:
     out = Discovery()
     for path in paths:
         if path.is_dir():

@@ -22,7 +22,8 @@ directions (`UnitProjections`, O(N D T)) instead of forming M twice (O(N D^2) ea
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,7 +56,9 @@ __all__ = [
     "psd_sqrt",
     "r2",
     "regression_from_source",
+    "regression_from_statistics",
     "regression_metrics",
+    "regression_statistics",
     "unit_subspace_distance",
     "weight_row_basis",
 ]
@@ -273,6 +276,10 @@ class UnitStatistics(Protocol):
     def captured(self, basis: np.ndarray) -> float: ...
 
 
+# Subspaces.of's last answer: (weak ref to the moments, their feature_scatter, n, W, Subspaces).
+_LAST_SPACES: dict[str, tuple[Any, np.ndarray, int, np.ndarray, Subspaces]] = {}
+
+
 @dataclass(frozen=True)
 class Subspaces:
     """The subspaces nrc1/nrc2 project on, fixed after pass 1.
@@ -287,10 +294,24 @@ class Subspaces:
 
     @classmethod
     def of(cls, moments: RegressionMoments, weight: np.ndarray) -> Subspaces:
+        # The analysis asks twice with the same moments (pass 2's basis, then the metrics): the
+        # last answer is kept (weakly, by identity, with the arrays it came from) so one D x D
+        # eigendecomposition serves both.
+        w = np.asarray(weight, dtype=np.float64)
+        held = _LAST_SPACES.get("last")
+        if held is not None:
+            ref, scatter, n, held_w, spaces = held
+            if ref() is moments and scatter is moments.feature_scatter and n == moments.n:
+                if held_w.shape == w.shape and np.array_equal(held_w, w):
+                    return spaces
         # numpy's eigh, not scipy's: scipy links its own OpenBLAS, whose threads would contend
         # with numpy's (each pool spins for a while after a call) between the passes
         pca, eigenvalues = pca_basis(moments.feature_cov(), moments.t)
-        return cls(pca=pca, eigenvalues=eigenvalues, row_space=weight_row_basis(weight))
+        spaces = cls(pca=pca, eigenvalues=eigenvalues, row_space=weight_row_basis(w))
+        held_w = w.copy()  # the caller may change its W in place later
+        key = (weakref.ref(moments), moments.feature_scatter, moments.n)
+        _LAST_SPACES["last"] = (*key, held_w, spaces)
+        return spaces
 
     def joint_basis(self) -> np.ndarray:
         """(D, m <= 2 T) orthonormal basis of span(pca) + span(row_space), for `UnitProjections`."""
@@ -533,7 +554,23 @@ def regression_from_source(
     Returns (metrics, rows used N, rows dropped, extras with "weight" (T, D) and "target_cov"
     Sigma (T, T), which `apply_run_gamma` needs).
     """
-    gamma = gamma_choice(options)
+    gamma_choice(options)  # conflicting options fail before the passes
+    moments, uncentred, centred = regression_statistics(source, rows)
+    predictions = "outputs" if source.has_outputs else "W h + b"
+    metric_set, extras = regression_from_statistics(
+        moments, uncentred, centred, source.head, predictions, options
+    )
+    return metric_set, moments.n, int(rows.dropped), extras
+
+
+def regression_statistics(
+    source: FeatureSource,
+    rows: RowBatches,
+    combine: Callable[[RegressionMoments], RegressionMoments] | None = None,
+) -> tuple[RegressionMoments, UnitProjections, UnitProjections]:
+    """The two passes of `regression_from_source`: (pass-1 moments, pass-2 uncentred and centred
+    unit projections). `combine`, when given, turns this pass-1 result into the one over every
+    row of a distributed extraction (each process sees its shard) before pass 2 uses it."""
     weight = np.asarray(source.head.weight, dtype=np.float64)
     bias = source.head.bias_or_zeros()
     t, d = weight.shape
@@ -563,6 +600,8 @@ def regression_from_source(
             "; ".join(problems) + " (only non-finite feature rows can be dropped); fix the data",
             path=source.path,
         )
+    if combine is not None:
+        moments = combine(moments)
     if moments.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
     spaces = Subspaces.of(moments, weight)
@@ -575,10 +614,27 @@ def regression_from_source(
             )
             uncentred = uncentred.merge(plain)
             centred = centred.merge(about_mean)
-    metric_set = _metrics(moments, spaces, uncentred, centred, source.head, gamma)
-    metric_set.info["predictions"] = "outputs" if source.has_outputs else "W h + b"
+    return moments, uncentred, centred
+
+
+def regression_from_statistics(
+    moments: RegressionMoments,
+    uncentred: UnitProjections,
+    centred: UnitProjections,
+    head: Head,
+    predictions: str,
+    options: AnalysisOptions,
+) -> tuple[MetricSet, dict[str, Any]]:
+    """The metrics from the two passes' statistics (gathered here or saved by
+    `extract --stats-only`). predictions: what the RSS compared the targets with ("outputs" or
+    "W h + b"). Returns (metrics, extras for `apply_run_gamma`)."""
+    gamma = gamma_choice(options)
+    weight = np.asarray(head.weight, dtype=np.float64)
+    spaces = Subspaces.of(moments, weight)
+    metric_set = _metrics(moments, spaces, uncentred, centred, head, gamma)
+    metric_set.info["predictions"] = predictions
     extras: dict[str, Any] = {"weight": weight, "target_cov": moments.target_cov()}
-    return metric_set, moments.n, int(rows.dropped), extras
+    return metric_set, extras
 
 
 # --------------------------------------------------------------------------------------------

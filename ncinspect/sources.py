@@ -1,14 +1,17 @@
 """What every feature source looks like to the statistics: a head and batches of rows.
 
-Owns: `Head`, `Batch`, the `FeatureSource` interface, the in-memory `ArraySource`, and the
-shape/dtype validation shared by every reader. Knows nothing of HDF5, torch or files' formats:
-`store` (HDF5) and `dumps` (.npz/.pt/.safetensors) build sources; `stats` consumes them.
+Owns: `Head`, `Batch`, the `FeatureSource` interface, the in-memory `ArraySource`, the plain-data
+form of saved statistics (`StatRecord`, `SavedStatistics`: what a stats-only store or shard holds
+in place of rows), and the shape/dtype validation shared by every reader. Knows nothing of HDF5,
+torch or files' formats: `store` (HDF5) and `dumps` (.npz/.pt/.safetensors) build sources;
+`stats` consumes them.
 
 Axes: N samples, D feature dim, K classes, T regression targets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,12 +52,56 @@ class Batch:
     outputs: np.ndarray | None = None  # (B, K) logits or (B, T) predictions
 
 
+STAT_SCOPES = ("global", "shard")
+
+
+@dataclass(frozen=True)
+class StatRecord:
+    """One accumulator of `stats` as plain data: its class name, scope and fields.
+
+    fields: every init field of the dataclass by name (numpy arrays, ints, floats, strings, None).
+    scope "global": gathered over every row of the source (pass 1; in a distributed extraction
+    combined over all processes before pass 2), so every shard holds the same record; "shard":
+    gathered over this file's rows only, merged over the shards of a set.
+    """
+
+    kind: str
+    scope: str
+    fields: dict[str, Any]
+
+    @classmethod
+    def of(cls, obj: Any, scope: str) -> StatRecord:
+        """The record of a dataclass instance (generic: `dataclasses.fields`)."""
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            raise TypeError(f"expected a dataclass instance, got {type(obj).__name__}")
+        if scope not in STAT_SCOPES:
+            raise ValueError(f"scope {scope!r}, expected one of {STAT_SCOPES}")
+        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+        return cls(kind=type(obj).__name__, scope=scope, fields=values)
+
+
+@dataclass(frozen=True)
+class SavedStatistics:
+    """The statistics one file holds in place of its rows (`extract --stats-only`).
+
+    path: the file; rows: the samples it covers; parts: accumulator records by name (the `stats/`
+    group); attrs: the group's attributes (e.g. `nonfinite_rows_dropped`, `predictions`).
+    """
+
+    path: str
+    rows: int
+    parts: dict[str, StatRecord]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class FeatureSource:
     """A readable set of penultimate features with their labels/targets and head.
 
     Subclasses implement `_read(start, stop)`; everything else is shared.
     `meta` holds provenance (run, checkpoint, epoch, split, ...), `origin` names the format.
+    `statistics` is set, one entry per file (a stats-only store, or every shard of a set), when
+    the source holds saved statistics instead of rows; the analysis then finalizes those.
     """
 
     path: str
@@ -65,6 +112,7 @@ class FeatureSource:
     has_outputs: bool
     meta: dict[str, Any] = field(default_factory=dict)
     origin: str = "array"
+    statistics: tuple[SavedStatistics, ...] | None = None
 
     @property
     def k(self) -> int | None:

@@ -1,0 +1,214 @@
+"""Saved sufficient statistics: a source's two passes kept as data, and the metrics from them.
+
+Owns: `gather_statistics` (the analysis's own two passes, `analysis.classification_statistics`
+and `regression.regression_statistics`, over any source, with an optional step between them that
+combines pass 1 over the processes of a distributed extraction) and its records for the store,
+and `metrics_from_statistics` (the records of a stats-only store, or of every shard of a set ->
+accumulators -> merged -> the same metric functions as for rows), with the checks that turn a
+damaged or incomplete `stats` group into one error line naming the file and the record.
+Never reads files (the store hands over `StatRecord`s) and never runs a model.
+
+What is saved (axes N, D, K, T): classification, "sums" (`ClassSums`: counts (K,), per-class sums
+(K, D); pass 1, global) and "scatter" (`ClassScatter`: pass 2 with the means fixed, this file's
+rows); regression, "moments" (`RegressionMoments` without unit rows; pass 1, global) and
+"uncentred" / "centred" (`UnitProjections`; pass 2, this file's rows). "global" records are the
+same in every shard of a set; "shard" records are plain sums, merged over the shards. So the
+metrics equal those of the rows' two passes up to float64 rounding of the sums (the tests check
+1e-9 relative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from ncinspect.analysis import AnalysisOptions, classification_statistics, finite_rows
+from ncinspect.errors import StoreError
+from ncinspect.results import MetricSet
+from ncinspect.sources import FeatureSource, SavedStatistics, StatRecord
+from ncinspect.stats import ClassScatter, ClassSums, RegressionMoments, UnitProjections
+
+# Turns one process's pass-1 accumulator (ClassSums or RegressionMoments) into every process's.
+Combine = Callable[[Any], Any]
+
+# part name -> (class, scope), per task
+PARTS: dict[str, dict[str, tuple[type, str]]] = {
+    "classification": {"sums": (ClassSums, "global"), "scatter": (ClassScatter, "shard")},
+    "regression": {
+        "moments": (RegressionMoments, "global"),
+        "uncentred": (UnitProjections, "shard"),
+        "centred": (UnitProjections, "shard"),
+    },
+}
+
+
+def gather_statistics(
+    source: FeatureSource, options: AnalysisOptions, combine: Combine | None = None
+) -> tuple[dict[str, StatRecord], dict[str, Any]]:
+    """Run the two passes over `source` (any `FeatureSource`; extraction passes one whose batches
+    run the model) and return (records by part name, attributes for the `stats` group).
+
+    combine: applied to the pass-1 accumulator before pass 2 (distributed extraction: the
+    combination over every process, so that pass 2 uses the global means).
+    """
+    if source.task == "classification":
+        sums, scatter, dropped = classification_statistics(source, options, combine)
+        parts = {"sums": sums, "scatter": scatter}
+        attrs: dict[str, Any] = {"nonfinite_rows_dropped": int(dropped)}
+    else:
+        from ncinspect.regression import gamma_choice, regression_statistics
+
+        gamma_choice(options)
+        rows = finite_rows(source, options)
+        moments, uncentred, centred = regression_statistics(source, rows, combine)
+        parts = {"moments": moments, "uncentred": uncentred, "centred": centred}
+        attrs = {
+            "nonfinite_rows_dropped": int(rows.dropped),
+            "predictions": "outputs" if source.has_outputs else "W h + b",
+        }
+    scopes = PARTS[source.task]
+    return {name: StatRecord.of(obj, scopes[name][1]) for name, obj in parts.items()}, attrs
+
+
+def metrics_from_statistics(
+    source: FeatureSource, options: AnalysisOptions
+) -> tuple[MetricSet, int, int, dict[str, Any]]:
+    """(metrics, rows used, rows dropped as non-finite, extras) from the source's saved
+    statistics: the global records from the first file (the store checked that every shard holds
+    the same), the shard records merged in shard order."""
+    saved = source.statistics
+    if not saved:
+        raise ValueError("metrics_from_statistics needs a source with saved statistics")
+    built = [_objects(s, source) for s in saved]
+    merged: dict[str, Any] = dict(built[0])
+    for name, (_, scope) in PARTS[source.task].items():
+        if scope == "shard":
+            for other in built[1:]:
+                merged[name] = merged[name].merge(other[name])
+    dropped = sum(_int(s, "nonfinite_rows_dropped") for s in saved)
+    where = saved[0].path if len(saved) == 1 else source.path
+    if source.task == "classification":
+        from ncinspect.collapse import classification_extras, classification_metrics
+
+        sums, scatter = merged["sums"], merged["scatter"]
+        _expect_rows(where, "scatter", scatter.n, sums.n)
+        moments = sums.moments(scatter.within)
+        metric_set = classification_metrics(moments, scatter, source.head)
+        return metric_set, moments.n, dropped, classification_extras(moments, source.head)
+    from ncinspect.regression import regression_from_statistics
+
+    moments = merged["moments"]
+    for name in ("uncentred", "centred"):
+        _expect_rows(where, name, merged[name].n, moments.n)
+    predictions = str(saved[0].attrs.get("predictions", "W h + b"))
+    metric_set, extras = regression_from_statistics(
+        moments, merged["uncentred"], merged["centred"], source.head, predictions, options
+    )
+    return metric_set, moments.n, dropped, extras
+
+
+def _int(saved: SavedStatistics, key: str) -> int:
+    value = saved.attrs.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StoreError(
+            f"attribute 'stats/{key}' is {value!r}, expected an integer >= 0", path=saved.path
+        )
+    return value
+
+
+def _expect_rows(path: str, part: str, found: int, expected: int) -> None:
+    if found != expected:
+        raise StoreError(
+            f"'stats/{part}' covers {found} rows but pass 1 ('stats/sums' or 'stats/moments') "
+            f"covers {expected}: the statistics are incomplete (a missing or foreign shard?); "
+            "re-run extract --stats-only",
+            path=path,
+        )
+
+
+def _objects(saved: SavedStatistics, source: FeatureSource) -> dict[str, Any]:
+    """The accumulators of one file, each checked against the head's K or T and D."""
+    expected = PARTS[source.task]
+    p = saved.path
+    missing = sorted(set(expected) - set(saved.parts))
+    unexpected = sorted(set(saved.parts) - set(expected))
+    if missing or unexpected:
+        found = ", ".join(sorted(saved.parts)) or "none"
+        raise StoreError(
+            f"group 'stats' holds {found}; expected {', '.join(expected)} for a {source.task} "
+            f"store (missing: {', '.join(missing) or 'none'}; unexpected: "
+            f"{', '.join(unexpected) or 'none'}); re-run extract --stats-only",
+            path=p,
+        )
+    out: dict[str, Any] = {}
+    for name, (cls, scope) in expected.items():
+        record = saved.parts[name]
+        where = f"stats/{name}"
+        if record.kind != cls.__name__ or record.scope != scope:
+            raise StoreError(
+                f"group '{where}' holds a {record.kind} ({record.scope}); expected a "
+                f"{cls.__name__} ({scope})",
+                path=p,
+            )
+        names = {f.name for f in fields(cls) if f.init}
+        lacking = sorted(names - set(record.fields))
+        extra = sorted(set(record.fields) - names)
+        if lacking or extra:
+            raise StoreError(
+                f"group '{where}' ({record.kind}) lacks field(s) {', '.join(lacking) or 'none'} "
+                f"and has unexpected field(s) {', '.join(extra) or 'none'}; written by another "
+                "ncinspect version? re-run extract --stats-only",
+                path=p,
+            )
+        out[name] = cls(**record.fields)
+    _check_shapes(out, source, p)
+    return out
+
+
+def _check_shapes(parts: dict[str, Any], source: FeatureSource, p: str) -> None:
+    width, d = source.head.width, source.d
+    checks: list[tuple[str, Any, tuple[int | None, ...]]]
+    if source.task == "classification":
+        sums, scatter = parts["sums"], parts["scatter"]
+        r = d if scatter.route == "dxd" else None
+        checks = [
+            ("sums/counts", sums.counts, (width,)),
+            ("sums/sums", sums.sums, (width, d)),
+            ("scatter/scatter", scatter.scatter, (r, r)),
+            ("scatter/within", scatter.within, (width,)),
+        ]
+    else:
+        m = parts["moments"]
+        checks = [
+            ("moments/feature_mean", m.feature_mean, (d,)),
+            ("moments/feature_scatter", m.feature_scatter, (d, d)),
+            ("moments/target_mean", m.target_mean, (width,)),
+            ("moments/target_scatter", m.target_scatter, (width, width)),
+        ]
+        for name in ("uncentred", "centred"):
+            u = parts[name]
+            checks.append((f"{name}/basis", u.basis, (d, None)))
+            k = u.basis.shape[1] if isinstance(u.basis, np.ndarray) and u.basis.ndim == 2 else -1
+            checks.append((f"{name}/gram", u.gram, (k, k)))
+    for key, arr, shape in checks:
+        ok = (
+            isinstance(arr, np.ndarray)
+            and arr.ndim == len(shape)
+            and all(s is None or s == a for s, a in zip(shape, arr.shape, strict=True))
+            and (np.issubdtype(arr.dtype, np.number))
+        )
+        if not ok:
+            found = (
+                f"shape {tuple(arr.shape)} dtype {arr.dtype}"
+                if isinstance(arr, np.ndarray)
+                else type(arr).__name__
+            )
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise StoreError(
+                f"'stats/{key}' has {found}, expected a numeric array of shape {want} "
+                f"(K or T = {width}, D = {d} from 'head/weight')",
+                path=p,
+            )
