@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from ncinspect.errors import NcInspectError
 from ncinspect.loader import STORE_SUFFIXES, discover, natural_key, open_source
 from ncinspect.results import Result
 from ncinspect.sources import ArraySource, Head, check_label_range, validate_arrays
+
+if TYPE_CHECKING:
+    from ncinspect.ufm import UfmSettings
 
 
 def analyze(
@@ -31,11 +36,15 @@ def analyze(
     gamma: float | None = None,
     ufm_lambdas: tuple[float, float] | None = None,
     skipped: list[str] | None = None,
+    ufm: UfmSettings | None = None,
 ) -> list[Result]:
     """Analyse stores and dumps (files or directories searched recursively).
 
     Files found inside directories that are not feature dumps (a data `.npz`, a checkpoint `.pt`)
     are passed over and described in `skipped` when a list is given; named files must be valid.
+    Each result's `ufm` holds its distance to the UFM optimum (`ncinspect.ufm.ufm_distance`) when
+    the regularization is known: from `ufm.lambdas`, else `ufm_lambdas`, else the store's
+    provenance (weight decay); `UfmSettings(enabled=False)` turns it off.
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -59,6 +68,7 @@ def analyze(
         finally:
             source.close()
     _apply_run_protocols(results)
+    _attach_ufm(results, ufm, ufm_lambdas)
     # Within a run, checkpoints in epoch order (file names like checkpoint_ep50 vs epoch_010
     # do not sort naturally); runs keep the order they were found in.
     first_seen: dict[str, int] = {}
@@ -68,6 +78,19 @@ def analyze(
         key=lambda r: (first_seen[run_key(r)], r.epoch is None, r.epoch or 0, natural_key(r.source))
     )
     return results
+
+
+def _attach_ufm(
+    results: list[Result], settings: UfmSettings | None, lambdas: tuple[float, float] | None
+) -> None:
+    from ncinspect.ufm import UfmSettings, check_settings, ufm_distance
+
+    settings = settings or UfmSettings()
+    if settings.lambdas is None and lambdas is not None:
+        settings = replace(settings, lambdas=lambdas)
+    check_settings(sorted({r.task for r in results}), settings)
+    for r in results:
+        r.ufm = ufm_distance(r, settings)
 
 
 def run_key(result: Result) -> str:

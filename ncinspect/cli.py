@@ -44,6 +44,8 @@ class Format(str, Enum):
 
 
 def fail(message: str, code: int) -> typer.Exit:
+    # One line, always: a library's multi-line message is joined rather than spilled.
+    message = "; ".join(part.strip() for part in message.splitlines() if part.strip())
     print(f"ncinspect: error: {message}", file=sys.stderr)
     return typer.Exit(code)
 
@@ -111,7 +113,10 @@ def write_output(text: str, output: Path | None) -> None:
         tmp.write_text(text if text.endswith("\n") else text + "\n")
         os.replace(tmp, output)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. the parent is a regular file: nothing was created
+            pass
         raise OutputError(f"cannot write: {exc.strerror}", path=output) from None
 
 
@@ -146,9 +151,30 @@ def report(
         str | None,
         typer.Option(
             "--ufm-lambdas",
-            help="Regression: LAMBDA_H,LAMBDA_W; NRC3 uses gamma = LAMBDA_H * LAMBDA_W.",
+            help="LAMBDA_H,LAMBDA_W of the unconstrained feature model: the distance-to-the-UFM-"
+            "optimum block uses them (default: lambda_W = lambda_H = the provenance's "
+            "weight_decay); regression: NRC3 also uses gamma = LAMBDA_H * LAMBDA_W.",
         ),
     ] = None,
+    ufm_alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--alpha",
+            help="Classification: label smoothing for the UFM block (default: the provenance's "
+            "label_smoothing, else 0).",
+        ),
+    ] = None,
+    ufm_n: Annotated[
+        float | None,
+        typer.Option(
+            "--ufm-n",
+            help="Classification: training samples per class n for the UFM block (default: the "
+            "provenance's training-set size / K, else N/K of the analysed store).",
+        ),
+    ] = None,
+    no_ufm: Annotated[
+        bool, typer.Option("--no-ufm", help="Leave out the distance-to-the-UFM-optimum block.")
+    ] = False,
     drop_nonfinite: Annotated[
         bool,
         typer.Option(
@@ -192,18 +218,22 @@ def report(
     def body() -> None:
         from ncinspect import report as rep
         from ncinspect.api import analyze
+        from ncinspect.ufm import UfmSettings
 
         if gamma is not None and ufm_lambdas is not None:
             raise UsageError("--gamma and --ufm-lambdas are alternatives; give one")
         selected = parse_metrics(metrics)
         skipped: list[str] = []
+        lambdas = parse_pair(ufm_lambdas, "--ufm-lambdas")
+        settings = UfmSettings(lambdas=lambdas, alpha=ufm_alpha, n=ufm_n, enabled=not no_ufm)
         results = analyze(
             paths,
             chunk_rows=chunk_rows,
             drop_nonfinite=drop_nonfinite,
             gamma=gamma,
-            ufm_lambdas=parse_pair(ufm_lambdas, "--ufm-lambdas"),
+            ufm_lambdas=lambdas,
             skipped=skipped,
+            ufm=settings,
         )
         if not quiet:
             for line in skipped + rep.warning_lines(results):
@@ -551,8 +581,27 @@ def extract(
         str | None, typer.Option(help="Run name (default: the checkpoint's directory name).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    stats_only: Annotated[
+        bool,
+        typer.Option(
+            "--stats-only",
+            help="Keep only the sufficient statistics and the head, not the N x D features "
+            "(two forward passes; report reads the store like any other).",
+        ),
+    ] = False,
+    drop_nonfinite: Annotated[
+        bool,
+        typer.Option(
+            "--drop-nonfinite",
+            help="With --stats-only: leave feature rows with NaN/Inf out of the statistics.",
+        ),
+    ] = False,
 ) -> None:
-    """Extract penultimate features (the head's input) of checkpoints into HDF5 feature stores."""
+    """Extract penultimate features (the head's input) of checkpoints into HDF5 feature stores.
+
+    Under torchrun (torchrun --nproc-per-node P -m ncinspect extract ...) each process takes
+    its share of the data and writes NAME.shard-RRRRR-of-PPPPP.h5; report reads the set as one.
+    """
 
     def body() -> None:
         from ncinspect.extract import (
@@ -583,14 +632,20 @@ def extract(
             data_args=parse_assignments(data_arg, "--data-arg"),
             code_paths=tuple(code_path or ()),
             run=run,
+            stats_only=stats_only,
+            drop_nonfinite=drop_nonfinite,
         )
         outcomes = run_extract(config, None if quiet else StderrProgress())
         for o in outcomes:
+            if o.rank != 0:
+                continue  # process 0 speaks for a distributed job
             if o.status == "skipped":
                 note = "skipped (exists; --overwrite replaces it)"
             else:
                 note = f"{o.n} rows in {o.seconds:.1f} s"
-            print(f"{o.store}  {note}")
+            if o.shards > 1:
+                note += f" ({o.shards} shards)"
+            print(f"{o.name}  {note}")
 
     guarded(body)
 
@@ -667,6 +722,14 @@ UfmMaxIter = Annotated[int, typer.Option("--max-iter", help="L-BFGS iteration ca
 UfmFormatOpt = Annotated[UfmFormat, typer.Option("--format", "-f", help="Output format.")]
 WidthOpt = Annotated[int | None, typer.Option(help="Table width in characters.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Do not print warnings.")]
+UfmPlotOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        help="Also draw the sweep into FILE (.png, .svg or .pdf; needs the plot extra).",
+        dir_okay=False,
+    ),
+]
 
 
 def _emit_ufm(reports: list[dict], format: UfmFormat, width: int | None, quiet: bool) -> None:
@@ -709,6 +772,7 @@ def ufm_classify(
     format: UfmFormatOpt = UfmFormat.table,
     width: WidthOpt = None,
     quiet: QuietOpt = False,
+    plot: UfmPlotOpt = None,
 ) -> None:
     """Balanced classification UFM (CE or label smoothing): closed form vs. L-BFGS."""
 
@@ -716,6 +780,7 @@ def ufm_classify(
         from ncinspect import ufm
 
         alphas = ufm.parse_float_list(alpha, "--alpha")
+        _check_ufm_plot(plot)
         reports = ufm.sweep_classify(
             classes,
             per_class,
@@ -729,8 +794,23 @@ def ufm_classify(
             max_iter=max_iter,
         )
         _emit_ufm(reports, format, width, quiet)
+        _draw_ufm_plot(reports, plot)
 
     guarded(body)
+
+
+def _check_ufm_plot(plot: Path | None) -> None:
+    if plot is not None:
+        from ncinspect.plots import check_plot_file
+
+        check_plot_file(plot)
+
+
+def _draw_ufm_plot(reports: list[dict], plot: Path | None) -> None:
+    if plot is not None:
+        from ncinspect.plots import plot_ufm_sweep
+
+        print(f"wrote {plot_ufm_sweep(reports, plot)}", file=sys.stderr)
 
 
 @ufm_app.command("regress")
@@ -764,6 +844,7 @@ def ufm_regress(
     format: UfmFormatOpt = UfmFormat.table,
     width: WidthOpt = None,
     quiet: QuietOpt = False,
+    plot: UfmPlotOpt = None,
 ) -> None:
     """Regression UFM (Andriopoulos et al. 2024, Thm 4.1): closed form vs. L-BFGS."""
 
@@ -772,6 +853,7 @@ def ufm_regress(
 
         if (targets_cov is None) == (targets is None):
             raise UsageError("give exactly one of --targets-cov MATRIX or --targets FILE")
+        _check_ufm_plot(plot)
         pairs = ufm.zip_lambdas(
             ufm.parse_float_list(lambda_h, "--lambda-h"),
             ufm.parse_float_list(lambda_w, "--lambda-w"),
@@ -782,6 +864,7 @@ def ufm_regress(
             sigma, pairs, targets=y, d=dim, n=samples, seed=seed, tol=tol, max_iter=max_iter
         )
         _emit_ufm(reports, format, width, quiet)
+        _draw_ufm_plot(reports, plot)
 
     guarded(body)
 

@@ -275,3 +275,140 @@ def plot_matched(
     return save_figure(
         build_matched_figure(comparison), out_dir, f"matched_{comparison.at}", formats
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# UFM sweeps (`ncinspect ufm classify|regress ... --plot FILE`): closed form as lines, the
+# numerical L-BFGS solution as markers on the same axes.
+
+UFM_CLASSIFY_PANELS = (
+    ("margin", "logit margin log(p/q)"),
+    ("w_norm_sq", "||w_k||^2"),
+    ("h_norm_sq", "||h_i||^2"),
+    ("condition_number", "CE Hessian condition number K p"),
+    ("q", "wrong-class probability q"),
+)
+UFM_REGRESS_METRICS = ("nrc1", "nrc2", "nrc3")
+
+
+def check_plot_file(path: str | Path) -> Path:
+    """The --plot FILE, validated before any work: a .png/.svg/.pdf name in an existing
+    directory, and matplotlib importable. UsageError / OutputError otherwise (one line)."""
+    p = Path(path)
+    fmt = p.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UsageError(
+            f"--plot: found '{p.name}'; expected a file name ending in "
+            f"{', '.join('.' + f for f in FORMATS)}"
+        )
+    if p.is_dir():
+        raise OutputError("plot output path is a directory, expected a file name", path=p)
+    if not p.parent.is_dir():
+        raise OutputError("the plot's directory does not exist", path=p.parent)
+    _figure()  # the optional extra is present (else: the one-line install hint)
+    return p
+
+
+def build_ufm_classify_figure(reports: Sequence[dict[str, Any]]) -> Figure:
+    """Margin, ||w||^2, ||h||^2, the condition number and q against alpha (label smoothing) for
+    a `ufm.sweep_classify` result: the closed form as a line, the solver as markers; alpha = 0
+    (cross-entropy) is marked "CE"."""
+    if not reports:
+        raise UsageError("no UFM reports to plot")
+    alphas = np.array([r["params"]["alpha"] for r in reports], dtype=float)
+    order = np.argsort(alphas, kind="stable")
+    alphas = alphas[order]
+    reports = [reports[i] for i in order]
+    fig = _figure(figsize=_size(len(UFM_CLASSIFY_PANELS)), dpi=_DPI, layout="constrained")
+    axes = _panel_grid(fig, len(UFM_CLASSIFY_PANELS))
+    for ax, (key, title) in zip(axes, UFM_CLASSIFY_PANELS, strict=True):
+        closed = np.array([r["closed_form"][key] for r in reports], dtype=float)
+        ax.plot(alphas, closed, marker=".", label="closed form")
+        if all("numerical" in r for r in reports):
+            solved = np.array([r["numerical"][key] for r in reports], dtype=float)
+            ax.plot(alphas, solved, linestyle="none", marker="x", markersize=8, label="L-BFGS")
+        if alphas.size and alphas[0] == 0:
+            ax.annotate("CE", (alphas[0], closed[0]), textcoords="offset points", xytext=(4, 4))
+        ax.set_title(title)
+        ax.set_xlabel("label smoothing alpha (0 = CE)")
+        ax.grid(True, alpha=0.3)
+    p = reports[0]["params"]
+    fig.suptitle(
+        f"classification UFM vs label smoothing: K={p['k']} n={p['n']} "
+        f"lambda_W={p['lambda_w']:g} lambda_H={p['lambda_h']:g}"
+    )
+    _legend(fig, axes)
+    return fig
+
+
+def build_ufm_regress_figure(reports: Sequence[dict[str, Any]]) -> Figure:
+    """For a `ufm.sweep_regress` result, against c = lambda_H lambda_W: the eigenvalues of
+    W W^T, its entries (upper triangle), and the NRC metrics of the numerical solution (when
+    solved). Closed form as lines, solver as markers; dotted verticals at Sigma's eigenvalues
+    (where the regime changes)."""
+    if not reports:
+        raise UsageError("no UFM reports to plot")
+    cs = np.array([r["params"]["lambda_h"] * r["params"]["lambda_w"] for r in reports])
+    order = np.argsort(cs, kind="stable")
+    cs = cs[order]
+    reports = [reports[i] for i in order]
+    solved = all("numerical" in r for r in reports)
+    n_panels = 3 if solved else 2
+    fig = _figure(figsize=_size(n_panels), dpi=_DPI, layout="constrained")
+    axes = _panel_grid(fig, n_panels)
+    t = int(reports[0]["params"]["t"])
+    upper = [(i, j) for i in range(t) for j in range(i, t)]
+    closed_eigs = np.array([_wwt_eigs(r["closed_form"]["wwt"], t) for r in reports])
+    closed_wwt = [_wwt(r["closed_form"]["wwt"], t) for r in reports]
+    for j in range(t):
+        (line,) = axes[0].plot(cs, closed_eigs[:, j], marker=".", label=f"eigenvalue {j + 1}")
+        if solved:
+            num = [_wwt_eigs(r["numerical"]["wwt"], t)[j] for r in reports]
+            axes[0].plot(cs, num, linestyle="none", marker="x", color=line.get_color())
+    for i, j in upper:
+        entry = np.array([m[i, j] for m in closed_wwt])
+        (line,) = axes[1].plot(cs, entry, marker=".", label=f"(W W^T)[{i + 1},{j + 1}]")
+        if solved:
+            num = [np.asarray(r["numerical"]["wwt"])[i, j] for r in reports]
+            axes[1].plot(cs, num, linestyle="none", marker="x", color=line.get_color())
+    if solved:
+        for key in UFM_REGRESS_METRICS:
+            values = [r["numerical"]["metrics"].get(key, math.nan) for r in reports]
+            axes[2].plot(cs, values, marker="o", label=key)
+        axes[2].set_title("NRC metrics of the L-BFGS solution")
+    lam = np.asarray(reports[0]["closed_form"]["eigenvalues"], dtype=float)
+    log_x = cs.size > 1 and cs.min() > 0 and wants_log([cs])
+    for ax in axes:
+        for value in lam:
+            ax.axvline(value, color="grey", linestyle=":", linewidth=0.8)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel("c = lambda_H lambda_W")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_title("eigenvalues of W W^T (x: L-BFGS)")
+    axes[1].set_title("entries of W W^T (x: L-BFGS)")
+    fig.suptitle(
+        f"regression UFM against c, T={t} (dotted: eigenvalues of Sigma; NRC3 at gamma = c)"
+    )
+    return fig
+
+
+def _wwt(value: Any, t: int) -> np.ndarray:
+    """W W^T as a (T, T) array; NaN where the closed form leaves it undefined (no penalty)."""
+    return np.full((t, t), math.nan) if value is None else np.asarray(value, dtype=float)
+
+
+def _wwt_eigs(value: Any, t: int) -> np.ndarray:
+    m = _wwt(value, t)
+    return m[0, :] if np.isnan(m).any() else np.sort(np.linalg.eigvalsh(m))[::-1]
+
+
+def plot_ufm_sweep(reports: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Draw a classify or regress sweep (see the two builders) into FILE (.png/.svg/.pdf),
+    atomically; returns the path written."""
+    p = check_plot_file(path)
+    is_classify = "k" in reports[0]["params"] if reports else True
+    fig = build_ufm_classify_figure(reports) if is_classify else build_ufm_regress_figure(reports)
+    (written,) = save_figure(fig, p.parent, p.name[: -len(p.suffix)], [p.suffix.lower()[1:]])
+    return written

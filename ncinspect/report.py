@@ -99,7 +99,8 @@ def print_tables(
     width: int | None = None,
     color: bool | None = None,
 ) -> None:
-    _print_rich(build_tables(results, selected), file=file, width=width, color=color)
+    tables = build_tables(results, selected) + [g.table() for g in ufm_grids(results)]
+    _print_rich(tables, file=file, width=width, color=color)
 
 
 def _print_rich(
@@ -182,6 +183,7 @@ def to_markdown(results: Sequence[Result], selected: Sequence[str] | None = None
         arrows = ", ".join(f"{METRICS[k].header} = `{k}` ({METRICS[k].better})" for k in keys)
         lines += ["", f"Keys (direction of collapse): {arrows}."]
         parts.append("\n".join(lines))
+    parts += [g.markdown() for g in ufm_grids(results)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -227,7 +229,7 @@ class Grid:
         lines.append(
             "|" + "|".join("---:" if i >= self.numeric_from else "---" for i in range(n)) + "|"
         )
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows]
         if self.caption:
             lines += ["", self.caption.replace("\n", "  \n")]
         return "\n".join(lines)
@@ -304,7 +306,7 @@ def runs_grids(table: RunsTable) -> list[Grid]:
                 ]
             )
         grids.append(grid)
-    return grids
+    return grids + ufm_grids([row.final for row in table.rows])
 
 
 def runs_csv(table: RunsTable) -> str:
@@ -355,7 +357,7 @@ def trajectory_grids(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) ->
                 ]
             )
         grids.append(grid)
-    return grids
+    return grids + ufm_trajectory_grids(runs)
 
 
 def trajectory_json(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> str:
@@ -368,7 +370,12 @@ def trajectory_json(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> 
                 "run": run.name,
                 "task": run.task,
                 "labels": jsonable(run.labels),
-                "trajectory": trajectory(run, keys_by_task[run.task]),
+                "trajectory": [
+                    {**entry, **({"ufm": jsonable(r.ufm)} if r.ufm is not None else {})}
+                    for entry, r in zip(
+                        trajectory(run, keys_by_task[run.task]), run.results, strict=True
+                    )
+                ],
             }
             for run in runs
         ],
@@ -451,3 +458,54 @@ def print_ufm(reports: Sequence[dict[str, Any]], width: int | None = None) -> No
             table.add_row(label, closed, numerical)
         tables.append(table)
     _print_rich(tables, file=None, width=width, color=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distance to the UFM optimum (Result.ufm, computed by ncinspect.ufm.ufm_distance)
+
+
+def ufm_grids(results: Sequence[Result]) -> list[Grid]:
+    """One 'quantity | UFM optimum | measured | measured / UFM' grid per result with a UFM block;
+    the caveat under the last one."""
+    from ncinspect.ufm import UFM_CAVEAT, distance_caption, distance_rows, distance_title
+
+    grids = []
+    for r in results:
+        if r.ufm is None:
+            continue
+        grid = Grid(
+            distance_title(r, r.ufm),
+            ["quantity", "UFM optimum", "measured", "measured / UFM"],
+            numeric_from=1,
+            caption=distance_caption(r.ufm),
+        )
+        grid.rows = [list(row) for row in distance_rows(r.ufm)]
+        grids.append(grid)
+    if grids:
+        grids[-1].caption += f"\ncaveat: {UFM_CAVEAT}"
+    return grids
+
+
+def ufm_trajectory_grids(runs: Sequence[Run]) -> list[Grid]:
+    """Per run with UFM blocks: the optimum, then each checkpoint's measured values."""
+    from ncinspect.runs import label_text
+    from ncinspect.ufm import UFM_CAVEAT, distance_caption, distance_trajectory
+
+    grids = []
+    for run in runs:
+        blocks = [
+            ("-" if r.epoch is None else str(r.epoch), _labels(r)[1], r.ufm)
+            for r in run.results
+            if r.ufm is not None
+        ]
+        if not blocks:
+            continue
+        headers, rows = distance_trajectory(run.task, blocks)
+        labels = label_text(run.labels)
+        title = f"{run.name}" + (f" ({labels})" if labels else "") + ": distance to the UFM optimum"
+        grid = Grid(title, headers, numeric_from=2, caption=distance_caption(blocks[-1][2]))
+        grid.rows = rows
+        grids.append(grid)
+    if grids:
+        grids[-1].caption += f"\ncaveat: {UFM_CAVEAT}"
+    return grids

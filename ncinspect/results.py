@@ -49,9 +49,12 @@ class Result:
     split: str | None = None
     # Not serialized: arrays later stages need (e.g. the run-level NRC3 gamma protocol).
     extras: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Distance to the UFM optimum (`ncinspect.ufm.ufm_distance`); None when the regularization
+    # is unknown. Serialized as "ufm" only when present.
+    ufm: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "source": self.source,
             "run": self.run,
             "checkpoint": self.checkpoint,
@@ -66,6 +69,9 @@ class Result:
             "info": jsonable(self.info),
             "warnings": list(self.warnings),
         }
+        if self.ufm is not None:
+            record["ufm"] = jsonable(self.ufm)
+        return record
 
 
 def json_number(value: float | None) -> float | None:

@@ -238,3 +238,85 @@ def test_run_label() -> None:
     run = Run("r", "classification", [], labels={"label": "my run", "weight_decay": 5e-4})
     assert run_label(run) == "r (my run, WD 0.0005)"
     assert run_label(Run("r", "classification", [])) == "r"
+
+
+# ---------------------------------------------------------------------------------------------
+# UFM sweeps: the plotted data are the closed forms (lines) and the solver's values (markers)
+
+
+def test_ufm_classify_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
+    from ncinspect import ufm
+    from ncinspect.plots import UFM_CLASSIFY_PANELS, build_ufm_classify_figure, plot_ufm_sweep
+
+    alphas = [0.2, 0.0, 0.05, 0.1]  # unsorted on purpose: the x axis must come out sorted
+    reports = ufm.sweep_classify(4, 5, 0.01, 0.01, alphas, d=None)
+    fig = build_ufm_classify_figure(reports)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == len(UFM_CLASSIFY_PANELS)
+    for ax, (key, _) in zip(axes, UFM_CLASSIFY_PANELS, strict=True):
+        (line,) = ax.get_lines()  # closed form only: no solver markers
+        x, y = line.get_data()
+        np.testing.assert_allclose(x, sorted(alphas))
+        expected = [getattr(ufm.classify_closed_form(4, 5, 0.01, 0.01, a), key) for a in x]
+        np.testing.assert_allclose(y, expected, rtol=1e-15)
+    margin = axes[0].get_lines()[0].get_ydata()
+    np.testing.assert_allclose(margin[[0, 2]], [3.7310, 2.8967], atol=1e-4)  # spec values
+    assert axes[0].texts[0].get_text() == "CE"
+
+    solved = ufm.sweep_classify(3, 2, 0.02, 0.02, [0.0, 0.1], d=3)
+    fig = build_ufm_classify_figure(solved)
+    closed, markers = fig.axes[0].get_lines()
+    assert markers.get_label() == "L-BFGS"
+    np.testing.assert_allclose(markers.get_ydata(), closed.get_ydata(), rtol=1e-6)
+    np.testing.assert_allclose(markers.get_ydata(), [r["numerical"]["margin"] for r in solved])
+
+    written = plot_ufm_sweep(reports, tmp_path / "sweep.svg")
+    assert written == tmp_path / "sweep.svg"
+    assert "label smoothing alpha" in written.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.svg"]  # no partial file left
+    _check_png(plot_ufm_sweep(reports, tmp_path / "sweep.png"))
+
+
+def test_ufm_regress_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
+    from ncinspect import ufm
+    from ncinspect.plots import build_ufm_regress_figure, plot_ufm_sweep
+
+    sigma = np.diag([4.0, 1.0])
+    pairs = [(0.1, 0.1), (0.2, 0.05), (1.0, 2.0), (3.0, 3.0)]  # c = 0.01, 0.01, 2, 9
+    reports = ufm.sweep_regress(sigma, pairs, d=None)
+    fig = build_ufm_regress_figure(reports)
+    eig_ax, entry_ax = (ax for ax in fig.axes if ax.get_visible())
+    curves = [line for line in eig_ax.get_lines() if line.get_label().startswith("eigenvalue")]
+    first, second = (line.get_ydata() for line in curves)
+    # Spec check values: diag(1.9, 0.9) at lambda = 0.1 and diag(3.8, 1.8) at (0.2, 0.05);
+    # c = 2: only lambda = 4 survives, sqrt(1/2)(2 - sqrt 2); c = 9 > lambda_max: W = 0.
+    np.testing.assert_allclose(first, [1.9, 3.8, math.sqrt(0.5) * (2 - math.sqrt(2)), 0.0])
+    np.testing.assert_allclose(second, [0.9, 1.8, 0.0, 0.0], atol=1e-15)
+    np.testing.assert_allclose(curves[0].get_xdata(), [0.01, 0.01, 2.0, 9.0])
+    entries = {line.get_label(): line.get_ydata() for line in entry_ax.get_lines()}
+    np.testing.assert_allclose(entries["(W W^T)[1,2]"], 0.0, atol=1e-15)
+    verticals = [line.get_xdata()[0] for line in eig_ax.get_lines() if line.get_linestyle() == ":"]
+    assert sorted(verticals) == [1.0, 4.0]
+
+    solved = ufm.sweep_regress(sigma, [(0.1, 0.1), (0.5, 0.5)], d=4, n=40)
+    fig = build_ufm_regress_figure(solved)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 3
+    lines = axes[0].get_lines()
+    closed, markers = lines[0], lines[1]
+    np.testing.assert_allclose(markers.get_ydata(), closed.get_ydata(), rtol=1e-6)
+    nrc = {line.get_label(): line.get_ydata() for line in axes[2].get_lines()}
+    assert set(nrc) >= {"nrc1", "nrc2", "nrc3"} and max(nrc["nrc2"]) < 1e-6
+    assert plot_ufm_sweep(reports, tmp_path / "reg.pdf").stat().st_size > 0
+
+
+def test_ufm_plot_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ncinspect.plots import check_plot_file
+
+    with pytest.raises(UsageError, match=r"--plot: found 'a.jpg'; expected a file name ending"):
+        check_plot_file(tmp_path / "a.jpg")
+    with pytest.raises(OutputError, match="directory does not exist"):
+        check_plot_file(tmp_path / "missing" / "a.png")
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(UsageError, match=r"pip install 'ncinspect\[plot\]'"):
+        check_plot_file(tmp_path / "a.png")
