@@ -33,6 +33,7 @@ import numpy as np
 
 from ncinspect.checkpoint import call_factory, import_object, is_file_spec, sniff, split_spec
 from ncinspect.errors import DataError, reading
+from ncinspect.npzheaders import npy_headers
 
 if TYPE_CHECKING:
     import torch
@@ -182,24 +183,15 @@ def _npz_members(path: Path) -> dict[str, LazyArray]:
     out: dict[str, LazyArray] = {}
     try:
         with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
-            for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
-                key = info.filename[: -len(".npy")]
-                with zf.open(info) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                    else:
-                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-                    header = fh.tell()
+            for member in npy_headers(zf):
+                info, key, shape, dtype = member.info, member.key, member.shape, member.dtype
+                fortran, header = member.fortran, member.header_bytes
                 if dtype.hasobject:
                     raise DataError(
                         f"array '{key}' has dtype object; ncinspect reads numeric arrays only "
                         "(object arrays need unpickling)",
                         path=path,
                     )
-                shape = tuple(int(s) for s in shape)
                 _check_claim(path, key, shape, dtype, info.file_size - header)
                 if info.compress_type == zipfile.ZIP_STORED:
                     raw.seek(info.header_offset)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ncinspect.errors import DumpError, reading
+from ncinspect.npzheaders import npy_headers
 from ncinspect.sources import ArraySource, Head, check_label_range, validate_arrays
 
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -62,23 +63,11 @@ def _check_npz_claims(path: str) -> None:
     """Refuse a member whose .npy header claims more bytes than the archive holds for it, before
     anything of that size is allocated (a truncated or crafted header)."""
     with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
-            with zf.open(info) as fh:
-                version = np.lib.format.read_magic(fh)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-                else:
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-                header = fh.tell()
-            claimed = int(dtype.itemsize)
-            for extent in shape:
-                claimed *= int(extent)
-            if claimed > info.file_size - header:
+        for member in npy_headers(zf):
+            if member.claimed > member.available:
                 raise DumpError(
-                    f"array '{info.filename[:-4]}' claims shape {tuple(shape)} of {dtype} "
-                    f"({claimed} bytes) but the archive holds {info.file_size - header} bytes "
+                    f"array '{member.key}' claims shape {member.shape} of {member.dtype} "
+                    f"({member.claimed} bytes) but the archive holds {member.available} bytes "
                     "for it (truncated or damaged)",
                     path=path,
                 )
