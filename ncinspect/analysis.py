@@ -16,6 +16,7 @@ import numpy as np
 
 from ncinspect.collapse import classification_extras, classification_metrics
 from ncinspect.errors import InputError
+from ncinspect.parallel import map_parts, merged, release_scratch
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource
 from ncinspect.stats import ClassMoments, ClassScatter, ClassSums, plan_scatter
@@ -59,7 +60,7 @@ class _Rows:
             if not check:
                 yield batch
                 continue
-            finite = np.isfinite(x).all(axis=1)
+            finite = np.concatenate(map_parts(lambda xs: np.isfinite(xs).all(axis=1), x))
             if finite.all():
                 yield batch
                 continue
@@ -120,9 +121,11 @@ def classification_statistics(
     k = source.head.width
     sums = ClassSums.empty(k, source.d)
     for batch in rows:
-        assert batch.labels is not None
-        if batch.features.shape[0]:
-            sums = sums.merge(ClassSums.from_batch(batch.features, batch.labels, k))
+        x, y = batch.features, batch.labels
+        assert y is not None
+        if x.shape[0]:
+            parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
+            sums = sums.merge(merged(parts, ClassSums.merge))
     if combine is not None:
         sums = combine(sums)
     if sums.n == 0:
@@ -131,15 +134,23 @@ def classification_statistics(
     plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route)
     scatter = ClassScatter.empty(plan)
     for batch in rows:
-        assert batch.labels is not None
-        if batch.features.shape[0]:
-            scatter = scatter.merge(ClassScatter.from_batch(plan, batch.features, batch.labels))
+        x, y = batch.features, batch.labels
+        assert y is not None
+        if x.shape[0]:
+            scattered = map_parts(lambda xs, ys: ClassScatter.from_batch(plan, xs, ys), x, y)
+            scatter = scatter.merge(merged(scattered, ClassScatter.merge))
     return sums, scatter, rows.dropped
 
 
 def analyze_source(source: FeatureSource, options: AnalysisOptions | None = None) -> Result:
     """Compute every metric of the source's task and return one result record."""
-    options = options or AnalysisOptions()
+    try:
+        return _analyze_source(source, options or AnalysisOptions())
+    finally:
+        release_scratch()  # the passes' per-thread temporaries
+
+
+def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
     _check_finite_head(source)
     extras: dict[str, Any] = {}
     if source.statistics is not None:  # saved by extract --stats-only: no rows to read

@@ -32,6 +32,7 @@ from scipy.optimize import minimize_scalar
 
 from ncinspect.errors import InputError, UsageError
 from ncinspect.keys import REGRESSION_KEYS
+from ncinspect.parallel import map_parts, merged
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource, Head
 from ncinspect.stats import RegressionCentred, RegressionMoments, UnitProjections, sub_blocks
@@ -576,9 +577,9 @@ def regression_statistics(
     t, d = weight.shape
     moments = RegressionMoments.empty(d, t)
     bad = {"targets": 0, "outputs": 0}
-    scratch: np.ndarray | None = None  # one (B, D) float64 buffer for every block's centring
     for batch in rows:
-        if not batch.features.shape[0]:
+        x = batch.features
+        if not x.shape[0]:
             continue
         assert batch.targets is not None
         targets = np.asarray(batch.targets, dtype=np.float64).reshape(-1, t)
@@ -586,12 +587,13 @@ def regression_statistics(
         bad["targets"] += _count_nonfinite(targets)
         if source.has_outputs:
             bad["outputs"] += _count_nonfinite(pred)
-        if scratch is None or scratch.size < batch.features.size:
-            scratch = np.empty(batch.features.size, dtype=np.float64)
-        part = RegressionMoments.from_batch(
-            batch.features, targets, pred, unit_rows=False, scratch=scratch
+        parts = map_parts(
+            lambda xs, ys, ps: RegressionMoments.from_batch(xs, ys, ps, unit_rows=False),
+            x,
+            targets,
+            pred,
         )
-        moments = moments.merge(part)
+        moments = moments.merge(merged(parts, RegressionMoments.merge))
     problems = [
         f"'{name}' has {count} row(s) with NaN or Inf" for name, count in bad.items() if count
     ]
@@ -607,13 +609,14 @@ def regression_statistics(
     spaces = Subspaces.of(moments, weight)
     basis = spaces.joint_basis()
     uncentred = centred = UnitProjections.empty(basis)
+    mu_g = moments.feature_mean
     for batch in rows:
-        if batch.features.shape[0]:
-            plain, about_mean = UnitProjections.pair_from_batch(
-                batch.features, basis, moments.feature_mean
-            )
-            uncentred = uncentred.merge(plain)
-            centred = centred.merge(about_mean)
+        x = batch.features
+        if x.shape[0]:
+            pairs = map_parts(lambda xs: UnitProjections.pair_from_batch(xs, basis, mu_g), x)
+            for plain, about_mean in pairs:
+                uncentred = uncentred.merge(plain)
+                centred = centred.merge(about_mean)
     return moments, uncentred, centred
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ncinspect.parallel import scratch as thread_scratch
+
 # Unit roundoffs (half the machine epsilon) behind the float32 error bounds below.
 UNIT32 = float(np.finfo(np.float32).eps) / 2
 UNIT64 = float(np.finfo(np.float64).eps) / 2
@@ -81,9 +83,15 @@ def sub_blocks(
 
 
 def _deviations(x: np.ndarray, labels: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """(B, D) float64 rows minus the mean of their class: h_i - mu_{y_i}."""
-    dev = np.array(x, dtype=np.float64)
-    dev -= means[labels]
+    """(B, D) float64 rows minus the mean of their class: h_i - mu_{y_i}.
+
+    In this thread's scratch arrays ("dev", "dev_means"): valid until the next call.
+    """
+    dev = thread_scratch("dev", x.shape)
+    np.copyto(dev, x)
+    gathered = thread_scratch("dev_means", x.shape)
+    np.take(means, labels, axis=0, out=gathered, mode="clip")  # labels < K
+    dev -= gathered
     return dev
 
 
@@ -228,7 +236,9 @@ class ClassSums:
         for sl in sub_blocks(x.shape[0], x.shape[1]):  # few classes: a (K, rows) one-hot GEMM
             one_hot = np.zeros((k, sl.stop - sl.start), dtype=np.float64)
             one_hot[y[sl], np.arange(sl.stop - sl.start)] = 1.0
-            sums += one_hot @ np.asarray(x[sl], dtype=np.float64)
+            rows = thread_scratch("rows64", (sl.stop - sl.start, x.shape[1]))
+            np.copyto(rows, x[sl])
+            sums += one_hot @ rows
         return cls(counts=counts, sums=sums)
 
     @property
@@ -272,7 +282,9 @@ class ScatterPlan:
     def __post_init__(self) -> None:
         centre = np.zeros(self.means.shape[1]) if self.centre is None else self.centre
         self.ncc = _NearestMean.build(self.means, self.present, centre, self.basis)
-        self.logits = _Logits.build(self.weight, self.bias, self.means)
+        self.logits = _Logits.build(
+            self.weight, self.bias, self.means, table=self.basis is not None
+        )
         # what pass 2 multiplies the deviations by: Mc; the logits come from that projection
         # through the span (`_Logits.with_span`), or, with _SPAN_LOGITS off, from W stacked
         # under Mc when few classes
@@ -376,7 +388,7 @@ class _Logits:
     bias: np.ndarray  # (K,) float64
     weight32: np.ndarray  # float32 (float64 if that could overflow)
     bias32: np.ndarray
-    table: np.ndarray  # (K, K): mu_k . w_j + b_j
+    table: np.ndarray | None  # (K, K): mu_k . w_j + b_j; class-span route only (else None)
     wmax: float  # largest ||w_k||
     bmax: float  # largest |b_k|
     coef: np.ndarray | None = None  # (K, r) A with W = A Mc + R (`with_span`); None: no span route
@@ -384,7 +396,11 @@ class _Logits:
     resid: float = 0.0  # bound on the largest ||r_k|| (exact residual rows)
 
     @classmethod
-    def build(cls, weight: np.ndarray, bias: np.ndarray, means: np.ndarray) -> _Logits:
+    def build(
+        cls, weight: np.ndarray, bias: np.ndarray, means: np.ndarray, table: bool = True
+    ) -> _Logits:
+        """table=False: no (K, K) table (the D x D route scores the features themselves; the
+        K x K x D product would cost as much as a pass at K = 1,000)."""
         wmax = float(np.max(_row_norms(weight), initial=0.0))
         bmax = float(np.max(np.abs(bias), initial=0.0))
         fits = _float32_safe(wmax, bmax)
@@ -393,7 +409,7 @@ class _Logits:
             bias=bias,
             weight32=weight.astype(np.float32) if fits else weight,
             bias32=bias.astype(np.float32) if fits else bias,
-            table=means @ weight.T + bias,
+            table=means @ weight.T + bias if table else None,
             wmax=wmax,
             bmax=bmax,
         )
@@ -445,7 +461,7 @@ class _Logits:
         residual adds resid dn; the table one product bound plus b's rounding; the final add one
         rounding of the sum's magnitude.
         """
-        assert self.coef is not None
+        assert self.coef is not None and self.table is not None
         d = self.weight.shape[1]
         r = self.coef.shape[1]
         pred = np.zeros(z.shape[0], dtype=np.int64)
@@ -453,8 +469,16 @@ class _Logits:
         for sl in _row_blocks(z.shape[0], self.weight.shape[0]):
             y = labels[sl]
             with np.errstate(all="ignore"):
-                scores = z[sl] @ self.coef.T
-                scores += self.table[y]
+                scores = np.matmul(
+                    z[sl], self.coef.T, out=thread_scratch("scores", (y.size, self.coef.shape[0]))
+                )
+                scores += np.take(
+                    self.table,
+                    y,
+                    axis=0,
+                    out=thread_scratch("table_rows", scores.shape),
+                    mode="clip",
+                )
                 dn = dev_norm[sl] * (1.0 + 2.0 * dot_error_bound(d, UNIT64))
                 mscale = xnorm[sl] * self.wmax  # >= ||mu_y|| max ||w_k||
                 error = (unit_terms * self.coef_scale + self.resid) * dn
@@ -496,7 +520,11 @@ class _Logits:
         fast = self.weight32.dtype == np.float32 and _float32_safe(xnorm)
         for sl in _row_blocks(x.shape[0], self.weight.shape[0]):
             if fast:
-                scores = x[sl].astype(np.float32, copy=False) @ self.weight32.T
+                x32 = x[sl].astype(np.float32, copy=False)
+                shape = (x32.shape[0], self.weight32.shape[0])
+                scores = np.matmul(
+                    x32, self.weight32.T, out=thread_scratch("scores32", shape, np.float32)
+                )
                 scores += self.bias32
                 scale = xnorm[sl] * self.wmax
                 error = dot_error_bound(d, UNIT32) * scale
@@ -521,9 +549,17 @@ class _Logits:
         labels (B,); ||h_i - mu_{y_i}|| + ||mu_{y_i}|| <= xnorm (B,); rows(i): feature rows i.
         """
         d = self.weight.shape[1]
+        assert self.table is not None
         pred = np.zeros(dw.shape[0], dtype=np.int64)
         for sl in _row_blocks(dw.shape[0], self.weight.shape[0]):
-            scores = dw[sl] + self.table[labels[sl]]
+            scores = np.take(
+                self.table,
+                labels[sl],
+                axis=0,
+                out=thread_scratch("scores", dw[sl].shape),
+                mode="clip",
+            )
+            scores += dw[sl]
             scale = xnorm[sl] * self.wmax
             # dw and the table each err by one product bound (plus b's rounding); then one add
             error = dot_error_bound(d, UNIT64) * scale + 2.0 * UNIT64 * (scale + self.bmax)
@@ -626,7 +662,10 @@ class _NearestMean:
             xnorm = dev_norm[sl] + self.mean_norms[y]  # >= ||h_i||
             # z and the table each err by one float64 product bound; adding them, one rounding
             error = (dot_error_bound(d, UNIT64) + UNIT64) * xnorm * self.cmax
-            scores = z[sl] + self.table[y]
+            scores = np.take(
+                self.table, y, axis=0, out=thread_scratch("scores", z[sl].shape), mode="clip"
+            )
+            scores += z[sl]
             scores *= 2.0
             scores -= self.sq
             slack = self._slack(xnorm, error, UNIT64)
@@ -643,7 +682,11 @@ class _NearestMean:
         for sl in _row_blocks(x.shape[0], self.index.size):
             if fast:
                 assert self.twice32 is not None
-                scores = x[sl].astype(np.float32, copy=False) @ self.twice32.T
+                x32 = x[sl].astype(np.float32, copy=False)
+                shape = (x32.shape[0], self.twice32.shape[0])
+                scores = np.matmul(
+                    x32, self.twice32.T, out=thread_scratch("scores32", shape, np.float32)
+                )
                 scores -= self.sq32
                 # c_j was rounded twice (to float64, then float32): the u64 term
                 error = (dot_error_bound(d, UNIT32) + UNIT64) * xnorm[sl] * self.cmax
@@ -692,7 +735,9 @@ class ClassScatter:
         out = cls.empty(plan)
         n, d = x.shape
         dev_sq = np.empty(n)
-        proj = None if plan.projector is None else np.empty((n, plan.projector.shape[0]))
+        proj = (
+            None if plan.projector is None else thread_scratch("proj", (n, plan.projector.shape[0]))
+        )
         # the D x D route adds a D x D product per sub-block: at least D rows amortize it
         for sl in sub_blocks(n, d, min_rows=d if proj is None else 1):
             dev = _deviations(x[sl], y[sl], plan.means)
@@ -772,7 +817,7 @@ def _mean_and_scatter(
     if n == 0:
         return np.zeros(d, dtype=np.float64), np.zeros((d, d), dtype=np.float64)
     if scratch is None:
-        dev = np.empty((n, d), dtype=np.float64)
+        dev = thread_scratch("centred", (n, d))
     else:
         dev = scratch.reshape(-1)[: n * d].reshape(n, d)
     # the mean straight from the stored rows (summed in float64, as dev.mean would), then each
@@ -1032,7 +1077,8 @@ class UnitProjections:
         # extreme rows may overflow here; `_normalized` redoes them by the scaled route
         with np.errstate(over="ignore", invalid="ignore"):
             for sl in sub_blocks(n, d, nbytes=1 << 20):
-                rows = np.array(x[sl], dtype=np.float64)
+                rows = thread_scratch("unit_rows", (sl.stop - sl.start, d))
+                np.copyto(rows, x[sl])
                 sq[0, sl] = _row_dots(rows, rows)
                 np.matmul(rows, basis, out=proj[0, sl])
                 if centre is not None:
