@@ -18,7 +18,9 @@ overlaps the next batch's forward pass. Features are stored float32.
 `stats_only` (`--stats-only`): no rows are stored. The data is run through the model twice, each
 time as a `FeatureSource` whose batches are the forward pass's float32 features (exactly what a
 feature store would hold), and the report's own two statistics passes consume it
-(`statsets.gather_statistics`); the store keeps those statistics and the head.
+(`statsets.gather_statistics`); the store keeps those statistics and the head. On a device with
+float64 (CUDA) the same statistics are accumulated there instead (`devicestats`): the features
+never leave the device.
 
 Distributed (`torchrun --nproc-per-node P -m ncinspect extract ...`: RANK, WORLD_SIZE, LOCAL_RANK
 in the environment, P > 1): a gloo process group carries the few small host-side messages
@@ -86,6 +88,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from ncinspect.devicestats import DeviceBatch
     from ncinspect.store import StoreWriter
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -1225,7 +1228,14 @@ def _run_batches(
         from ncinspect.statsets import gather_statistics
 
         options = AnalysisOptions(drop_nonfinite=config.drop_nonfinite)
-        parts, stats_attrs = gather_statistics(source, options, output.combine)
+        from ncinspect import devicestats
+
+        if devicestats.applies(device):  # accumulate on the device: no features to the host
+            parts, stats_attrs = devicestats.gather_statistics(
+                source, forward.on_device, device, options, output.combine
+            )
+        else:
+            parts, stats_attrs = gather_statistics(source, options, output.combine)
         with StoreWriter(
             output.path,
             task=task,
@@ -1297,8 +1307,9 @@ def _run_batches(
 @dataclass
 class _Forward:
     """One pass of the model over the (shard of the) data: `Batch`es of float32 features, labels
-    or targets and float32 outputs, exactly the rows a feature store would hold. Re-runnable;
-    `rows` counts the rows of the latest complete pass."""
+    or targets and float32 outputs, exactly the rows a feature store would hold (`on_device`: the
+    same as `devicestats.DeviceBatch`es of tensors left on the device). Re-runnable; `rows`
+    counts the rows of the latest complete pass."""
 
     data: DataSource
     config: ExtractConfig
@@ -1314,6 +1325,13 @@ class _Forward:
     rows: int = 0
 
     def __call__(self, outputs: bool) -> Iterator[Batch]:
+        return self._pass(outputs, host=True)
+
+    def on_device(self, outputs: bool) -> Iterator[DeviceBatch]:
+        """One pass whose batches stay on the device (for `devicestats`)."""
+        return self._pass(outputs, host=False)
+
+    def _pass(self, outputs: bool, host: bool) -> Iterator[Any]:
 
         stream = self.data.batches(
             self.batch_size, workers=self.config.workers, pin_memory=self.cuda
@@ -1339,6 +1357,12 @@ class _Forward:
                         f"the head ran {len(captured)} times in one forward pass",
                         path=self.checkpoint,
                     )
+                if not host:
+                    seen += rows
+                    yield self._device_batch(captured[0], out_t, rows, yb, outputs)
+                    if self.progress is not None:
+                        self.progress.advance(rows)
+                    continue
                 blocks = _blocks(captured[0], out_t.reshape(len(out_t), -1), rows, self.cuda)
                 item = self.check.item(blocks, yb, outputs)
                 event = item.pop("event", None)
@@ -1360,6 +1384,30 @@ class _Forward:
         if seen == 0:
             raise DataError(f"--data {self.data.spec!r} yielded no rows")
         self.rows = seen
+
+    def _device_batch(
+        self, feats: torch.Tensor, out: torch.Tensor, rows: int, yb: torch.Tensor, outputs: bool
+    ) -> DeviceBatch:
+        """The batch's rows as float32 tensors on the device (labels/targets checked on the
+        host, where the loader left them, then sent over)."""
+        from ncinspect.devicestats import DeviceBatch
+
+        blocks = {
+            "features": feats[:rows].detach().float(),
+            "outputs": out.reshape(len(out), -1)[:rows].detach().float(),
+        }
+        item = self.check.item(blocks, yb, outputs)
+
+        def sent(key: str) -> torch.Tensor | None:
+            value = item.get(key)
+            return None if value is None else value.to(self.device, non_blocking=True)
+
+        return DeviceBatch(
+            features=item["features"],
+            labels=sent("labels"),
+            targets=sent("targets"),
+            outputs=item.get("outputs"),
+        )
 
 
 class _ForwardSource(FeatureSource):
