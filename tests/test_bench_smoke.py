@@ -68,13 +68,24 @@ def test_floor_computes_the_sums_and_grams_it_claims(tmp_path: Path) -> None:
     means, mc = bench_report.class_means(path, k)
     np.testing.assert_allclose(means, means_ref, rtol=1e-12)
     np.testing.assert_allclose(mc, means_ref - x.mean(axis=0), rtol=1e-10, atol=1e-12)
-    sums, gram = bench_report.floor_classification(path, k, mc)
+    sums, gram, none, _ = bench_report.floor_classification(path, k, mc)
+    assert none is None
     np.testing.assert_allclose(sums, sums_ref, rtol=1e-12)
     np.testing.assert_allclose(gram, (x @ mc.T).T @ (x @ mc.T), rtol=1e-10)
-    _, gram_dxd = bench_report.floor_classification(path, k, None)
+    _, gram_dxd, _, _ = bench_report.floor_classification(path, k, None)
     np.testing.assert_allclose(gram_dxd, x.T @ x, rtol=1e-10)
-    with_scores = bench_report.floor_classification(path, k, None, (data["weight"], means))
-    np.testing.assert_allclose(with_scores[1], gram_dxd, rtol=1e-12)
+    # the full floor also scores every row: its nearest means are the float64 ones, and its
+    # predictions are the logits' argmax (exactly, with a head inside the means' span)
+    nearest_ref = np.argmin(((x[:, None, :] - means_ref[None]) ** 2).sum(axis=2), axis=1)
+    bias = np.arange(k) * 0.01
+    for basis, weight in ((None, data["weight"]), (mc, 2.0 * mc[::-1])):
+        pred_ref = np.argmax(x @ weight.T + bias, axis=1)
+        _, gram_s, pred, near = bench_report.floor_classification(
+            path, k, basis, (weight, bias, means)
+        )
+        np.testing.assert_allclose(gram_s, gram_dxd if basis is None else gram, rtol=1e-12)
+        assert pred is not None and near is not None
+        assert np.mean(pred == pred_ref) > 0.99 and np.mean(near == nearest_ref) > 0.99
     reg = bench_report.write_regression(tmp_path / "r.h5", 200, 9, 2)
     h = naive_metrics.load_store(reg)["features"]
     np.testing.assert_allclose(bench_report.floor_regression(reg), h.T @ h, rtol=1e-10)
