@@ -1,18 +1,19 @@
 """Row-parallel statistics: one block of rows split over worker threads.
 
 Owns: the worker pool, how many workers there are (`NCINSPECT_THREADS`, else the usable cores,
-at most 8), the per-thread BLAS setting that makes threads pay, and per-thread scratch arrays.
+at most 8), the BLAS thread count while workers run, and per-thread scratch arrays.
 Never reads files and never computes a statistic: callers hand over a function of a row range
 and merge the results.
 
 Why threads: numpy releases the GIL inside its loops and its BLAS calls, so the memory-bound
 sub-block work of the statistics passes (float32 -> float64 conversion, centring, row norms, thin
-projections) runs on several cores at once. Each worker's BLAS must then be single-threaded:
-otherwise BLAS's own threads and the workers oversubscribe the cores (measured: 2 workers with
-2 BLAS threads each on a 2-core machine were slower than one thread). OpenBLAS >= 0.3.27 sets
-that per thread (`openblas_set_num_threads_local`); numpy's wheels bundle such an OpenBLAS. When
-the BLAS numpy uses offers no per-thread setting (MKL, Accelerate, an older OpenBLAS, or no
-/proc to find it), everything runs serially, as with one worker.
+projections) runs on several cores at once. BLAS must then be single-threaded while the workers
+run: otherwise BLAS's own threads and the workers oversubscribe the cores (measured: 2 workers
+with 2 BLAS threads each on a 2-core machine were slower than one thread). numpy's OpenBLAS is
+set to one thread for the duration of each parallel block and restored afterwards (its thread
+count is process-wide: OpenBLAS's "per-thread" setter changes it for every thread too, measured,
+so it is not used). When numpy's BLAS cannot be found and set (MKL, Accelerate, no /proc), the
+passes run serially, as with one worker.
 
 Scratch arrays (`scratch`): the passes' cache-sized temporaries (a few MiB) are reused, one set
 per thread, instead of allocated afresh for every sub-block. Fresh multi-MiB arrays come from
@@ -32,8 +33,9 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
@@ -50,7 +52,7 @@ ENV = "NCINSPECT_THREADS"
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_key: tuple[int, int] | None = None  # (pid, workers) the pool was made for
-_set_local: Callable[[int], int] | None | bool = False  # False: not looked up yet
+_blas: object = False  # numpy's OpenBLAS (_Blas) or None; False: not looked up yet
 
 
 def _usable_cores() -> int:
@@ -60,17 +62,28 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _blas_setter() -> Callable[[int], int] | None:
-    """numpy's OpenBLAS per-thread thread count setter, or None when there is none.
+class _Blas:
+    """numpy's OpenBLAS thread count: get / set (process-wide), found once."""
+
+    def __init__(self, get: Callable[[], int], set_: Callable[[int], None]) -> None:
+        self.get = get
+        self.set = set_
+        self.lock = threading.Lock()
+        self.users = 0  # parallel blocks running (several caller threads may run passes)
+        self.saved = 1
+
+
+def _find_blas() -> _Blas | None:
+    """numpy's OpenBLAS get/set-num-threads functions, or None when there are none.
 
     The library is found among the shared objects mapped into this process (/proc/self/maps):
     the OpenBLAS inside numpy's own wheel (`numpy.libs`) when there is one, else the only
     OpenBLAS loaded; with several candidates and none of them numpy's, none is used.
     """
-    global _set_local
-    if _set_local is not False:
-        return _set_local  # type: ignore[return-value]
-    found: Callable[[int], int] | None = None
+    global _blas
+    if _blas is not False:
+        return _blas  # type: ignore[return-value]
+    found: _Blas | None = None
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             paths = {
@@ -80,18 +93,26 @@ def _blas_setter() -> Callable[[int], int] | None:
             }
         numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
         own = sorted(p for p in paths if p.startswith(os.path.join(numpy_dir, "numpy")))
-        candidates = own or (sorted(paths) if len(paths) == 1 else [])
-        for path in candidates:
-            func = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
-            if func is not None:
-                func.restype = ctypes.c_int
-                func.argtypes = [ctypes.c_int]
-                found = func
+        for path in own or (sorted(paths) if len(paths) == 1 else []):
+            found = _blas_functions(ctypes.CDLL(path))
+            if found is not None:
                 break
     except OSError:
         found = None
-    _set_local = found
+    _blas = found
     return found
+
+
+def _blas_functions(lib: ctypes.CDLL) -> _Blas | None:
+    for prefix in ("scipy_openblas", "openblas"):  # numpy's wheels; a system OpenBLAS
+        for suffix in ("64_", "_64", ""):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                return _Blas(get, set_)
+    return None
 
 
 def configured_workers() -> int:
@@ -111,18 +132,34 @@ def configured_workers() -> int:
 
 
 def workers() -> int:
-    """Workers the passes use: `configured_workers()`, or 1 when BLAS cannot be made
-    single-threaded per worker thread."""
+    """Workers the passes use: `configured_workers()`, or 1 when numpy's BLAS cannot be made
+    single-threaded while they run."""
     wanted = configured_workers()
-    if wanted <= 1 or _blas_setter() is None:
+    if wanted <= 1 or _find_blas() is None:
         return 1
     return wanted
 
 
-def _single_threaded_blas() -> None:
-    setter = _blas_setter()
-    if setter is not None:
-        setter(1)
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS on one thread inside the block, its previous count restored after the last
+    concurrent block ends."""
+    blas = _find_blas()
+    if blas is None:
+        yield
+        return
+    with blas.lock:
+        if blas.users == 0:
+            blas.saved = blas.get()
+            blas.set(1)
+        blas.users += 1
+    try:
+        yield
+    finally:
+        with blas.lock:
+            blas.users -= 1
+            if blas.users == 0:
+                blas.set(blas.saved)
 
 
 def _get_pool(count: int) -> ThreadPoolExecutor:
@@ -133,11 +170,7 @@ def _get_pool(count: int) -> ThreadPoolExecutor:
         if _pool is None or _pool_key != key:
             if _pool is not None and _pool_key is not None and _pool_key[0] == key[0]:
                 _pool.shutdown(wait=True)
-            _pool = ThreadPoolExecutor(
-                max_workers=count,
-                thread_name_prefix="ncinspect-rows",
-                initializer=_single_threaded_blas,
-            )
+            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="ncinspect-rows")
             _pool_key = key
         return _pool
 
@@ -162,15 +195,16 @@ def map_rows(func: Callable[[slice], T], n: int, min_rows: int = _MIN_PART_ROWS)
     if len(parts) == 1:
         return [func(parts[0])]
     pool = _get_pool(count)
-    futures = [pool.submit(func, part) for part in parts]
     error: BaseException | None = None
     results: list[T] = []
-    for future in futures:
-        try:
-            results.append(future.result())
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after every part ends
-            if error is None:
-                error = exc
+    with _single_threaded_blas():
+        futures = [pool.submit(func, part) for part in parts]
+        for future in futures:
+            try:
+                results.append(future.result())
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after every part ends
+                if error is None:
+                    error = exc
     if error is not None:
         raise error
     return results

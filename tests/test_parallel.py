@@ -23,7 +23,7 @@ from ncinspect.cli import app
 from ncinspect.errors import UsageError
 from ncinspect.store import write_store
 
-THREADED = parallel._blas_setter() is not None
+THREADED = parallel._find_blas() is not None
 
 
 @pytest.mark.parametrize("n", [0, 1, 1023, 1024, 2047, 2048, 5000, 100_003])
@@ -176,3 +176,33 @@ def test_cli_bad_thread_count_is_one_line_exit_2(tmp_path: Path) -> None:
     assert res.stderr.strip() == (
         f"ncinspect: error: {parallel.ENV}='many': expected a whole number of threads >= 1"
     )
+
+
+def test_blas_is_single_threaded_inside_parts_and_restored_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blas = parallel._find_blas()
+    if blas is None:  # no numpy OpenBLAS to set: the passes are serial
+        monkeypatch.setenv(parallel.ENV, "2")
+        assert parallel.workers() == 1
+        return
+    before = blas.get()
+    blas.set(2)
+    try:
+        monkeypatch.setenv(parallel.ENV, "2")
+        inside = parallel.map_rows(lambda sl: blas.get(), 4000, min_rows=1000)
+        assert inside == [1, 1]
+        assert blas.get() == 2  # the caller's BLAS threads are back
+        nested_ok: list[int] = []
+
+        def caller() -> None:  # two callers at once: restored only after both end
+            nested_ok.extend(parallel.map_rows(lambda sl: blas.get(), 4000, min_rows=1000))
+
+        threads = [threading.Thread(target=caller) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert nested_ok == [1] * 4 and blas.get() == 2
+    finally:
+        blas.set(before)
