@@ -16,7 +16,7 @@ import numpy as np
 
 from ncinspect.collapse import classification_extras, classification_metrics
 from ncinspect.errors import InputError
-from ncinspect.parallel import map_parts, merged, release_scratch
+from ncinspect.parallel import map_parts, merged, release_scratch, worker_pass
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource
 from ncinspect.stats import ClassMoments, ClassScatter, ClassSums, plan_scatter
@@ -120,12 +120,13 @@ def classification_statistics(
     rows = _Rows(source, options, outputs=False)  # the metrics use W h + b, not stored logits
     k = source.head.width
     sums = ClassSums.empty(k, source.d)
-    for batch in rows:
-        x, y = batch.features, batch.labels
-        assert y is not None
-        if x.shape[0]:
-            parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
-            sums = sums.merge(merged(parts, ClassSums.merge))
+    with worker_pass():
+        for batch in rows:
+            x, y = batch.features, batch.labels
+            assert y is not None
+            if x.shape[0]:
+                parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
+                sums = sums.merge(merged(parts, ClassSums.merge))
     if combine is not None:
         sums = combine(sums)
     if sums.n == 0:
@@ -133,12 +134,13 @@ def classification_statistics(
     head = source.head
     plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route)
     scatter = ClassScatter.empty(plan)
-    for batch in rows:
-        x, y = batch.features, batch.labels
-        assert y is not None
-        if x.shape[0]:
-            scattered = map_parts(lambda xs, ys: ClassScatter.from_batch(plan, xs, ys), x, y)
-            scatter = scatter.merge(merged(scattered, ClassScatter.merge))
+    with worker_pass():
+        for batch in rows:
+            x, y = batch.features, batch.labels
+            assert y is not None
+            if x.shape[0]:
+                scattered = map_parts(lambda xs, ys: ClassScatter.from_batch(plan, xs, ys), x, y)
+                scatter = scatter.merge(merged(scattered, ClassScatter.merge))
     return sums, scatter, rows.dropped
 
 

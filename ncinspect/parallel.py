@@ -141,11 +141,13 @@ def workers() -> int:
 
 
 @contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """numpy's BLAS on one thread inside the block, its previous count restored after the last
-    concurrent block ends."""
+def worker_pass() -> Iterator[None]:
+    """A pass over the blocks of a source: when the parts run on workers, numpy's BLAS stays on
+    one thread for the whole pass (not toggled per block: raising OpenBLAS's count again wakes
+    its threads, which then spin for a while and slow the next block's workers, measured); its
+    previous count is restored after the last concurrent pass (or `map_rows` call) ends."""
     blas = _find_blas()
-    if blas is None:
+    if blas is None or workers() <= 1:
         yield
         return
     with blas.lock:
@@ -197,7 +199,7 @@ def map_rows(func: Callable[[slice], T], n: int, min_rows: int = _MIN_PART_ROWS)
     pool = _get_pool(count)
     error: BaseException | None = None
     results: list[T] = []
-    with _single_threaded_blas():
+    with worker_pass():
         futures = [pool.submit(func, part) for part in parts]
         for future in futures:
             try:

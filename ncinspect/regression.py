@@ -32,7 +32,7 @@ from scipy.optimize import minimize_scalar
 
 from ncinspect.errors import InputError, UsageError
 from ncinspect.keys import REGRESSION_KEYS
-from ncinspect.parallel import map_parts, merged
+from ncinspect.parallel import map_parts, merged, worker_pass
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource, Head
 from ncinspect.stats import RegressionCentred, RegressionMoments, UnitProjections, sub_blocks
@@ -577,23 +577,24 @@ def regression_statistics(
     t, d = weight.shape
     moments = RegressionMoments.empty(d, t)
     bad = {"targets": 0, "outputs": 0}
-    for batch in rows:
-        x = batch.features
-        if not x.shape[0]:
-            continue
-        assert batch.targets is not None
-        targets = np.asarray(batch.targets, dtype=np.float64).reshape(-1, t)
-        pred = _predictions(source, batch, weight, bias)
-        bad["targets"] += _count_nonfinite(targets)
-        if source.has_outputs:
-            bad["outputs"] += _count_nonfinite(pred)
-        parts = map_parts(
-            lambda xs, ys, ps: RegressionMoments.from_batch(xs, ys, ps, unit_rows=False),
-            x,
-            targets,
-            pred,
-        )
-        moments = moments.merge(merged(parts, RegressionMoments.merge))
+    with worker_pass():
+        for batch in rows:
+            x = batch.features
+            if not x.shape[0]:
+                continue
+            assert batch.targets is not None
+            targets = np.asarray(batch.targets, dtype=np.float64).reshape(-1, t)
+            pred = _predictions(source, batch, weight, bias)
+            bad["targets"] += _count_nonfinite(targets)
+            if source.has_outputs:
+                bad["outputs"] += _count_nonfinite(pred)
+            parts = map_parts(
+                lambda xs, ys, ps: RegressionMoments.from_batch(xs, ys, ps, unit_rows=False),
+                x,
+                targets,
+                pred,
+            )
+            moments = moments.merge(merged(parts, RegressionMoments.merge))
     problems = [
         f"'{name}' has {count} row(s) with NaN or Inf" for name, count in bad.items() if count
     ]
@@ -610,13 +611,14 @@ def regression_statistics(
     basis = spaces.joint_basis()
     uncentred = centred = UnitProjections.empty(basis)
     mu_g = moments.feature_mean
-    for batch in rows:
-        x = batch.features
-        if x.shape[0]:
-            pairs = map_parts(lambda xs: UnitProjections.pair_from_batch(xs, basis, mu_g), x)
-            for plain, about_mean in pairs:
-                uncentred = uncentred.merge(plain)
-                centred = centred.merge(about_mean)
+    with worker_pass():
+        for batch in rows:
+            x = batch.features
+            if x.shape[0]:
+                pairs = map_parts(lambda xs: UnitProjections.pair_from_batch(xs, basis, mu_g), x)
+                for plain, about_mean in pairs:
+                    uncentred = uncentred.merge(plain)
+                    centred = centred.merge(about_mean)
     return moments, uncentred, centred
 
 
