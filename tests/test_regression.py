@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from ncinspect import regression
 from ncinspect.analysis import AnalysisOptions, analyze_source
 from ncinspect.errors import InputError, UsageError
 from ncinspect.regression import (
@@ -344,7 +345,7 @@ def test_exact_square_root_weights_put_gamma_on_the_endpoint() -> None:
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("chunk_rows", [None, 17])
-@pytest.mark.parametrize(("d", "t"), [(7, 3), (4, 4), (9, 2)])
+@pytest.mark.parametrize(("d", "t"), [(7, 3), (4, 4), (9, 2), (80, 3)])  # 80: partial eigh
 def test_every_metric_matches_oracle(d: int, t: int, chunk_rows: int | None, bias: bool) -> None:
     x, y, w, b = make_data(100 * d + t, d=d, t=t)
     bb = b if bias else None
@@ -694,3 +695,17 @@ def test_run_gamma_is_a_no_op_for_a_single_checkpoint() -> None:
     apply_run_gamma([first])
     assert first.metrics == old
     assert first.info["nrc3_gamma_source"] == "searched"
+
+
+@pytest.mark.parametrize(("d", "m"), [(64, 4), (200, 6), (64, 17), (10, 3)])
+def test_top_eigenpairs_equal_a_full_decomposition(d: int, m: int) -> None:
+    rng = np.random.default_rng(d + m)
+    a = rng.normal(size=(3 * d, d)) * np.linspace(3.0, 0.1, d)
+    cov = a.T @ a / (3 * d)
+    full_vals, full_vecs = np.linalg.eigh(cov)
+    full_vals, full_vecs = full_vals[::-1][:m], full_vecs[:, ::-1][:, :m]
+    vals, vecs = regression._top_eigh(cov, m)
+    np.testing.assert_allclose(vals, full_vals, rtol=1e-12)
+    overlap = np.abs(np.sum(vecs * full_vecs, axis=0))  # same directions, up to sign
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-10)
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(m), atol=1e-12)
