@@ -443,6 +443,29 @@ def test_unit_projections_capture_what_the_dxd_moments_capture() -> None:
     np.testing.assert_allclose(halves.gram, unc.gram, rtol=1e-12)
 
 
+def test_centred_shortcut_only_where_it_is_as_accurate_as_centring_first() -> None:
+    """The centred unit projections come from the uncentred product (x Q - c Q, ||x||^2 - 2 x.c
+    + ||c||^2) only for rows far enough from the centre; rows close to it (collapsed features,
+    where the shortcut cancels) are centred first. Both kinds agree with extended precision."""
+    rng = np.random.default_rng(3)
+    n, d = 600, 40
+    c = 50.0 * rng.standard_normal(d)  # a large common offset, as after a ReLU
+    x = c + rng.standard_normal((n, d))  # spread 6: every row is "near" the centre
+    x[:300] = c + 40.0 * rng.standard_normal((300, d))  # these are far
+    x[305] = c + 1e-9 * rng.standard_normal(d)  # extremely close: the shortcut would lose all
+    q, _ = np.linalg.qr(rng.standard_normal((d, 5)))
+    _, cen = UnitProjections.pair_from_batch(x, q, c)
+    xl, cl, ql = (np.asarray(a, dtype=np.longdouble) for a in (x, c, q))
+    dev = xl - cl
+    unit = dev / np.sqrt(np.sum(dev * dev, axis=1, keepdims=True))
+    exact = (unit @ ql).T @ (unit @ ql)
+    np.testing.assert_allclose(cen.gram, np.asarray(exact, dtype=np.float64), rtol=1e-12)
+    spread = np.linalg.norm(x, axis=1) + np.linalg.norm(c)
+    shortcut = spread**2 <= 64.0 * np.linalg.norm(x - c, axis=1) ** 2
+    assert 0 < shortcut.sum() < n  # both routes were taken
+    assert shortcut[:300].all() and not shortcut[305]
+
+
 def test_regression_analysis_equals_the_dxd_form() -> None:
     from ncinspect.regression import regression_metrics
 
