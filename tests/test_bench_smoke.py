@@ -87,8 +87,17 @@ def test_floor_computes_the_sums_and_grams_it_claims(tmp_path: Path) -> None:
         assert pred is not None and near is not None
         assert np.mean(pred == pred_ref) > 0.99 and np.mean(near == nearest_ref) > 0.99
     reg = bench_report.write_regression(tmp_path / "r.h5", 200, 9, 2)
-    h = naive_metrics.load_store(reg)["features"]
-    np.testing.assert_allclose(bench_report.floor_regression(reg), h.T @ h, rtol=1e-10)
+    h = naive_metrics.load_store(reg)["features"].astype(np.float64)
+    gram, none = bench_report.floor_regression(reg)
+    np.testing.assert_allclose(gram, h.T @ h, rtol=1e-10)
+    assert none is None
+    q, mu = bench_report.regression_subspace(reg)
+    np.testing.assert_allclose(q.T @ q, np.eye(q.shape[1]), atol=1e-12)
+    _, grams = bench_report.floor_regression(reg, (q, mu))
+    assert grams is not None
+    for centre, got in zip((0.0, mu), grams, strict=True):
+        u = (h - centre) / np.linalg.norm(h - centre, axis=1, keepdims=True)
+        np.testing.assert_allclose(got, (u @ q).T @ (u @ q), rtol=1e-9, atol=1e-12)
 
 
 def test_every_part_runs_at_quick_sizes_and_the_runner_prints_one_table(
