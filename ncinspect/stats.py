@@ -1036,7 +1036,8 @@ def _captured(unit_second: np.ndarray, basis: np.ndarray) -> float:
     return float(np.einsum("dr,de,er->", basis, unit_second, basis))
 
 
-# Centred unit rows from the uncentred product when (||x|| + ||c||)^2 <= this x ||x - c||^2.
+# Centred unit rows from the uncentred product when (||x|| + ||c||)^2 <= this x ||x - c||^2 for
+# every row of a sub-block.
 _SHORTCUT_RATIO = 64.0
 # Squared row norms in this range are taken directly: no overflow, no loss to underflow.
 _SAFE_SQ_NORM = (2.0**-960, 2.0**960)
@@ -1084,12 +1085,12 @@ class UnitProjections:
         (B, D) unit-row copy). centre None: the second result equals the first.
 
         The centred values come from the same product, x Q - c Q and ||x||^2 - 2 x . c + ||c||^2,
-        for every row where that is as accurate as centring first: their errors are at most
-        g (||x|| + ||c||)^2 and g (||x|| + ||c||) (g: a float64 dot-product bound), against
-        g ||x - c||^2 and g ||x - c|| for x - c formed first, so a row is kept when
-        (||x|| + ||c||)^2 <= 64 ||x - c||^2 (at most 64 times the centred-first bound, 4e-12
-        relative at D = 512). Other rows (near the centre, where the shortcut would cancel) are
-        centred first, as before.
+        when that is as accurate as centring first for every row of the sub-block: their errors
+        are at most g (||x|| + ||c||)^2 and g (||x|| + ||c||) (g: a float64 dot-product bound),
+        against g ||x - c||^2 and g ||x - c|| with x - c formed first, so the shortcut is taken
+        when (||x|| + ||c||)^2 <= 64 ||x - c||^2 (at most 64 times the centred-first bound, 4e-12
+        relative at D = 512). Otherwise (rows near the centre, e.g. features with a large common
+        offset) the sub-block, still in cache, is centred, measured and projected again.
         """
         x = np.asarray(features)
         n, d = x.shape
@@ -1097,7 +1098,11 @@ class UnitProjections:
         proj = np.empty((2, n, m))
         sq = np.empty((2, n))
         qc = basis if centre is None else np.concatenate([basis, centre[:, None]], axis=1)
-        both = thread_scratch("unit_proj", (n, qc.shape[1]))
+        both = np.empty((n, qc.shape[1]))
+        if centre is not None:
+            cq = centre @ basis
+            cc = float(centre @ centre)
+            cnorm = math.sqrt(cc)
         # extreme rows may overflow here; `_normalized` redoes them by the scaled route
         with np.errstate(over="ignore", invalid="ignore"):
             for sl in sub_blocks(n, d, nbytes=1 << 20):
@@ -1105,22 +1110,21 @@ class UnitProjections:
                 np.copyto(rows, x[sl])
                 sq[0, sl] = _row_dots(rows, rows)
                 np.matmul(rows, qc, out=both[sl])
-            proj[0] = both[:, :m]
-            if centre is None:
-                uncentred = cls._normalized(x, basis, proj[0], sq[0], None)
-                return uncentred, uncentred
-            cc = float(centre @ centre)
-            np.subtract(both[:, :m], centre @ basis, out=proj[1])
-            np.multiply(both[:, m], -2.0, out=sq[1])
-            sq[1] += sq[0]
-            sq[1] += cc
-            spread = np.sqrt(sq[0]) + math.sqrt(cc)
-            redo = np.flatnonzero(~(spread * spread <= _SHORTCUT_RATIO * sq[1]))
-            if redo.size:  # centre first
-                rows = np.asarray(x[redo], dtype=np.float64) - centre
-                sq[1, redo] = _row_dots(rows, rows)
-                proj[1, redo] = rows @ basis
+                if centre is None:
+                    continue
+                np.subtract(both[sl, :m], cq, out=proj[1, sl])
+                np.multiply(both[sl, m], -2.0, out=sq[1, sl])
+                sq[1, sl] += sq[0, sl]
+                sq[1, sl] += cc
+                spread = np.sqrt(sq[0, sl]) + cnorm
+                if not np.all(spread * spread <= _SHORTCUT_RATIO * sq[1, sl]):
+                    rows -= centre  # centre first
+                    sq[1, sl] = _row_dots(rows, rows)
+                    np.matmul(rows, basis, out=proj[1, sl])
+        proj[0] = both[:, :m]
         uncentred = cls._normalized(x, basis, proj[0], sq[0], None)
+        if centre is None:
+            return uncentred, uncentred
         return uncentred, cls._normalized(x, basis, proj[1], sq[1], centre)
 
     @classmethod

@@ -450,20 +450,23 @@ def test_centred_shortcut_only_where_it_is_as_accurate_as_centring_first() -> No
     rng = np.random.default_rng(3)
     n, d = 600, 40
     c = 50.0 * rng.standard_normal(d)  # a large common offset, as after a ReLU
-    x = c + rng.standard_normal((n, d))  # spread 6: every row is "near" the centre
+    x = c + 1e-5 * rng.standard_normal((n, d))  # collapsed onto the centre: the shortcut
+    # would cancel (relative error ~1e-3 here), so these rows must be centred first
     x[:300] = c + 40.0 * rng.standard_normal((300, d))  # these are far
-    x[305] = c + 1e-9 * rng.standard_normal(d)  # extremely close: the shortcut would lose all
     q, _ = np.linalg.qr(rng.standard_normal((d, 5)))
-    _, cen = UnitProjections.pair_from_batch(x, q, c)
-    xl, cl, ql = (np.asarray(a, dtype=np.longdouble) for a in (x, c, q))
-    dev = xl - cl
-    unit = dev / np.sqrt(np.sum(dev * dev, axis=1, keepdims=True))
-    exact = (unit @ ql).T @ (unit @ ql)
-    np.testing.assert_allclose(cen.gram, np.asarray(exact, dtype=np.float64), rtol=1e-12)
+
+    def exact(rows: np.ndarray) -> np.ndarray:
+        xl, cl, ql = (np.asarray(a, dtype=np.longdouble) for a in (rows, c, q))
+        unit = (xl - cl) / np.sqrt(np.sum((xl - cl) ** 2, axis=1, keepdims=True))
+        return np.asarray((unit @ ql).T @ (unit @ ql), dtype=np.float64)
+
     spread = np.linalg.norm(x, axis=1) + np.linalg.norm(c)
     shortcut = spread**2 <= 64.0 * np.linalg.norm(x - c, axis=1) ** 2
-    assert 0 < shortcut.sum() < n  # both routes were taken
-    assert shortcut[:300].all() and not shortcut[305]
+    assert shortcut[:300].all() and not shortcut[300:].any()
+    # far rows only: the shortcut; all rows (one sub-block): centred first, as the near rows need
+    for rows in (x[:300], x):
+        _, cen = UnitProjections.pair_from_batch(rows, q, c)
+        np.testing.assert_allclose(cen.gram, exact(rows), rtol=1e-12)
 
 
 def test_regression_analysis_equals_the_dxd_form() -> None:
