@@ -518,3 +518,22 @@ def test_subspaces_are_reused_only_for_the_same_moments_and_weight() -> None:
     again = Subspaces.of(merged, w)
     assert again is not first
     np.testing.assert_allclose(again.eigenvalues, first.eigenvalues, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_finite_rows_equal_the_entrywise_test(dtype: type) -> None:
+    from ncinspect.analysis import _finite_rows
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 33)).astype(dtype)
+    big = np.finfo(dtype).max
+    x[1, 3] = np.nan
+    x[2, 0] = np.inf
+    x[3, 5] = -np.inf
+    x[4, [1, 2]] = [np.inf, -np.inf]  # the row sum is NaN
+    x[5, :] = big  # finite entries whose sum overflows: still a finite row
+    x[6, [0, 1]] = [big, -big]
+    x[7, -1] = np.nan
+    x[7, 0] = np.inf
+    np.testing.assert_array_equal(_finite_rows(x), np.isfinite(x).all(axis=1))
+    assert _finite_rows(x)[5] and not _finite_rows(x)[1:5].any()
