@@ -1,6 +1,7 @@
 """Where `report`'s time goes: read / pass 1 / pass 2 / the rest, per case, against the floor.
 
     .venv/bin/python bench/profile_report.py [--cases k10,k100,k1000,reg] [--repeats 5] [--cpu]
+                                             [--threads 1]
 
 The same seeded stores as `bench_report.py` (issue #7's sizes). Each round times, in this order,
 `analyze([path])` (with the per-block statistics calls wrapped in timers), the floor, and one bare
@@ -12,6 +13,10 @@ rounds (after one warm-up) and report/floor as the median of the per-round ratio
 - other: report - pass 1 - pass 2 - 2 x read (opening the store, the finite-row check, the plan,
   the eigendecompositions, the metrics).
 
+The floor is `bench_report.py`'s (every metric's arithmetic). --threads sets NCINSPECT_THREADS
+(default 1): the pass timers add up the calls of every worker thread, so only with one thread do
+the columns split the wall time.
+
 --cpu times with time.process_time (CPU seconds of the whole process): steadier than wall time
 on a machine shared with other jobs when BLAS is single-threaded (OPENBLAS_NUM_THREADS=1); with
 several BLAS threads it also counts their spinning. Not part of `make bench` (not a bench_*.py).
@@ -20,6 +25,7 @@ several BLAS threads it also counts their spinning. Not part of `make bench` (no
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +34,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import h5py
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_report as br  # noqa: E402
@@ -86,10 +95,13 @@ def read_once(path: Path) -> None:
 
 def floor_of(path: Path, task: str, k: int) -> Callable[[], object]:
     if task == "regression":
-        return lambda: br.floor_regression(path)
+        subspace = br.regression_subspace(path)
+        return lambda: br.floor_regression(path, subspace)
     means, centred = br.class_means(path, k)
     basis = centred if k < means.shape[1] else None
-    return lambda: br.floor_classification(path, k, basis)
+    with h5py.File(path, "r") as f:
+        scores = (np.asarray(f["head/weight"][()]), np.asarray(f["head/bias"][()]), means)
+    return lambda: br.floor_classification(path, k, basis, scores)
 
 
 def profile(name: str, tmp: Path, repeats: int, clock: Callable[[], float]) -> str:
@@ -139,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help="subset of " + ",".join(CASES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cpu", action="store_true", help="process CPU time, not wall time")
+    parser.add_argument("--threads", default="1", help="NCINSPECT_THREADS for report (default 1)")
     args = parser.parse_args(argv)
+    os.environ["NCINSPECT_THREADS"] = args.threads
     clock = time.process_time if args.cpu else time.perf_counter
     print(
         f"{'case':6s} {'report':>8s} {'floor':>8s} {'read':>7s} {'pass 1':>7s} {'pass 2':>7s} "
