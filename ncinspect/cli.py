@@ -1,14 +1,17 @@
 """The command line: parse, build a config, call one library function, render. Nothing else.
 
-Owns: Typer commands and options, exit codes (0 ok, 1 bad input, 2 bad usage, 130 interrupted),
-and turning every `NcInspectError` into one line on stderr. Never does math or file formats.
+Owns: Typer commands and options, exit codes (0 ok, 1 bad input, 2 bad usage, 130 interrupted,
+143 terminated), and turning every `NcInspectError` into one line on stderr. Never does math or
+file formats.
 Heavy modules (torch, h5py, rich tables) are imported inside commands so `--help` stays instant.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ncinspect import __version__
-from ncinspect.errors import NcInspectError, OutputError, UsageError
+from ncinspect.errors import NcInspectError, OutputError, Terminated, UsageError
 
 app = typer.Typer(
     name="ncinspect",
@@ -56,6 +59,8 @@ def guarded(fn: Callable[[], T]) -> T:
         return fn()
     except NcInspectError as exc:
         raise fail(str(exc), exc.exit_code) from None
+    except Terminated:
+        raise fail("terminated (SIGTERM)", 143) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
 
@@ -885,5 +890,14 @@ def root(
     """Neural-collapse diagnostics for saved checkpoints and feature stores."""
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> Any:
+    # SIGTERM cleans up like Ctrl-C (partial stores removed, locks released) unless the
+    # embedding program installed its own handler.
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminate)
     return app(args=argv, prog_name="ncinspect")

@@ -57,6 +57,12 @@ class OutputError(NcInspectError):
     """An output path cannot be written (read-only, a directory, disk full)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a scheduler's preemption, `kill`, torchrun stopping a job): raised by the
+    CLI's handler in the main thread and cleaned up after exactly like Ctrl-C, which every
+    `except KeyboardInterrupt` / `finally` on the way already does; exit code 143."""
+
+
 @contextmanager
 def reading(path: str | Path, error: type[InputError], what: str) -> Iterator[None]:
     """Turn whatever a third-party parser raises on a damaged file into one `error` line.

@@ -1,7 +1,8 @@
 """Interrupted and concurrent extractions (issue #8, part 2).
 
-SIGKILL and SIGINT in the middle of a run leave no file that looks complete under a store's name;
-re-running writes only the missing stores. Two extractions of the same output never corrupt it:
+SIGKILL, SIGINT and SIGTERM in the middle of a run leave no file that looks complete under a
+store's name (SIGINT and SIGTERM also remove their own temporary file); re-running writes only the
+missing stores. Two extractions of the same output never corrupt it:
 one holds a per-store lock and the other is refused with a one-line error naming the holder.
 A killed writer's `.NAME.partial-PID` file is removed by the next run.
 
@@ -164,6 +165,20 @@ def test_sigint_mid_extraction_then_resume(job: Job) -> None:
     done = job.complete()
     assert 1 <= len(done) < CHECKPOINTS
     assert job.partials() == []  # Ctrl-C cleans up its own temporary file
+    assert list((job.out / "run").glob(".*.lock")) == []
+    _rerun_completes_only_the_missing(job, done)
+
+
+def test_sigterm_mid_extraction_cleans_up_like_ctrl_c_then_resume(job: Job) -> None:
+    proc = job.start("first")
+    job.wait_for(proc, stores=1)
+    proc.send_signal(signal.SIGTERM)
+    rc, out, err = job.finished(proc, "first")
+    assert rc == 143, err
+    assert err.strip().splitlines() == ["ncinspect: error: terminated (SIGTERM)"]
+    done = job.complete()
+    assert 1 <= len(done) < CHECKPOINTS
+    assert job.partials() == []  # its own temporary file removed, as after Ctrl-C
     assert list((job.out / "run").glob(".*.lock")) == []
     _rerun_completes_only_the_missing(job, done)
 
