@@ -759,6 +759,7 @@ def _run_jobs(
     except DataError as exc:
         raise _with_hint(exc, data_path if data_path.exists() else None) from None
     jobs = plan(config, data.split)
+    request = request_attrs(config, data)
     device: torch.device | None = None
     outcomes: list[ExtractOutcome] = []
     shards, rank = (1, 0) if dist is None else (dist.world, dist.rank)
@@ -768,7 +769,7 @@ def _run_jobs(
         # One writer per file: a concurrent extraction of the same file is refused, and the
         # existence check happens under the lock (a store finished meanwhile is skipped).
         with store_lock(target):
-            rows = _skip_rows(job, target, config, dist)
+            rows = _skip_rows(job, target, config, dist, request)
             if rows is not None:
                 outcomes.append(
                     ExtractOutcome(
@@ -814,25 +815,107 @@ def _run_jobs(
     return outcomes
 
 
+# Store attributes that say which rows a store holds: a complete store is reused only when the
+# request matches them (an absent attribute reads as None; content as "features").
+_REQUEST_KEYS = ("content", "split", "limit", "data", "data_kind", "data_keys", "data_args",
+                 "data_rows", "data_files")  # fmt: skip
+
+
+def request_attrs(config: ExtractConfig, data: DataSource) -> dict[str, Any]:
+    """What this extraction would record under `_REQUEST_KEYS`."""
+    wanted = {
+        **data.provenance,
+        "content": "statistics" if config.stats_only else "features",
+        "split": data.split,
+        "limit": config.limit,
+    }
+    return {key: wanted.get(key) for key in _REQUEST_KEYS}
+
+
+def _other_request(store: Path, request: dict[str, Any]) -> str | None:
+    """Why the complete copy of `store` (file or shard set) does not hold what `request` asks
+    for, or None when it does (or when there is no readable copy)."""
+    from ncinspect.loader import shard_paths
+    from ncinspect.store import open_shard_set, open_store
+
+    src: FeatureSource
+    try:
+        if store.exists():
+            src = open_store(store)
+        else:
+            complete = [p for p in _shard_sets(store) if _set_rows(p) is not None]
+            if not complete:
+                return None
+            src = open_shard_set(shard_paths(complete[0][0]))
+    except NcInspectError:
+        return None
+    try:
+        meta = src.meta
+    finally:
+        src.close()
+    recorded = {**(meta.get("provenance") or {}), **meta}  # extraction details sit in provenance
+    found = {key: recorded.get(key) for key in _REQUEST_KEYS}
+    found["content"] = found["content"] or "features"
+    diffs = [
+        f"{key} {_shown(found[key])} (now {_shown(request[key])})"
+        for key in _REQUEST_KEYS
+        if _plain(found[key]) != _plain(request[key])
+    ]
+    if not diffs:
+        return None
+    return (
+        f"exists but was extracted for another request: {'; '.join(diffs)}; pass --overwrite to "
+        "replace it, or choose another --out"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Attribute values as comparable JSON (tuples and arrays as lists)."""
+    import json
+
+    return json.loads(
+        json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    )
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else repr(_plain(value))
+
+
 def _skip_rows(
-    job: Job, target: Path, config: ExtractConfig, dist: Distributed | None
+    job: Job,
+    target: Path,
+    config: ExtractConfig,
+    dist: Distributed | None,
+    request: dict[str, Any] | None = None,
 ) -> int | None:
     """Rows of the complete copy that makes this job a skip, or None to extract. Every process
     of a distributed job reaches the same decision: skip when a complete copy exists (the whole
     file, or a complete shard set of any size) or when every process finds its shard of one set.
+    A complete copy made for another request (`request_attrs`: other data, split, --limit or
+    content) is an OutputError, in every process alike, rather than a silent skip.
     """
     if config.overwrite:
         if dist is not None:
             dist.gather(None)  # keep the processes in step
         return None
     if dist is None:
-        return _complete_rows_any(job.store)
+        found = _complete_rows_any(job.store)
+        problem = None if found is None or request is None else _other_request(job.store, request)
+        if problem is not None:
+            raise OutputError(problem, path=job.store)
+        return found
     # Each process looks at what it can see (nodes may not share a file system).
-    seen = dist.gather((_shard_id(target, dist.world), _complete_rows_any(job.store)))
-    rows = [r for _, r in seen if r is not None]
+    mine = _complete_rows_any(job.store)
+    problem = None if mine is None or request is None else _other_request(job.store, request)
+    seen = dist.gather((_shard_id(target, dist.world), mine, problem))
+    problems = [p for _, _, p in seen if p is not None]
+    if problems:
+        raise OutputError(problems[0], path=job.store)
+    rows = [r for _, r, _ in seen if r is not None]
     if rows:
         return rows[0]
-    ids = {i for i, _ in seen}
+    ids = {i for i, _, _ in seen}
     if len(ids) == 1 and None not in ids:
         from ncinspect.store import open_store
 

@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import save_file
 from test_checkpoint import load_module, make_model, write_model_file
 from torch import nn
+from typer.testing import CliRunner
 
+from ncinspect.cli import app
 from ncinspect.errors import (
     CheckpointError,
     DataError,
@@ -462,10 +464,41 @@ def test_epoch_order_runs_resume_and_limit(env: Env) -> None:
     assert o.status == "written" and o.n == N and o.run == "a"
     # a damaged file under a store's name is not silently skipped
     (env.out / "a" / "epoch_10.pt.test.h5").write_bytes(b"junk")
-    with pytest.raises(OutputError, match="--overwrite"):
-        run_extract(env.config(runs[0], model=env.spec))
+    with pytest.raises(OutputError, match="not a complete feature store.*--overwrite"):
+        run_extract(env.config(runs[0] / "epoch_10.pt", model=env.spec, limit=20))
     with pytest.raises(UsageError, match="--run names one run"):
         run_extract(env.config(*runs, model=env.spec, run="x"))
+
+
+def test_a_store_made_for_another_request_is_refused_not_reused(env: Env) -> None:
+    ckpt = env.root / "epoch_3.pt"
+    torch.save(make_model(env.module).state_dict(), ckpt)
+    store = env.out / "root" / "epoch_3.pt.test.h5"
+    (o,) = run_extract(env.config(ckpt, model=env.spec, run="root", limit=10))
+    assert (o.status, o.n, o.store) == ("written", 10, store)
+    (again,) = run_extract(env.config(ckpt, model=env.spec, run="root", limit=10))
+    assert (again.status, again.n) == ("skipped", 10)  # the same request: reused
+    before = store.stat().st_mtime_ns
+    with pytest.raises(OutputError, match=r"another request: limit 10 \(now none\); pass --over"):
+        run_extract(env.config(ckpt, model=env.spec, run="root"))
+    other = env.root / "other_test.npz"  # other data: more rows, same keys and split
+    np.savez(other, x=np.concatenate([env.x, env.x]), y=np.concatenate([env.y, env.y]))
+    with pytest.raises(OutputError, match=r"data_rows 37 \(now 74\)"):
+        run_extract(env.config(ckpt, model=env.spec, run="root", limit=10, data=str(other)))
+    with pytest.raises(OutputError, match=r"content 'features' \(now 'statistics'\)"):
+        run_extract(env.config(ckpt, model=env.spec, run="root", limit=10, stats_only=True))
+    assert store.stat().st_mtime_ns == before  # refused: untouched
+    (new,) = run_extract(env.config(ckpt, model=env.spec, run="root", overwrite=True))
+    assert (new.status, new.n) == ("written", N)
+    res = CliRunner().invoke(
+        app, ["extract", str(ckpt), "--data", str(env.data), "--model", env.spec, "--out",
+              str(env.out), "--run", "root", "--limit", "5"],
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == [
+        f"ncinspect: error: {store}: exists but was extracted for another request: limit none "
+        "(now 5); pass --overwrite to replace it, or choose another --out"
+    ]
 
 
 def test_inspect_store_after_extraction(env: Env) -> None:
