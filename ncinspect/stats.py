@@ -290,6 +290,8 @@ class ScatterPlan:
     ncc: _NearestMean = field(init=False, repr=False, compare=False)
     logits: _Logits = field(init=False, repr=False, compare=False)
     projector: np.ndarray | None = field(init=False, repr=False, compare=False)
+    # projector.T, C-contiguous: OpenBLAS packs it faster (13 % of pass 2's loop at K = 100)
+    projector_t: np.ndarray | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         centre = np.zeros(self.means.shape[1]) if self.centre is None else self.centre
@@ -305,6 +307,10 @@ class ScatterPlan:
             self.logits = self.logits.with_span(self.basis)
         elif self.basis is not None and self.basis.shape[0] + self.weight.shape[0] <= _STACK_MAX:
             self.projector = np.concatenate([self.basis, self.weight])
+
+        self.projector_t = (
+            None if self.projector is None else np.ascontiguousarray(self.projector.T)
+        )
 
     def _span_pays(self, r: int, d: int) -> bool:
         """Whether the span route's (K, r) float64 products per row beat the (K, D) float32 ones
@@ -757,8 +763,8 @@ class ClassScatter:
             if proj is None:
                 out.scatter += dev.T @ dev
             else:
-                assert plan.projector is not None
-                np.matmul(dev, plan.projector.T, out=proj[sl])
+                assert plan.projector_t is not None
+                np.matmul(dev, plan.projector_t, out=proj[sl])
         dev_norm = np.sqrt(dev_sq)
         xnorm = dev_norm + plan.ncc.mean_norms[y]  # >= ||h_i||
         if proj is None:

@@ -245,7 +245,9 @@ def test_span_route_only_where_it_pays() -> None:
         w = rng.standard_normal((k, d))
         plan = plan_scatter(ClassMoments.from_batch(x, y, k), w, np.zeros(k))
         assert (plan.logits.coef is not None) == expected, (k, d)
-        assert plan.projector is not None
+        assert plan.projector is not None and plan.projector_t is not None
+        assert plan.projector_t.flags.c_contiguous
+        np.testing.assert_array_equal(plan.projector_t, plan.projector.T)
         stacked = plan.projector.shape[0] == 2 * k
         assert stacked == (not expected and 2 * k <= 32), (k, d)
     few_rows = plan_scatter(
