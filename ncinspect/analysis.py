@@ -19,7 +19,7 @@ from ncinspect.errors import InputError
 from ncinspect.parallel import map_parts, merged, release_scratch, worker_pass
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource
-from ncinspect.stats import ClassMoments, ClassScatter, ClassSums, plan_scatter
+from ncinspect.stats import ClassMoments, ClassScatter, ClassSums, ScatterPlan, plan_scatter
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,7 @@ class _Rows:
                 continue
             bad = int((~finite).sum())
             if not self.options.drop_nonfinite:
-                total = self._count_nonfinite()
-                raise InputError(
-                    f"'features' has {total} row(s) with NaN or Inf; pass --drop-nonfinite to "
-                    "compute the metrics from the finite rows only",
-                    path=self.source.path,
-                )
+                raise nonfinite_error(self._count_nonfinite(), self.source)
             self.dropped += bad
             yield Batch(
                 features=x[finite],
@@ -87,6 +82,33 @@ class _Rows:
             int((~np.isfinite(b.features).all(axis=1)).sum())
             for b in self.source.batches(self.options.chunk_rows, outputs=False)
         )
+
+
+def nonfinite_error(count: int, source: FeatureSource) -> InputError:
+    """The refusal of `count` feature rows with NaN or Inf (without --drop-nonfinite)."""
+    return InputError(
+        f"'features' has {count} row(s) with NaN or Inf; pass --drop-nonfinite to compute the "
+        "metrics from the finite rows only",
+        path=source.path,
+    )
+
+
+def plan_pass2(
+    sums: ClassSums,
+    source: FeatureSource,
+    options: AnalysisOptions,
+    combine: Callable[[ClassSums], ClassSums] | None = None,
+) -> tuple[ClassSums, ScatterPlan]:
+    """Between the passes: pass 1 combined over the processes (when `combine` is given), checked
+    non-empty, and pass 2's plan (the NC1 route, the means, the head). The host passes and the
+    device ones (`devicestats`) share it."""
+    if combine is not None:
+        sums = combine(sums)
+    if sums.n == 0:
+        raise InputError("no finite feature rows left to analyse", path=source.path)
+    head = source.head
+    plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route)
+    return sums, plan
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
@@ -145,12 +167,7 @@ def classification_statistics(
             if x.shape[0]:
                 parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
                 sums = sums.merge(merged(parts, ClassSums.merge))
-    if combine is not None:
-        sums = combine(sums)
-    if sums.n == 0:
-        raise InputError("no finite feature rows left to analyse", path=source.path)
-    head = source.head
-    plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route)
+    sums, plan = plan_pass2(sums, source, options, combine)
     scatter = ClassScatter.empty(plan)
     with worker_pass():
         for batch in rows:

@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ncinspect.analysis import AnalysisOptions
-from ncinspect.errors import InputError
+from ncinspect.analysis import AnalysisOptions, nonfinite_error, plan_pass2
 from ncinspect.sources import FeatureSource, StatRecord
 from ncinspect.stats import (
     ClassScatter,
@@ -51,7 +50,6 @@ from ncinspect.stats import (
     RegressionMoments,
     ScatterPlan,
     UnitProjections,
-    plan_scatter,
 )
 
 # Tests set this to take the device path on a CPU extraction (the accumulators run on any device).
@@ -132,11 +130,7 @@ class _Pass:
     def finish(self) -> None:
         self.dropped = 0 if self._bad is None else int(self._bad)
         if self.dropped and not self.options.drop_nonfinite:
-            raise InputError(
-                f"'features' has {self.dropped} row(s) with NaN or Inf; pass --drop-nonfinite to "
-                "compute the metrics from the finite rows only",
-                path=self.source.path,
-            )
+            raise nonfinite_error(self.dropped, self.source)
 
 
 def _row_blocks(n: int, width: int) -> Iterator[slice]:
@@ -238,13 +232,7 @@ def classification_statistics(
         assert batch.labels is not None
         acc.update(x, batch.labels, keep)
     rows.finish()
-    sums = acc.result()
-    if combine is not None:
-        sums = combine(sums)
-    if sums.n == 0:
-        raise InputError("no finite feature rows left to analyse", path=source.path)
-    head = source.head
-    plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route)
+    sums, plan = plan_pass2(acc.result(), source, options, combine)
     scatter = DeviceClassScatter(plan, device)
     for batch, x, keep in rows.rows(batches(False)):
         assert batch.labels is not None
@@ -325,12 +313,10 @@ class DeviceRegressionMoments:
         self.n = self.n + nb
         self.rss = self.rss + (resid * resid).sum()
 
-    def problems(self) -> list[str]:
-        """`regression_statistics`' complaints about non-finite targets / outputs."""
-        bad = {"targets": int(self.bad_targets), "outputs": int(self.bad_outputs)}
-        return [
-            f"'{name}' has {count} row(s) with NaN or Inf" for name, count in bad.items() if count
-        ]
+    def bad_rows(self) -> dict[str, int]:
+        """Kept rows with non-finite targets / predictions (`regression.plan_pass2` refuses
+        them)."""
+        return {"targets": int(self.bad_targets), "outputs": int(self.bad_outputs)}
 
     def result(self) -> RegressionMoments:
         return RegressionMoments(
@@ -395,7 +381,7 @@ def regression_statistics(
     """`regression.regression_statistics` on the device: (pass-1 moments, pass-2 uncentred and
     centred unit projections, rows dropped as non-finite). Predictions are the stored outputs
     when the source has them, else h @ W^T + b in float64."""
-    from ncinspect.regression import Subspaces
+    from ncinspect.regression import plan_pass2
 
     weight_np = np.asarray(source.head.weight, dtype=np.float64)
     t, d = weight_np.shape
@@ -413,18 +399,7 @@ def regression_statistics(
             pred = torch.addmm(bias, x, weight.T)
         acc.update(x, targets, pred, keep, check_predictions=source.has_outputs)
     rows.finish()
-    problems = acc.problems()
-    if problems:
-        raise InputError(
-            "; ".join(problems) + " (only non-finite feature rows can be dropped); fix the data",
-            path=source.path,
-        )
-    moments = acc.result()
-    if combine is not None:
-        moments = combine(moments)
-    if moments.n == 0:
-        raise InputError("no finite feature rows left to analyse", path=source.path)
-    basis = Subspaces.of(moments, weight_np).joint_basis()
+    moments, basis = plan_pass2(acc.result(), source, acc.bad_rows(), combine)
     units = DeviceUnitProjections(basis, moments.feature_mean, device)
     for _, x, keep in rows.rows(batches(False)):
         units.update(x, keep)
@@ -443,26 +418,17 @@ def gather_statistics(
     """`statsets.gather_statistics` with the passes on the device: the same records and `stats`
     group attributes. `source` gives the task, head, D, has_outputs and the path for messages;
     `batches(outputs)` runs one pass."""
-    from ncinspect.statsets import PARTS
+    from ncinspect.statsets import records
 
-    parts: dict[str, Any]
     if source.task == "classification":
         sums, scatter, dropped = classification_statistics(
             source, batches, device, options, combine
         )
-        parts = {"sums": sums, "scatter": scatter}
-        attrs: dict[str, Any] = {"nonfinite_rows_dropped": int(dropped)}
-    else:
-        from ncinspect.regression import gamma_choice
+        return records(source, [sums, scatter], dropped)
+    from ncinspect.regression import gamma_choice
 
-        gamma_choice(options)
-        moments, uncentred, centred, dropped = regression_statistics(
-            source, batches, device, options, combine
-        )
-        parts = {"moments": moments, "uncentred": uncentred, "centred": centred}
-        attrs = {
-            "nonfinite_rows_dropped": int(dropped),
-            "predictions": "outputs" if source.has_outputs else "W h + b",
-        }
-    scopes = PARTS[source.task]
-    return {name: StatRecord.of(obj, scopes[name][1]) for name, obj in parts.items()}, attrs
+    gamma_choice(options)
+    moments, uncentred, centred, dropped = regression_statistics(
+        source, batches, device, options, combine
+    )
+    return records(source, [moments, uncentred, centred], dropped)

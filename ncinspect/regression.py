@@ -624,6 +624,29 @@ def regression_statistics(
                 pred,
             )
             moments = moments.merge(merged(parts, RegressionMoments.merge))
+    moments, basis = plan_pass2(moments, source, bad, combine)
+    uncentred = centred = UnitProjections.empty(basis)
+    mu_g = moments.feature_mean
+    with worker_pass():
+        for batch in rows:
+            x = batch.features
+            if x.shape[0]:
+                pairs = map_parts(lambda xs: UnitProjections.pair_from_batch(xs, basis, mu_g), x)
+                for plain, about_mean in pairs:
+                    uncentred = uncentred.merge(plain)
+                    centred = centred.merge(about_mean)
+    return moments, uncentred, centred
+
+
+def plan_pass2(
+    moments: RegressionMoments,
+    source: FeatureSource,
+    bad: dict[str, int],
+    combine: Callable[[RegressionMoments], RegressionMoments] | None = None,
+) -> tuple[RegressionMoments, np.ndarray]:
+    """Between the passes: non-finite targets / outputs refused (`bad`: rows per name), pass 1
+    combined over the processes (when `combine` is given) and checked non-empty, and the (D, m)
+    basis pass 2 projects on. The host passes and the device ones (`devicestats`) share it."""
     problems = [
         f"'{name}' has {count} row(s) with NaN or Inf" for name, count in bad.items() if count
     ]
@@ -636,19 +659,8 @@ def regression_statistics(
         moments = combine(moments)
     if moments.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
-    spaces = Subspaces.of(moments, weight)
-    basis = spaces.joint_basis()
-    uncentred = centred = UnitProjections.empty(basis)
-    mu_g = moments.feature_mean
-    with worker_pass():
-        for batch in rows:
-            x = batch.features
-            if x.shape[0]:
-                pairs = map_parts(lambda xs: UnitProjections.pair_from_batch(xs, basis, mu_g), x)
-                for plain, about_mean in pairs:
-                    uncentred = uncentred.merge(plain)
-                    centred = centred.merge(about_mean)
-    return moments, uncentred, centred
+    weight = np.asarray(source.head.weight, dtype=np.float64)
+    return moments, Subspaces.of(moments, weight).joint_basis()
 
 
 def regression_from_statistics(

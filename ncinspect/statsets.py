@@ -56,21 +56,27 @@ def gather_statistics(
     """
     if source.task == "classification":
         sums, scatter, dropped = classification_statistics(source, options, combine)
-        parts = {"sums": sums, "scatter": scatter}
-        attrs: dict[str, Any] = {"nonfinite_rows_dropped": int(dropped)}
-    else:
-        from ncinspect.regression import gamma_choice, regression_statistics
+        return records(source, [sums, scatter], dropped)
+    from ncinspect.regression import gamma_choice, regression_statistics
 
-        gamma_choice(options)
-        rows = finite_rows(source, options)
-        moments, uncentred, centred = regression_statistics(source, rows, combine)
-        parts = {"moments": moments, "uncentred": uncentred, "centred": centred}
-        attrs = {
-            "nonfinite_rows_dropped": int(rows.dropped),
-            "predictions": "outputs" if source.has_outputs else "W h + b",
-        }
+    gamma_choice(options)
+    rows = finite_rows(source, options)
+    moments, uncentred, centred = regression_statistics(source, rows, combine)
+    return records(source, [moments, uncentred, centred], rows.dropped)
+
+
+def records(
+    source: FeatureSource, parts: list[Any], dropped: int
+) -> tuple[dict[str, StatRecord], dict[str, Any]]:
+    """(records by part name, `stats` group attributes) of one source's two passes: `parts` in
+    the order of `PARTS[source.task]`, `dropped` non-finite feature rows. Shared by the host
+    passes and the device ones (`devicestats`)."""
     scopes = PARTS[source.task]
-    return {name: StatRecord.of(obj, scopes[name][1]) for name, obj in parts.items()}, attrs
+    attrs: dict[str, Any] = {"nonfinite_rows_dropped": int(dropped)}
+    if source.task == "regression":
+        attrs["predictions"] = "outputs" if source.has_outputs else "W h + b"
+    named = dict(zip(scopes, parts, strict=True))
+    return {name: StatRecord.of(obj, scopes[name][1]) for name, obj in named.items()}, attrs
 
 
 def metrics_from_statistics(

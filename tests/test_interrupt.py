@@ -154,31 +154,24 @@ def test_sigkill_mid_extraction_then_resume(job: Job) -> None:
     _rerun_completes_only_the_missing(job, done)
 
 
-def test_sigint_mid_extraction_then_resume(job: Job) -> None:
+@pytest.mark.parametrize(
+    ("sig", "rc", "message"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["sigint", "sigterm"],
+)
+def test_sigint_or_sigterm_mid_extraction_cleans_up_then_resume(
+    job: Job, sig: signal.Signals, rc: int, message: str
+) -> None:
     proc = job.start("first")
     job.wait_for(proc, stores=1)
-    proc.send_signal(signal.SIGINT)
-    rc, out, err = job.finished(proc, "first")
-    assert rc == 130, err
-    assert err.strip().splitlines() == ["ncinspect: error: interrupted"]
+    proc.send_signal(sig)
+    code, out, err = job.finished(proc, "first")
+    assert code == rc, err
+    assert err.strip().splitlines() == [f"ncinspect: error: {message}"]
     assert "Traceback" not in err
     done = job.complete()
     assert 1 <= len(done) < CHECKPOINTS
-    assert job.partials() == []  # Ctrl-C cleans up its own temporary file
-    assert list((job.out / "run").glob(".*.lock")) == []
-    _rerun_completes_only_the_missing(job, done)
-
-
-def test_sigterm_mid_extraction_cleans_up_like_ctrl_c_then_resume(job: Job) -> None:
-    proc = job.start("first")
-    job.wait_for(proc, stores=1)
-    proc.send_signal(signal.SIGTERM)
-    rc, out, err = job.finished(proc, "first")
-    assert rc == 143, err
-    assert err.strip().splitlines() == ["ncinspect: error: terminated (SIGTERM)"]
-    done = job.complete()
-    assert 1 <= len(done) < CHECKPOINTS
-    assert job.partials() == []  # its own temporary file removed, as after Ctrl-C
+    assert job.partials() == []  # Ctrl-C and SIGTERM clean up their own temporary file
     assert list((job.out / "run").glob(".*.lock")) == []
     _rerun_completes_only_the_missing(job, done)
 
