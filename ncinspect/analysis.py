@@ -160,6 +160,8 @@ def classification_statistics(
     rows = _Rows(source, options, outputs=False)  # the metrics use W h + b, not stored logits
     k = source.head.width
     sums = ClassSums.empty(k, source.d)
+    # one worker pass over both passes and the plan between them: the plan's small BLAS calls
+    # on one thread, so no BLAS thread is left spinning when pass 2's workers start
     with worker_pass():
         for batch in rows:
             x, y = batch.features, batch.labels
@@ -167,9 +169,8 @@ def classification_statistics(
             if x.shape[0]:
                 parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
                 sums = sums.merge(merged(parts, ClassSums.merge))
-    sums, plan = plan_pass2(sums, source, options, combine)
-    scatter = ClassScatter.empty(plan)
-    with worker_pass():
+        sums, plan = plan_pass2(sums, source, options, combine)
+        scatter = ClassScatter.empty(plan)
         for batch in rows:
             x, y = batch.features, batch.labels
             assert y is not None

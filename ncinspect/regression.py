@@ -606,6 +606,7 @@ def regression_statistics(
     t, d = weight.shape
     moments = RegressionMoments.empty(d, t)
     bad = {"targets": 0, "outputs": 0}
+    # one worker pass over both passes and the plan between them (as `analysis` does)
     with worker_pass():
         for batch in rows:
             x = batch.features
@@ -624,10 +625,9 @@ def regression_statistics(
                 pred,
             )
             moments = moments.merge(merged(parts, RegressionMoments.merge))
-    moments, basis = plan_pass2(moments, source, bad, combine)
-    uncentred = centred = UnitProjections.empty(basis)
-    mu_g = moments.feature_mean
-    with worker_pass():
+        moments, basis = plan_pass2(moments, source, bad, combine)
+        uncentred = centred = UnitProjections.empty(basis)
+        mu_g = moments.feature_mean
         for batch in rows:
             x = batch.features
             if x.shape[0]:
