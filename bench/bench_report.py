@@ -182,7 +182,7 @@ def _chunks(path: Path, labels: str | None) -> Iterator[tuple[np.ndarray, np.nda
 
 
 SUB_BLOCK_BYTES = 1 << 21  # float64 rows processed at a time (cache-resident), as ncinspect does
-ONE_HOT_MAX_K = 32  # per-class sums by a one-hot GEMM up to this K, else by sorted runs
+ONE_HOT_MAX_K = 8  # per-class sums by a one-hot GEMM up to this K, else by sorted runs
 
 
 def _sub_blocks(n: int, d: int, min_rows: int = 1) -> Iterator[slice]:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from oracle_nc import classification_oracle
 
+import ncinspect.stats as st
 from ncinspect.analysis import AnalysisOptions, analyze_source
 from ncinspect.api import analyze_arrays
 from ncinspect.sources import ArraySource, Head
@@ -343,7 +344,8 @@ def test_every_metric_within_1e_6_of_the_oracle_with_near_ties(k: int, d: int) -
 # pass 1 and the finite-row check
 
 
-@pytest.mark.parametrize("k", [3, 32, 33, 200])  # one-hot GEMM (K <= 32) and sorted runs
+# both sides of the one-hot GEMM / sorted-runs switch, and many classes
+@pytest.mark.parametrize("k", [3, st._ONE_HOT_MAX_K, st._ONE_HOT_MAX_K + 1, 32, 200])
 def test_class_sums_equal_the_naive_sums(k: int) -> None:
     rng = np.random.default_rng(k)
     x = rng.standard_normal((1500, 7)).astype(np.float32) + 10
