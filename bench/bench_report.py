@@ -27,8 +27,9 @@ Issue #7, on seeded data written to temporary stores (float32 features, with out
     directions and W's rows and mu_G given for free); "floor (PCA only)", X^T X alone (the
     floor of earlier rounds), is shown for context.
 
-Timings: the contenders run interleaved, `repeats` rounds after one warm-up, and the table
-shows medians; ratios come from medians measured in this one process.
+Timings: the contenders run interleaved, `repeats` rounds; in each round every contender is
+called twice in a row and the second call is timed (see `time_interleaved`). The table shows
+medians; ratios come from medians measured in this one process.
 """
 
 from __future__ import annotations
@@ -349,15 +350,21 @@ def class_means(path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def time_interleaved(
-    contenders: dict[str, Callable[[], object]], repeats: int, warmup: bool = True
+    contenders: dict[str, Callable[[], object]], repeats: int, warm: bool = True
 ) -> dict[str, float]:
-    """Median wall time of each contender over `repeats` interleaved rounds (after a warm-up)."""
+    """Median wall time of each contender over `repeats` interleaved rounds.
+
+    warm: each timed call follows one untimed call of the same contender, so every contender is
+    timed in its own steady state, not in the state the one before it left: measured, OpenBLAS
+    threads still spinning after the floor's or the naive code's multi-threaded GEMMs slowed
+    `report`'s next call by 20 to 40 ms at K = 10 (about a third), and a contender called
+    after a pause ran slower than one called back to back.
+    """
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    if warmup:
-        for fn in contenders.values():
-            fn()
     for _ in range(repeats):
         for name, fn in contenders.items():
+            if warm:
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -5,8 +5,9 @@
 
 The same seeded stores as `bench_report.py` (issue #7's sizes). Each round times, in this order,
 `analyze([path])` (with the per-block statistics calls wrapped in timers), the floor, and one bare
-pass over the store (`batches(reuse=True)`, the read alone); the table shows medians over the
-rounds (after one warm-up) and report/floor as the median of the per-round ratios.
+pass over the store (`batches(reuse=True)`, the read alone), each right after an untimed call of
+itself (as `bench_report.time_interleaved` does); the table shows medians over the rounds and
+report/floor as the median of the per-round ratios.
 
 - pass 1: `ClassSums.from_batch` / `RegressionMoments.from_batch` summed over the blocks;
 - pass 2: `ClassScatter.from_batch` / `UnitProjections.pair_from_batch` summed over the blocks;
@@ -113,20 +114,21 @@ def profile(name: str, tmp: Path, repeats: int, clock: Callable[[], float]) -> s
         br.write_classification(path, n, d, k)
     floor = floor_of(path, task, k)
     rows: dict[str, list[float]] = {}
-    for round_ in range(repeats + 1):
+    for _ in range(repeats):  # each timed call follows an untimed one (as bench_report's)
         spent: dict[str, float] = {}
+        analyze([path])
         with timed_passes(clock, spent):
             start = clock()
             analyze([path])
             report = clock() - start
+        floor()
         start = clock()
         floor()
         floor_s = clock() - start
+        read_once(path)
         start = clock()
         read_once(path)
         read = clock() - start
-        if round_ == 0:
-            continue  # warm-up
         p1, p2 = spent.get("pass1", 0.0), spent.get("pass2", 0.0)
         for key, value in (
             ("report", report),
