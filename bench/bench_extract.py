@@ -1,15 +1,20 @@
 """Extraction throughput against a bare loop of the same forward passes (target: < 10% overhead).
 
     .venv/bin/python bench/bench_extract.py [--n 16384] [--width 1024] [--batch-size 512]
+                                            [--device cpu|cuda] [--precision fp32|bf16|fp16]
+                                            [--stats-only]
 
 Builds, in a temporary folder, a model whose forward pass dominates (wide Linear layers), its
 state dict, and an uncompressed .npz of N inputs with labels. Then, in this process:
 
 * bare: the same batches, already in memory as tensors, through `model(x)` under
-  `torch.inference_mode()` -- nothing read, hooked, copied or written;
+  `torch.inference_mode()` -- nothing read, hooked, copied or written; on a GPU the batches sit
+  in pinned host memory and are copied with `non_blocking=True`, as any training loop's are
+  (autocast as `--precision` asks);
 * extract: `run_extract` on the checkpoint and the .npz -- reading batches from disk, the head
   pre-hook, labels checks and HDF5 writing of features (N, D) and outputs (N, K) in the
-  background thread.
+  background thread (with `--stats-only`: the sufficient statistics instead, accumulated on
+  the GPU when there is one).
 
 Prints the median of `--repeats` runs of each (interleaved), rows per second and the overhead
 ratio. The default model is a few wide Linear layers narrowing to D = 512 features, so that the
@@ -20,6 +25,7 @@ I/O-heavy variant (4 KB of features written per row for ~2.6 M multiply-adds).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
@@ -55,9 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--stats-only", action="store_true", help="extract --stats-only")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
 
     from ncinspect.extract import ExtractConfig, run_extract
 
@@ -73,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = root / "run" / "epoch_1.pt"
         ckpt.parent.mkdir()
         torch.save(model.state_dict(), ckpt)
+        model = model.to(device)
         rng = np.random.default_rng(0)
         x = rng.standard_normal((args.n, args.in_dim)).astype(np.float32)
         y = rng.integers(0, args.classes, args.n)
@@ -82,12 +94,22 @@ def main(argv: list[str] | None = None) -> int:
         batches = [
             torch.from_numpy(x[i : i + args.batch_size]) for i in range(0, args.n, args.batch_size)
         ]
+        if cuda:
+            batches = [b.pin_memory() for b in batches]
+        half = torch.bfloat16 if args.precision == "bf16" else torch.float16
+
+        def autocast() -> contextlib.AbstractContextManager[object]:
+            if args.precision == "fp32":
+                return contextlib.nullcontext()
+            return torch.autocast(device.type, dtype=half)
 
         def bare() -> float:
             t0 = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 for xb in batches:
-                    model(xb)
+                    model(xb.to(device, non_blocking=True))
+            if cuda:
+                torch.cuda.synchronize(device)
             return time.perf_counter() - t0
 
         config = ExtractConfig(
@@ -102,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             },
             out=root / "features",
             batch_size=args.batch_size,
-            device="cpu",
+            device=args.device,
+            precision=args.precision,
+            stats_only=args.stats_only,
         )
 
         runs = iter(range(1 << 30))
@@ -123,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             extract_times.append(extract())
 
     b, e = statistics.median(bare_times), statistics.median(extract_times)
+    where = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(
         f"N={args.n} in={args.in_dim} width={args.width} D={args.feat_dim} K={args.classes} "
-        f"batch={args.batch_size} threads={torch.get_num_threads()} repeats={args.repeats}"
+        f"batch={args.batch_size} threads={torch.get_num_threads()} repeats={args.repeats} "
+        f"device={where} precision={args.precision} stats_only={args.stats_only}"
     )
     print(f"bare forward loop : {b:8.3f} s median  ({args.n / b:10.0f} rows/s)")
     print(f"run_extract       : {e:8.3f} s median  ({args.n / e:10.0f} rows/s)")

@@ -8,6 +8,8 @@ the exact quantities NC1 and the PCA need.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -121,3 +123,24 @@ def test_timing_helper_reports_a_median_per_contender() -> None:
     # three interleaved rounds; each contender called twice in a row, the second call timed
     assert calls == ["a", "a", "b", "b"] * 3
     assert all(value >= 0 for value in medians.values())
+
+
+def test_gpu_check_script_runs_its_steps_on_cpu(tmp_path: Path) -> None:
+    """bench/gpu_check.sh, the prepared check for a lent GPU machine, as a dry run on CPU at
+    tiny sizes: every step runs and passes, and the log holds the figures it is for."""
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SIZE": "small"}
+    env["OUT"] = str(tmp_path)
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = (tmp_path / "gpu_check.log").read_text()
+    summary = log[log.index("Summary (") :]
+    assert summary.count("\nok ") == 5 and "FAILED" not in summary
+    for variant in ("precision=fp32 stats_only=False", "precision=bf16", "stats_only=True"):
+        assert variant in log
+    assert "rows/s" in log and "report (a)" in log and "regression (d)" in log

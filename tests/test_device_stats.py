@@ -1,12 +1,15 @@
-"""`devicestats`: the torch accumulators of `extract --stats-only` on a device, run here on CPU in
-float64, against the host's own numpy passes (`analysis.classification_statistics`,
-`regression.regression_statistics`) fed the same batches: statistics to 1e-12 relative, counts
-exactly, metrics to 1e-10; and `extract --stats-only` with the device path forced equal to the
-host path's store."""
+"""`devicestats`: the torch accumulators of `extract --stats-only` on a device, against the host's
+own numpy passes (`analysis.classification_statistics`, `regression.regression_statistics`) fed
+the same batches: statistics to 1e-12 relative, counts exactly, metrics to 1e-10; and
+`extract --stats-only` with the device path equal to the host path's store.
+
+The device is CPU (the accumulators run in float64 on any device), or the one named by
+NCINSPECT_TEST_DEVICE (`cuda`): `bench/gpu_check.sh` runs this file on a GPU that way."""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,8 @@ from ncinspect.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-CPU = torch.device("cpu")
+# where the accumulators run: CPU here, a GPU under bench/gpu_check.sh
+DEVICE = torch.device(os.environ.get("NCINSPECT_TEST_DEVICE", "cpu"))
 STATS_RTOL = 1e-12
 METRIC_RTOL = 1e-10
 CHUNK = 37  # rows per batch: the last batch is short
@@ -63,10 +67,11 @@ def same_metrics(got: dict[str, float], want: dict[str, float]) -> None:
 
 
 def on_device(source: ArraySource, chunk: int = CHUNK) -> Callable[[bool], Iterator[DeviceBatch]]:
-    """The source's batches as `DeviceBatch`es of CPU tensors (float32 features, as extracted)."""
+    """The source's batches as `DeviceBatch`es of tensors on DEVICE (float32 features, as
+    extracted)."""
 
     def tensor(a: np.ndarray | None) -> torch.Tensor | None:
-        return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(DEVICE)
 
     def batches(outputs: bool) -> Iterator[DeviceBatch]:
         for b in source.batches(chunk, outputs=outputs):
@@ -113,7 +118,7 @@ def compare_classification(source: ArraySource, options: AnalysisOptions, **kw: 
         chunk_rows=CHUNK, drop_nonfinite=options.drop_nonfinite, nc1_route=options.nc1_route
     )
     want = classification_statistics(source, host_options, **kw)
-    got = devicestats.classification_statistics(source, on_device(source), CPU, options, **kw)
+    got = devicestats.classification_statistics(source, on_device(source), DEVICE, options, **kw)
     (ws, wc, wd), (gs, gc, gd) = want, got
     assert gd == wd
     close(gs.counts, ws.counts)
@@ -165,7 +170,7 @@ def test_classification_nonfinite_rows_refused_or_dropped() -> None:
     with pytest.raises(InputError) as host:
         classification_statistics(source, AnalysisOptions(chunk_rows=CHUNK))
     with pytest.raises(InputError) as dev:
-        devicestats.classification_statistics(source, on_device(source), CPU, AnalysisOptions())
+        devicestats.classification_statistics(source, on_device(source), DEVICE, AnalysisOptions())
     assert str(dev.value) == str(host.value) and "has 4 row(s) with NaN or Inf" in str(dev.value)
     sums, scatter, dropped = compare_classification(source, AnalysisOptions(drop_nonfinite=True))
     assert dropped == 4 and sums.n == scatter.n == 296
@@ -206,7 +211,9 @@ def compare_regression(source: ArraySource, options: AnalysisOptions) -> Any:
     host_options = AnalysisOptions(chunk_rows=CHUNK, drop_nonfinite=options.drop_nonfinite)
     rows = finite_rows(source, host_options)
     wm, wu, wc = regression_statistics(source, rows, None)
-    gm, gu, gc, dropped = devicestats.regression_statistics(source, on_device(source), CPU, options)
+    gm, gu, gc, dropped = devicestats.regression_statistics(
+        source, on_device(source), DEVICE, options
+    )
     assert dropped == rows.dropped
     assert (gm.n, gm.n_zero_norm, gm.unit_second) == (wm.n, wm.n_zero_norm, wm.unit_second)
     for name in ("feature_mean", "feature_scatter", "target_mean", "target_scatter", "rss"):
@@ -238,7 +245,7 @@ def test_regression_nonfinite_rows_and_targets() -> None:
     with pytest.raises(InputError) as host:
         regression_statistics(source, finite_rows(source, AnalysisOptions(chunk_rows=CHUNK)))
     with pytest.raises(InputError) as dev:
-        devicestats.regression_statistics(source, on_device(source), CPU, AnalysisOptions())
+        devicestats.regression_statistics(source, on_device(source), DEVICE, AnalysisOptions())
     assert str(dev.value) == str(host.value)
     moments, _, _, dropped = compare_regression(source, AnalysisOptions(drop_nonfinite=True))
     assert dropped == 2 and moments.n == 298
@@ -249,7 +256,7 @@ def test_regression_nonfinite_rows_and_targets() -> None:
     with pytest.raises(InputError) as host:
         regression_statistics(source, finite_rows(source, options))
     with pytest.raises(InputError) as dev:
-        devicestats.regression_statistics(source, on_device(source), CPU, options)
+        devicestats.regression_statistics(source, on_device(source), DEVICE, options)
     assert str(dev.value) == str(host.value)
     assert "'targets' has 2 row(s)" in str(dev.value) and "'outputs' has 1 row(s)" in str(dev.value)
 
@@ -257,8 +264,8 @@ def test_regression_nonfinite_rows_and_targets() -> None:
 def test_extract_stats_only_device_path_equals_host_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`ncinspect extract --stats-only` with the device path forced on CPU: the same records
-    (1e-12, counts exact) and the same report (1e-10) as the host path's store."""
+    """`ncinspect extract --stats-only` on DEVICE, by the device path and by the host path: the
+    same records (1e-12, counts exact) and the same report (1e-10)."""
     calls: list[str] = []
     real = devicestats.gather_statistics
 
@@ -272,11 +279,14 @@ def test_extract_stats_only_device_path_equals_host_path(
         ("reg_wd/checkpoint_ep300.pth", "regress_test.npz"),
     ]
     for kind, forced in (("host", False), ("device", True)):
-        monkeypatch.setattr(devicestats, "ON_CPU", forced)
+        if DEVICE.type == "cpu":
+            monkeypatch.setattr(devicestats, "ON_CPU", forced)
+        else:  # a GPU takes the device path by itself: the host path is the forced one
+            monkeypatch.setattr(devicestats, "applies", lambda device, on=forced: on)
         for ckpt, data in jobs:
             args = ["extract", str(FIXTURES / "runs" / ckpt)]
             args += ["--data", str(FIXTURES / "data" / data)]
-            args += ["--out", str(tmp_path / kind), "--stats-only", "--device", "cpu"]
+            args += ["--out", str(tmp_path / kind), "--stats-only", "--device", DEVICE.type]
             args += ["--batch-size", "48", "--code-path", str(FIXTURES), "-q"]
             res = runner.invoke(app, args)
             assert res.exit_code == 0, res.output
