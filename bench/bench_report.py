@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import naive_metrics as naive  # noqa: E402  (bench/ is not a package)
 
 from ncinspect.api import analyze  # noqa: E402
+from ncinspect.stats import thin_matmul  # noqa: E402  (ncinspect's thin products, for the floor)
 from ncinspect.store import StoreWriter, open_store  # noqa: E402
 
 NAIVE_OVER_REPORT = 5.0  # target: naive / report >= 5
@@ -226,6 +227,8 @@ def floor_classification(
     gram: np.ndarray | None = None
     preds: list[np.ndarray] = []
     nearest: list[np.ndarray] = []
+    basis_t = None if basis is None else np.ascontiguousarray(basis.T)  # (D, r), as report
+    buf = np.empty(0)
     if scores is not None:
         weight, bias, means = scores
         sq = np.einsum("kd,kd->k", means, means)
@@ -247,7 +250,11 @@ def floor_classification(
             class_sums(x, y, sums)
         z = None if basis is None else np.empty((x.shape[0], basis.shape[0]))
         for sl in _sub_blocks(x.shape[0], d, min_rows=d if basis is None else 1):
-            x64 = x[sl].astype(np.float64)
+            rows = sl.stop - sl.start  # converted into one reused buffer, as report does
+            if buf.size < rows * d:
+                buf = np.empty(rows * d)
+            x64 = buf[: rows * d].reshape(rows, d)
+            np.copyto(x64, x[sl])
             if k <= ONE_HOT_MAX_K:
                 one_hot = np.zeros((k, x64.shape[0]))
                 one_hot[y[sl], np.arange(x64.shape[0])] = 1.0
@@ -255,8 +262,8 @@ def floor_classification(
             if z is None:
                 gram += x64.T @ x64
             else:
-                assert basis is not None
-                np.matmul(x64, basis.T, out=z[sl])
+                assert basis_t is not None
+                thin_matmul(x64, basis_t, out=z[sl])
         if z is not None:
             gram += z.T @ z
         if scores is None:
@@ -307,7 +314,7 @@ def floor_regression(
             for sl in _sub_blocks(x.shape[0], x.shape[1]):
                 np.copyto(x64[sl], x[sl])
                 sq[sl] = np.einsum("ij,ij->i", x64[sl], x64[sl])
-                np.matmul(x64[sl], qc, out=proj[sl])
+                thin_matmul(x64[sl], qc, out=proj[sl])
             plain = proj[:, :-1] / np.sqrt(sq)[:, None]
             centred = (proj[:, :-1] - cq) / np.sqrt(sq - 2.0 * proj[:, -1] + cc)[:, None]
             grams[0] += plain.T @ plain

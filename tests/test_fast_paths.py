@@ -344,6 +344,26 @@ def test_every_metric_within_1e_6_of_the_oracle_with_near_ties(k: int, d: int) -
 # pass 1 and the finite-row check
 
 
+@pytest.mark.parametrize(
+    ("rows", "d", "n"),
+    [(600, 512, 9), (1000, 256, 32), (37, 512, 9), (600, 512, 33), (5, 3, 2)],
+)
+def test_thin_matmul_equals_one_product(rows: int, d: int, n: int) -> None:
+    """Row pieces (first two cases: over 10^6 multiply-adds, N <= 32, a short last piece) or
+    one call (small, or N > 32): the product of a naive float64 loop to summation rounding."""
+    rng = np.random.default_rng(rows + n)
+    a = rng.standard_normal((rows, d)) + 3.0
+    b = np.ascontiguousarray(rng.standard_normal((n, d)).T)
+    padded = np.full((rows + 4, n), np.nan)
+    out = padded[2:-2]  # a view: nothing outside it may be written
+    got = st.thin_matmul(a, b, out=out)
+    assert got is out
+    assert np.isnan(padded[:2]).all() and np.isnan(padded[-2:]).all()
+    naive = np.array([[math.fsum(a[i] * b[:, j]) for j in range(n)] for i in range(rows)])
+    scale = np.abs(a) @ np.abs(b)
+    assert np.all(np.abs(got - naive) <= st.dot_error_bound(d, st.UNIT64) * scale)
+
+
 # both sides of the one-hot GEMM / sorted-runs switch, and many classes
 @pytest.mark.parametrize("k", [3, st._ONE_HOT_MAX_K, st._ONE_HOT_MAX_K + 1, 32, 200])
 def test_class_sums_equal_the_naive_sums(k: int) -> None:
