@@ -66,7 +66,10 @@ class _Rows:
                 continue
             bad = int((~finite).sum())
             if not self.options.drop_nonfinite:
-                raise nonfinite_error(self._count_nonfinite(), self.source)
+                # the count over every row, from the rest of this pass: no second pass (for
+                # `extract --stats-only` a pass is a forward pass over the data)
+                rest = sum(int((~_finite_rows(b.features)).sum()) for b in batches)
+                raise nonfinite_error(bad + rest, self.source)
             self.dropped += bad
             yield Batch(
                 features=x[finite],
@@ -76,12 +79,6 @@ class _Rows:
             )
         if check and self.dropped == 0:
             self._all_finite = True
-
-    def _count_nonfinite(self) -> int:
-        return sum(
-            int((~np.isfinite(b.features).all(axis=1)).sum())
-            for b in self.source.batches(self.options.chunk_rows, outputs=False)
-        )
 
 
 def nonfinite_error(count: int, source: FeatureSource) -> InputError:

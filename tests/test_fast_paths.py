@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from oracle_nc import classification_oracle
 import ncinspect.stats as st
 from ncinspect.analysis import AnalysisOptions, analyze_source
 from ncinspect.api import analyze_arrays
+from ncinspect.errors import InputError
 from ncinspect.sources import ArraySource, Head
 from ncinspect.stats import (
     UNIT32,
@@ -376,6 +378,42 @@ def test_class_sums_equal_the_naive_sums(k: int) -> None:
     np.testing.assert_array_equal(sums.counts, np.bincount(y, minlength=k))
     moments = sums.moments()
     np.testing.assert_allclose(moments.means, ClassMoments.from_batch(x, y, k).means, rtol=1e-12)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_nonfinite_rows_are_counted_in_the_pass_that_finds_them(task: str) -> None:
+    """Without --drop-nonfinite the refusal counts every bad row (here in the first, a middle
+    and the last block) from the rest of the same pass: the rows are read once, not again (for
+    `extract --stats-only` a second pass would be a second forward pass)."""
+    rng = np.random.default_rng(4)
+    n, d = 250, 5
+    x = rng.standard_normal((n, d)) + 1
+    x[[1, 2], 0] = np.nan
+    x[[120, 249], 3] = -np.inf
+    kw: dict = {"labels": rng.integers(0, 3, n)}
+    if task == "regression":
+        kw = {"targets": rng.standard_normal((n, 2))}
+    source = ArraySource(
+        path="counted.h5",
+        task=task,
+        n=n,
+        d=d,
+        head=Head(rng.standard_normal((3 if task == "classification" else 2, d)), None),
+        has_outputs=False,
+        features=x,
+        **kw,
+    )
+    reads: list[int] = []
+    real = source._read
+
+    def counted(start: int, stop: int, *args: Any) -> Any:
+        reads.append(start)
+        return real(start, stop, *args)
+
+    source._read = counted  # type: ignore[method-assign]
+    with pytest.raises(InputError, match=r"'features' has 4 row\(s\) with NaN or Inf"):
+        analyze_source(source, AnalysisOptions(chunk_rows=40))
+    assert reads == list(range(0, n, 40))  # every block once
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
