@@ -125,6 +125,17 @@ def test_timing_helper_reports_a_median_per_contender() -> None:
     assert all(value >= 0 for value in medians.values())
 
 
+def test_timing_helper_times_slow_contenders_without_the_untimed_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bench_report, "WARM_LIMIT_S", 0.0)  # every contender counts as slow
+    calls: list[str] = []
+    bench_report.time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3
+    )
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 2  # the untimed calls in round 1 only
+
+
 def test_gpu_check_script_runs_its_steps_on_cpu(tmp_path: Path) -> None:
     """bench/gpu_check.sh, the prepared check for a lent GPU machine, as a dry run on CPU at
     tiny sizes: every step runs and passes, and the log holds the figures it is for."""
