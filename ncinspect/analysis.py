@@ -16,7 +16,7 @@ import numpy as np
 
 from ncinspect.collapse import classification_extras, classification_metrics
 from ncinspect.errors import InputError
-from ncinspect.parallel import map_parts, merged, release_scratch, worker_pass
+from ncinspect.parallel import full_blas, map_parts, merged, release_scratch, worker_pass
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource
 from ncinspect.stats import ClassMoments, ClassScatter, ClassSums, ScatterPlan, plan_scatter
@@ -157,8 +157,9 @@ def classification_statistics(
     rows = _Rows(source, options, outputs=False)  # the metrics use W h + b, not stored logits
     k = source.head.width
     sums = ClassSums.empty(k, source.d)
-    # one worker pass over both passes and the plan between them: the plan's small BLAS calls
-    # on one thread, so no BLAS thread is left spinning when pass 2's workers start
+    # one worker pass over both passes and the plan between them: a small plan's BLAS calls on
+    # one thread, so no BLAS thread is left spinning when pass 2's workers start (a large plan
+    # gets the BLAS threads back: `full_blas`)
     with worker_pass():
         for batch in rows:
             x, y = batch.features, batch.labels
@@ -166,7 +167,9 @@ def classification_statistics(
             if x.shape[0]:
                 parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
                 sums = sums.merge(merged(parts, ClassSums.merge))
-        sums, plan = plan_pass2(sums, source, options, combine)
+        # the plan's largest product: W's least squares on the K_eff means, D K^2
+        with full_blas(float(source.d) * k * k):
+            sums, plan = plan_pass2(sums, source, options, combine)
         scatter = ClassScatter.empty(plan)
         for batch in rows:
             x, y = batch.features, batch.labels

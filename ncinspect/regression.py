@@ -32,7 +32,7 @@ from scipy.optimize import minimize_scalar
 
 from ncinspect.errors import InputError, UsageError
 from ncinspect.keys import REGRESSION_KEYS
-from ncinspect.parallel import map_parts, merged, worker_pass
+from ncinspect.parallel import full_blas, map_parts, merged, worker_pass
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource, Head
 from ncinspect.stats import RegressionCentred, RegressionMoments, UnitProjections, sub_blocks
@@ -625,7 +625,8 @@ def regression_statistics(
                 pred,
             )
             moments = moments.merge(merged(parts, RegressionMoments.merge))
-        moments, basis = plan_pass2(moments, source, bad, combine)
+        with full_blas(float(d) ** 3):  # the plan's D x D eigendecomposition
+            moments, basis = plan_pass2(moments, source, bad, combine)
         uncentred = centred = UnitProjections.empty(basis)
         mu_g = moments.feature_mean
         for batch in rows:

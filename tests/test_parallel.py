@@ -206,3 +206,33 @@ def test_blas_is_single_threaded_inside_parts_and_restored_after(
         assert nested_ok == [1] * 4 and blas.get() == 2
     finally:
         blas.set(before)
+
+
+def test_full_blas_gives_a_large_step_the_blas_threads_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blas = parallel._find_blas()
+    if blas is None:  # no numpy OpenBLAS to set: nothing to give back
+        with parallel.full_blas(1e12):
+            pass
+        return
+    before = blas.get()
+    blas.set(2)
+    try:
+        monkeypatch.setenv(parallel.ENV, "2")
+        big, small = 2.0 * parallel.LARGE_STEP, parallel.LARGE_STEP / 2
+        with parallel.worker_pass():
+            assert blas.get() == 1
+            with parallel.full_blas(small):
+                assert blas.get() == 1  # a small step stays on one thread
+            with parallel.full_blas(big):
+                assert blas.get() == 2  # the count from before the pass
+            assert blas.get() == 1  # the next pass's workers start single-threaded
+            with parallel.worker_pass(), parallel.full_blas(big):
+                assert blas.get() == 1  # another pass is running: not restored
+        assert blas.get() == 2
+        with parallel.full_blas(big):  # outside any pass: left alone
+            assert blas.get() == 2
+        assert blas.get() == 2
+    finally:
+        blas.set(before)
