@@ -70,6 +70,7 @@ class _Blas:
         self.set = set_
         self.lock = threading.Lock()
         self.users = 0  # parallel blocks running (several caller threads may run passes)
+        self.callers: dict[int, int] = {}  # thread id -> its passes running (they nest)
         self.saved = 1
 
 
@@ -150,16 +151,22 @@ def worker_pass() -> Iterator[None]:
     if blas is None or workers() <= 1:
         yield
         return
+    ident = threading.get_ident()
     with blas.lock:
         if blas.users == 0:
             blas.saved = blas.get()
             blas.set(1)
         blas.users += 1
+        blas.callers[ident] = blas.callers.get(ident, 0) + 1
     try:
         yield
     finally:
         with blas.lock:
             blas.users -= 1
+            if blas.callers[ident] > 1:
+                blas.callers[ident] -= 1
+            else:
+                del blas.callers[ident]
             if blas.users == 0:
                 blas.set(blas.saved)
 
@@ -178,13 +185,13 @@ def full_blas(work: float) -> Iterator[None]:
     A small step stays single-threaded: its multi-threaded BLAS would gain little and leave a
     BLAS thread spinning into the next pass's workers (measured: pass 2 at K = 100 12 % slower).
     A large one (D = 2,048: 566 ms single-threaded, 302 ms with 2 threads) would lose more than
-    that spin costs. Restored only when no other worker pass is running at the time.
+    that spin costs. Restored only when no other thread's worker pass is running at the time.
     """
     blas = _find_blas()
     restore = False
     if blas is not None and work > LARGE_STEP:
-        with blas.lock:
-            restore = blas.users == 1
+        with blas.lock:  # no pass of another thread is running (this one's may nest)
+            restore = list(blas.callers) == [threading.get_ident()]
             if restore:
                 blas.set(blas.saved)
     try:

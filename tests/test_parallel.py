@@ -229,10 +229,66 @@ def test_full_blas_gives_a_large_step_the_blas_threads_back(
                 assert blas.get() == 2  # the count from before the pass
             assert blas.get() == 1  # the next pass's workers start single-threaded
             with parallel.worker_pass(), parallel.full_blas(big):
-                assert blas.get() == 1  # another pass is running: not restored
+                assert blas.get() == 2  # this thread's passes nest
+            assert blas.get() == 1
+            entered, leave = threading.Event(), threading.Event()
+
+            def other_pass() -> None:
+                with parallel.worker_pass():
+                    entered.set()
+                    leave.wait(10)
+
+            other = threading.Thread(target=other_pass)
+            other.start()
+            try:
+                assert entered.wait(10)
+                with parallel.full_blas(big):
+                    assert blas.get() == 1  # another thread's pass is running: not restored
+            finally:
+                leave.set()
+                other.join()
         assert blas.get() == 2
         with parallel.full_blas(big):  # outside any pass: left alone
             assert blas.get() == 2
+        assert blas.get() == 2
+    finally:
+        blas.set(before)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_an_analysis_holds_blas_on_one_thread_metrics_included(
+    monkeypatch: pytest.MonkeyPatch, large: bool
+) -> None:
+    """The passes, the plan and the metrics see one BLAS thread (a step over LARGE_STEP
+    multiply-adds gets the threads back); the caller's count is restored after."""
+    blas = parallel._find_blas()
+    if blas is None:
+        return
+    import ncinspect.analysis as analysis
+
+    seen: dict[str, int] = {}
+    real_metrics, real_plan = analysis.classification_metrics, analysis.plan_pass2
+
+    def metrics(*args: object, **kwargs: object) -> object:
+        seen["metrics"] = blas.get()
+        return real_metrics(*args, **kwargs)  # type: ignore[arg-type]
+
+    def plan(*args: object, **kwargs: object) -> object:
+        seen["plan"] = blas.get()
+        return real_plan(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(analysis, "classification_metrics", metrics)
+    monkeypatch.setattr(analysis, "plan_pass2", plan)
+    monkeypatch.setenv(parallel.ENV, "2")
+    if large:
+        monkeypatch.setattr(parallel, "LARGE_STEP", 0)
+    before = blas.get()
+    blas.set(2)
+    try:
+        x, y, w, b = classification_set(np.random.default_rng(3), k=4, d=6, n=3000)
+        analyze_arrays(x, w, b, labels=y)
+        want = 2 if large else 1
+        assert seen == {"metrics": want, "plan": want}
         assert blas.get() == 2
     finally:
         blas.set(before)
