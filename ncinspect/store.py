@@ -153,16 +153,30 @@ class StoreWriter:
 
     def __enter__(self) -> StoreWriter:
         self._check_destination()
+        f: h5py.File | None = None
         try:
-            # No chunk cache: appends are large blocks written through, and a failed write
-            # (disk full) then fails at once; with a cache HDF5 defers it to close, and a
-            # close after a failed cache flush can crash the process (h5py 3.16 / HDF5 2.0).
-            f = h5py.File(self._tmp, "w", rdcc_nbytes=0)
-        except OSError as exc:
-            raise OutputError(f"cannot create store: {exc}", path=self.path) from exc
+            try:
+                # No chunk cache: appends are large blocks written through, and a failed write
+                # (disk full) then fails at once; with a cache HDF5 defers it to close, and a
+                # close after a failed cache flush can crash the process (h5py 3.16 / HDF5 2.0).
+                f = h5py.File(self._tmp, "w", rdcc_nbytes=0)
+            except OSError as exc:
+                raise OutputError(f"cannot create store: {exc}", path=self.path) from exc
+            self._create_datasets(f)
+        except BaseException:  # Ctrl-C too: `__exit__` does not run when `__enter__` raises
+            try:
+                if f is not None:
+                    f.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)  # this process's own temporary name
+            raise
         self._file = f
+        return self
+
+    def _create_datasets(self, f: h5py.File) -> None:
+        """The empty, resizable datasets that `append` grows (none for a statistics store)."""
         if self.stats_only:
-            return self
+            return
         rows = _chunk_rows(self.d, self.feature_dtype.itemsize)
         if self.expected_rows is not None:
             rows = max(1, min(rows, int(self.expected_rows)))
@@ -191,7 +205,6 @@ class StoreWriter:
                 dtype=np.float32,
                 chunks=(rows, self.width),
             )
-        return self
 
     def append(
         self,
