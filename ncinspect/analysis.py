@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ncinspect.collapse import classification_extras, classification_metrics
-from ncinspect.errors import InputError
+from ncinspect.errors import InputError, check_interrupt
 from ncinspect.parallel import full_blas, map_parts, merged, release_scratch, worker_pass
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource
@@ -56,6 +56,7 @@ class _Rows:
         check = not self._all_finite
         batches = self.source.batches(self.options.chunk_rows, outputs=self.outputs, reuse=True)
         for batch in batches:
+            check_interrupt()  # a Ctrl-C / SIGTERM that Python dropped stops at the next block
             x = batch.features
             if not check:
                 yield batch

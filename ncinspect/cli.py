@@ -20,7 +20,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ncinspect import __version__
-from ncinspect.errors import NcInspectError, OutputError, Terminated, UsageError
+from ncinspect.errors import (
+    NcInspectError,
+    OutputError,
+    Terminated,
+    UsageError,
+    check_interrupt,
+    interrupt,
+)
 
 app = typer.Typer(
     name="ncinspect",
@@ -56,7 +63,9 @@ def fail(message: str, code: int) -> typer.Exit:
 def guarded(fn: Callable[[], T]) -> T:
     """Run a command body; user errors become one stderr line and an exit code, never a trace."""
     try:
-        return fn()
+        result = fn()
+        check_interrupt()  # one that Python dropped while the work went on to the end
+        return result
     except NcInspectError as exc:
         raise fail(str(exc), exc.exit_code) from None
     except Terminated:
@@ -891,13 +900,21 @@ def root(
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
+    raise interrupt(Terminated())
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise interrupt(KeyboardInterrupt())
 
 
 def main(argv: list[str] | None = None) -> Any:
     # SIGTERM cleans up like Ctrl-C (partial stores removed, locks released) unless the
-    # embedding program installed its own handler.
+    # embedding program installed its own handler. Both handlers also record the interrupt, so
+    # that one Python drops (raised inside a weakref callback or `__del__`) is raised again at
+    # the next batch or block (`errors.check_interrupt`) and still sets the exit code.
     if threading.current_thread() is threading.main_thread():
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _terminate)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupt)
     return app(args=argv, prog_name="ncinspect")

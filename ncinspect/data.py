@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ncinspect.checkpoint import call_factory, import_object, is_file_spec, sniff, split_spec
-from ncinspect.errors import DataError, reading
+from ncinspect.errors import DataError, check_interrupt, reading
 from ncinspect.npzheaders import npy_headers
 
 if TYPE_CHECKING:
@@ -458,6 +458,7 @@ class DataSource:
             loader = _guarded(loader, self.spec)
         seen = 0
         for item in loader:
+            check_interrupt()  # a Ctrl-C / SIGTERM that Python dropped stops at the next batch
             if not isinstance(item, list | tuple) or len(item) != 2:
                 raise DataError(
                     f"--data {self.spec!r}: items are {type(item).__name__}, expected "

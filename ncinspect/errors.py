@@ -63,6 +63,31 @@ class Terminated(KeyboardInterrupt):
     `except KeyboardInterrupt` / `finally` on the way already does; exit code 143."""
 
 
+# The interrupt (KeyboardInterrupt or Terminated) the CLI's signal handlers raised, kept until the
+# process ends: Python drops an exception raised inside a weakref callback or a `__del__` that a
+# signal happened to interrupt ("Exception ignored in ..."), so the work would go on.
+_pending: KeyboardInterrupt | None = None
+
+
+def interrupt(exc: KeyboardInterrupt) -> KeyboardInterrupt:
+    """Record `exc` as the pending interrupt and return it (for the handler to raise)."""
+    global _pending
+    _pending = exc
+    return exc
+
+
+def pending_interrupt() -> KeyboardInterrupt | None:
+    """The interrupt a signal handler raised in this process, if any (it may have been dropped)."""
+    return _pending
+
+
+def check_interrupt() -> None:
+    """At a safe point of a long loop (each batch, each block): raise the pending interrupt
+    again, in case Python dropped the first raise. Nothing pending: nothing happens."""
+    if _pending is not None:
+        raise type(_pending)()
+
+
 @contextmanager
 def reading(path: str | Path, error: type[InputError], what: str) -> Iterator[None]:
     """Turn whatever a third-party parser raises on a damaged file into one `error` line.
