@@ -404,10 +404,13 @@ def import_object(
     code_paths: Sequence[str | Path] = (),
     base_dirs: Sequence[str | Path] = (),
     error: type[NcInspectError] = ModelError,
+    extend_path: bool = True,
 ) -> Any:
     """Resolve `pkg.mod:attr` or `file.py:attr` to the object (attr may be dotted).
 
-    Relative file paths are tried against each of `base_dirs`, then the working directory.
+    Relative file paths are tried against each of `base_dirs`, then the working directory. A
+    module that does not import is tried again with `base_dirs` and the working directory on
+    sys.path, unless `extend_path` is False (a spec that a config file chose).
     `what` names the option in messages ("--model", "--data"). Raises `error` (a
     NcInspectError subclass) with the spec and the cause.
     """
@@ -433,7 +436,7 @@ def import_object(
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
             extra = [str(Path(b).resolve()) for b in base_dirs] + [str(Path.cwd())]
-            added = [d for d in extra if d not in sys.path]
+            added = [d for d in extra if d not in sys.path] if extend_path else []
             sys.path[:0] = added
             try:
                 module = importlib.import_module(target)

@@ -586,7 +586,8 @@ def extract(
         list[Path] | None,
         typer.Option(
             "--code-path",
-            help="Directory to make importable (repeatable).",
+            help="Directory to make importable and to trust for model code that a run.json / "
+            "config.json beside a checkpoint names (repeatable).",
             exists=True,
             file_okay=False,
         ),

@@ -24,6 +24,8 @@ from ncinspect.checkpoint import (
     call_factory,
     hint,
     import_object,
+    is_file_spec,
+    split_spec,
 )
 from ncinspect.errors import CheckpointError, ModelError
 
@@ -120,6 +122,69 @@ def check_config_factory(factory: Any, spec: ModelSpec) -> None:
     )
 
 
+def check_config_code(spec: ModelSpec, code_paths: Sequence[str | Path]) -> None:
+    """A config file beside a checkpoint (or inside it) that names `file.py:factory` or
+    `package.module:factory` chooses code to import, and importing runs the module's top-level
+    code: a downloaded checkpoint folder shipping `run.json` and `net.py` would run `net.py`.
+    So a file named by a config is imported only from a `--code-path` directory, and a module
+    only if it already imports from the environment (installed, or on the path ncinspect was
+    started with) and does not live in the checkpoint's folder outside a `--code-path`.
+    Else ModelError saying which option trusts it. Nothing is imported here."""
+    import importlib.util
+
+    trusted = [Path(c).resolve() for c in code_paths]
+
+    def under_code_path(path: Path) -> bool:
+        return any(path.resolve().is_relative_to(t) for t in trusted)
+
+    def refuse(found: str, fix: str) -> ModelError:
+        return ModelError(
+            f"{spec.source} names model {spec.spec!r}, {found}; ncinspect imports code that a "
+            f"config file names only from a --code-path directory (importing runs the file): "
+            f"{fix}, or pass --model SPEC"
+        )
+
+    target, _ = split_spec(spec.spec)
+    if is_file_spec(target):
+        candidates = [Path(target)]
+        if not Path(target).is_absolute() and spec.base_dir is not None:
+            candidates.insert(0, spec.base_dir / target)
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            tried = ", ".join(str(c) for c in candidates)
+            raise ModelError(
+                f"{spec.source} names model {spec.spec!r}: no such file (tried {tried})"
+            )
+        if not under_code_path(path):
+            raise refuse(
+                f"code in {path.resolve()}",
+                f"pass --code-path {path.resolve().parent} if you trust it",
+            )
+        return
+    top = target.split(".", 1)[0]
+    try:
+        found = importlib.util.find_spec(top)  # a top-level name: finds, executes nothing
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise refuse(
+            f"but module {top!r} is not importable",
+            "pass --code-path DIR for the directory that holds it if you trust it",
+        )
+    origins = [Path(found.origin)] if found.origin and found.has_location else []
+    origins += [Path(p) for p in (found.submodule_search_locations or [])]
+    if spec.base_dir is not None:
+        folder = spec.base_dir.resolve()
+        local = [
+            o for o in origins if o.resolve().is_relative_to(folder) and not under_code_path(o)
+        ]
+        if local:
+            raise refuse(
+                f"whose module {top!r} is code in the checkpoint's folder ({local[0]})",
+                f"pass --code-path {local[0].resolve().parent} if you trust it",
+            )
+
+
 def _library_function(function: Any) -> bool:
     """Whether a Python function lives in the standard library or one of `_NOT_FACTORIES`
     (judged by its file, so that a project file named like a stdlib module is still a project
@@ -141,7 +206,15 @@ def build_model(spec: ModelSpec, code_paths: Sequence[str | Path] = ()) -> nn.Mo
     from torch import nn
 
     bases = [spec.base_dir] if spec.base_dir is not None else []
-    factory = import_object(spec.spec, what="--model", code_paths=code_paths, base_dirs=bases)
+    if spec.source != "--model":
+        check_config_code(spec, code_paths)
+    factory = import_object(
+        spec.spec,
+        what="--model",
+        code_paths=code_paths,
+        base_dirs=bases,
+        extend_path=spec.source == "--model",
+    )
     if not callable(factory):
         raise ModelError(f"--model {spec.spec!r} names a {type(factory).__name__}, not a factory")
     if spec.source != "--model":

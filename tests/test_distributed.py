@@ -67,7 +67,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, run, data, extra in jobs:
         res = torchrun(
             str(FIXTURES / "runs" / run), "--data", str(data), "--out", str(root / name),
-            "--batch-size", "48", *extra,
+            "--batch-size", "48", "--code-path", str(FIXTURES), *extra,
         )  # fmt: skip
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"({2} shards)" in res.stdout and res.stdout.count("\n") == 4  # process 0 only
@@ -169,7 +169,7 @@ def test_rerun_skips_complete_shard_sets(out: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*.h5")}
     res = torchrun(
         str(FIXTURES / "runs" / "digits_ce"), "--data", str(DIGITS), "--out", str(out / "shards"),
-        "--batch-size", "48",
+        "--batch-size", "48", "--code-path", str(FIXTURES),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("skipped (exists") == 4

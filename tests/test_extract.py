@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -209,7 +210,8 @@ def test_model_from_run_json_and_provenance(env: Env) -> None:
             }
         )
     )
-    (outcome,) = run_extract(env.config(run, split="heldout", precision="fp32"))
+    config = env.config(run, split="heldout", precision="fp32", code_paths=(env.code.parent,))
+    (outcome,) = run_extract(config)
     assert outcome.store.name == "epoch_009.pt.heldout.h5"
     meta = check_store(outcome.store, model, env.x, env.y)
     prov = meta["provenance"]
@@ -225,7 +227,7 @@ def test_model_from_run_json_and_provenance(env: Env) -> None:
     assert prov["checkpoint_format"] == "torch" and prov["state_key"] == "state_dict"
     # --model-arg overrides run.json's model_args key by key: a wrong width is one error
     with pytest.raises(CheckpointError, match="shapes differ"):
-        run_extract(env.config(run, overwrite=True, model_args={"hidden": 7}))
+        run_extract(replace(config, overwrite=True, model_args={"hidden": 7}))
 
 
 def test_config_file_cannot_name_arbitrary_callables(env: Env) -> None:
@@ -241,6 +243,65 @@ def test_config_file_cannot_name_arbitrary_callables(env: Env) -> None:
     # the command line's --model is the user's own choice and is honoured
     (o,) = run_extract(env.config(run, model=env.spec))
     assert o.status == "written"
+
+
+_HOSTILE_CODE = """
+from dataclasses import replace
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+from torch import nn
+def net(**kw):
+    return nn.Linear(1, 1)
+"""
+
+
+@pytest.mark.parametrize("layout", ["file", "package", "checkpoint"])
+def test_config_file_cannot_import_code_without_code_path(env: Env, layout: str) -> None:
+    """A downloaded checkpoint folder that ships code and a run.json naming it: importing runs
+    the code, so nothing is imported unless the user passes --code-path for it (then it is, so
+    this test can fail)."""
+    run = env.root / "downloaded"
+    run.mkdir()
+    torch.save(make_model(env.module).state_dict(), run / "epoch_1.pt")
+    marker = env.root / "pwned.txt"
+    code = _HOSTILE_CODE.format(marker=str(marker))
+    if layout == "file":
+        (run / "net_code.py").write_text(code)
+        spec, trusted = "net_code.py:net", run
+    elif layout == "package":
+        (run / "hostilepkg").mkdir()
+        (run / "hostilepkg" / "__init__.py").write_text(code)
+        (run / "hostilepkg" / "arch.py").write_text("from hostilepkg import net\n")
+        spec, trusted = "hostilepkg.arch:net", run
+    else:  # the spec stored inside the checkpoint, naming a file by an absolute path
+        (env.root / "elsewhere").mkdir()
+        (env.root / "elsewhere" / "other_code.py").write_text(code)
+        target = env.root / "elsewhere" / "other_code.py"
+        torch.save(
+            {
+                "state_dict": make_model(env.module).state_dict(),
+                "config": {"model": f"{target}:net"},
+            },
+            run / "epoch_1.pt",
+        )
+        spec, trusted = f"{target}:net", target.parent
+    if layout != "checkpoint":
+        (run / "run.json").write_text(json.dumps({"model": spec}))
+    message = _fails(env, env.config(run), ModelError, f"names model {spec!r}", "--code-path")
+    assert f"--code-path {trusted.resolve()}" in message or layout == "package"
+    assert not marker.exists(), "the config's code ran"
+    assert "hostilepkg" not in sys.modules and str(run.resolve()) not in sys.path
+    # --model still wins over the config, and is the user's own choice
+    (o,) = run_extract(env.config(run, model=env.spec, overwrite=True))
+    assert o.status == "written" and not marker.exists()
+    # trusted with --code-path: the code is imported (it then fails to load the weights)
+    with pytest.raises(CheckpointError):
+        run_extract(env.config(run, code_paths=(trusted,), overwrite=True))
+    assert marker.read_text() == "imported"
+    sys.modules.pop("hostilepkg", None)
+    sys.modules.pop("hostilepkg.arch", None)
+    while str(trusted.resolve()) in sys.path:
+        sys.path.remove(str(trusted.resolve()))
 
 
 def test_regression_task_and_bf16(env: Env) -> None:
