@@ -100,6 +100,16 @@ LABEL_ALIASES: dict[str, tuple[str, ...]] = {
     "label_smoothing": ("label_smoothing", "smoothing", "label_smoothing_alpha", "ls"),
     "weight_decay": ("weight_decay", "wd"),
 }
+# How large the training set was (the UFM's n is its samples per class): a total, or per class.
+TRAIN_SIZE_KEYS: tuple[str, ...] = (
+    "n_train",
+    "train_size",
+    "num_train",
+    "train_samples",
+    "num_train_samples",
+    "n_train_samples",
+)
+PER_CLASS_KEYS: tuple[str, ...] = ("samples_per_class", "n_per_class", "train_per_class")
 CONFIG_NAMES: tuple[str, ...] = ("run.json", "config.json", "args.json")
 PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (
@@ -339,6 +349,40 @@ def find_labels(*sources: Any, depth: int = 3) -> dict[str, Any]:
 
     for src in sources:
         visit(src, 0)
+    return found
+
+
+def find_sized(doc: Any, names: Sequence[str], depth: int = 3) -> tuple[str, float] | None:
+    """The shallowest (name, value) whose name (any case) is one of `names` and whose value is a
+    finite number > 0, in nested mappings up to `depth` levels; else None."""
+    level = [doc] if isinstance(doc, Mapping) else []
+    for _ in range(depth):
+        nested = []
+        for obj in level:
+            for name, value in obj.items():
+                if str(name).lower() in names and not isinstance(value, bool):
+                    try:
+                        number = float(value)
+                    except (TypeError, ValueError):
+                        continue
+                    if number > 0 and number != float("inf"):
+                        return str(name), number
+                if isinstance(value, Mapping):
+                    nested.append(value)
+        level = nested
+    return None
+
+
+def find_train_size(*sources: Any) -> dict[str, float]:
+    """The training-set size from configs (first source wins): {name: value} with at most one
+    total (`TRAIN_SIZE_KEYS`) and one per-class count (`PER_CLASS_KEYS`), named as found."""
+    found: dict[str, float] = {}
+    for keys in (TRAIN_SIZE_KEYS, PER_CLASS_KEYS):
+        for src in sources:
+            hit = find_sized(src, keys)
+            if hit is not None:
+                found[hit[0]] = hit[1]
+                break
     return found
 
 

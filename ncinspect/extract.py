@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from ncinspect import __version__
 from ncinspect.checkpoint import (
     Checkpoint,
+    Sidecar,
     file_sha256,
     hint,
     import_object,
@@ -927,6 +928,23 @@ def _skip_rows(
     return None
 
 
+def _train_size(
+    ckpt: Checkpoint, sidecar: Sidecar, split: str, limit: int | None, rows: int | None
+) -> dict[str, Any]:
+    """The training-set size for the UFM's n (samples per class), with where it came from: a
+    total or per-class count in the run's config file or the checkpoint, else the rows of this
+    extraction when it is the whole `train` split; {} when nothing says."""
+    from ncinspect.checkpoint import find_train_size
+
+    found = find_train_size(sidecar.data, ckpt.config, ckpt.metadata)
+    if found:
+        where = str(sidecar.path) if find_train_size(sidecar.data) else "the checkpoint"
+        return {**found, "n_train_source": where}
+    if split == "train" and limit is None and rows is not None:
+        return {"n_train": rows, "n_train_source": "the extracted train split"}
+    return {}
+
+
 def _with_hint(exc: NcInspectError, path: Path | None) -> NcInspectError:
     """The same error, ending with the `ncinspect inspect` pointer when it does not yet."""
     if path is None or "ncinspect inspect" in exc.message:
@@ -1139,6 +1157,7 @@ def _extract_one(
     batch_size = built.static_batch or config.batch_size
     cuda = device.type == "cuda"
     shard_attrs: dict[str, Any] = {}
+    whole_rows = data.n  # before sharding: the training-set size when this is the train split
     if output.dist is not None:
         data, layout = _shard_data(data, batch_size, output.dist)
         shard_attrs = {
@@ -1181,6 +1200,7 @@ def _extract_one(
         for key, value in find_labels(sidecar.data).items():
             labels.setdefault(key, value)
     attrs.update(labels)
+    attrs.update(_train_size(ckpt, sidecar, data.split, config.limit, whole_rows))
     attrs = {k: v for k, v in attrs.items() if v is not None}
 
     model.to(device)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ncinspect.checkpoint import PER_CLASS_KEYS, TRAIN_SIZE_KEYS, find_sized
 from ncinspect.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -1246,18 +1247,6 @@ convention of Zhu et al. 2021's experiments). PyTorch's weight_decay wd adds (wd
 to the loss, which is exactly the UFM's (lambda_W/2)||W||_F^2 for the head; no such identity
 exists for the features, which a deep network does not penalize directly."""
 
-# Provenance entries that say how large the training set was (the UFM's n is per class).
-TRAIN_SIZE_KEYS = (
-    "n_train",
-    "train_size",
-    "num_train",
-    "train_samples",
-    "num_train_samples",
-    "n_train_samples",
-)
-PER_CLASS_KEYS = ("samples_per_class", "n_per_class", "train_per_class")
-_SEARCH_DEPTH = 3
-
 
 @dataclass(frozen=True)
 class UfmSettings:
@@ -1303,26 +1292,6 @@ def check_settings(tasks: Sequence[str], settings: UfmSettings) -> None:
         )
 
 
-def _find(doc: Any, names: Sequence[str]) -> tuple[str, Any] | None:
-    """The shallowest (name, value) among `names` in nested dicts (depth <= 3), else None."""
-    level = [doc] if isinstance(doc, dict) else []
-    for _ in range(_SEARCH_DEPTH):
-        nested = []
-        for obj in level:
-            for name, value in obj.items():
-                if str(name).lower() in names and not isinstance(value, bool):
-                    try:
-                        number = float(value)
-                    except (TypeError, ValueError):
-                        continue
-                    if math.isfinite(number):
-                        return str(name), number
-                if isinstance(value, dict):
-                    nested.append(value)
-        level = nested
-    return None
-
-
 def _provenance_labels(result: Result) -> dict[str, Any]:
     from ncinspect.runs import labels_from_config
 
@@ -1359,17 +1328,19 @@ def _resolve(result: Result, settings: UfmSettings) -> dict[str, Any] | None:
         sources["alpha"] = "assumed 0 (no label_smoothing in the provenance)"
     k = int(result.k or 0)
     prov = result.extras.get("meta", {}).get("provenance")
-    per_class = _find(prov, PER_CLASS_KEYS)
-    total = _find(prov, TRAIN_SIZE_KEYS)
+    per_class = find_sized(prov, PER_CLASS_KEYS)
+    where = prov.get("n_train_source") if isinstance(prov, dict) else None
+    origin = f" (from {where})" if isinstance(where, str) and where else ""
+    total = find_sized(prov, TRAIN_SIZE_KEYS)
     if settings.n is not None:
         params["n"] = float(settings.n)
         sources["n"] = "--ufm-n (given)"
-    elif per_class is not None and per_class[1] > 0:
+    elif per_class is not None:
         params["n"] = per_class[1]
-        sources["n"] = f"provenance {per_class[0]}"
-    elif total is not None and total[1] > 0 and k:
+        sources["n"] = f"provenance {per_class[0]} = {per_class[1]:g}{origin}"
+    elif total is not None and k:
         params["n"] = total[1] / k
-        sources["n"] = f"provenance {total[0]} = {total[1]:g} / K"
+        sources["n"] = f"provenance {total[0]} = {total[1]:g} / K{origin}"
     else:
         params["n"] = result.n / k if k else math.nan
         sources["n"] = (

@@ -19,6 +19,7 @@ from test_checkpoint import load_module, make_model, write_model_file
 from torch import nn
 from typer.testing import CliRunner
 
+from ncinspect.api import analyze as analyze_stores
 from ncinspect.cli import app
 from ncinspect.errors import (
     CheckpointError,
@@ -302,6 +303,58 @@ def test_config_file_cannot_import_code_without_code_path(env: Env, layout: str)
     sys.modules.pop("hostilepkg.arch", None)
     while str(trusted.resolve()) in sys.path:
         sys.path.remove(str(trusted.resolve()))
+
+
+def _provenance(store: Path) -> dict:
+    src = open_store(store)
+    try:
+        return dict(src.meta["provenance"])
+    finally:
+        src.close()
+
+
+def test_training_set_size_is_recorded_for_the_ufm(env: Env) -> None:
+    """The UFM's n is the training set's samples per class: extract records the size a run's
+    config gives (any of the usual names, nested), else the rows of a whole train split, and
+    says where it came from; report's UFM block then uses it."""
+    model = make_model(env.module)
+    run = env.root / "sized"
+    run.mkdir()
+    torch.save(model.state_dict(), run / "epoch_2.pt")
+    config = {"model": env.spec, "weight_decay": 5e-4, "data": {"train_size": 3000}}
+    (run / "run.json").write_text(json.dumps(config))
+    (o,) = run_extract(env.config(run, code_paths=(env.code.parent,)))
+    prov = _provenance(o.store)
+    assert prov["train_size"] == 3000 and prov["n_train_source"] == str(run / "run.json")
+    (result,) = analyze_stores([o.store])
+    assert result.ufm is not None and result.ufm["params"]["n"] == 1000.0  # 3000 / K = 3
+    assert (
+        result.ufm["sources"]["n"] == f"provenance train_size = 3000 / K (from {run / 'run.json'})"
+    )
+
+    # per class, in a wrapper dict inside the checkpoint (no run.json)
+    wrapped = env.root / "wrapped"
+    wrapped.mkdir()
+    torch.save({"state_dict": model.state_dict(), "samples_per_class": 250}, wrapped / "e.pt")
+    (o,) = run_extract(env.config(wrapped, model=env.spec))
+    prov = _provenance(o.store)
+    assert prov["samples_per_class"] == 250 and prov["n_train_source"] == "the checkpoint"
+
+    # nothing says: the whole train split's rows count; a --limit'ed one or a test split do not
+    plain = env.root / "plain"
+    plain.mkdir()
+    torch.save(model.state_dict(), plain / "e.pt")
+    train = env.root / "digits_train.npz"
+    np.savez(train, x=env.x, y=env.y)
+    (o,) = run_extract(env.config(plain, model=env.spec, data=str(train)))
+    prov = _provenance(o.store)
+    assert prov["n_train"] == N and prov["n_train_source"] == "the extracted train split"
+    (o,) = run_extract(
+        env.config(plain, model=env.spec, data=str(train), limit=20, out=env.root / "l")
+    )
+    assert "n_train" not in _provenance(o.store)
+    (o,) = run_extract(env.config(plain, model=env.spec))  # data_test.npz
+    assert "n_train" not in _provenance(o.store) and "n_train_source" not in _provenance(o.store)
 
 
 def test_regression_task_and_bf16(env: Env) -> None:
