@@ -35,7 +35,13 @@ from ncinspect.keys import REGRESSION_KEYS
 from ncinspect.parallel import full_blas, map_parts, merged, worker_pass
 from ncinspect.results import MetricSet, Result
 from ncinspect.sources import Batch, FeatureSource, Head
-from ncinspect.stats import RegressionCentred, RegressionMoments, UnitProjections, sub_blocks
+from ncinspect.stats import (
+    UNIT64,
+    RegressionCentred,
+    RegressionMoments,
+    UnitProjections,
+    sub_blocks,
+)
 
 if TYPE_CHECKING:  # analysis imports this module lazily; avoid the cycle at run time
     from ncinspect.analysis import AnalysisOptions
@@ -235,8 +241,29 @@ class _Nrc3Curve:
     def at(self, gamma: float) -> float:
         return float(self.values(np.array([gamma]))[0])
 
+    def stationary(self) -> float | None:
+        """The gamma where d nrc3 / d gamma = 0, in closed form; None when there is none.
+
+        In Sigma's eigenbasis A_g is diagonal, r - s 1 with r the roots of Sigma's eigenvalues
+        and s = sqrt(gamma), and ||G||_F = 1 (G = W W^T normalized), so nrc3 = 2 - 2 phi(s) with
+        phi(s) = d . (r - s 1) / ||r - s 1|| (d = diag G). phi is a linear function over the
+        root of a quadratic; phi'(s) = 0 reduces to a linear equation,
+        s (D1 R1 - T d.r) = D1 ||r||^2 - (d.r) R1 with D1 = sum d, R1 = sum r,
+        one stationary point on the whole line (the other extremum is at infinity).
+        """
+        d, r = self.diag, self.roots
+        d1, r1, dr = float(d.sum()), float(r.sum()), float(d @ r)
+        den = d1 * r1 - r.size * dr
+        num = d1 * float(r @ r) - dr * r1
+        if den == 0.0 or not math.isfinite(num / den):
+            return None
+        s = num / den
+        return s * s if s >= 0.0 else None
+
     def search(self) -> tuple[float, float, bool]:
-        """Minimize over [0, max(lambda_min, 0)]: a grid, then bounded Brent around its best."""
+        """Minimize over [0, max(lambda_min, 0)]: a grid, then the closed-form stationary point
+        when it lies inside and is no worse than the grid's best (nrc3 has one stationary point
+        in sqrt(gamma), so else the minimum is at an end), else bounded Brent around it."""
         hi = max(self.lambda_min, 0.0)
         if hi == 0.0:
             return 0.0, self.at(0.0), True
@@ -247,6 +274,12 @@ class _Nrc3Curve:
         i = int(np.nanargmin(vals))
         best_g, best_v = float(grid[i]), float(vals[i])
         lo_b, hi_b = float(grid[max(i - 1, 0)]), float(grid[min(i + 1, grid.size - 1)])
+        exact = self.stationary()
+        if exact is not None and 0.0 < exact < hi:
+            value = self.at(exact)
+            # within rounding of the grid's best or below it (f is flat at its minimum)
+            if math.isfinite(value) and value <= best_v + 64 * UNIT64 * max(1.0, best_v):
+                return exact, value, False
 
         def objective(x: float) -> float:
             v = self.at(x)
@@ -274,8 +307,9 @@ def nrc3_at(weight: np.ndarray, target_cov: np.ndarray, gamma: float) -> float:
 def nrc3_search(weight: np.ndarray, target_cov: np.ndarray) -> tuple[float, float, bool]:
     """(gamma, nrc3, on_endpoint): nrc3 minimized over gamma in [0, max(lambda_min, 0)].
 
-    A grid of GAMMA_GRID_POINTS points, then a bounded scalar minimization between the best grid
-    point's neighbours. on_endpoint is True when the minimum is at 0 or at lambda_min (the true
+    A grid of GAMMA_GRID_POINTS points, then the closed-form stationary point
+    (`_Nrc3Curve.stationary`), else a bounded scalar minimization between the best grid point's
+    neighbours. on_endpoint is True when the minimum is at 0 or at lambda_min (the true
     minimizer may then lie outside the interval). (nan, nan, False) when nrc3 is undefined.
     """
     return _Nrc3Curve(weight, target_cov).search()

@@ -325,6 +325,37 @@ def test_weights_off_the_ufm_form_have_positive_nrc3(
         assert nrc3_at(w, sigma, lam_h * lam_w) > 1e-3
 
 
+@pytest.mark.parametrize("t", [2, 3, 5])
+def test_nrc3_gamma_is_found_to_rounding(t: int) -> None:
+    """W W^T = a (Sigma^1/2 - sqrt(c) I) (the UFM's form, any scale a): the minimizer is c, and
+    the search returns it to 1e-12 relative, not to the ~1e-8 that minimizing by function values
+    alone gives (nrc3 is flat at its minimum, nrc3(c + e) - nrc3(c) ~ e^2)."""
+    rng = np.random.default_rng(40 + t)
+    basis = np.linalg.qr(rng.standard_normal((t, t)))[0]
+    for trial in range(5):
+        lams = np.sort(rng.uniform(0.5, 4.0, t))[::-1]
+        sigma = basis @ np.diag(lams) @ basis.T
+        c = float(rng.uniform(0.05, 0.95)) * lams[-1]
+        target = basis @ np.diag(np.sqrt(lams) - np.sqrt(c)) @ basis.T
+        w = np.real(scipy.linalg.sqrtm(target)) @ random_frame(rng, 7, t).T * rng.uniform(0.1, 9)
+        gamma, value, on_endpoint = nrc3_search(w, sigma)
+        assert gamma == pytest.approx(c, rel=1e-12), (trial, gamma, c)
+        assert value == pytest.approx(0.0, abs=1e-14) and not on_endpoint
+    # Off the UFM form (nrc3 > 0 at its minimum): the naive T x T curve is no lower on a fine
+    # grid around the reported gamma, and its central difference there vanishes.
+    sigma = basis @ np.diag(np.linspace(3.0, 1.0, t)) @ basis.T
+    noise = rng.standard_normal((t, t)) * 0.05
+    target = naive_sqrt(sigma) - np.sqrt(0.5) * np.eye(t) + noise @ noise.T
+    w = np.real(scipy.linalg.sqrtm(target)) @ random_frame(rng, 7, t).T
+    gamma, value, on_endpoint = nrc3_search(w, sigma)
+    assert not on_endpoint and value > 1e-6
+    near = gamma + np.linspace(-1e-4, 1e-4, 2001)
+    assert value <= naive_nrc3_curve(w, sigma, near).min() + 1e-14
+    h = 1e-6
+    left, right = naive_nrc3_curve(w, sigma, np.array([gamma - h, gamma + h]))
+    assert abs(right - left) / (2 * h) < 1e-6
+
+
 def test_exact_square_root_weights_put_gamma_on_the_endpoint() -> None:
     # W W^T = Sigma^1/2 exactly: nrc3(0) = 0 and the minimizer is the endpoint gamma = 0.
     rng = np.random.default_rng(2)
