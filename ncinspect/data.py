@@ -214,6 +214,8 @@ def _npz_members(path: Path) -> dict[str, LazyArray]:
 def _h5_members(path: Path) -> dict[str, LazyArray]:
     import h5py  # noqa: TID251 - reading *input data* files, not feature stores
 
+    from ncinspect.store import unstored_claim
+
     out: dict[str, LazyArray] = {}
     try:
         with h5py.File(path, "r") as f:
@@ -221,9 +223,15 @@ def _h5_members(path: Path) -> dict[str, LazyArray]:
             def visit(name: str, obj: Any) -> None:
                 if isinstance(obj, h5py.Dataset) and obj.shape:
                     if not (obj.is_virtual or obj.external):  # those live in other files
-                        filtered = obj.id.get_create_plist().get_nfilters() > 0
-                        stored = int(obj.id.get_storage_size()) * (1100 if filtered else 1)
-                        _check_claim(path, name, tuple(obj.shape), obj.dtype, stored)
+                        why = unstored_claim(obj)
+                        if why is not None:
+                            claimed = obj.dtype.itemsize * math.prod(obj.shape)
+                            raise DataError(
+                                f"array '{name}' claims shape {tuple(obj.shape)} of {obj.dtype} "
+                                f"({claimed} bytes) but {why} (truncated or damaged); "
+                                f"{data_hint(path)}",
+                                path=path,
+                            )
                     out[name] = H5Dataset(path, name, tuple(obj.shape), obj.dtype)
 
             f.visititems(visit)

@@ -34,6 +34,7 @@ total_rows (N of the whole set) and shard_layout ("blocks": contiguous whole bat
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -477,19 +478,51 @@ def _dataset(f: h5py.File, path: str, name: str, required: bool) -> Any:
     return obj
 
 
-# Deflate, the strongest filter h5py ships, compresses at most about 1032:1.
+# Deflate, the strongest filter h5py ships, compresses at most about 1032:1: the bound used when
+# HDF5 cannot count a dataset's chunks (before 1.10.5).
 _MAX_FILTER_RATIO = 1100
+
+
+def unstored_claim(ds: h5py.Dataset) -> str | None:
+    """Why `ds`'s header claims more data than the file holds for it, or None when it does not.
+
+    Unwritten chunks read as fill values, so a header claiming 10^12 rows would otherwise be
+    "read" for hours. A chunked dataset must have every chunk its shape needs allocated, however
+    well its filters compress (scale-offset plus deflate stores a constant chunk in a few
+    bytes); the count reads the chunk index only. A contiguous or compact one must store its
+    claimed bytes. Nothing of the claimed size is allocated.
+    """
+    claimed = ds.dtype.itemsize
+    for extent in ds.shape:
+        claimed *= int(extent)
+    if claimed == 0:
+        return None
+    stored = int(ds.id.get_storage_size())
+    if ds.chunks is not None:
+        needed = 1
+        for extent, chunk in zip(ds.shape, ds.chunks, strict=True):
+            needed *= -(-int(extent) // int(chunk))
+        try:
+            allocated: int | None = int(ds.id.get_num_chunks())
+        except (AttributeError, RuntimeError, ValueError):  # HDF5 < 1.10.5 cannot count
+            allocated = None
+        if allocated is not None:
+            if allocated >= needed:
+                return None
+            return f"the file stores {allocated} of the {needed} chunks it needs"
+        if ds.id.get_create_plist().get_nfilters() > 0:
+            stored *= _MAX_FILTER_RATIO
+    if stored < claimed:
+        return f"the file stores {stored} bytes for it"
+    return None
 
 
 def check_claimed_sizes(
     path: str, datasets: dict[str, Any], error: type[StoreError] = StoreError
 ) -> None:
     """Refuse datasets whose shape claims more data than the file holds (truncated or crafted
-    headers), and datasets stored in other files (external or virtual), before reading any rows.
-
-    Unwritten chunks of an HDF5 dataset read as fill values, so without this check a header
-    claiming 10^12 rows would be "read" for hours; nothing here allocates the claimed size.
-    """
+    headers; `unstored_claim`), and datasets stored in other files (external or virtual), before
+    reading any rows."""
     for name, ds in datasets.items():
         if ds is None:
             continue
@@ -500,18 +533,13 @@ def check_claimed_sizes(
                 "reads self-contained files only",
                 path=path,
             )
-        claimed = ds.dtype.itemsize
-        for extent in ds.shape:
-            claimed *= int(extent)
-        if claimed == 0:
-            continue
-        stored = int(ds.id.get_storage_size())
-        filtered = ds.id.get_create_plist().get_nfilters() > 0
-        if stored * (_MAX_FILTER_RATIO if filtered else 1) < claimed:
+        why = unstored_claim(ds)
+        if why is not None:
+            claimed = ds.dtype.itemsize * math.prod(int(s) for s in ds.shape)
             raise error(
                 f"dataset '{name}' claims shape {tuple(int(s) for s in ds.shape)} "
-                f"({claimed} bytes of {ds.dtype}) but the file stores {stored} bytes for it "
-                "(a truncated or damaged file); re-create it",
+                f"({claimed} bytes of {ds.dtype}) but {why} (a truncated or damaged file); "
+                "re-create it",
                 path=path,
             )
 

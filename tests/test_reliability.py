@@ -35,6 +35,7 @@ from synth import classification_set
 from test_checkpoint import load_module, make_model, write_model_file
 from typer.testing import CliRunner
 
+from ncinspect.api import analyze as analyze_stores
 from ncinspect.api import analyze_arrays
 from ncinspect.cli import app
 from ncinspect.store import write_store
@@ -389,6 +390,38 @@ def test_hdf5_and_npz_data_claiming_absurd_rows(kit: Kit, tmp_path: Path) -> Non
     np.savez(dump, features=np.zeros((4, 2)), labels=np.zeros(4, int), weight=np.eye(2))
     _patch_npy_shape(dump, "features.npy", (4, 2), (HUGE, 2))
     expect_error(["report", dump], dump, "claims shape", out=out)
+
+
+def test_hdf5_compressed_beyond_deflates_limit_is_read(kit: Kit, tmp_path: Path) -> None:
+    """Scale-offset plus deflate stores a constant chunk in a few bytes (far past deflate's
+    1032:1): a store of exactly collapsed features, and a data file of constant inputs, are
+    complete (every chunk written) and read, not refused as truncated."""
+    k, per_class, d = 4, 20_000, 8
+    means = np.array([[1.25, -0.5, 0, 0, 2, 0, 0, 0.75]], np.float32) * np.arange(1, k + 1)[:, None]
+    labels = np.repeat(np.arange(k), per_class)
+    p = tmp_path / "collapsed.h5"
+    write_store(p, features=means[labels], labels=labels, weight=means)
+    with h5py.File(p, "a") as f:
+        del f["features"]
+        ds = f.create_dataset(
+            "features", data=means[labels], chunks=(8192, d), scaleoffset=2, compression="gzip"
+        )
+        ratio = ds.size * 4 / ds.id.get_storage_size()
+    assert ratio > 1100  # beyond any bound on the compression ratio the old check assumed
+    (r,) = analyze_stores([p])
+    assert r.n == k * per_class and r.metrics["nc1"] == pytest.approx(0.0, abs=1e-12)
+    # input data, constant, compressed the same way: extract reads it
+    data = tmp_path / "flat_test.h5"
+    with h5py.File(data, "w") as f:
+        f.create_dataset(
+            "x", data=np.zeros((60_000, 6), np.float32), chunks=(8192, 6), scaleoffset=0,
+            compression="gzip",
+        )  # fmt: skip
+        assert f["x"].size * 4 / f["x"].id.get_storage_size() > 1100
+        f["y"] = np.arange(60_000) % 3
+    out = tmp_path / "features"
+    res = cli(*kit.extract(kit.checkpoints["pt"], out, "--limit", "100", data=data))
+    assert res.exit_code == 0, res.output
 
 
 def _patch_npy_shape(npz: Path, member: str, old: tuple, new: tuple) -> None:
