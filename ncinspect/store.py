@@ -500,18 +500,21 @@ def unstored_claim(ds: h5py.Dataset) -> str | None:
     stored = int(ds.id.get_storage_size())
     if ds.chunks is not None:
         needed = 1
+        chunk_bytes = ds.dtype.itemsize
         for extent, chunk in zip(ds.shape, ds.chunks, strict=True):
             needed *= -(-int(extent) // int(chunk))
-        try:
-            allocated: int | None = int(ds.id.get_num_chunks())
-        except (AttributeError, RuntimeError, ValueError):  # HDF5 < 1.10.5 cannot count
-            allocated = None
-        if allocated is not None:
-            if allocated >= needed:
-                return None
-            return f"the file stores {allocated} of the {needed} chunks it needs"
-        if ds.id.get_create_plist().get_nfilters() > 0:
-            stored *= _MAX_FILTER_RATIO
+            chunk_bytes *= int(chunk)
+        if ds.id.get_create_plist().get_nfilters() == 0:
+            # unfiltered chunks are stored whole: the bytes count them, no index walk
+            allocated = stored // chunk_bytes
+        else:
+            try:
+                allocated = int(ds.id.get_num_chunks())
+            except (AttributeError, RuntimeError, ValueError):  # HDF5 < 1.10.5 cannot count
+                allocated = needed if stored * _MAX_FILTER_RATIO >= claimed else 0
+        if allocated >= needed:
+            return None
+        return f"the file stores {allocated} of the {needed} chunks it needs"
     if stored < claimed:
         return f"the file stores {stored} bytes for it"
     return None
