@@ -29,6 +29,7 @@ class AnalysisOptions:
     chunk_rows: int | None = None
     drop_nonfinite: bool = False
     nc1_route: str = "auto"  # "auto" | "class_span" | "dxd"
+    saved_sums: bool = True  # use class sums saved with the features (checked) instead of pass 1
     gamma: float | None = None  # regression: fixed NRC3 gamma (report --gamma)
     ufm_lambdas: tuple[float, float] | None = None  # regression: gamma = lambda_H * lambda_W
 
@@ -96,17 +97,77 @@ def plan_pass2(
     source: FeatureSource,
     options: AnalysisOptions,
     combine: Callable[[ClassSums], ClassSums] | None = None,
+    check: np.ndarray | None = None,
 ) -> tuple[ClassSums, ScatterPlan]:
     """Between the passes: pass 1 combined over the processes (when `combine` is given), checked
-    non-empty, and pass 2's plan (the NC1 route, the means, the head). The host passes and the
-    device ones (`devicestats`) share it."""
+    non-empty, and pass 2's plan (the NC1 route, the means, the head; `check` as in
+    `plan_scatter`). The host passes and the device ones (`devicestats`) share it."""
     if combine is not None:
         sums = combine(sums)
     if sums.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
     head = source.head
-    plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route)
+    plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route, check)
     return sums, plan
+
+
+STALE_SUMS = (
+    "the class sums saved with the features do not match them (the store was changed after it "
+    "was written?); computed from the features instead"
+)
+
+
+def _check_direction(d: int) -> np.ndarray:
+    """A fixed unit vector in general position (seeded: results stay bit-reproducible)."""
+    v = np.random.default_rng(0x5EED).standard_normal(d)
+    return v / np.linalg.norm(v)
+
+
+def _saved_pass1(source: FeatureSource) -> ClassSums | None:
+    """The class sums a store saved when it was written, if they fit it: shapes (K,), (K, D),
+    counts adding up to N, every sum finite (a store with NaN/Inf rows takes both passes, which
+    refuse or drop them). None otherwise."""
+    saved = source.saved_class_sums()
+    if saved is None:
+        return None
+    counts, sums = saved
+    k = source.head.width
+    if counts.shape != (k,) or sums.shape != (k, source.d) or int(counts.sum()) != source.n:
+        return None
+    if np.any(counts < 0) or not np.isfinite(sums).all():
+        return None
+    return ClassSums(counts=counts.astype(np.int64), sums=sums.astype(np.float64))
+
+
+def _unchecked_rows(plan: ScatterPlan, x: np.ndarray, y: np.ndarray) -> ClassScatter:
+    """`ClassScatter.from_batch` on rows not checked for NaN/Inf (such rows fail the means
+    check, and the result is discarded): quietly, in the worker thread running it."""
+    with np.errstate(all="ignore"):
+        return ClassScatter.from_batch(plan, x, y)
+
+
+def _one_pass(
+    source: FeatureSource, options: AnalysisOptions, sums: ClassSums
+) -> ClassScatter | None:
+    """Pass 2 alone, on saved class sums; None when the rows read do not have those sums
+    (`ClassScatter.means_match`; NaN/Inf rows fail it too, so no separate finite check)."""
+    k = source.head.width
+    with worker_pass():
+        with full_blas(float(source.d) * k * k):
+            sums, plan = plan_pass2(sums, source, options, check=_check_direction(source.d))
+        scatter = ClassScatter.empty(plan)
+        batches = source.batches(options.chunk_rows, outputs=False, reuse=True)
+        for batch in batches:
+            check_interrupt()
+            x, y = batch.features, batch.labels
+            assert y is not None
+            if x.shape[0]:
+                scattered = map_parts(lambda xs, ys: _unchecked_rows(plan, xs, ys), x, y)
+                scatter = scatter.merge(merged(scattered, ClassScatter.merge))
+    assert scatter.counts is not None
+    if not np.array_equal(scatter.counts, sums.counts) or not scatter.means_match(plan.means):
+        return None
+    return scatter
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
@@ -127,17 +188,33 @@ def _finite_rows(x: np.ndarray) -> np.ndarray:
     return finite
 
 
-def classification_stats(
-    source: FeatureSource, options: AnalysisOptions
-) -> tuple[ClassMoments, ClassScatter, int]:
-    """Two passes over the source; returns (moments, scatter, rows dropped as non-finite).
+@dataclass(frozen=True)
+class ClassStats:
+    """What the classification metrics need of a source's rows, and how it was obtained."""
+
+    moments: ClassMoments
+    scatter: ClassScatter
+    dropped: int  # rows dropped as non-finite
+    sums_from: str  # "saved" (the store's class sums, checked) or "computed" (pass 1)
+    stale: bool  # saved class sums were found not to match the rows, and were recomputed
+
+
+def classification_stats(source: FeatureSource, options: AnalysisOptions) -> ClassStats:
+    """Two passes over the source, or one when the store saved its class sums.
 
     Pass 1 gathers counts and per-class sums (`ClassSums`); pass 2, with the means fixed, the
     scatter, accuracy, NC4 and the within-class squared deviations that complete `ClassMoments`
-    (the two-pass form of m2, exact up to float64 rounding).
+    (the two-pass form of m2, exact up to float64 rounding). A store written by ncinspect saves
+    the class sums of the rows it holds (`StoreWriter`): pass 2 then runs on those, and checks
+    they are the rows' own (`_one_pass`); if not, both passes run and `stale` says so.
     """
+    saved = _saved_pass1(source) if options.saved_sums else None
+    if saved is not None:
+        scatter1 = _one_pass(source, options, saved)
+        if scatter1 is not None:
+            return ClassStats(saved.moments(scatter1.within), scatter1, 0, "saved", False)
     sums, scatter, dropped = classification_statistics(source, options)
-    return sums.moments(scatter.within), scatter, dropped
+    return ClassStats(sums.moments(scatter.within), scatter, dropped, "computed", saved is not None)
 
 
 def finite_rows(source: FeatureSource, options: AnalysisOptions, outputs: bool = True) -> _Rows:
@@ -203,9 +280,13 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
         with full_blas(float(source.d) ** 3):  # up to a D x D eigendecomposition
             metric_set, n_used, dropped, extras = metrics_from_statistics(source, options)
     elif source.task == "classification":
-        moments, scatter, dropped = classification_stats(source, options)
+        stats = classification_stats(source, options)
+        moments, dropped = stats.moments, stats.dropped
         with full_blas(float(min(source.d, source.head.width)) ** 3):  # Sigma_B's eigenpairs
-            metric_set = classification_metrics(moments, scatter, source.head)
+            metric_set = classification_metrics(moments, stats.scatter, source.head)
+        metric_set.info["class_sums"] = stats.sums_from
+        if stats.stale:
+            metric_set.warn(STALE_SUMS)
         n_used = moments.n
         extras = classification_extras(moments, source.head)
     else:

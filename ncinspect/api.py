@@ -37,6 +37,7 @@ def analyze(
     ufm_lambdas: tuple[float, float] | None = None,
     skipped: list[str] | None = None,
     ufm: UfmSettings | None = None,
+    saved_sums: bool = True,
 ) -> list[Result]:
     """Analyse stores and dumps (files or directories searched recursively).
 
@@ -44,12 +45,18 @@ def analyze(
     are passed over and described in `skipped` when a list is given; named files must be valid.
     Each result's `ufm` holds its distance to the UFM optimum (`ncinspect.ufm.ufm_distance`) when
     the regularization is known: from `ufm.lambdas`, else `ufm_lambdas`, else the store's
-    provenance (weight decay); `UfmSettings(enabled=False)` turns it off.
+    provenance (weight decay); `UfmSettings(enabled=False)` turns it off. `saved_sums=False`:
+    compute the class sums from the features even where a store saved them (`report
+    --no-saved-sums`).
     """
     if isinstance(paths, str | Path):
         paths = [paths]
     options = AnalysisOptions(
-        chunk_rows=chunk_rows, drop_nonfinite=drop_nonfinite, gamma=gamma, ufm_lambdas=ufm_lambdas
+        chunk_rows=chunk_rows,
+        drop_nonfinite=drop_nonfinite,
+        gamma=gamma,
+        ufm_lambdas=ufm_lambdas,
+        saved_sums=saved_sums,
     )
     named = {Path(p) for p in paths}
     found = discover([Path(p) for p in paths])

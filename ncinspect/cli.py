@@ -199,6 +199,14 @@ def report(
         int | None,
         typer.Option(help="Rows read per chunk (default: sized to the store's chunks).", min=1),
     ] = None,
+    no_saved_sums: Annotated[
+        bool,
+        typer.Option(
+            "--no-saved-sums",
+            help="Compute the class sums from the features (two passes) even where the store "
+            "saved them.",
+        ),
+    ] = False,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write to this file (atomically) instead of stdout."),
@@ -248,6 +256,7 @@ def report(
             ufm_lambdas=lambdas,
             skipped=skipped,
             ufm=settings,
+            saved_sums=not no_saved_sums,
         )
         if not quiet:
             for line in skipped + rep.warning_lines(results):

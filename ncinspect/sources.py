@@ -136,6 +136,11 @@ class FeatureSource:
         """A good number of rows per read (stores align this with their HDF5 chunks)."""
         return DEFAULT_CHUNK_ROWS
 
+    def saved_class_sums(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(counts (K,), sums (K, D) float64) of the rows, saved when they were written (a
+        store's /class_sums); None when the source has none. Not validated here."""
+        return None
+
     def batches(
         self, rows: int | None = None, *, outputs: bool = True, reuse: bool = False
     ) -> Iterator[Batch]:

@@ -315,6 +315,9 @@ class ScatterPlan:
     bias: np.ndarray  # (K,)
     centre: np.ndarray | None = None  # (D,)
     rows: int = 0
+    # (D,) unit vector: pass 2 also sums (h_i - mu_{y_i}) . check per class, which vanishes when
+    # the means are those of the rows read (`ClassScatter.check_sum`); None: not needed
+    check: np.ndarray | None = None
     ncc: _NearestMean = field(init=False, repr=False, compare=False)
     logits: _Logits = field(init=False, repr=False, compare=False)
     projector: np.ndarray | None = field(init=False, repr=False, compare=False)
@@ -352,9 +355,14 @@ class ScatterPlan:
 
 
 def plan_scatter(
-    moments: ClassMoments, weight: np.ndarray, bias: np.ndarray, route: str = "auto"
+    moments: ClassMoments,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    route: str = "auto",
+    check: np.ndarray | None = None,
 ) -> ScatterPlan:
-    """Choose the cheaper exact NC1 route: the class span when K_eff < D, else D x D."""
+    """Choose the cheaper exact NC1 route: the class span when K_eff < D, else D x D. `check`:
+    a unit vector for `ClassScatter.means_match` (means that did not come from these rows)."""
     present = moments.counts > 0
     k_eff = int(present.sum())
     if route == "auto":
@@ -371,6 +379,7 @@ def plan_scatter(
         bias=np.asarray(bias, dtype=np.float64),
         centre=mu_g,
         rows=moments.n,
+        check=check,
     )
 
 
@@ -757,15 +766,45 @@ class ClassScatter:
     ncc_mismatch: int = 0
     route: str = field(default="dxd")
     within: np.ndarray | None = None
+    # with plan.check: per class (K,), the rows, sum_i (h_i - mu_k) . check and sum_i ||h_i - mu_k||
+    counts: np.ndarray | None = None
+    check_sum: np.ndarray | None = None
+    check_scale: np.ndarray | None = None
 
     @classmethod
     def empty(cls, plan: ScatterPlan) -> ClassScatter:
         r = plan.means.shape[1] if plan.basis is None else plan.basis.shape[0]
+        k = plan.means.shape[0]
+        checked = plan.check is not None
         return cls(
             scatter=np.zeros((r, r), dtype=np.float64),
             route=plan.route,
-            within=np.zeros(plan.means.shape[0], dtype=np.float64),
+            within=np.zeros(k, dtype=np.float64),
+            counts=np.zeros(k, dtype=np.int64) if checked else None,
+            check_sum=np.zeros(k, dtype=np.float64) if checked else None,
+            check_scale=np.zeros(k, dtype=np.float64) if checked else None,
         )
+
+    def means_match(self, means: np.ndarray) -> bool:
+        """Whether the plan's means are, to float64 rounding, the means of the rows pass 2 read:
+        per class the rows' count, and sum_i (h_i - mu_k) . v = n_k (true mean - mu_k) . v
+        within its rounding bound (False for NaN/Inf rows). Needs a plan with `check`.
+
+        Bound: each computed deviation h_i - mu_k errs by u ||h_i - mu_k|| per entry and its dot
+        with the unit v by gamma_D more; the class's float64 sum by gamma_{n_k} of the terms'
+        magnitudes; mu_k itself, a sum of n_k rows divided by n_k, by (gamma_{n_k} + u) ||mu_k||
+        (||h_i|| <= ||h_i - mu_k|| + ||mu_k||). Four times that is allowed.
+        """
+        assert self.counts is not None and self.check_sum is not None
+        assert self.check_scale is not None
+        n = self.counts.astype(np.float64)
+        d = means.shape[1]
+        rounding = dot_error_bound(d, UNIT64) + 2.0 * UNIT64
+        rounding = rounding + n * UNIT64 / (1.0 - n * UNIT64)  # gamma_{n_k}
+        scale = self.check_scale + n * _row_norms(means)
+        bound = 4.0 * rounding * scale
+        with np.errstate(invalid="ignore"):
+            return bool(np.all(np.abs(self.check_sum) <= bound))
 
     @classmethod
     def from_batch(
@@ -785,9 +824,12 @@ class ClassScatter:
             None if plan.projector is None else thread_scratch("proj", (n, plan.projector.shape[0]))
         )
         # the D x D route adds a D x D product per sub-block: at least D rows amortize it
+        checked = None if plan.check is None else np.empty(n)
         for sl in sub_blocks(n, d, min_rows=d if proj is None else 1):
             dev = _deviations(x[sl], y[sl], plan.means)
             dev_sq[sl] = _row_dots(dev, dev)
+            if checked is not None:
+                np.matmul(dev, plan.check, out=checked[sl])
             if proj is None:
                 out.scatter += dev.T @ dev
             else:
@@ -810,23 +852,31 @@ class ClassScatter:
             else:
                 pred = plan.logits.argmax(x, xnorm)
         assert out.within is not None
-        out.within += np.bincount(y, weights=dev_sq, minlength=out.within.size)
+        k = out.within.size
+        out.within += np.bincount(y, weights=dev_sq, minlength=k)
+        if checked is not None:
+            out.counts = np.bincount(y, minlength=k).astype(np.int64)
+            out.check_sum = np.bincount(y, weights=checked, minlength=k)
+            out.check_scale = np.bincount(y, weights=dev_norm, minlength=k)
         out.n = n
         out.correct = int(np.count_nonzero(pred == y))
         out.ncc_mismatch = int(np.count_nonzero(pred != ncc))
         return out
 
     def merge(self, other: ClassScatter) -> ClassScatter:
-        within = None
-        if self.within is not None and other.within is not None:
-            within = self.within + other.within
+        def add(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None or b is None else a + b
+
         return ClassScatter(
             scatter=self.scatter + other.scatter,
             n=self.n + other.n,
             correct=self.correct + other.correct,
             ncc_mismatch=self.ncc_mismatch + other.ncc_mismatch,
             route=self.route,
-            within=within,
+            within=add(self.within, other.within),
+            counts=add(self.counts, other.counts),
+            check_sum=add(self.check_sum, other.check_sum),
+            check_scale=add(self.check_scale, other.check_scale),
         )
 
 

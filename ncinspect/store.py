@@ -59,9 +59,11 @@ from ncinspect.sources import (
     check_label_range,
     validate_arrays,
 )
+from ncinspect.stats import ClassSums
 
 FORMAT = "ncinspect.features"
 FORMAT_VERSION = 1
+CLASS_SUMS = "class_sums"  # group: counts (K,) int64 and sums (K, D) float64 of the stored rows
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _TARGET_CHUNK_BYTES = 1 << 20
 # Attributes the store writes itself; everything else a caller passes goes to `provenance`.
@@ -135,6 +137,11 @@ class StoreWriter:
         self._head: Head | None = None
         self._file: h5py.File | None = None
         self._tmp = partial_name(self.path)
+        # a classification store saves its rows' class sums (`report` then reads the rows once);
+        # None once a block's labels are outside [0, width) (the store is refused on opening)
+        self._class_sums: ClassSums | None = None
+        if task == "classification" and not stats_only:
+            self._class_sums = ClassSums.empty(self.width, self.d)
 
     def _check_destination(self) -> None:
         if self.path.is_dir():
@@ -222,6 +229,9 @@ class StoreWriter:
         b = int(features.shape[0])
         if features.shape != (b, self.d):
             raise ValueError(f"features block {features.shape}, expected ({b}, {self.d})")
+        # the values as stored: the class sums must be those of the rows a reader gets back
+        features = np.asarray(features, dtype=self.feature_dtype)
+        self._add_class_sums(features, labels)
         blocks: list[tuple[str, np.ndarray | None]] = [("features", features)]
         if self.task == "classification":
             blocks.append(("labels", labels))
@@ -239,6 +249,21 @@ class StoreWriter:
         except OSError as exc:
             raise write_failure(exc, self.path) from exc
         self.n += b
+
+    def _add_class_sums(self, features: np.ndarray, labels: np.ndarray | None) -> None:
+        if self._class_sums is None or labels is None:
+            return
+        y = np.asarray(labels)
+        if y.shape != (features.shape[0],) or y.dtype.kind not in "iu":
+            self._class_sums = None
+            return
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= self.width):
+            self._class_sums = None
+            return
+        if y.size:
+            with np.errstate(all="ignore"):  # NaN/Inf rows: such sums are not written
+                block = ClassSums.from_batch(features, y, self.width)
+                self._class_sums = self._class_sums.merge(block)
 
     def set_head(self, weight: np.ndarray, bias: np.ndarray | None) -> None:
         self._head = Head(np.asarray(weight), None if bias is None else np.asarray(bias))
@@ -292,6 +317,14 @@ class StoreWriter:
             )
         if self.stats_only:
             self._write_statistics(f)
+        elif (
+            self._class_sums is not None
+            and self._class_sums.n == self.n
+            and np.isfinite(self._class_sums.sums).all()
+        ):
+            sums = f.create_group(CLASS_SUMS)
+            sums.create_dataset("counts", data=self._class_sums.counts)
+            sums.create_dataset("sums", data=self._class_sums.sums)
         g = f.create_group("head")
         g.create_dataset("weight", data=np.asarray(self._head.weight, dtype=np.float32))
         if self._head.bias is not None:
@@ -418,6 +451,24 @@ class StoreSource(FeatureSource):
         self._labels = f["labels"] if "labels" in f else None
         self._targets = f["targets"] if "targets" in f else None
         self._outputs = f["outputs"] if "outputs" in f else None
+
+    def saved_class_sums(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """/class_sums/counts and /class_sums/sums as written with the rows, if present with
+        the expected kinds of data (shapes are the analysis's to check); else None."""
+        g = self._f.get(CLASS_SUMS)
+        if not isinstance(g, h5py.Group):
+            return None
+        counts, sums = g.get("counts"), g.get("sums")
+        if not (isinstance(counts, h5py.Dataset) and isinstance(sums, h5py.Dataset)):
+            return None
+        if counts.dtype.kind not in "iu" or sums.dtype != np.float64:
+            return None
+        if counts.ndim != 1 or sums.ndim != 2 or counts.size * max(1, self.d) > 1 << 28:
+            return None
+        try:
+            return np.asarray(counts[()], dtype=np.int64), np.asarray(sums[()])
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            raise StoreError(f"reading '{CLASS_SUMS}' failed: {exc}", path=self.path) from exc
 
     def chunk_rows(self) -> int:
         """About 8 MiB of features per read, a whole number of HDF5 chunks (each read once)."""
@@ -818,6 +869,17 @@ class ShardSetSource(FeatureSource):
 
     def chunk_rows(self) -> int:
         return self.shards[0].chunk_rows()
+
+    def saved_class_sums(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The shards' saved class sums added up (plain sums); None unless every shard has them
+        in one shape."""
+        parts = [shard.saved_class_sums() for shard in self.shards]
+        if any(p is None for p in parts):
+            return None
+        got = [p for p in parts if p is not None]
+        if len({(c.shape, m.shape) for c, m in got}) != 1:
+            return None
+        return sum((c for c, _ in got[1:]), got[0][0]), sum((m for _, m in got[1:]), got[0][1])
 
     def batches(
         self, rows: int | None = None, *, outputs: bool = True, reuse: bool = False

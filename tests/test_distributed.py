@@ -118,6 +118,11 @@ def test_report_merges_shards_like_one_process(out: Path) -> None:
     assert len(sharded) == 4  # each set once
     assert all(r.source.endswith(".shard-*-of-00002.h5") for r in sharded)
     assert assert_same_results(digits, sharded) < RTOL
+    # every shard saved its rows' class sums: the set reads its rows once, on their sum
+    assert {r.info["class_sums"] for r in sharded + digits} == {"saved"}
+    recomputed = ncinspect.analyze([out / "shards"], saved_sums=False)
+    assert {r.info["class_sums"] for r in recomputed} == {"computed"}
+    assert assert_same_results(recomputed, sharded) < RTOL
     stats = ncinspect.analyze([out / "shards_stats"])
     assert len(stats) == 8
     assert assert_same_results(single, stats) < RTOL
