@@ -799,8 +799,8 @@ class ClassScatter:
         assert self.check_scale is not None
         n = self.counts.astype(np.float64)
         d = means.shape[1]
-        rounding = dot_error_bound(d, UNIT64) + 2.0 * UNIT64
-        rounding = rounding + n * UNIT64 / (1.0 - n * UNIT64)  # gamma_{n_k}
+        # gamma_{n_k}, plus the dot product's and the deviations' own rounding
+        rounding = n * UNIT64 / (1.0 - n * UNIT64) + (dot_error_bound(d, UNIT64) + 2.0 * UNIT64)
         scale = self.check_scale + n * _row_norms(means)
         bound = 4.0 * rounding * scale
         with np.errstate(invalid="ignore"):
@@ -824,12 +824,13 @@ class ClassScatter:
             None if plan.projector is None else thread_scratch("proj", (n, plan.projector.shape[0]))
         )
         # the D x D route adds a D x D product per sub-block: at least D rows amortize it
-        checked = None if plan.check is None else np.empty(n)
+        check = plan.check
+        checked = None if check is None else np.empty(n)
         for sl in sub_blocks(n, d, min_rows=d if proj is None else 1):
             dev = _deviations(x[sl], y[sl], plan.means)
             dev_sq[sl] = _row_dots(dev, dev)
-            if checked is not None:
-                np.matmul(dev, plan.check, out=checked[sl])
+            if check is not None and checked is not None:
+                np.matmul(dev, check, out=checked[sl])
             if proj is None:
                 out.scatter += dev.T @ dev
             else:
