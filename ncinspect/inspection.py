@@ -273,6 +273,11 @@ def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
             desc["datasets"].append({"name": "head/bias", "shape": [src.head.width]})
         if src.has_outputs:
             desc["datasets"].append({"name": "outputs", "shape": [src.n, src.head.width]})
+        saved = src.saved_class_sums() if src.statistics is None else None
+        if saved is not None:  # the class sums written with the rows (report's first pass)
+            for name, arr in zip(("counts", "sums"), saved, strict=True):
+                shape = [int(x) for x in arr.shape]
+                desc["datasets"].append({"name": f"class_sums/{name}", "shape": shape})
         meta = dict(src.meta)
         desc["provenance"] = meta.pop("provenance", {})
         desc["attributes"] = meta

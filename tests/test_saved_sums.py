@@ -215,3 +215,12 @@ def test_cli_option_and_json(tmp_path: Path) -> None:
     a, c = json.loads(saved.stdout), json.loads(both.stdout)
     assert a["results"][0]["info"]["class_sums"] == "saved"
     assert c["results"][0]["info"]["class_sums"] == "computed"
+
+
+def test_inspect_lists_the_saved_sums(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    x, y, w, b = classification_set(rng, 3, 5, 40)
+    p = _write(tmp_path / "s.h5", x, y, w, b)
+    res = runner.invoke(app, ["inspect", str(p)])
+    assert res.exit_code == 0, res.output
+    assert "class_sums/counts  (3,)" in res.stdout and "class_sums/sums  (3, 5)" in res.stdout
