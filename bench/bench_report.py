@@ -17,6 +17,10 @@ Issue #7, on seeded data written to temporary stores (float32 features, with out
            NC4 cannot do without, W, b and the means given for free (K < D: from Z, a (K, r)
            product per row; K >= D: two float32 N x K x D GEMMs). "floor (NC1 only)", the sums
            and the Gram product alone (the floor of earlier rounds), is shown for context.
+    The stores carry the class sums StoreWriter saves, so `report` reads the rows once (pass 2
+    on the saved sums, checked). For context: "report (two passes)", `analyze(saved_sums=False)`
+    (a store without saved sums, as before), and "floor (sums given)", the floor without the
+    per-class sums (the tighter floor for a store that saved them).
     Targets: naive / report >= 5, report / floor <= 1.5.
 (b) peak memory of a fresh process that imports ncinspect and runs `analyze` (its peak RSS,
     VmHWM, since Linux carries ru_maxrss over from the parent across fork + exec) at N and 10 N
@@ -209,6 +213,7 @@ def floor_classification(
     k: int,
     basis: np.ndarray | None,
     scores: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    sums_given: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Per-class sums (K, D) and NC1's Gram: Z^T Z with Z = X basis^T, or X^T X if basis is None;
     with `scores`, also the predicted class and the nearest mean of every row.
@@ -247,7 +252,9 @@ def floor_classification(
             r = d if basis is None else basis.shape[0]
             gram = np.zeros((r, r))
         assert gram is not None
-        if k > ONE_HOT_MAX_K:
+        if sums_given:
+            pass  # the store's saved class sums: no arithmetic on the rows for them
+        elif k > ONE_HOT_MAX_K:
             class_sums(x, y, sums)
         z = None if basis is None else np.empty((x.shape[0], basis.shape[0]))
         for sl in _sub_blocks(x.shape[0], d, min_rows=d if basis is None else 1):
@@ -256,7 +263,7 @@ def floor_classification(
                 buf = np.empty(rows * d)
             x64 = buf[: rows * d].reshape(rows, d)
             np.copyto(x64, x[sl])
-            if k <= ONE_HOT_MAX_K:
+            if k <= ONE_HOT_MAX_K and not sums_given:
                 one_hot = np.zeros((k, x64.shape[0]))
                 one_hot[y[sl], np.arange(x64.shape[0])] = 1.0
                 sums += one_hot @ x64
@@ -433,6 +440,10 @@ def _ratios(row: Row, times: dict[str, float]) -> None:
     for name in ("NC1", "PCA"):  # context only: no target
         if f"floor ({name} only)" in times:
             row.values[f"report/({name} floor)"] = times["report"] / times[f"floor ({name} only)"]
+    if "report (two passes)" in times:  # context: a store without saved class sums
+        row.values["(two passes)/floor"] = times["report (two passes)"] / times["floor"]
+    if "floor (sums given)" in times:  # context: the floor that also takes the sums as given
+        row.values["report/(floor, sums given)"] = times["report"] / times["floor (sums given)"]
 
 
 def bench_classification(tmp: Path, sizes: Sizes, log: Callable[[str], None]) -> list[Row]:
@@ -447,7 +458,11 @@ def bench_classification(tmp: Path, sizes: Sizes, log: Callable[[str], None]) ->
             {
                 "naive": lambda p=path: naive.classification(p),
                 "report": lambda p=path: analyze([p]),
+                "report (two passes)": lambda p=path: analyze([p], saved_sums=False),
                 "floor": lambda p=path, k=k, b=basis, s=scores: floor_classification(p, k, b, s),
+                "floor (sums given)": lambda p=path, k=k, b=basis, s=scores: (
+                    floor_classification(p, k, b, s, sums_given=True)
+                ),
                 "floor (NC1 only)": lambda p=path, k=k, b=basis: floor_classification(p, k, b),
             },
             sizes.repeats,
