@@ -114,10 +114,25 @@ class Row:
                 f"(10N/N {v['10N/N']:.3f}; after imports {v['import_MiB']:.1f} MiB; ru_maxrss "
                 f"{v['ru_maxrss_MiB@N']:.1f} / {v['ru_maxrss_MiB@10N']:.1f} MiB, parent's included)"
             )
-        contenders = ("naive", "report", "floor", "floor (NC1 only)", "floor (PCA only)")
+        contenders = (
+            "naive",
+            "report",
+            "report (two passes)",
+            "floor",
+            "floor (sums given)",
+            "floor (NC1 only)",
+            "floor (PCA only)",
+        )
         names = [n for n in contenders if f"{n}_s" in v]
         parts = [f"{name} {v[f'{name}_s']:.3f} s" for name in names]
-        ratios = ("naive/report", "report/floor", "report/(NC1 floor)", "report/(PCA floor)")
+        ratios = (
+            "naive/report",
+            "report/floor",
+            "(two passes)/floor",
+            "report/(floor, sums given)",
+            "report/(NC1 floor)",
+            "report/(PCA floor)",
+        )
         parts += [f"{name} {v[name]:.2f}" for name in ratios if name in v]
         return " | ".join(parts)
 
@@ -460,8 +475,8 @@ def bench_classification(tmp: Path, sizes: Sizes, log: Callable[[str], None]) ->
                 "report": lambda p=path: analyze([p]),
                 "report (two passes)": lambda p=path: analyze([p], saved_sums=False),
                 "floor": lambda p=path, k=k, b=basis, s=scores: floor_classification(p, k, b, s),
-                "floor (sums given)": lambda p=path, k=k, b=basis, s=scores: (
-                    floor_classification(p, k, b, s, sums_given=True)
+                "floor (sums given)": lambda p=path, k=k, b=basis, s=scores: floor_classification(
+                    p, k, b, s, sums_given=True
                 ),
                 "floor (NC1 only)": lambda p=path, k=k, b=basis: floor_classification(p, k, b),
             },
