@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
 
-    from ncinspect.extract import ExtractConfig, run_extract
+    from ncinspect.extraction.run import ExtractConfig, run_extract
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -57,8 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import naive_metrics as naive  # noqa: E402  (bench/ is not a package)
 
 from ncinspect.api import analyze  # noqa: E402
-from ncinspect.stats import thin_matmul  # noqa: E402  (ncinspect's thin products, for the floor)
-from ncinspect.store import StoreWriter, open_store  # noqa: E402
+from ncinspect.io.store import StoreWriter, open_store  # noqa: E402
+from ncinspect.stats.accumulators import thin_matmul  # noqa: E402  (ncinspect's thin products, for the floor)
 
 NAIVE_OVER_REPORT = 5.0  # target: naive / report >= 5
 REPORT_OVER_FLOOR = 1.5  # target: report / floor <= 1.5
@@ -193,7 +193,7 @@ def _read_rows(path: Path) -> int:
 def _chunks(path: Path, labels: str | None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """(features block, labels block) with every block read into one reused buffer."""
     step = _read_rows(path)
-    with h5py.File(path, "r", rdcc_nbytes=0) as f:  # as ncinspect.store opens stores
+    with h5py.File(path, "r", rdcc_nbytes=0) as f:  # as ncinspect.io.store opens stores
         feats = f["features"]
         n, d = feats.shape
         buf = np.empty((step, d), dtype=feats.dtype)

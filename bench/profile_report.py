@@ -43,9 +43,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_report as br  # noqa: E402
 
-import ncinspect.stats as st  # noqa: E402
+import ncinspect.stats.accumulators as st  # noqa: E402
 from ncinspect.api import analyze  # noqa: E402
-from ncinspect.store import open_store  # noqa: E402
+from ncinspect.io.store import open_store  # noqa: E402
 
 CASES = {
     "k10": ("classification", 50_000, 512, 10),

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ncinspect.analysis import AnalysisOptions, analyze_source
+from ncinspect.analysis.passes import AnalysisOptions, analyze_source
 from ncinspect.errors import NcInspectError
-from ncinspect.loader import STORE_SUFFIXES, discover, natural_key, open_source
-from ncinspect.results import Result
-from ncinspect.sources import ArraySource, Head, check_label_range, validate_arrays
+from ncinspect.io.discovery import STORE_SUFFIXES, discover, natural_key, open_source
+from ncinspect.io.sources import ArraySource, Head, check_label_range, validate_arrays
+from ncinspect.metrics.results import Result
 
 if TYPE_CHECKING:
     from ncinspect.ufm import UfmSettings
@@ -112,7 +112,7 @@ def _apply_run_protocols(results: list[Result]) -> None:
             by_run[(run_key(r), r.split)].append(r)
     if not by_run:
         return
-    from ncinspect.regression import apply_run_gamma
+    from ncinspect.metrics.regression import apply_run_gamma
 
     for group in by_run.values():
         group.sort(key=lambda r: (r.epoch is None, r.epoch or 0, natural_key(r.source)))

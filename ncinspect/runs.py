@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ncinspect import __version__
+from ncinspect._version import __version__
 from ncinspect.api import run_key
 from ncinspect.errors import InputError, UsageError
-from ncinspect.keys import METRICS, keys_for
-from ncinspect.loader import natural_key
-from ncinspect.results import Result, json_number, jsonable
+from ncinspect.io.discovery import natural_key
+from ncinspect.metrics.keys import METRICS, keys_for
+from ncinspect.metrics.results import Result, json_number, jsonable
 
 # Label names a run's provenance or config file may use, by the canonical label they fill.
 LABEL_ALIASES: dict[str, tuple[str, ...]] = {

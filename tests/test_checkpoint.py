@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ncinspect.checkpoint import (
+from ncinspect.errors import CheckpointError, ModelError
+from ncinspect.extraction.checkpoint import (
     audit_exported_program,
     epoch_from_name,
     import_object,
@@ -33,9 +34,8 @@ from ncinspect.checkpoint import (
     sniff,
     strip_prefixes,
 )
-from ncinspect.errors import CheckpointError, ModelError
-from ncinspect.inspection import describe, format_description
-from ncinspect.models import ModelSpec, load_strict, weight_pairs
+from ncinspect.extraction.inspection import describe, format_description
+from ncinspect.extraction.models import ModelSpec, load_strict, weight_pairs
 
 MODEL_SOURCE = '''\
 """A tiny model for ncinspect's tests: head(body(x))."""

@@ -15,10 +15,10 @@ from synth import classification_set
 from typer.testing import CliRunner
 
 from ncinspect.cli import app
-from ncinspect.keys import CLASSIFICATION_KEYS
-from ncinspect.report import table_text
-from ncinspect.results import Result
-from ncinspect.store import write_store
+from ncinspect.io.store import write_store
+from ncinspect.metrics.keys import CLASSIFICATION_KEYS
+from ncinspect.metrics.results import Result
+from ncinspect.render.tables import table_text
 
 runner = CliRunner()
 GOLDEN = Path(__file__).parent / "golden"

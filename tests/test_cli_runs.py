@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ncinspect.cli import app
-from ncinspect.keys import CLASSIFICATION_KEYS
-from ncinspect.report import grids_text, runs_grids
-from ncinspect.results import Result
+from ncinspect.io.store import write_store
+from ncinspect.metrics.keys import CLASSIFICATION_KEYS
+from ncinspect.metrics.results import Result
+from ncinspect.render.tables import grids_text, runs_grids
 from ncinspect.runs import group_runs, runs_table
-from ncinspect.store import write_store
 
 runner = CliRunner()
 GOLDEN = Path(__file__).parent / "golden"

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ncinspect.cli import app
-from ncinspect.store import write_store
+from ncinspect.io.store import write_store
 from ncinspect.ufm import UFM_CAVEAT, make_targets
 from ncinspect.ufm import classify_closed_form as closed_form
 

@@ -1,4 +1,4 @@
-"""Classification metrics (ncinspect.collapse / ncinspect.stats) against the spec.
+"""Classification metrics (ncinspect.metrics.classification / ncinspect.stats.accumulators) against the spec.
 
 Every expected value comes from `oracle_nc` (a naive, independent implementation of
 shared/spec/metrics.md), from closed forms (the exact simplex ETF), or from the spec's
@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from oracle_nc import KEYS, classification_oracle
 
-from ncinspect.analysis import AnalysisOptions
+from ncinspect.analysis.passes import AnalysisOptions
 from ncinspect.api import analyze_arrays
-from ncinspect.keys import CLASSIFICATION_KEYS
-from ncinspect.stats import ClassMoments, ClassScatter, plan_scatter
+from ncinspect.metrics.keys import CLASSIFICATION_KEYS
+from ncinspect.stats.accumulators import ClassMoments, ClassScatter, plan_scatter
 
 ROUTES = ("class_span", "dxd")
 SHAPES = ((5, 16), (9, 8), (12, 6))  # K < D, K - 1 = D, K > D

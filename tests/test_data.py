@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ncinspect.data import (
+from ncinspect.errors import DataError
+from ncinspect.extraction.data import (
     H5Dataset,
     MemmapMember,
     StreamMember,
@@ -20,7 +21,6 @@ from ncinspect.data import (
     restricted_load,
     split_from_name,
 )
-from ncinspect.errors import DataError
 
 
 def _collect(source, batch_size: int = 7, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:

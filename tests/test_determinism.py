@@ -22,8 +22,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from ncinspect.cli import app
-from ncinspect.extract import ExtractConfig, run_extract
-from ncinspect.store import write_store
+from ncinspect.extraction.run import ExtractConfig, run_extract
+from ncinspect.io.store import write_store
 
 runner = CliRunner()
 

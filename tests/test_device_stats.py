@@ -21,16 +21,16 @@ from test_stats_only import assert_same_results
 from typer.testing import CliRunner
 
 import ncinspect
-from ncinspect import devicestats
-from ncinspect.analysis import AnalysisOptions, classification_statistics, finite_rows
+from ncinspect.analysis.passes import AnalysisOptions, classification_statistics, finite_rows
 from ncinspect.cli import app
-from ncinspect.collapse import classification_metrics
-from ncinspect.devicestats import DeviceBatch
 from ncinspect.errors import InputError
-from ncinspect.regression import regression_from_statistics, regression_statistics
-from ncinspect.sources import ArraySource, Head
-from ncinspect.stats import ClassSums
-from ncinspect.store import open_store
+from ncinspect.io.sources import ArraySource, Head
+from ncinspect.io.store import open_store
+from ncinspect.metrics.classification import classification_metrics
+from ncinspect.metrics.regression import regression_from_statistics, regression_statistics
+from ncinspect.stats import device as devicestats
+from ncinspect.stats.accumulators import ClassSums
+from ncinspect.stats.device import DeviceBatch
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

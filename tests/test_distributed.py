@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 
 import ncinspect
 from ncinspect.cli import app
-from ncinspect.data import open_data
 from ncinspect.errors import InputError, UsageError
-from ncinspect.extract import Distributed, ExtractConfig, _shard_data, run_extract
-from ncinspect.loader import discover
+from ncinspect.extraction.data import open_data
+from ncinspect.extraction.run import Distributed, ExtractConfig, _shard_data, run_extract
+from ncinspect.io.discovery import discover
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

@@ -12,8 +12,8 @@ from synth import classification_set
 
 from ncinspect.api import analyze
 from ncinspect.errors import DumpError
-from ncinspect.loader import open_source
-from ncinspect.store import write_store
+from ncinspect.io.discovery import open_source
+from ncinspect.io.store import write_store
 
 
 @pytest.fixture

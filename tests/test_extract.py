@@ -29,7 +29,8 @@ from ncinspect.errors import (
     OutputError,
     UsageError,
 )
-from ncinspect.extract import (
+from ncinspect.extraction.inspection import describe, format_description
+from ncinspect.extraction.run import (
     BackgroundWriter,
     ExtractConfig,
     _probe,
@@ -38,8 +39,7 @@ from ncinspect.extract import (
     parse_data_keys,
     run_extract,
 )
-from ncinspect.inspection import describe, format_description
-from ncinspect.store import StoreWriter, open_store
+from ncinspect.io.store import StoreWriter, open_store
 
 N = 37  # not a multiple of the batch size: the last batch is short
 

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from oracle_nc import classification_oracle
 
-import ncinspect.stats as st
-from ncinspect.analysis import AnalysisOptions, analyze_source
+import ncinspect.stats.accumulators as st
+from ncinspect.analysis.passes import AnalysisOptions, analyze_source
 from ncinspect.api import analyze_arrays
 from ncinspect.errors import InputError
-from ncinspect.sources import ArraySource, Head
-from ncinspect.stats import (
+from ncinspect.io.sources import ArraySource, Head
+from ncinspect.stats.accumulators import (
     UNIT32,
     UNIT64,
     ClassMoments,
@@ -460,7 +460,7 @@ def test_batches_without_outputs() -> None:
 
 
 def test_store_batches_reusing_one_buffer_read_every_row(tmp_path) -> None:
-    from ncinspect.store import open_store, write_store
+    from ncinspect.io.store import open_store, write_store
 
     rng = np.random.default_rng(13)
     x = rng.standard_normal((103, 5)).astype(np.float32)
@@ -532,7 +532,7 @@ def test_centred_shortcut_only_where_it_is_as_accurate_as_centring_first() -> No
 
 
 def test_regression_analysis_equals_the_dxd_form() -> None:
-    from ncinspect.regression import regression_metrics
+    from ncinspect.metrics.regression import regression_metrics
 
     rng = np.random.default_rng(12)
     n, d, t = 700, 70, 3
@@ -559,7 +559,7 @@ def test_regression_analysis_equals_the_dxd_form() -> None:
 
 
 def test_subspaces_are_reused_only_for_the_same_moments_and_weight() -> None:
-    from ncinspect.regression import Subspaces
+    from ncinspect.metrics.regression import Subspaces
 
     rng = np.random.default_rng(14)
     x = rng.standard_normal((300, 9)) @ rng.standard_normal((9, 9))
@@ -584,7 +584,7 @@ def test_subspaces_are_reused_only_for_the_same_moments_and_weight() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_finite_rows_equal_the_entrywise_test(dtype: type) -> None:
-    from ncinspect.analysis import _finite_rows
+    from ncinspect.analysis.passes import _finite_rows
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((64, 33)).astype(dtype)

@@ -25,13 +25,13 @@ from safetensors.torch import save_file
 from synth import classification_set
 from test_checkpoint import load_module, make_model, write_model_file
 
-from ncinspect.analysis import analyze_source
-from ncinspect.checkpoint import audit_exported_program, load_checkpoint
-from ncinspect.data import open_data
+from ncinspect.analysis.passes import analyze_source
 from ncinspect.errors import NcInspectError
-from ncinspect.inspection import describe
-from ncinspect.loader import open_source
-from ncinspect.store import write_store
+from ncinspect.extraction.checkpoint import audit_exported_program, load_checkpoint
+from ncinspect.extraction.data import open_data
+from ncinspect.extraction.inspection import describe
+from ncinspect.io.discovery import open_source
+from ncinspect.io.store import write_store
 
 FUZZ = settings(
     max_examples=60,

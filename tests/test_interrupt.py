@@ -28,8 +28,8 @@ from typer.testing import CliRunner
 
 from ncinspect.cli import app
 from ncinspect.errors import NcInspectError, OutputError
-from ncinspect.locking import lock_name, stale_partials, store_lock
-from ncinspect.store import StoreWriter, open_store
+from ncinspect.io.locking import lock_name, stale_partials, store_lock
+from ncinspect.io.store import StoreWriter, open_store
 
 SLOW_MODEL = """\
 import time
@@ -229,7 +229,7 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
 def test_lock_of_a_killed_holder_is_free(tmp_path: Path) -> None:
     store = tmp_path / "s.h5"
     code = (
-        "import sys, time; from pathlib import Path; from ncinspect.locking import store_lock\n"
+        "import sys, time; from pathlib import Path; from ncinspect.io.locking import store_lock\n"
         f"with store_lock(Path({str(store)!r})):\n"
         "    print('held', flush=True); time.sleep(60)\n"
     )
@@ -293,9 +293,9 @@ def test_a_dropped_interrupt_is_raised_again_at_the_next_block(
     finished the extraction and exited 0). The handlers record it: the next block raises it
     again, and a command whose work ended anyway still exits with the interrupt's code."""
     from ncinspect import errors
-    from ncinspect.analysis import AnalysisOptions, analyze_source
+    from ncinspect.analysis.passes import AnalysisOptions, analyze_source
     from ncinspect.cli import guarded
-    from ncinspect.sources import ArraySource, Head
+    from ncinspect.io.sources import ArraySource, Head
 
     monkeypatch.setattr(errors, "_pending", None)
     errors.interrupt(errors.Terminated())  # raised by the handler and dropped

@@ -1,4 +1,4 @@
-"""Row-parallel passes (`ncinspect.parallel`): the split, the pool, the scratch arrays, and that
+"""Row-parallel passes (`ncinspect.stats.parallel`): the split, the pool, the scratch arrays, and that
 threads change no answer beyond float64 rounding of the merges.
 
 The threaded route needs numpy's BLAS to be made single-threaded per worker thread; where that
@@ -16,12 +16,12 @@ import pytest
 from synth import classification_set
 from typer.testing import CliRunner
 
-from ncinspect import parallel
-from ncinspect.analysis import AnalysisOptions
+from ncinspect.analysis.passes import AnalysisOptions
 from ncinspect.api import analyze_arrays
 from ncinspect.cli import app
 from ncinspect.errors import UsageError
-from ncinspect.store import write_store
+from ncinspect.io.store import write_store
+from ncinspect.stats import parallel
 
 THREADED = parallel._find_blas() is not None
 
@@ -264,7 +264,7 @@ def test_an_analysis_holds_blas_on_one_thread_metrics_included(
     blas = parallel._find_blas()
     if blas is None:
         return
-    import ncinspect.analysis as analysis
+    import ncinspect.analysis.passes as analysis
 
     seen: dict[str, int] = {}
     real_metrics, real_plan = analysis.classification_metrics, analysis.plan_pass2

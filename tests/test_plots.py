@@ -12,7 +12,10 @@ from matplotlib.image import imread
 
 from ncinspect.api import analyze
 from ncinspect.errors import OutputError, UsageError
-from ncinspect.plots import (
+from ncinspect.io.store import write_store
+from ncinspect.metrics.regression import nrc3_at
+from ncinspect.metrics.results import Result
+from ncinspect.render.plots import (
     build_gamma_figure,
     build_matched_figure,
     build_run_figure,
@@ -20,10 +23,7 @@ from ncinspect.plots import (
     plot_runs,
     run_label,
 )
-from ncinspect.regression import nrc3_at
-from ncinspect.results import Result
 from ncinspect.runs import Run, compare_runs, group_runs
-from ncinspect.store import write_store
 
 
 def _result(name: str, epoch: int | None, task: str, metrics: dict[str, float]) -> Result:
@@ -246,7 +246,11 @@ def test_run_label() -> None:
 
 def test_ufm_classify_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
     from ncinspect import ufm
-    from ncinspect.plots import UFM_CLASSIFY_PANELS, build_ufm_classify_figure, plot_ufm_sweep
+    from ncinspect.render.plots import (
+        UFM_CLASSIFY_PANELS,
+        build_ufm_classify_figure,
+        plot_ufm_sweep,
+    )
 
     alphas = [0.2, 0.0, 0.05, 0.1]  # unsorted on purpose: the x axis must come out sorted
     reports = ufm.sweep_classify(4, 5, 0.01, 0.01, alphas, d=None)
@@ -279,7 +283,7 @@ def test_ufm_classify_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
 
 def test_ufm_regress_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
     from ncinspect import ufm
-    from ncinspect.plots import build_ufm_regress_figure, plot_ufm_sweep
+    from ncinspect.render.plots import build_ufm_regress_figure, plot_ufm_sweep
 
     sigma = np.diag([4.0, 1.0])
     pairs = [(0.1, 0.1), (0.2, 0.05), (1.0, 2.0), (3.0, 3.0)]  # c = 0.01, 0.01, 2, 9
@@ -311,7 +315,7 @@ def test_ufm_regress_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
 
 
 def test_ufm_plot_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ncinspect.plots import check_plot_file
+    from ncinspect.render.plots import check_plot_file
 
     with pytest.raises(UsageError, match=r"--plot: found 'a.jpg'; expected a file name ending"):
         check_plot_file(tmp_path / "a.jpg")

@@ -15,9 +15,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ncinspect.analysis import AnalysisOptions
+from ncinspect.analysis.passes import AnalysisOptions
 from ncinspect.api import analyze_arrays
-from ncinspect.stats import (
+from ncinspect.stats.accumulators import (
     ClassMoments,
     ClassScatter,
     ClassSums,

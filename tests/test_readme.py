@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ncinspect.keys import METRICS
+from ncinspect.metrics.keys import METRICS
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

@@ -1,4 +1,4 @@
-"""Regression-collapse metrics (ncinspect.regression / the regression part of ncinspect.stats).
+"""Regression-collapse metrics (ncinspect.metrics.regression / the regression part of ncinspect.stats.accumulators).
 
 Expected values come from three places, never from ncinspect's own earlier output:
 - the spec's UFM closed forms (Andriopoulos et al. 2024, Thm 4.1) and its T = 2 check values;
@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ncinspect import regression
-from ncinspect.analysis import AnalysisOptions, analyze_source
+from ncinspect.analysis.passes import AnalysisOptions, analyze_source
 from ncinspect.errors import InputError, UsageError
-from ncinspect.regression import (
+from ncinspect.io.sources import ArraySource, Head
+from ncinspect.metrics import regression
+from ncinspect.metrics.regression import (
     GAMMA_GRID_POINTS,
     REGRESSION_KEYS,
     GammaChoice,
@@ -29,9 +30,8 @@ from ncinspect.regression import (
     nrc3_at,
     nrc3_search,
 )
-from ncinspect.results import Result
-from ncinspect.sources import ArraySource, Head
-from ncinspect.stats import RegressionCentred, RegressionMoments
+from ncinspect.metrics.results import Result
+from ncinspect.stats.accumulators import RegressionCentred, RegressionMoments
 
 KEYS = (
     "nrc1",

@@ -12,7 +12,8 @@ from synth import classification_set
 
 from ncinspect.api import analyze
 from ncinspect.errors import InputError, UsageError
-from ncinspect.results import Result
+from ncinspect.io.store import write_store
+from ncinspect.metrics.results import Result
 from ncinspect.runs import (
     Run,
     compare_runs,
@@ -27,7 +28,6 @@ from ncinspect.runs import (
     runs_table,
     trajectory,
 )
-from ncinspect.store import write_store
 
 
 def _store(path: Path, seed: int = 0, **attrs: object) -> None:

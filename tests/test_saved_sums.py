@@ -13,12 +13,12 @@ import pytest
 from synth import classification_set
 from typer.testing import CliRunner
 
-from ncinspect.analysis import STALE_SUMS, AnalysisOptions, analyze_source
+from ncinspect.analysis.passes import STALE_SUMS, AnalysisOptions, analyze_source
 from ncinspect.api import analyze
 from ncinspect.cli import app
 from ncinspect.errors import InputError
-from ncinspect.results import Result
-from ncinspect.store import CLASS_SUMS, StoreSource, StoreWriter, open_store, write_store
+from ncinspect.io.store import CLASS_SUMS, StoreSource, StoreWriter, open_store, write_store
+from ncinspect.metrics.results import Result
 
 runner = CliRunner()
 

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 import ncinspect
 from ncinspect.cli import app
 from ncinspect.errors import InputError, StoreError, UsageError
-from ncinspect.extract import ExtractConfig, run_extract
-from ncinspect.inspection import describe, format_description
-from ncinspect.keys import keys_for
-from ncinspect.results import Result
-from ncinspect.store import open_store
+from ncinspect.extraction.inspection import describe, format_description
+from ncinspect.extraction.run import ExtractConfig, run_extract
+from ncinspect.io.store import open_store
+from ncinspect.metrics.keys import keys_for
+from ncinspect.metrics.results import Result
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

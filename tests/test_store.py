@@ -10,8 +10,8 @@ import pytest
 from synth import classification_set
 
 from ncinspect.errors import InputError, OutputError, StoreError
-from ncinspect.loader import open_source
-from ncinspect.store import FORMAT, FORMAT_VERSION, StoreWriter, open_store, write_store
+from ncinspect.io.discovery import open_source
+from ncinspect.io.store import FORMAT, FORMAT_VERSION, StoreWriter, open_store, write_store
 
 
 def _write(path: Path, seed: int = 0, **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -15,11 +15,11 @@ import pytest
 
 from ncinspect import ufm
 from ncinspect.errors import InputError, UsageError
-from ncinspect.results import jsonable
+from ncinspect.metrics.results import jsonable
 
-HAS_REGRESSION = importlib.util.find_spec("ncinspect.regression") is not None
+HAS_REGRESSION = importlib.util.find_spec("ncinspect.metrics.regression") is not None
 needs_regression = pytest.mark.skipif(
-    not HAS_REGRESSION, reason="ncinspect.regression (NRC metrics) has not landed yet"
+    not HAS_REGRESSION, reason="ncinspect.metrics.regression (NRC metrics) has not landed yet"
 )
 
 # Specification, "Unconstrained feature model (UFM)": K = 4, n = 5, lambda_W = lambda_H = 0.01.

@@ -19,8 +19,8 @@ from synth import random_orthonormal
 from ncinspect import ufm
 from ncinspect.api import analyze, analyze_arrays
 from ncinspect.errors import UsageError
-from ncinspect.results import Result
-from ncinspect.store import write_store
+from ncinspect.io.store import write_store
+from ncinspect.metrics.results import Result
 from ncinspect.ufm import UFM_CAVEAT, UfmSettings, ufm_distance
 
 EXACT = 1e-9

@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ncinspect.analysis import AnalysisOptions, nonfinite_error, plan_pass2
-from ncinspect.sources import FeatureSource, StatRecord
-from ncinspect.stats import (
+from ncinspect.analysis.passes import AnalysisOptions, nonfinite_error, plan_pass2
+from ncinspect.io.sources import FeatureSource, StatRecord
+from ncinspect.stats.accumulators import (
     ClassScatter,
     ClassSums,
     RegressionMoments,
@@ -381,7 +381,7 @@ def regression_statistics(
     """`regression.regression_statistics` on the device: (pass-1 moments, pass-2 uncentred and
     centred unit projections, rows dropped as non-finite). Predictions are the stored outputs
     when the source has them, else h @ W^T + b in float64."""
-    from ncinspect.regression import plan_pass2
+    from ncinspect.metrics.regression import plan_pass2
 
     weight_np = np.asarray(source.head.weight, dtype=np.float64)
     t, d = weight_np.shape
@@ -418,14 +418,14 @@ def gather_statistics(
     """`statsets.gather_statistics` with the passes on the device: the same records and `stats`
     group attributes. `source` gives the task, head, D, has_outputs and the path for messages;
     `batches(outputs)` runs one pass."""
-    from ncinspect.statsets import records
+    from ncinspect.analysis.saved import records
 
     if source.task == "classification":
         sums, scatter, dropped = classification_statistics(
             source, batches, device, options, combine
         )
         return records(source, [sums, scatter], dropped)
-    from ncinspect.regression import gamma_choice
+    from ncinspect.metrics.regression import gamma_choice
 
     gamma_choice(options)
     moments, uncentred, centred, dropped = regression_statistics(

@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ncinspect import __version__
+from ncinspect._version import __version__
 from ncinspect.errors import (
     NcInspectError,
     OutputError,
@@ -76,7 +76,7 @@ def guarded(fn: Callable[[], T]) -> T:
 
 def parse_metrics(text: str | None) -> list[str] | None:
     """`--metrics nc1,nc3` -> keys (validated against the catalogue); `all` -> every key."""
-    from ncinspect.keys import METRICS
+    from ncinspect.metrics.keys import METRICS
 
     if text is None:
         return None
@@ -238,8 +238,8 @@ def report(
     """Compute the collapse metrics of stores and dumps and print them."""
 
     def body() -> None:
-        from ncinspect import report as rep
         from ncinspect.api import analyze
+        from ncinspect.render import tables as rep
         from ncinspect.ufm import UfmSettings
 
         if gamma is not None and ufm_lambdas is not None:
@@ -297,8 +297,8 @@ def _render_runs(
 ) -> None:
     import json
 
-    from ncinspect import report as rep
-    from ncinspect.keys import TABLE_DEFAULT, keys_for
+    from ncinspect.metrics.keys import TABLE_DEFAULT, keys_for
+    from ncinspect.render import tables as rep
     from ncinspect.runs import group_runs, runs_json, runs_table
 
     runs = group_runs(results, labels)
@@ -372,8 +372,8 @@ def compare(
     def body() -> None:
         import json
 
-        from ncinspect import report as rep
         from ncinspect.api import analyze
+        from ncinspect.render import tables as rep
         from ncinspect.runs import compare_runs, comparison_json, group_runs
 
         chosen = parse_metrics(metric)
@@ -396,7 +396,7 @@ def compare(
             pair[1].name = str(run_b)
         comparison = compare_runs(pair[0], pair[1], at, chosen, level_values, n_levels)
         if plot_dir is not None:
-            from ncinspect.plots import plot_matched
+            from ncinspect.render.plots import plot_matched
 
             for path in plot_matched(comparison, plot_dir):
                 print(f"wrote {path}", file=sys.stderr)
@@ -441,7 +441,7 @@ def plot(
 
     def body() -> None:
         from ncinspect.api import analyze
-        from ncinspect.plots import plot_matched, plot_runs
+        from ncinspect.render.plots import plot_matched, plot_runs
         from ncinspect.runs import compare_runs, group_runs
 
         chosen = parse_metrics(metrics)
@@ -628,7 +628,7 @@ def extract(
     """
 
     def body() -> None:
-        from ncinspect.extract import (
+        from ncinspect.extraction.run import (
             ExtractConfig,
             parse_assignments,
             parse_data_keys,
@@ -710,8 +710,8 @@ def inspect_cmd(
     def body() -> None:
         import json
 
-        from ncinspect.checkpoint import add_code_paths
-        from ncinspect.inspection import describe, format_description
+        from ncinspect.extraction.checkpoint import add_code_paths
+        from ncinspect.extraction.inspection import describe, format_description
 
         add_code_paths(code_path or ())
         desc = describe(path, unsafe_pickle=unsafe_pickle)
@@ -759,7 +759,7 @@ UfmPlotOpt = Annotated[
 def _emit_ufm(reports: list[dict], format: UfmFormat, width: int | None, quiet: bool) -> None:
     import json
 
-    from ncinspect.results import jsonable
+    from ncinspect.metrics.results import jsonable
 
     if not quiet:
         for rep in reports:
@@ -769,7 +769,7 @@ def _emit_ufm(reports: list[dict], format: UfmFormat, width: int | None, quiet: 
         data = jsonable(reports[0] if len(reports) == 1 else reports)
         write_output(json.dumps(data, indent=2, allow_nan=False), None)
         return
-    from ncinspect import report as rep_module
+    from ncinspect.render import tables as rep_module
 
     rep_module.print_ufm(reports, width=width)
 
@@ -825,14 +825,14 @@ def ufm_classify(
 
 def _check_ufm_plot(plot: Path | None) -> None:
     if plot is not None:
-        from ncinspect.plots import check_plot_file
+        from ncinspect.render.plots import check_plot_file
 
         check_plot_file(plot)
 
 
 def _draw_ufm_plot(reports: list[dict], plot: Path | None) -> None:
     if plot is not None:
-        from ncinspect.plots import plot_ufm_sweep
+        from ncinspect.render.plots import plot_ufm_sweep
 
         print(f"wrote {plot_ufm_sweep(reports, plot)}", file=sys.stderr)
 

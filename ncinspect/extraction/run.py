@@ -48,8 +48,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ncinspect import __version__
-from ncinspect.checkpoint import (
+from ncinspect._version import __version__
+from ncinspect.errors import (
+    CheckpointError,
+    DataError,
+    ModelError,
+    NcInspectError,
+    OutputError,
+    UsageError,
+)
+from ncinspect.extraction.checkpoint import (
     Checkpoint,
     Sidecar,
     file_sha256,
@@ -62,17 +70,8 @@ from ncinspect.checkpoint import (
     read_sidecar,
     split_spec,
 )
-from ncinspect.data import DataSource, open_data
-from ncinspect.errors import (
-    CheckpointError,
-    DataError,
-    ModelError,
-    NcInspectError,
-    OutputError,
-    UsageError,
-)
-from ncinspect.locking import store_lock
-from ncinspect.models import (
+from ncinspect.extraction.data import DataSource, open_data
+from ncinspect.extraction.models import (
     Call,
     ModelSpec,
     build_model,
@@ -82,15 +81,16 @@ from ncinspect.models import (
     load_strict,
     resolve_spec,
 )
-from ncinspect.sources import Batch, FeatureSource, Head
+from ncinspect.io.locking import store_lock
+from ncinspect.io.sources import Batch, FeatureSource, Head
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from torch import nn
 
-    from ncinspect.devicestats import DeviceBatch
-    from ncinspect.store import StoreWriter
+    from ncinspect.io.store import StoreWriter
+    from ncinspect.stats.device import DeviceBatch
 
 Precision = Literal["fp32", "bf16", "fp16"]
 TaskChoice = Literal["auto", "classification", "regression"]
@@ -510,7 +510,7 @@ class _Output:
 
 
 def _shard_path(store: Path, dist: Distributed) -> Path:
-    from ncinspect.loader import shard_name
+    from ncinspect.io.discovery import shard_name
 
     return store.with_name(shard_name(store.stem, dist.rank, dist.world, store.suffix))
 
@@ -528,7 +528,7 @@ def _complete_rows_any(store: Path) -> int | None:
 
 def _shard_sets(store: Path) -> list[list[Path]]:
     """The shard files of `store` found beside it, grouped by set (any count, complete or not)."""
-    from ncinspect.loader import shard_key
+    from ncinspect.io.discovery import shard_key
 
     try:
         entries = sorted(store.parent.iterdir())
@@ -544,8 +544,8 @@ def _shard_sets(store: Path) -> list[list[Path]]:
 
 def _set_rows(paths: list[Path]) -> int | None:
     """Rows of a complete, consistent shard set (any of its files given); None otherwise."""
-    from ncinspect.loader import shard_paths
-    from ncinspect.store import open_shard_set
+    from ncinspect.io.discovery import shard_paths
+    from ncinspect.io.store import open_shard_set
 
     try:
         src = open_shard_set(shard_paths(paths[0]))
@@ -559,7 +559,7 @@ def _set_rows(paths: list[Path]) -> int | None:
 
 def _shard_id(path: Path, world: int) -> str | None:
     """The extraction id of an existing complete shard file of a `world`-process set."""
-    from ncinspect.store import open_store
+    from ncinspect.io.store import open_store
 
     if not path.exists():
         return None
@@ -578,7 +578,7 @@ def _shard_id(path: Path, world: int) -> str | None:
 def _remove_superseded(store: Path, keep: Path) -> None:
     """After `keep` (the store, or any shard of the new set) is complete: remove the other copies
     of `store` (the whole file, shard sets of other sizes); they are stale or were replaced."""
-    from ncinspect.loader import shard_key
+    from ncinspect.io.discovery import shard_key
 
     new = shard_key(keep)
     victims = [] if new is None else ([store] if store.exists() else [])
@@ -744,7 +744,7 @@ def run_extract(
 def _run_jobs(
     config: ExtractConfig, progress: ProgressHook | None, dist: Distributed | None
 ) -> list[ExtractOutcome]:
-    from ncinspect.checkpoint import add_code_paths
+    from ncinspect.extraction.checkpoint import add_code_paths
 
     add_code_paths(config.code_paths)
     data_path = Path(config.data)
@@ -836,8 +836,8 @@ def request_attrs(config: ExtractConfig, data: DataSource) -> dict[str, Any]:
 def _other_request(store: Path, request: dict[str, Any]) -> str | None:
     """Why the complete copy of `store` (file or shard set) does not hold what `request` asks
     for, or None when it does (or when there is no readable copy)."""
-    from ncinspect.loader import shard_paths
-    from ncinspect.store import open_shard_set, open_store
+    from ncinspect.io.discovery import shard_paths
+    from ncinspect.io.store import open_shard_set, open_store
 
     src: FeatureSource
     try:
@@ -918,7 +918,7 @@ def _skip_rows(
         return rows[0]
     ids = {i for i, _, _ in seen}
     if len(ids) == 1 and None not in ids:
-        from ncinspect.store import open_store
+        from ncinspect.io.store import open_store
 
         src = open_store(target)
         try:
@@ -934,7 +934,7 @@ def _train_size(
     """The training-set size for the UFM's n (samples per class), with where it came from: a
     total or per-class count in the run's config file or the checkpoint, else the rows of this
     extraction when it is the whole `train` split; {} when nothing says."""
-    from ncinspect.checkpoint import find_train_size
+    from ncinspect.extraction.checkpoint import find_train_size
 
     found = find_train_size(sidecar.data, ckpt.config, ckpt.metadata)
     if found:
@@ -956,7 +956,7 @@ def _with_hint(exc: NcInspectError, path: Path | None) -> NcInspectError:
 
 def _complete_rows(path: Path) -> int:
     """Rows of an existing store; OutputError when the file is not a complete store."""
-    from ncinspect.store import open_store
+    from ncinspect.io.store import open_store
 
     if path.is_dir():
         raise OutputError("output path is a directory, expected a store file name", path=path)
@@ -988,7 +988,7 @@ def _prepare_imports(config: ExtractConfig) -> None:
         return
     target, _ = split_spec(config.model)
     if is_file_spec(target):
-        from ncinspect.checkpoint import import_file
+        from ncinspect.extraction.checkpoint import import_file
 
         path = Path(target)
         if not path.is_file():
@@ -1195,7 +1195,7 @@ def _extract_one(
     sidecar = read_sidecar(path)
     if sidecar.path is not None:
         attrs["config_file"] = str(sidecar.path)
-        from ncinspect.checkpoint import find_labels
+        from ncinspect.extraction.checkpoint import find_labels
 
         for key, value in find_labels(sidecar.data).items():
             labels.setdefault(key, value)
@@ -1251,7 +1251,7 @@ def _run_batches(
     output: _Output,
 ) -> int:
 
-    from ncinspect.store import StoreWriter
+    from ncinspect.io.store import StoreWriter
 
     path = job.checkpoint
     stream = data.batches(batch_size, workers=config.workers, pin_memory=cuda)
@@ -1327,11 +1327,11 @@ def _run_batches(
             has_outputs=config.with_outputs and width == head_width,
             forward=forward,
         )
-        from ncinspect.analysis import AnalysisOptions
-        from ncinspect.statsets import gather_statistics
+        from ncinspect.analysis.passes import AnalysisOptions
+        from ncinspect.analysis.saved import gather_statistics
 
         options = AnalysisOptions(drop_nonfinite=config.drop_nonfinite)
-        from ncinspect import devicestats
+        from ncinspect.stats import device as devicestats
 
         if devicestats.applies(device):  # accumulate on the device: no features to the host
             parts, stats_attrs = devicestats.gather_statistics(
@@ -1493,7 +1493,7 @@ class _Forward:
     ) -> DeviceBatch:
         """The batch's rows as float32 tensors on the device (labels/targets checked on the
         host, where the loader left them, then sent over)."""
-        from ncinspect.devicestats import DeviceBatch
+        from ncinspect.stats.device import DeviceBatch
 
         blocks = {
             "features": feats[:rows].detach().float(),

@@ -17,9 +17,9 @@ from typing import IO, TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from ncinspect import __version__
-from ncinspect.keys import METRICS, TABLE_DEFAULT, keys_for
-from ncinspect.results import Result, jsonable
+from ncinspect._version import __version__
+from ncinspect.metrics.keys import METRICS, TABLE_DEFAULT, keys_for
+from ncinspect.metrics.results import Result, jsonable
 
 if TYPE_CHECKING:
     from ncinspect.runs import Comparison, Run, RunsTable

@@ -31,20 +31,20 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from ncinspect.errors import InputError, UsageError
-from ncinspect.keys import REGRESSION_KEYS
-from ncinspect.parallel import full_blas, map_parts, merged, worker_pass
-from ncinspect.results import MetricSet, Result
-from ncinspect.sources import Batch, FeatureSource, Head
-from ncinspect.stats import (
+from ncinspect.io.sources import Batch, FeatureSource, Head
+from ncinspect.metrics.keys import REGRESSION_KEYS
+from ncinspect.metrics.results import MetricSet, Result
+from ncinspect.stats.accumulators import (
     UNIT64,
     RegressionCentred,
     RegressionMoments,
     UnitProjections,
     sub_blocks,
 )
+from ncinspect.stats.parallel import full_blas, map_parts, merged, worker_pass
 
 if TYPE_CHECKING:  # analysis imports this module lazily; avoid the cycle at run time
-    from ncinspect.analysis import AnalysisOptions
+    from ncinspect.analysis.passes import AnalysisOptions
 
 __all__ = [
     "GAMMA_GRID_POINTS",

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ncinspect.checkpoint import (
+from ncinspect.errors import CheckpointError, ModelError
+from ncinspect.extraction.checkpoint import (
     Checkpoint,
     Sidecar,
     call_factory,
@@ -27,7 +28,6 @@ from ncinspect.checkpoint import (
     is_file_spec,
     split_spec,
 )
-from ncinspect.errors import CheckpointError, ModelError
 
 if TYPE_CHECKING:
     import numpy as np

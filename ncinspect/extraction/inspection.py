@@ -16,7 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ncinspect.checkpoint import (
+from ncinspect.errors import InputError, NcInspectError, reading
+from ncinspect.extraction.checkpoint import (
     CHECKPOINT_FORMATS,
     audit_exported_program,
     epoch_from_name,
@@ -27,7 +28,6 @@ from ncinspect.checkpoint import (
     sniff,
     unsafe_globals,
 )
-from ncinspect.errors import InputError, NcInspectError, reading
 
 FORMAT_NAMES: dict[str, str] = {
     "safetensors": "safetensors",
@@ -123,7 +123,7 @@ def _tensor_rows(tensors: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], unsafe_pickle: bool) -> None:
-    from ncinspect.models import head_candidates, weight_pairs
+    from ncinspect.extraction.models import head_candidates, weight_pairs
 
     desc["kind"] = "checkpoint"
     notes: list[str] = desc["notes"]
@@ -221,7 +221,7 @@ def _weight_shape(module: Any) -> list[int]:
 
 
 def _sidecar(p: Path, desc: dict[str, Any]) -> None:
-    from ncinspect.checkpoint import find_labels
+    from ncinspect.extraction.checkpoint import find_labels
 
     side = read_sidecar(p)
     if side.path is None:
@@ -240,7 +240,7 @@ def _sidecar(p: Path, desc: dict[str, Any]) -> None:
 
 
 def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
-    from ncinspect.store import open_store
+    from ncinspect.io.store import open_store
 
     try:
         src = open_store(p)
@@ -286,7 +286,7 @@ def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
 
 
 def _describe_arrays(p: Path, desc: dict[str, Any]) -> None:
-    from ncinspect.data import INPUT_KEYS, LABEL_KEYS, array_members
+    from ncinspect.extraction.data import INPUT_KEYS, LABEL_KEYS, array_members
 
     try:
         members = array_members(p)
@@ -311,7 +311,7 @@ def _describe_arrays(p: Path, desc: dict[str, Any]) -> None:
 
 
 def _describe_pickle(p: Path, desc: dict[str, Any]) -> None:
-    from ncinspect.data import restricted_load
+    from ncinspect.extraction.data import restricted_load
 
     data = p.read_bytes()
     desc["globals"] = pickle_globals(data)
@@ -338,7 +338,7 @@ def _describe_pickle(p: Path, desc: dict[str, Any]) -> None:
 
 
 def _describe_dir(p: Path) -> dict[str, Any]:
-    from ncinspect.data import cifar_root
+    from ncinspect.extraction.data import cifar_root
 
     ckpts = list_checkpoints(p)
     desc: dict[str, Any] = {

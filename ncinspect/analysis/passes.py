@@ -14,12 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from ncinspect.collapse import classification_extras, classification_metrics
 from ncinspect.errors import InputError, check_interrupt
-from ncinspect.parallel import full_blas, map_parts, merged, release_scratch, worker_pass
-from ncinspect.results import MetricSet, Result
-from ncinspect.sources import Batch, FeatureSource
-from ncinspect.stats import ClassMoments, ClassScatter, ClassSums, ScatterPlan, plan_scatter
+from ncinspect.io.sources import Batch, FeatureSource
+from ncinspect.metrics.classification import classification_extras, classification_metrics
+from ncinspect.metrics.results import MetricSet, Result
+from ncinspect.stats.accumulators import (
+    ClassMoments,
+    ClassScatter,
+    ClassSums,
+    ScatterPlan,
+    plan_scatter,
+)
+from ncinspect.stats.parallel import full_blas, map_parts, merged, release_scratch, worker_pass
 
 
 @dataclass(frozen=True)
@@ -275,7 +281,7 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
     _check_finite_head(source)
     extras: dict[str, Any] = {}
     if source.statistics is not None:  # saved by extract --stats-only: no rows to read
-        from ncinspect.statsets import metrics_from_statistics
+        from ncinspect.analysis.saved import metrics_from_statistics
 
         with full_blas(float(source.d) ** 3):  # up to a D x D eigendecomposition
             metric_set, n_used, dropped, extras = metrics_from_statistics(source, options)
@@ -316,7 +322,7 @@ def _check_finite_head(source: FeatureSource) -> None:
 def _regression(
     source: FeatureSource, options: AnalysisOptions
 ) -> tuple[MetricSet, int, int, dict[str, Any]]:
-    from ncinspect.regression import regression_from_source
+    from ncinspect.metrics.regression import regression_from_source
 
     return regression_from_source(source, _Rows(source, options), options)
 

@@ -31,9 +31,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ncinspect.checkpoint import call_factory, import_object, is_file_spec, sniff, split_spec
 from ncinspect.errors import DataError, check_interrupt, reading
-from ncinspect.npzheaders import npy_headers
+from ncinspect.extraction.checkpoint import (
+    call_factory,
+    import_object,
+    is_file_spec,
+    sniff,
+    split_spec,
+)
+from ncinspect.io.npzheaders import npy_headers
 
 if TYPE_CHECKING:
     import torch
@@ -214,7 +220,7 @@ def _npz_members(path: Path) -> dict[str, LazyArray]:
 def _h5_members(path: Path) -> dict[str, LazyArray]:
     import h5py  # noqa: TID251 - reading *input data* files, not feature stores
 
-    from ncinspect.store import unstored_claim
+    from ncinspect.io.store import unstored_claim
 
     out: dict[str, LazyArray] = {}
     try:

@@ -11,7 +11,7 @@ It also measures how far a trained network is from the optimum of its own regula
 counts, head; or W and the target covariance) and its provenance (weight decay, label smoothing).
 
 Never: reads checkpoints or feature stores, renders tables (it returns plain rows; rich belongs to
-`ncinspect.report`), plots, or changes torch's global state for good (the random number generator
+`ncinspect.render.tables`), plots, or changes torch's global state for good (the random number generator
 and default dtype are never touched; the solver runs single-threaded and restores the caller's
 thread count). torch is imported inside the solver so `import ncinspect.ufm` stays cheap.
 
@@ -44,13 +44,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ncinspect.checkpoint import PER_CLASS_KEYS, TRAIN_SIZE_KEYS, find_sized
 from ncinspect.errors import InputError, UsageError
+from ncinspect.extraction.checkpoint import PER_CLASS_KEYS, TRAIN_SIZE_KEYS, find_sized
 
 if TYPE_CHECKING:
     import torch
 
-    from ncinspect.results import Result
+    from ncinspect.metrics.results import Result
 
 __all__ = [
     "UFM_CAVEAT",
@@ -944,7 +944,7 @@ def regress_report(
 
 def regress_metrics(sol: RegressSolution) -> dict[str, Any]:
     """`regress_measure` plus the NRC metrics of the solution (NRC3 gamma fixed to c)."""
-    from ncinspect.analysis import AnalysisOptions
+    from ncinspect.analysis.passes import AnalysisOptions
     from ncinspect.api import analyze_arrays
 
     gamma = sol.lambda_h * sol.lambda_w
@@ -1139,7 +1139,7 @@ def load_targets(path: str | Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Plain rows for tables (rendering is `ncinspect.report`'s job)
+# Plain rows for tables (rendering is `ncinspect.render.tables`'s job)
 
 _CLASSIFY_ROWS = (
     ("q", "wrong-class probability q"),
@@ -1608,7 +1608,7 @@ def regress_distance(
     predicted||_F / ||predicted||_F: depends on the lambda mapping) and "nrc3_at_c" (nrc3 at
     gamma = c, the spec's A_c unclipped; equals "normalized" squared in the collapse regime).
     """
-    from ncinspect.regression import nrc3_at, nrc3_search
+    from ncinspect.metrics.regression import nrc3_at, nrc3_search
 
     w = np.asarray(weight, dtype=np.float64)
     sigma = _check_cov(target_cov, "target covariance")
@@ -1677,7 +1677,7 @@ def regress_distance(
     }
 
 
-# Rows of the distance block: (label, key). Rendering is `ncinspect.report`'s job.
+# Rows of the distance block: (label, key). Rendering is `ncinspect.render.tables`'s job.
 _DISTANCE_CLASSIFY_ROWS = (
     ("logit margin (true - mean wrong)", "margin"),
     ("wrong-class probability q (at class means)", "q"),

@@ -46,9 +46,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ncinspect import __version__
+from ncinspect._version import __version__
 from ncinspect.errors import OutputError, StoreError, reading
-from ncinspect.sources import (
+from ncinspect.io.sources import (
     STAT_SCOPES,
     Batch,
     FeatureSource,
@@ -59,7 +59,7 @@ from ncinspect.sources import (
     check_label_range,
     validate_arrays,
 )
-from ncinspect.stats import ClassSums
+from ncinspect.stats.accumulators import ClassSums
 
 FORMAT = "ncinspect.features"
 FORMAT_VERSION = 1

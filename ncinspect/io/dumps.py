@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ncinspect.errors import DumpError, reading
-from ncinspect.npzheaders import npy_headers
-from ncinspect.sources import ArraySource, Head, check_label_range, validate_arrays
+from ncinspect.io.npzheaders import npy_headers
+from ncinspect.io.sources import ArraySource, Head, check_label_range, validate_arrays
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "features": ("features",),

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from ncinspect.analysis import AnalysisOptions, classification_statistics, finite_rows
+from ncinspect.analysis.passes import AnalysisOptions, classification_statistics, finite_rows
 from ncinspect.errors import StoreError
-from ncinspect.results import MetricSet
-from ncinspect.sources import FeatureSource, SavedStatistics, StatRecord
-from ncinspect.stats import ClassScatter, ClassSums, RegressionMoments, UnitProjections
+from ncinspect.io.sources import FeatureSource, SavedStatistics, StatRecord
+from ncinspect.metrics.results import MetricSet
+from ncinspect.stats.accumulators import ClassScatter, ClassSums, RegressionMoments, UnitProjections
 
 # Turns one process's pass-1 accumulator (ClassSums or RegressionMoments) into every process's.
 Combine = Callable[[Any], Any]
@@ -57,7 +57,7 @@ def gather_statistics(
     if source.task == "classification":
         sums, scatter, dropped = classification_statistics(source, options, combine)
         return records(source, [sums, scatter], dropped)
-    from ncinspect.regression import gamma_choice, regression_statistics
+    from ncinspect.metrics.regression import gamma_choice, regression_statistics
 
     gamma_choice(options)
     rows = finite_rows(source, options)
@@ -97,14 +97,14 @@ def metrics_from_statistics(
     dropped = sum(_int(s, "nonfinite_rows_dropped") for s in saved)
     where = saved[0].path if len(saved) == 1 else source.path
     if source.task == "classification":
-        from ncinspect.collapse import classification_extras, classification_metrics
+        from ncinspect.metrics.classification import classification_extras, classification_metrics
 
         sums, scatter = merged["sums"], merged["scatter"]
         _expect_rows(where, "scatter", scatter.n, sums.n)
         moments = sums.moments(scatter.within)
         metric_set = classification_metrics(moments, scatter, source.head)
         return metric_set, moments.n, dropped, classification_extras(moments, source.head)
-    from ncinspect.regression import regression_from_statistics
+    from ncinspect.metrics.regression import regression_from_statistics
 
     moments = merged["moments"]
     for name in ("uncentred", "centred"):

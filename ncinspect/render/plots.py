@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ncinspect.errors import OutputError, UsageError
-from ncinspect.keys import METRICS, keys_for
+from ncinspect.metrics.keys import METRICS, keys_for
 from ncinspect.runs import Comparison, Run, at_series, label_text
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def build_run_figure(runs: Sequence[Run], metrics: Sequence[str] | None = None) 
 def build_gamma_figure(runs: Sequence[Run], points: int = GAMMA_POINTS) -> Figure | None:
     """NRC3 against gamma on [0, lambda_min] for each regression run's final checkpoint, with
     the gamma the report used marked. None when no run's final result carries the arrays."""
-    from ncinspect.regression import nrc3_at
+    from ncinspect.metrics.regression import nrc3_at
 
     curves = []
     for run in runs:

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ncinspect.dumps import open_dump, sniff
 from ncinspect.errors import InputError
-from ncinspect.sources import FeatureSource
+from ncinspect.io.dumps import open_dump, sniff
+from ncinspect.io.sources import FeatureSource
 
 STORE_SUFFIXES = (".h5", ".hdf5")
 DUMP_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors")
@@ -67,7 +67,7 @@ def open_source(path: str | Path) -> FeatureSource:
     """Open a store or dump after checking that the file exists and is not empty."""
     p = Path(path)
     if shard_key(p) is not None:
-        from ncinspect.store import open_shard_set
+        from ncinspect.io.store import open_shard_set
 
         return open_shard_set(shard_paths(p))
     if not p.exists():
@@ -77,7 +77,7 @@ def open_source(path: str | Path) -> FeatureSource:
     size = p.stat().st_size
     if size == 0:
         raise InputError("file is empty (0 bytes), expected a store or feature dump", path=p)
-    from ncinspect.store import looks_like_hdf5, open_store
+    from ncinspect.io.store import looks_like_hdf5, open_store
 
     if looks_like_hdf5(p) or (p.suffix in STORE_SUFFIXES and sniff(p) is None):
         return open_store(p)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ncinspect.parallel import scratch as thread_scratch
+from ncinspect.stats.parallel import scratch as thread_scratch
 
 # Unit roundoffs (half the machine epsilon) behind the float32 error bounds below.
 UNIT32 = float(np.finfo(np.float32).eps) / 2

@@ -15,10 +15,10 @@ import math
 
 import numpy as np
 
-from ncinspect.keys import CLASSIFICATION_KEYS
-from ncinspect.results import MetricSet
-from ncinspect.sources import Head
-from ncinspect.stats import ClassMoments, ClassScatter
+from ncinspect.io.sources import Head
+from ncinspect.metrics.keys import CLASSIFICATION_KEYS
+from ncinspect.metrics.results import MetricSet
+from ncinspect.stats.accumulators import ClassMoments, ClassScatter
 
 EIG_RELATIVE_CUTOFF = 1e-10
 # A centred class mean this small relative to the means themselves is float64 rounding of mu_G,
