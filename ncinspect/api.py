@@ -16,13 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ncinspect.analysis.passes import AnalysisOptions, analyze_source
 from ncinspect.errors import NcInspectError
 from ncinspect.io.discovery import STORE_SUFFIXES, discover, natural_key, open_source
-from ncinspect.io.sources import ArraySource, Head, check_label_range, validate_arrays
-from ncinspect.metrics.results import Result
+from ncinspect.metrics.results import Result, run_key
 
 if TYPE_CHECKING:
     from ncinspect.ufm import UfmSettings
@@ -100,11 +97,6 @@ def _attach_ufm(
         r.ufm = ufm_distance(r, settings)
 
 
-def run_key(result: Result) -> str:
-    """The run a result belongs to: its `run` attribute, else its directory."""
-    return result.run if result.run is not None else str(Path(result.source).parent)
-
-
 def _apply_run_protocols(results: list[Result]) -> None:
     by_run: dict[tuple[str, str | None], list[Result]] = defaultdict(list)
     for r in results:
@@ -117,53 +109,3 @@ def _apply_run_protocols(results: list[Result]) -> None:
     for group in by_run.values():
         group.sort(key=lambda r: (r.epoch is None, r.epoch or 0, natural_key(r.source)))
         apply_run_gamma(group)
-
-
-def analyze_arrays(
-    features: np.ndarray,
-    weight: np.ndarray,
-    bias: np.ndarray | None = None,
-    *,
-    labels: np.ndarray | None = None,
-    targets: np.ndarray | None = None,
-    outputs: np.ndarray | None = None,
-    name: str = "<arrays>",
-    options: AnalysisOptions | None = None,
-) -> Result:
-    """Analyse in-memory arrays: features (N, D), labels (N,) or targets (N, T), weight (K|T, D)."""
-    features = np.asarray(features)
-    weight = np.asarray(weight)
-    if targets is not None:
-        targets = np.asarray(targets, dtype=np.float64)
-        if targets.ndim == 1:
-            targets = targets.reshape(-1, 1)
-    names = {r: r for r in ("features", "labels", "targets", "weight", "bias", "outputs")}
-    task = validate_arrays(
-        name,
-        features_shape=features.shape,
-        features_dtype=features.dtype,
-        weight_shape=weight.shape,
-        bias_shape=None if bias is None else np.shape(bias),
-        labels_shape=None if labels is None else np.shape(labels),
-        labels_dtype=None if labels is None else np.asarray(labels).dtype,
-        targets_shape=None if targets is None else targets.shape,
-        outputs_shape=None if outputs is None else np.shape(outputs),
-        names=names,
-    )
-    if labels is not None:
-        labels = np.asarray(labels)
-        check_label_range(name, "labels", labels, weight.shape[0])
-        labels = labels.astype(np.int64)
-    source = ArraySource(
-        path=name,
-        task=task,
-        n=features.shape[0],
-        d=features.shape[1],
-        head=Head(weight.astype(np.float64), None if bias is None else np.asarray(bias, float)),
-        has_outputs=outputs is not None,
-        features=features,
-        labels=labels,
-        targets=targets,
-        outputs=outputs,
-    )
-    return analyze_source(source, options)

@@ -21,21 +21,11 @@ from typing import Any
 import numpy as np
 
 from ncinspect._version import __version__
-from ncinspect.api import run_key
 from ncinspect.errors import InputError, UsageError
 from ncinspect.io.discovery import natural_key
 from ncinspect.metrics.keys import METRICS, keys_for
-from ncinspect.metrics.results import Result, json_number, jsonable
-
-# Label names a run's provenance or config file may use, by the canonical label they fill.
-LABEL_ALIASES: dict[str, tuple[str, ...]] = {
-    "loss": ("loss", "criterion", "loss_fn", "loss_name", "loss_type"),
-    "label_smoothing": ("label_smoothing", "ls", "alpha", "smoothing", "label_smoothing_alpha"),
-    "weight_decay": ("weight_decay", "wd"),
-}
-CONFIG_NAMES = ("run.json", "config.json", "args.json")
-_ALIAS_TO_LABEL = {alias: label for label, names in LABEL_ALIASES.items() for alias in names}
-_SEARCH_DEPTH = 3  # how deep into nested config objects the label aliases are looked for
+from ncinspect.metrics.results import Result, json_number, jsonable, run_key
+from ncinspect.provenance import config_files, labels_from_config
 
 
 @dataclass
@@ -158,7 +148,7 @@ def _labels(results: Sequence[Result]) -> dict[str, Any]:
             if found:
                 labels = found
                 break
-    for path in _config_files(results):
+    for path in config_files([r.source for r in results]):
         try:
             doc = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -168,55 +158,6 @@ def _labels(results: Sequence[Result]) -> dict[str, Any]:
             for k, v in labels_from_config(doc).items():
                 labels.setdefault(k, v)
     return labels
-
-
-def _config_files(results: Sequence[Result]) -> list[Path]:
-    dirs: list[Path] = []
-    for r in results:
-        d = Path(r.source).parent
-        for candidate in (d, d.parent):
-            if candidate not in dirs:
-                dirs.append(candidate)
-    return [d / name for d in dirs for name in CONFIG_NAMES if (d / name).is_file()]
-
-
-def labels_from_config(doc: dict[str, Any]) -> dict[str, Any]:
-    """Canonical labels (loss, label_smoothing, weight_decay) found anywhere in a config object
-    (the shallowest occurrence wins), plus the other top-level scalar entries as they are."""
-    labels: dict[str, Any] = {}
-    level: list[dict[str, Any]] = [doc]
-    for _ in range(_SEARCH_DEPTH):
-        nested: list[dict[str, Any]] = []
-        for obj in level:
-            for name, value in obj.items():
-                label = _ALIAS_TO_LABEL.get(str(name).lower())
-                if label is not None and label not in labels:
-                    normal = _normal_label(label, value)
-                    if normal is not None:
-                        labels[label] = normal
-                if isinstance(value, dict):
-                    nested.append(value)
-        level = nested
-    for name, value in doc.items():
-        if str(name).lower() in _ALIAS_TO_LABEL or name in labels:
-            continue
-        if isinstance(value, str | int | float | bool):
-            labels[str(name)] = value
-    return labels
-
-
-def _normal_label(label: str, value: Any) -> Any:
-    if label == "loss":
-        if isinstance(value, dict):
-            value = value.get("name", value.get("type"))
-        return value if isinstance(value, str) and value else None
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _warn(result: Result, message: str) -> None:

@@ -31,11 +31,11 @@ from ncinspect.extraction.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_exported_module,
-    sniff,
     strip_prefixes,
 )
 from ncinspect.extraction.inspection import describe, format_description
 from ncinspect.extraction.models import ModelSpec, load_strict, weight_pairs
+from ncinspect.io.sniff import sniff
 
 MODEL_SOURCE = '''\
 """A tiny model for ncinspect's tests: head(body(x))."""

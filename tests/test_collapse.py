@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from oracle_nc import KEYS, classification_oracle
 
+from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.analysis.passes import AnalysisOptions
-from ncinspect.api import analyze_arrays
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
 from ncinspect.stats.accumulators import ClassMoments, ClassScatter, plan_scatter
 

@@ -24,9 +24,10 @@ import ncinspect
 from ncinspect.analysis.passes import AnalysisOptions, classification_statistics, finite_rows
 from ncinspect.cli import app
 from ncinspect.errors import InputError
-from ncinspect.io.sources import ArraySource, Head
+from ncinspect.io.sources import ArraySource
 from ncinspect.io.store import open_store
 from ncinspect.metrics.classification import classification_metrics
+from ncinspect.metrics.head import Head
 from ncinspect.metrics.regression import regression_from_statistics, regression_statistics
 from ncinspect.stats import device as devicestats
 from ncinspect.stats.accumulators import ClassSums

@@ -22,10 +22,11 @@ import pytest
 from oracle_nc import classification_oracle
 
 import ncinspect.stats.accumulators as st
+from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.analysis.passes import AnalysisOptions, analyze_source
-from ncinspect.api import analyze_arrays
 from ncinspect.errors import InputError
-from ncinspect.io.sources import ArraySource, Head
+from ncinspect.io.sources import ArraySource
+from ncinspect.metrics.head import Head
 from ncinspect.stats.accumulators import (
     UNIT32,
     UNIT64,

@@ -295,7 +295,8 @@ def test_a_dropped_interrupt_is_raised_again_at_the_next_block(
     from ncinspect import errors
     from ncinspect.analysis.passes import AnalysisOptions, analyze_source
     from ncinspect.cli import guarded
-    from ncinspect.io.sources import ArraySource, Head
+    from ncinspect.io.sources import ArraySource
+    from ncinspect.metrics.head import Head
 
     monkeypatch.setattr(errors, "_pending", None)
     errors.interrupt(errors.Terminated())  # raised by the handler and dropped

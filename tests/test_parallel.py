@@ -16,8 +16,8 @@ import pytest
 from synth import classification_set
 from typer.testing import CliRunner
 
+from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.analysis.passes import AnalysisOptions
-from ncinspect.api import analyze_arrays
 from ncinspect.cli import app
 from ncinspect.errors import UsageError
 from ncinspect.io.store import write_store

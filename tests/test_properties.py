@@ -15,8 +15,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.analysis.passes import AnalysisOptions
-from ncinspect.api import analyze_arrays
 from ncinspect.stats.accumulators import (
     ClassMoments,
     ClassScatter,

@@ -20,8 +20,9 @@ import scipy.linalg
 
 from ncinspect.analysis.passes import AnalysisOptions, analyze_source
 from ncinspect.errors import InputError, UsageError
-from ncinspect.io.sources import ArraySource, Head
+from ncinspect.io.sources import ArraySource
 from ncinspect.metrics import regression
+from ncinspect.metrics.head import Head
 from ncinspect.metrics.regression import (
     GAMMA_GRID_POINTS,
     REGRESSION_KEYS,

@@ -35,8 +35,8 @@ from synth import classification_set
 from test_checkpoint import load_module, make_model, write_model_file
 from typer.testing import CliRunner
 
+from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.api import analyze as analyze_stores
-from ncinspect.api import analyze_arrays
 from ncinspect.cli import app
 from ncinspect.io.store import write_store
 

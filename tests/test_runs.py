@@ -14,6 +14,7 @@ from ncinspect.api import analyze
 from ncinspect.errors import InputError, UsageError
 from ncinspect.io.store import write_store
 from ncinspect.metrics.results import Result
+from ncinspect.provenance import labels_from_config
 from ncinspect.runs import (
     Run,
     compare_runs,
@@ -22,7 +23,6 @@ from ncinspect.runs import (
     first_epoch_reaching,
     group_runs,
     label_text,
-    labels_from_config,
     matched_values,
     runs_json,
     runs_table,

@@ -17,7 +17,8 @@ import pytest
 from synth import random_orthonormal
 
 from ncinspect import ufm
-from ncinspect.api import analyze, analyze_arrays
+from ncinspect.analysis.arrays import analyze_arrays
+from ncinspect.api import analyze
 from ncinspect.errors import UsageError
 from ncinspect.io.store import write_store
 from ncinspect.metrics.results import Result

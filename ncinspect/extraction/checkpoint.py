@@ -27,7 +27,6 @@ Security boundary
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import importlib.util
@@ -39,35 +38,22 @@ import pickletools
 import re
 import struct
 import sys
-import types
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ncinspect.errors import CheckpointError, ModelError, NcInspectError, reading
+from ncinspect.io.discovery import natural_key
+from ncinspect.io.sniff import Format, sniff
+from ncinspect.provenance import as_mapping, find_labels, is_tensor_dict, plain_value
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-Format = Literal[
-    "safetensors",  # safetensors file
-    "torch",  # torch.save zip archive (state dict, wrapper dict or pickled module)
-    "torch_legacy",  # torch.save with _use_new_zipfile_serialization=False
-    "torchscript",  # torch.jit.save archive
-    "export",  # torch.export.save archive (.pt2)
-    "hdf5",  # HDF5 (a feature store or a data file)
-    "npz",  # numpy .npz (a data file or a feature dump)
-    "npy",  # a single numpy array
-    "pickle",  # a plain Python pickle (e.g. a CIFAR batch)
-    "json",
-    "empty",
-    "corrupt_zip",  # starts like a zip archive but has no central directory (truncated)
-    "unknown",
-]
 CHECKPOINT_FORMATS: tuple[str, ...] = (
     "safetensors",
     "torch",
@@ -94,23 +80,6 @@ STATE_KEYS: tuple[str, ...] = (
 )
 EPOCH_KEYS: tuple[str, ...] = ("epoch", "current_epoch", "cur_epoch")
 STEP_KEYS: tuple[str, ...] = ("global_step", "step", "iteration", "iter")
-# Training labels recorded as provenance, with the names configs use for them.
-LABEL_ALIASES: dict[str, tuple[str, ...]] = {
-    "loss": ("loss", "criterion", "loss_fn", "loss_name", "loss_type"),
-    "label_smoothing": ("label_smoothing", "smoothing", "label_smoothing_alpha", "ls"),
-    "weight_decay": ("weight_decay", "wd"),
-}
-# How large the training set was (the UFM's n is its samples per class): a total, or per class.
-TRAIN_SIZE_KEYS: tuple[str, ...] = (
-    "n_train",
-    "train_size",
-    "num_train",
-    "train_samples",
-    "num_train_samples",
-    "n_train_samples",
-)
-PER_CLASS_KEYS: tuple[str, ...] = ("samples_per_class", "n_per_class", "train_per_class")
-CONFIG_NAMES: tuple[str, ...] = ("run.json", "config.json", "args.json")
 PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (
     ".pt",
@@ -125,8 +94,6 @@ CHECKPOINT_SUFFIXES: tuple[str, ...] = (
     ".ts",
 )
 
-_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _EPOCH_RE = re.compile(
     r"(?<![a-z])(epoch|epochs|ep|e|step|steps|iter|iteration|it|global_step|checkpoint|ckpt)"
     r"[_\-=.]?(\d+)(?!\d)",
@@ -142,54 +109,6 @@ def hint(path: str | Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Sniffing
-
-
-def sniff(path: str | Path) -> Format:
-    """The file's format, from its first bytes (and a zip archive's member names)."""
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-        with open(p, "rb") as fh:
-            head = fh.read(16)
-    except OSError:
-        return "unknown"
-    if size == 0:
-        return "empty"
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        try:
-            with zipfile.ZipFile(p) as zf:
-                names = zf.namelist()
-        except Exception:  # noqa: BLE001 - zipfile raises many types on a damaged directory
-            return "corrupt_zip"
-        return _zip_kind(names)
-    if head.startswith(_HDF5_SIGNATURE):
-        return "hdf5"
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head.startswith(_TORCH_LEGACY_MAGIC):
-        return "torch_legacy"
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 0 < n <= size - 8 and head[8:9] == b"{":
-            return "safetensors"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pickle"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "json"
-    return "unknown"
-
-
-def _zip_kind(names: list[str]) -> Format:
-    base = {n.rsplit("/", 1)[-1] for n in names}
-    if "archive_format" in base and any("/models/" in n or n.startswith("models/") for n in names):
-        return "export"
-    if "constants.pkl" in base and any("/code/" in n or n.startswith("code/") for n in names):
-        return "torchscript"
-    if "data.pkl" in base:
-        return "torch"
-    if names and all(n.endswith(".npy") for n in names):
-        return "npz"
-    return "unknown"
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -218,13 +137,6 @@ def epoch_from_name(name: str) -> int | None:
         if best is None or priority >= best[0]:
             best = (priority, int(m.group(2)))
     return None if best is None else best[1]
-
-
-def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key where digit runs compare as numbers: epoch_2 < epoch_10."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part
-    )
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -257,133 +169,6 @@ def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
         while chunk := fh.read(block):
             h.update(chunk)
     return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Sidecar:
-    """A run's config file beside a checkpoint: `path` is None when there is none."""
-
-    path: Path | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-def read_sidecar(checkpoint: str | Path) -> Sidecar:
-    """The first of run.json / config.json / args.json beside `checkpoint` (or inside it, for a
-    directory). A file that is not a JSON object is reported in `error`, not raised."""
-    p = Path(checkpoint)
-    folder = p if p.is_dir() else p.parent
-    for name in CONFIG_NAMES:
-        cfg = folder / name
-        if cfg.is_file():
-            try:
-                data = json.loads(cfg.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                return Sidecar(cfg, {}, f"{cfg}: not valid JSON ({exc})")
-            if not isinstance(data, dict):
-                return Sidecar(cfg, {}, f"{cfg}: expected a JSON object, got {type(data).__name__}")
-            return Sidecar(cfg, data)
-    return Sidecar()
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able rendering of a scalar-ish value, or None when it is not one."""
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    item = getattr(value, "item", None)
-    numel = getattr(value, "numel", None)
-    if callable(item) and callable(numel):
-        try:
-            if numel() == 1:
-                return item()
-        except Exception:  # noqa: BLE001 - not a scalar after all
-            return None
-    if isinstance(value, list | tuple) and len(value) <= 16:
-        out = [_plain(v) for v in value]
-        if all(v is not None or w is None for v, w in zip(out, value, strict=True)):
-            return out
-    return None
-
-
-def _as_mapping(value: Any) -> Mapping[str, Any] | None:
-    if isinstance(value, Mapping):
-        return value
-    if isinstance(value, argparse.Namespace | types.SimpleNamespace):
-        return vars(value)  # only reachable when the file was fully unpickled
-    return None
-
-
-def find_labels(*sources: Any, depth: int = 3) -> dict[str, Any]:
-    """Loss name, label smoothing and weight decay from configs/dicts (first source wins).
-
-    Looks into nested mappings up to `depth` levels and into an optimizer state dict's first
-    param group. A numeric `loss` (a loss value, not a name) is ignored.
-    """
-    found: dict[str, Any] = {}
-
-    def visit(obj: Any, level: int) -> None:
-        m = _as_mapping(obj)
-        if m is None or level > depth:
-            return
-        for label, aliases in LABEL_ALIASES.items():
-            if label in found:
-                continue
-            for alias in aliases:
-                if alias in m:
-                    v = _plain(m[alias])
-                    if label == "loss" and not isinstance(v, str):
-                        continue
-                    if label != "loss" and (isinstance(v, bool) or not isinstance(v, int | float)):
-                        continue
-                    found[label] = v
-                    break
-        groups = m.get("param_groups")
-        if isinstance(groups, list) and groups and isinstance(groups[0], Mapping):
-            wd = _plain(groups[0].get("weight_decay"))
-            if "weight_decay" not in found and isinstance(wd, int | float):
-                found["weight_decay"] = wd
-        for key, value in m.items():
-            if isinstance(key, str) and not _is_tensor_dict(value):
-                if _as_mapping(value) is not None:
-                    visit(value, level + 1)
-
-    for src in sources:
-        visit(src, 0)
-    return found
-
-
-def find_sized(doc: Any, names: Sequence[str], depth: int = 3) -> tuple[str, float] | None:
-    """The shallowest (name, value) whose name (any case) is one of `names` and whose value is a
-    finite number > 0, in nested mappings up to `depth` levels; else None."""
-    level = [doc] if isinstance(doc, Mapping) else []
-    for _ in range(depth):
-        nested = []
-        for obj in level:
-            for name, value in obj.items():
-                if str(name).lower() in names and not isinstance(value, bool):
-                    try:
-                        number = float(value)
-                    except (TypeError, ValueError):
-                        continue
-                    if number > 0 and number != float("inf"):
-                        return str(name), number
-                if isinstance(value, Mapping):
-                    nested.append(value)
-        level = nested
-    return None
-
-
-def find_train_size(*sources: Any) -> dict[str, float]:
-    """The training-set size from configs (first source wins): {name: value} with at most one
-    total (`TRAIN_SIZE_KEYS`) and one per-class count (`PER_CLASS_KEYS`), named as found."""
-    found: dict[str, float] = {}
-    for keys in (TRAIN_SIZE_KEYS, PER_CLASS_KEYS):
-        for src in sources:
-            hit = find_sized(src, keys)
-            if hit is not None:
-                found[hit[0]] = hit[1]
-                break
-    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -580,16 +365,6 @@ def _is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def _is_tensor_dict(value: Any) -> bool:
-    if not isinstance(value, Mapping) or not value:
-        return False
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
-
-
 def strip_prefixes(tensors: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Remove the DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes wherever every key
     carries them at the front (repeatedly: `module._orig_mod.x` -> `x`)."""
@@ -726,7 +501,7 @@ def _epoch_from_mapping(m: Mapping[str, Any]) -> tuple[int | None, str | None]:
     for keys, kind in ((EPOCH_KEYS, "epoch"), (STEP_KEYS, "step")):
         for k in keys:
             if k in m:
-                v = _plain(m[k])
+                v = plain_value(m[k])
                 if isinstance(v, str) and v.strip().lstrip("-").isdigit():
                     v = int(v)
                 if isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer():
@@ -841,13 +616,15 @@ def _from_object(p: Path, fmt: Format, obj: Any, *, state_key: str | None) -> Ch
     key, value = _select_state(p, obj, state_key)
     others = [k for k, v in obj.items() if isinstance(k, str) and k != key and _is_state(v)]
     metadata = {
-        str(k): v for k, v in ((k, _plain(v)) for k, v in obj.items() if k != key) if v is not None
+        str(k): v
+        for k, v in ((k, plain_value(v)) for k, v in obj.items() if k != key)
+        if v is not None
     }
     labels = find_labels(obj)
     config = _model_config(obj)
     for nested in ("args", "config", "hparams", "hyper_parameters", "cfg"):
         if nested in obj and not config:
-            m = _as_mapping(obj[nested])
+            m = as_mapping(obj[nested])
             if m is not None:
                 config = _model_config(m)
     epoch, source = _epoch_from_mapping(obj)
@@ -874,7 +651,7 @@ def _from_object(p: Path, fmt: Format, obj: Any, *, state_key: str | None) -> Ch
 
 
 def _is_state(value: Any) -> bool:
-    if _is_tensor_dict(value):
+    if is_tensor_dict(value):
         return True
     try:
         from torch import nn

@@ -32,14 +32,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ncinspect.errors import DataError, check_interrupt, reading
-from ncinspect.extraction.checkpoint import (
-    call_factory,
-    import_object,
-    is_file_spec,
-    sniff,
-    split_spec,
-)
+from ncinspect.extraction.checkpoint import call_factory, import_object, is_file_spec, split_spec
 from ncinspect.io.npzheaders import npy_headers
+from ncinspect.io.sniff import sniff
 
 if TYPE_CHECKING:
     import torch

@@ -24,10 +24,10 @@ from ncinspect.extraction.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     pickle_globals,
-    read_sidecar,
-    sniff,
     unsafe_globals,
 )
+from ncinspect.io.sniff import sniff
+from ncinspect.provenance import read_sidecar
 
 FORMAT_NAMES: dict[str, str] = {
     "safetensors": "safetensors",
@@ -221,7 +221,7 @@ def _weight_shape(module: Any) -> list[int]:
 
 
 def _sidecar(p: Path, desc: dict[str, Any]) -> None:
-    from ncinspect.extraction.checkpoint import find_labels
+    from ncinspect.provenance import find_labels
 
     side = read_sidecar(p)
     if side.path is None:

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 from ncinspect.errors import CheckpointError, ModelError
 from ncinspect.extraction.checkpoint import (
     Checkpoint,
-    Sidecar,
     call_factory,
     hint,
     import_object,
     is_file_spec,
     split_spec,
 )
+from ncinspect.provenance import Sidecar
 
 if TYPE_CHECKING:
     import numpy as np

@@ -59,7 +59,6 @@ from ncinspect.errors import (
 )
 from ncinspect.extraction.checkpoint import (
     Checkpoint,
-    Sidecar,
     file_sha256,
     hint,
     import_object,
@@ -67,7 +66,6 @@ from ncinspect.extraction.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_exported_module,
-    read_sidecar,
     split_spec,
 )
 from ncinspect.extraction.data import DataSource, open_data
@@ -82,7 +80,9 @@ from ncinspect.extraction.models import (
     resolve_spec,
 )
 from ncinspect.io.locking import store_lock
-from ncinspect.io.sources import Batch, FeatureSource, Head
+from ncinspect.io.sources import Batch, FeatureSource
+from ncinspect.metrics.head import Head
+from ncinspect.provenance import Sidecar, read_sidecar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -934,7 +934,7 @@ def _train_size(
     """The training-set size for the UFM's n (samples per class), with where it came from: a
     total or per-class count in the run's config file or the checkpoint, else the rows of this
     extraction when it is the whole `train` split; {} when nothing says."""
-    from ncinspect.extraction.checkpoint import find_train_size
+    from ncinspect.provenance import find_train_size
 
     found = find_train_size(sidecar.data, ckpt.config, ckpt.metadata)
     if found:
@@ -1195,7 +1195,7 @@ def _extract_one(
     sidecar = read_sidecar(path)
     if sidecar.path is not None:
         attrs["config_file"] = str(sidecar.path)
-        from ncinspect.extraction.checkpoint import find_labels
+        from ncinspect.provenance import find_labels
 
         for key, value in find_labels(sidecar.data).items():
             labels.setdefault(key, value)

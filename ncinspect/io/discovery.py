@@ -77,7 +77,8 @@ def open_source(path: str | Path) -> FeatureSource:
     size = p.stat().st_size
     if size == 0:
         raise InputError("file is empty (0 bytes), expected a store or feature dump", path=p)
-    from ncinspect.io.store import looks_like_hdf5, open_store
+    from ncinspect.io.sniff import looks_like_hdf5
+    from ncinspect.io.store import open_store
 
     if looks_like_hdf5(p) or (p.suffix in STORE_SUFFIXES and sniff(p) is None):
         return open_store(p)

@@ -24,7 +24,8 @@ import numpy as np
 
 from ncinspect.errors import DumpError, reading
 from ncinspect.io.npzheaders import npy_headers
-from ncinspect.io.sources import ArraySource, Head, check_label_range, validate_arrays
+from ncinspect.io.sources import ArraySource, check_label_range, validate_arrays
+from ncinspect.metrics.head import Head
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "features": ("features",),

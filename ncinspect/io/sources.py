@@ -1,6 +1,6 @@
 """What every feature source looks like to the statistics: a head and batches of rows.
 
-Owns: `Head`, `Batch`, the `FeatureSource` interface, the in-memory `ArraySource`, the plain-data
+Owns: `Batch`, the `FeatureSource` interface, the in-memory `ArraySource`, the plain-data
 form of saved statistics (`StatRecord`, `SavedStatistics`: what a stats-only store or shard holds
 in place of rows), and the shape/dtype validation shared by every reader. Knows nothing of HDF5,
 torch or files' formats: `store` (HDF5) and `dumps` (.npz/.pt/.safetensors) build sources;
@@ -19,27 +19,11 @@ from typing import Any, Literal
 import numpy as np
 
 from ncinspect.errors import InputError
+from ncinspect.metrics.head import Head
 
 Task = Literal["classification", "regression"]
 
 DEFAULT_CHUNK_ROWS = 8192
-
-
-@dataclass(frozen=True)
-class Head:
-    """The final Linear layer: weight (K x D or T x D) and optional bias (K or T)."""
-
-    weight: np.ndarray
-    bias: np.ndarray | None
-
-    @property
-    def width(self) -> int:
-        return int(self.weight.shape[0])
-
-    def bias_or_zeros(self) -> np.ndarray:
-        if self.bias is None:
-            return np.zeros(self.weight.shape[0], dtype=np.float64)
-        return np.asarray(self.bias, dtype=np.float64)
 
 
 @dataclass(frozen=True)

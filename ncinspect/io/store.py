@@ -52,19 +52,18 @@ from ncinspect.io.sources import (
     STAT_SCOPES,
     Batch,
     FeatureSource,
-    Head,
     SavedStatistics,
     StatRecord,
     Task,
     check_label_range,
     validate_arrays,
 )
+from ncinspect.metrics.head import Head
 from ncinspect.stats.accumulators import ClassSums
 
 FORMAT = "ncinspect.features"
 FORMAT_VERSION = 1
 CLASS_SUMS = "class_sums"  # group: counts (K,) int64 and sums (K, D) float64 of the stored rows
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _TARGET_CHUNK_BYTES = 1 << 20
 # Attributes the store writes itself; everything else a caller passes goes to `provenance`.
 _CORE_ATTRS = (
@@ -1032,11 +1031,3 @@ def _same_record(a: StatRecord, b: StatRecord) -> bool:
         elif value != other:
             return False
     return True
-
-
-def looks_like_hdf5(path: str | Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(8) == HDF5_SIGNATURE
-    except OSError:
-        return False

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ncinspect.io.sources import Head
+from ncinspect.metrics.head import Head
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
 from ncinspect.metrics.results import MetricSet
 from ncinspect.stats.accumulators import ClassMoments, ClassScatter

@@ -31,7 +31,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from ncinspect.errors import InputError, UsageError
-from ncinspect.io.sources import Batch, FeatureSource, Head
+from ncinspect.io.sources import Batch, FeatureSource
+from ncinspect.metrics.head import Head
 from ncinspect.metrics.keys import REGRESSION_KEYS
 from ncinspect.metrics.results import MetricSet, Result
 from ncinspect.stats.accumulators import (

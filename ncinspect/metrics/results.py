@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -92,3 +93,8 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return json_number(value)
     return value
+
+
+def run_key(result: Result) -> str:
+    """The run a result belongs to: its `run` attribute, else its directory."""
+    return result.run if result.run is not None else str(Path(result.source).parent)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ncinspect.errors import InputError, UsageError
-from ncinspect.extraction.checkpoint import PER_CLASS_KEYS, TRAIN_SIZE_KEYS, find_sized
+from ncinspect.provenance import PER_CLASS_KEYS, TRAIN_SIZE_KEYS, find_sized
 
 if TYPE_CHECKING:
     import torch
@@ -579,7 +579,7 @@ def classify_report(
     sol = solve_classify(
         k, d, n, lambda_w, lambda_h, alpha, lambda_b, seed=seed, tol=tol, max_iter=max_iter
     )
-    from ncinspect.api import analyze_arrays
+    from ncinspect.analysis.arrays import analyze_arrays
 
     result = analyze_arrays(
         sol.features, sol.weight, sol.bias, labels=sol.labels, name="<ufm classify>"
@@ -944,8 +944,8 @@ def regress_report(
 
 def regress_metrics(sol: RegressSolution) -> dict[str, Any]:
     """`regress_measure` plus the NRC metrics of the solution (NRC3 gamma fixed to c)."""
+    from ncinspect.analysis.arrays import analyze_arrays
     from ncinspect.analysis.passes import AnalysisOptions
-    from ncinspect.api import analyze_arrays
 
     gamma = sol.lambda_h * sol.lambda_w
     result = analyze_arrays(
@@ -1293,7 +1293,7 @@ def check_settings(tasks: Sequence[str], settings: UfmSettings) -> None:
 
 
 def _provenance_labels(result: Result) -> dict[str, Any]:
-    from ncinspect.runs import labels_from_config
+    from ncinspect.provenance import labels_from_config
 
     prov = result.extras.get("meta", {}).get("provenance")
     return labels_from_config(prov) if isinstance(prov, dict) else {}

@@ -1,0 +1,28 @@
+"""The classifier or regressor head the metrics compare features with: `Head` (W and optional b).
+
+A plain value type; owns no computation beyond reading its own arrays.
+Axes: D feature dim, K classes, T regression targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Head:
+    """The final Linear layer: weight (K x D or T x D) and optional bias (K or T)."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+    @property
+    def width(self) -> int:
+        return int(self.weight.shape[0])
+
+    def bias_or_zeros(self) -> np.ndarray:
+        if self.bias is None:
+            return np.zeros(self.weight.shape[0], dtype=np.float64)
+        return np.asarray(self.bias, dtype=np.float64)
