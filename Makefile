@@ -33,6 +33,7 @@ lint: install-dev
 	$(BIN)/ruff format --check ncinspect tests bench fixtures
 	$(BIN)/ruff check ncinspect tests bench fixtures
 	$(BIN)/mypy ncinspect
+	$(BIN)/lint-imports
 
 format: install-dev
 	$(BIN)/ruff format ncinspect tests bench fixtures
