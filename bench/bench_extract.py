@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
 
-    from ncinspect.extraction.run import ExtractConfig, run_extract
+    from ncinspect.extraction.config import ExtractConfig
+    from ncinspect.extraction.run import run_extract
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -57,8 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import naive_metrics as naive  # noqa: E402  (bench/ is not a package)
 
 from ncinspect.api import analyze  # noqa: E402
-from ncinspect.io.store import StoreWriter, open_store  # noqa: E402
-from ncinspect.stats.accumulators import thin_matmul  # noqa: E402  (ncinspect's thin products, for the floor)
+from ncinspect.io.store.reader import open_store  # noqa: E402
+from ncinspect.io.store.writer import StoreWriter  # noqa: E402
+from ncinspect.stats.blocks import thin_matmul  # noqa: E402  (ncinspect's thin products, for the floor)
 
 NAIVE_OVER_REPORT = 5.0  # target: naive / report >= 5
 REPORT_OVER_FLOOR = 1.5  # target: report / floor <= 1.5

@@ -4,7 +4,7 @@ Written the way such code is usually written: load every feature into memory as 
 over classes for the per-class D x D covariances, invert Sigma_B with a dense `np.linalg.pinv`,
 loop in Python over class pairs for the CDNV, take NC4's distances from
 `scipy.spatial.distance.cdist`, build D x D projectors for the regression metrics, and take the
-PCA from an SVD of the centred N x D matrix. Same definitions as shared/spec/metrics.md, for the
+PCA from an SVD of the centred N x D matrix. Same definitions as docs/metrics.md, for the
 cases the benchmarks generate (every class present, Sigma_B of rank min(K - 1, D), no ties), so
 `tests/test_bench_smoke.py` can check it against `ncinspect.api.analyze` (like with like).
 

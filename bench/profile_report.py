@@ -43,9 +43,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_report as br  # noqa: E402
 
-import ncinspect.stats.accumulators as st  # noqa: E402
 from ncinspect.api import analyze  # noqa: E402
-from ncinspect.io.store import open_store  # noqa: E402
+from ncinspect.io.store.reader import open_store  # noqa: E402
+from ncinspect.stats.classification import ClassScatter, ClassSums  # noqa: E402
+from ncinspect.stats.regression import RegressionMoments, UnitProjections  # noqa: E402
 
 CASES = {
     "k10": ("classification", 50_000, 512, 10),
@@ -54,8 +55,8 @@ CASES = {
     "reg": ("regression", 50_000, 512, 3),
 }
 WRAPPED = {
-    "pass1": [(st.ClassSums, "from_batch"), (st.RegressionMoments, "from_batch")],
-    "pass2": [(st.ClassScatter, "from_batch"), (st.UnitProjections, "pair_from_batch")],
+    "pass1": [(ClassSums, "from_batch"), (RegressionMoments, "from_batch")],
+    "pass2": [(ClassScatter, "from_batch"), (UnitProjections, "pair_from_batch")],
 }
 
 

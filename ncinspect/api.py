@@ -1,11 +1,15 @@
-"""The Python API: one import, one call, the same records the CLI prints.
+"""The Python API: the public entry points and the types they take and return.
 
     >>> import ncinspect
     >>> results = ncinspect.analyze(["features/"])      # list[Result]
     >>> results[0].metrics["nc1"]
+    >>> ncinspect.analyze_arrays(features, weight, bias, labels=labels)   # one Result
 
-Owns: turning paths into results (discover, open, analyse, apply the run-level NRC3 gamma
-protocol) and `analyze_arrays` for arrays already in memory. Never prints.
+Owns: `analyze` (paths -> results: discover, open, analyse, apply the run-level NRC3 gamma
+protocol, attach the distance to the UFM optimum) and the public surface listed in `__all__`:
+`analyze_arrays` for arrays already in memory (`ncinspect.analysis.arrays`), `Result`, the
+options `AnalysisOptions` and `UfmSettings`, and `NcInspectError`, the base of every error a
+user can act on. Never prints and never renders.
 """
 
 from __future__ import annotations
@@ -14,15 +18,23 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ncinspect.analysis.passes import AnalysisOptions, analyze_source
+from ncinspect.analysis.arrays import analyze_arrays
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.analysis.passes import analyze_source
 from ncinspect.errors import NcInspectError
 from ncinspect.io.discovery import STORE_SUFFIXES, discover, natural_key, open_source
 from ncinspect.metrics.results import Result, run_key
+from ncinspect.ufm.distance import UfmSettings, check_settings, ufm_distance
 
-if TYPE_CHECKING:
-    from ncinspect.ufm import UfmSettings
+__all__ = [
+    "AnalysisOptions",
+    "NcInspectError",
+    "Result",
+    "UfmSettings",
+    "analyze",
+    "analyze_arrays",
+]
 
 
 def analyze(
@@ -40,9 +52,9 @@ def analyze(
 
     Files found inside directories that are not feature dumps (a data `.npz`, a checkpoint `.pt`)
     are passed over and described in `skipped` when a list is given; named files must be valid.
-    Each result's `ufm` holds its distance to the UFM optimum (`ncinspect.ufm.ufm_distance`) when
-    the regularization is known: from `ufm.lambdas`, else `ufm_lambdas`, else the store's
-    provenance (weight decay); `UfmSettings(enabled=False)` turns it off. `saved_sums=False`:
+    Each result's `ufm` holds its distance to the UFM optimum (`ncinspect.ufm.distance`) when the
+    regularization is known: from `ufm.lambdas`, else `ufm_lambdas`, else the store's provenance
+    (weight decay); `UfmSettings(enabled=False)` turns it off. `saved_sums=False`:
     compute the class sums from the features even where a store saved them (`report
     --no-saved-sums`).
     """
@@ -87,8 +99,6 @@ def analyze(
 def _attach_ufm(
     results: list[Result], settings: UfmSettings | None, lambdas: tuple[float, float] | None
 ) -> None:
-    from ncinspect.ufm import UfmSettings, check_settings, ufm_distance
-
     settings = settings or UfmSettings()
     if settings.lambdas is None and lambdas is not None:
         settings = replace(settings, lambdas=lambdas)
@@ -104,7 +114,7 @@ def _apply_run_protocols(results: list[Result]) -> None:
             by_run[(run_key(r), r.split)].append(r)
     if not by_run:
         return
-    from ncinspect.metrics.regression import apply_run_gamma
+    from ncinspect.analysis.regression import apply_run_gamma
 
     for group in by_run.values():
         group.sort(key=lambda r: (r.epoch is None, r.epoch or 0, natural_key(r.source)))

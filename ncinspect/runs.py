@@ -5,7 +5,7 @@ label-smoothing alpha and the weight decay), `group_runs`, the runs table (`runs
 `runs_json`: final checkpoints side by side, the best value per column, ratios to a baseline),
 `trajectory`, and `compare_runs` (two runs compared at matched values of one metric, e.g. NC2 at
 equal NC1, by first-passage interpolation in log(metric)). Arithmetic over given `Result`s only:
-never renders (report/plots do) and never opens a store (reads at most a small run.json).
+never renders (`ncinspect.render` does) and never opens a store (reads at most a small run.json).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ncinspect.provenance import config_files, labels_from_config
 class Run:
     """One run: its checkpoints' results in epoch order (unknown epochs last, then by file name).
 
-    `name` is what tables show and `--label` / `--baseline` refer to; `key` is `api.run_key`
+    `name` is what tables show and `--label` / `--baseline` refer to; `key` is `run_key`
     (the run attribute, else the stores' directory); `split` is set when the run was split by it.
     """
 
@@ -64,7 +64,7 @@ def checkpoint_order(result: Result) -> tuple[Any, ...]:
 def group_runs(
     results: Iterable[Result], label_overrides: dict[str, str] | None = None
 ) -> list[Run]:
-    """Group results into runs by `api.run_key` (and by split and task when a run has several).
+    """Group results into runs by `run_key` (and by split and task when a run has several).
 
     A run with several splits becomes one `Run` per split named `run[split]` (likewise
     `run[task]` for mixed tasks). Directory-keyed runs are named by the shortest trailing part

@@ -1,4 +1,4 @@
-"""A deliberately naive reference for every classification key of shared/spec/metrics.md.
+"""A deliberately naive reference for every classification key of docs/metrics.md.
 
 Written straight from the spec text, independently of ncinspect (which it never imports): explicit
 loops over samples and class pairs, full N x D matrices, Sigma_W as a D x D matrix with divisor N,

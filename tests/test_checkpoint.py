@@ -25,17 +25,17 @@ from torch import nn
 
 from ncinspect.errors import CheckpointError, ModelError
 from ncinspect.extraction.checkpoint import (
-    audit_exported_program,
     epoch_from_name,
-    import_object,
     list_checkpoints,
     load_checkpoint,
-    load_exported_module,
     strip_prefixes,
 )
-from ncinspect.extraction.inspection import describe, format_description
+from ncinspect.extraction.exported import load_exported_module
+from ncinspect.extraction.inspection import describe
 from ncinspect.extraction.models import ModelSpec, load_strict, weight_pairs
+from ncinspect.extraction.trust import audit_exported_program, import_object
 from ncinspect.io.sniff import sniff
+from ncinspect.render.describe import format_description
 
 MODEL_SOURCE = '''\
 """A tiny model for ncinspect's tests: head(body(x))."""

@@ -15,7 +15,7 @@ from synth import classification_set
 from typer.testing import CliRunner
 
 from ncinspect.cli import app
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
 from ncinspect.metrics.results import Result
 from ncinspect.render.tables import table_text

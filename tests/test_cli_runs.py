@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ncinspect.cli import app
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
 from ncinspect.metrics.results import Result
 from ncinspect.render.tables import grids_text, runs_grids

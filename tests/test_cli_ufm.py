@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ncinspect.cli import app
-from ncinspect.io.store import write_store
-from ncinspect.ufm import UFM_CAVEAT, make_targets
-from ncinspect.ufm import classify_closed_form as closed_form
+from ncinspect.io.store.writer import write_store
+from ncinspect.ufm.classify import classify_closed_form as closed_form
+from ncinspect.ufm.distance import UFM_CAVEAT
+from ncinspect.ufm.regress import make_targets
 
 runner = CliRunner()
 

@@ -1,7 +1,7 @@
-"""Classification metrics (ncinspect.metrics.classification / ncinspect.stats.accumulators) against the spec.
+"""Classification metrics (`metrics.classification`, `stats.classification`) against the spec.
 
 Every expected value comes from `oracle_nc` (a naive, independent implementation of
-shared/spec/metrics.md), from closed forms (the exact simplex ETF), or from the spec's
+docs/metrics.md), from closed forms (the exact simplex ETF), or from the spec's
 invariances; nothing here is copied from ncinspect's own output.
 """
 
@@ -18,9 +18,9 @@ from hypothesis.extra import numpy as hnp
 from oracle_nc import KEYS, classification_oracle
 
 from ncinspect.analysis.arrays import analyze_arrays
-from ncinspect.analysis.passes import AnalysisOptions
+from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
-from ncinspect.stats.accumulators import ClassMoments, ClassScatter, plan_scatter
+from ncinspect.stats.classification import ClassMoments, ClassScatter, plan_scatter
 
 ROUTES = ("class_span", "dxd")
 SHAPES = ((5, 16), (9, 8), (12, 6))  # K < D, K - 1 = D, K > D

@@ -12,15 +12,9 @@ import pytest
 import torch
 
 from ncinspect.errors import DataError
-from ncinspect.extraction.data import (
-    H5Dataset,
-    MemmapMember,
-    StreamMember,
-    array_members,
-    open_data,
-    restricted_load,
-    split_from_name,
-)
+from ncinspect.extraction.arrays import H5Dataset, MemmapMember, StreamMember, array_members
+from ncinspect.extraction.data import open_data, split_from_name
+from ncinspect.extraction.trust import restricted_load
 
 
 def _collect(source, batch_size: int = 7, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from ncinspect.cli import app
-from ncinspect.extraction.run import ExtractConfig, run_extract
-from ncinspect.io.store import write_store
+from ncinspect.extraction.config import ExtractConfig
+from ncinspect.extraction.run import run_extract
+from ncinspect.io.store.writer import write_store
 
 runner = CliRunner()
 

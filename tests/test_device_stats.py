@@ -1,5 +1,5 @@
 """`devicestats`: the torch accumulators of `extract --stats-only` on a device, against the host's
-own numpy passes (`analysis.classification_statistics`, `regression.regression_statistics`) fed
+own numpy passes (`analysis.classification`, `analysis.regression`: `*_statistics`) fed
 the same batches: statistics to 1e-12 relative, counts exactly, metrics to 1e-10; and
 `extract --stats-only` with the device path equal to the host path's store.
 
@@ -21,16 +21,18 @@ from test_stats_only import assert_same_results
 from typer.testing import CliRunner
 
 import ncinspect
-from ncinspect.analysis.passes import AnalysisOptions, classification_statistics, finite_rows
+from ncinspect.analysis import device as devicestats
+from ncinspect.analysis.classification import classification_statistics
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.analysis.regression import regression_from_statistics, regression_statistics
+from ncinspect.analysis.rows import FiniteRows
 from ncinspect.cli import app
 from ncinspect.errors import InputError
 from ncinspect.io.sources import ArraySource
-from ncinspect.io.store import open_store
+from ncinspect.io.store.reader import open_store
 from ncinspect.metrics.classification import classification_metrics
 from ncinspect.metrics.head import Head
-from ncinspect.metrics.regression import regression_from_statistics, regression_statistics
-from ncinspect.stats import device as devicestats
-from ncinspect.stats.accumulators import ClassSums
+from ncinspect.stats.classification import ClassSums
 from ncinspect.stats.device import DeviceBatch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,7 +212,7 @@ def regression(
 
 def compare_regression(source: ArraySource, options: AnalysisOptions) -> Any:
     host_options = AnalysisOptions(chunk_rows=CHUNK, drop_nonfinite=options.drop_nonfinite)
-    rows = finite_rows(source, host_options)
+    rows = FiniteRows(source, host_options)
     wm, wu, wc = regression_statistics(source, rows, None)
     gm, gu, gc, dropped = devicestats.regression_statistics(
         source, on_device(source), DEVICE, options
@@ -244,7 +246,7 @@ def test_regression_equals_host(outputs: bool) -> None:
 def test_regression_nonfinite_rows_and_targets() -> None:
     source = regression(300, 24, 3, seed=12, outputs=True, bad_rows=(3, 100))
     with pytest.raises(InputError) as host:
-        regression_statistics(source, finite_rows(source, AnalysisOptions(chunk_rows=CHUNK)))
+        regression_statistics(source, FiniteRows(source, AnalysisOptions(chunk_rows=CHUNK)))
     with pytest.raises(InputError) as dev:
         devicestats.regression_statistics(source, on_device(source), DEVICE, AnalysisOptions())
     assert str(dev.value) == str(host.value)
@@ -255,7 +257,7 @@ def test_regression_nonfinite_rows_and_targets() -> None:
     source.outputs[9] = np.inf
     options = AnalysisOptions(chunk_rows=CHUNK, drop_nonfinite=True)
     with pytest.raises(InputError) as host:
-        regression_statistics(source, finite_rows(source, options))
+        regression_statistics(source, FiniteRows(source, options))
     with pytest.raises(InputError) as dev:
         devicestats.regression_statistics(source, on_device(source), DEVICE, options)
     assert str(dev.value) == str(host.value)

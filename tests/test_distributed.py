@@ -23,8 +23,11 @@ from typer.testing import CliRunner
 import ncinspect
 from ncinspect.cli import app
 from ncinspect.errors import InputError, UsageError
+from ncinspect.extraction.config import ExtractConfig
 from ncinspect.extraction.data import open_data
-from ncinspect.extraction.run import Distributed, ExtractConfig, _shard_data, run_extract
+from ncinspect.extraction.distributed import Distributed
+from ncinspect.extraction.distributed import shard_data as _shard_data
+from ncinspect.extraction.run import run_extract
 from ncinspect.io.discovery import discover
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from synth import classification_set
 from ncinspect.api import analyze
 from ncinspect.errors import DumpError
 from ncinspect.io.discovery import open_source
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 
 
 @pytest.fixture

@@ -29,17 +29,15 @@ from ncinspect.errors import (
     OutputError,
     UsageError,
 )
-from ncinspect.extraction.inspection import describe, format_description
-from ncinspect.extraction.run import (
-    BackgroundWriter,
-    ExtractConfig,
-    _probe,
-    borrowed_eval,
-    parse_assignments,
-    parse_data_keys,
-    run_extract,
-)
-from ncinspect.io.store import StoreWriter, open_store
+from ncinspect.extraction.config import ExtractConfig, parse_assignments, parse_data_keys
+from ncinspect.extraction.device import borrowed_eval
+from ncinspect.extraction.forward import _probe
+from ncinspect.extraction.inspection import describe
+from ncinspect.extraction.run import run_extract
+from ncinspect.extraction.writer import BackgroundWriter
+from ncinspect.io.store.reader import open_store
+from ncinspect.io.store.writer import StoreWriter
+from ncinspect.render.describe import format_description
 
 N = 37  # not a multiple of the batch size: the last batch is short
 

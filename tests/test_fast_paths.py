@@ -21,24 +21,22 @@ import numpy as np
 import pytest
 from oracle_nc import classification_oracle
 
-import ncinspect.stats.accumulators as st
+import ncinspect.stats.blocks as st
 from ncinspect.analysis.arrays import analyze_arrays
-from ncinspect.analysis.passes import AnalysisOptions, analyze_source
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.analysis.passes import analyze_source
 from ncinspect.errors import InputError
 from ncinspect.io.sources import ArraySource
 from ncinspect.metrics.head import Head
-from ncinspect.stats.accumulators import (
-    UNIT32,
-    UNIT64,
+from ncinspect.stats.blocks import UNIT32, UNIT64, dot_error_bound
+from ncinspect.stats.classification import (
+    _ONE_HOT_MAX_K,
     ClassMoments,
     ClassScatter,
     ClassSums,
-    RegressionCentred,
-    RegressionMoments,
-    UnitProjections,
-    dot_error_bound,
     plan_scatter,
 )
+from ncinspect.stats.regression import RegressionCentred, RegressionMoments, UnitProjections
 
 # --------------------------------------------------------------------------------------------
 # the error bound
@@ -368,7 +366,7 @@ def test_thin_matmul_equals_one_product(rows: int, d: int, n: int) -> None:
 
 
 # both sides of the one-hot GEMM / sorted-runs switch, and many classes
-@pytest.mark.parametrize("k", [3, st._ONE_HOT_MAX_K, st._ONE_HOT_MAX_K + 1, 32, 200])
+@pytest.mark.parametrize("k", [3, _ONE_HOT_MAX_K, _ONE_HOT_MAX_K + 1, 32, 200])
 def test_class_sums_equal_the_naive_sums(k: int) -> None:
     rng = np.random.default_rng(k)
     x = rng.standard_normal((1500, 7)).astype(np.float32) + 10
@@ -461,7 +459,8 @@ def test_batches_without_outputs() -> None:
 
 
 def test_store_batches_reusing_one_buffer_read_every_row(tmp_path) -> None:
-    from ncinspect.io.store import open_store, write_store
+    from ncinspect.io.store.reader import open_store
+    from ncinspect.io.store.writer import write_store
 
     rng = np.random.default_rng(13)
     x = rng.standard_normal((103, 5)).astype(np.float32)
@@ -585,7 +584,7 @@ def test_subspaces_are_reused_only_for_the_same_moments_and_weight() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_finite_rows_equal_the_entrywise_test(dtype: type) -> None:
-    from ncinspect.analysis.passes import _finite_rows
+    from ncinspect.analysis.rows import finite_row_mask
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((64, 33)).astype(dtype)
@@ -598,5 +597,5 @@ def test_finite_rows_equal_the_entrywise_test(dtype: type) -> None:
     x[6, [0, 1]] = [big, -big]
     x[7, -1] = np.nan
     x[7, 0] = np.inf
-    np.testing.assert_array_equal(_finite_rows(x), np.isfinite(x).all(axis=1))
-    assert _finite_rows(x)[5] and not _finite_rows(x)[1:5].any()
+    np.testing.assert_array_equal(finite_row_mask(x), np.isfinite(x).all(axis=1))
+    assert finite_row_mask(x)[5] and not finite_row_mask(x)[1:5].any()

@@ -27,11 +27,12 @@ from test_checkpoint import load_module, make_model, write_model_file
 
 from ncinspect.analysis.passes import analyze_source
 from ncinspect.errors import NcInspectError
-from ncinspect.extraction.checkpoint import audit_exported_program, load_checkpoint
+from ncinspect.extraction.checkpoint import load_checkpoint
 from ncinspect.extraction.data import open_data
 from ncinspect.extraction.inspection import describe
+from ncinspect.extraction.trust import audit_exported_program
 from ncinspect.io.discovery import open_source
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 
 FUZZ = settings(
     max_examples=60,

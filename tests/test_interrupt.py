@@ -29,7 +29,8 @@ from typer.testing import CliRunner
 from ncinspect.cli import app
 from ncinspect.errors import NcInspectError, OutputError
 from ncinspect.io.locking import lock_name, stale_partials, store_lock
-from ncinspect.io.store import StoreWriter, open_store
+from ncinspect.io.store.reader import open_store
+from ncinspect.io.store.writer import StoreWriter
 
 SLOW_MODEL = """\
 import time
@@ -293,8 +294,9 @@ def test_a_dropped_interrupt_is_raised_again_at_the_next_block(
     finished the extraction and exited 0). The handlers record it: the next block raises it
     again, and a command whose work ended anyway still exits with the interrupt's code."""
     from ncinspect import errors
-    from ncinspect.analysis.passes import AnalysisOptions, analyze_source
-    from ncinspect.cli import guarded
+    from ncinspect.analysis.options import AnalysisOptions
+    from ncinspect.analysis.passes import analyze_source
+    from ncinspect.cli.common import guarded
     from ncinspect.io.sources import ArraySource
     from ncinspect.metrics.head import Head
 

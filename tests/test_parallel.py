@@ -17,10 +17,10 @@ from synth import classification_set
 from typer.testing import CliRunner
 
 from ncinspect.analysis.arrays import analyze_arrays
-from ncinspect.analysis.passes import AnalysisOptions
+from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.cli import app
 from ncinspect.errors import UsageError
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 from ncinspect.stats import parallel
 
 THREADED = parallel._find_blas() is not None
@@ -264,10 +264,10 @@ def test_an_analysis_holds_blas_on_one_thread_metrics_included(
     blas = parallel._find_blas()
     if blas is None:
         return
-    import ncinspect.analysis.passes as analysis
+    import ncinspect.analysis.classification as analysis
 
     seen: dict[str, int] = {}
-    real_metrics, real_plan = analysis.classification_metrics, analysis.plan_pass2
+    real_metrics, real_plan = analysis.classification_metrics, analysis.plan_class_scatter
 
     def metrics(*args: object, **kwargs: object) -> object:
         seen["metrics"] = blas.get()
@@ -278,7 +278,7 @@ def test_an_analysis_holds_blas_on_one_thread_metrics_included(
         return real_plan(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(analysis, "classification_metrics", metrics)
-    monkeypatch.setattr(analysis, "plan_pass2", plan)
+    monkeypatch.setattr(analysis, "plan_class_scatter", plan)
     monkeypatch.setenv(parallel.ENV, "2")
     if large:
         monkeypatch.setattr(parallel, "LARGE_STEP", 0)

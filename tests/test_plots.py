@@ -12,7 +12,7 @@ from matplotlib.image import imread
 
 from ncinspect.api import analyze
 from ncinspect.errors import OutputError, UsageError
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 from ncinspect.metrics.regression import nrc3_at
 from ncinspect.metrics.results import Result
 from ncinspect.render.plots import (
@@ -245,15 +245,16 @@ def test_run_label() -> None:
 
 
 def test_ufm_classify_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
-    from ncinspect import ufm
     from ncinspect.render.plots import (
         UFM_CLASSIFY_PANELS,
         build_ufm_classify_figure,
         plot_ufm_sweep,
     )
+    from ncinspect.ufm.classify import classify_closed_form
+    from ncinspect.ufm.reports import sweep_classify
 
     alphas = [0.2, 0.0, 0.05, 0.1]  # unsorted on purpose: the x axis must come out sorted
-    reports = ufm.sweep_classify(4, 5, 0.01, 0.01, alphas, d=None)
+    reports = sweep_classify(4, 5, 0.01, 0.01, alphas, d=None)
     fig = build_ufm_classify_figure(reports)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == len(UFM_CLASSIFY_PANELS)
@@ -261,13 +262,13 @@ def test_ufm_classify_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
         (line,) = ax.get_lines()  # closed form only: no solver markers
         x, y = line.get_data()
         np.testing.assert_allclose(x, sorted(alphas))
-        expected = [getattr(ufm.classify_closed_form(4, 5, 0.01, 0.01, a), key) for a in x]
+        expected = [getattr(classify_closed_form(4, 5, 0.01, 0.01, a), key) for a in x]
         np.testing.assert_allclose(y, expected, rtol=1e-15)
     margin = axes[0].get_lines()[0].get_ydata()
     np.testing.assert_allclose(margin[[0, 2]], [3.7310, 2.8967], atol=1e-4)  # spec values
     assert axes[0].texts[0].get_text() == "CE"
 
-    solved = ufm.sweep_classify(3, 2, 0.02, 0.02, [0.0, 0.1], d=3)
+    solved = sweep_classify(3, 2, 0.02, 0.02, [0.0, 0.1], d=3)
     fig = build_ufm_classify_figure(solved)
     closed, markers = fig.axes[0].get_lines()
     assert markers.get_label() == "L-BFGS"
@@ -282,12 +283,12 @@ def test_ufm_classify_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
 
 
 def test_ufm_regress_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
-    from ncinspect import ufm
     from ncinspect.render.plots import build_ufm_regress_figure, plot_ufm_sweep
+    from ncinspect.ufm.reports import sweep_regress
 
     sigma = np.diag([4.0, 1.0])
     pairs = [(0.1, 0.1), (0.2, 0.05), (1.0, 2.0), (3.0, 3.0)]  # c = 0.01, 0.01, 2, 9
-    reports = ufm.sweep_regress(sigma, pairs, d=None)
+    reports = sweep_regress(sigma, pairs, d=None)
     fig = build_ufm_regress_figure(reports)
     eig_ax, entry_ax = (ax for ax in fig.axes if ax.get_visible())
     curves = [line for line in eig_ax.get_lines() if line.get_label().startswith("eigenvalue")]
@@ -302,7 +303,7 @@ def test_ufm_regress_sweep_plots_the_closed_forms(tmp_path: Path) -> None:
     verticals = [line.get_xdata()[0] for line in eig_ax.get_lines() if line.get_linestyle() == ":"]
     assert sorted(verticals) == [1.0, 4.0]
 
-    solved = ufm.sweep_regress(sigma, [(0.1, 0.1), (0.5, 0.5)], d=4, n=40)
+    solved = sweep_regress(sigma, [(0.1, 0.1), (0.5, 0.5)], d=4, n=40)
     fig = build_ufm_regress_figure(solved)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 3

@@ -16,14 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ncinspect.analysis.arrays import analyze_arrays
-from ncinspect.analysis.passes import AnalysisOptions
-from ncinspect.stats.accumulators import (
-    ClassMoments,
-    ClassScatter,
-    ClassSums,
-    RegressionMoments,
-    plan_scatter,
-)
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.stats.classification import ClassMoments, ClassScatter, ClassSums, plan_scatter
+from ncinspect.stats.regression import RegressionMoments
 
 PROPERTY = settings(
     max_examples=60,

@@ -1,8 +1,8 @@
-"""Regression-collapse metrics (ncinspect.metrics.regression / the regression part of ncinspect.stats.accumulators).
+"""Regression-collapse metrics (ncinspect.metrics.regression / ncinspect.stats.regression).
 
 Expected values come from three places, never from ncinspect's own earlier output:
 - the spec's UFM closed forms (Andriopoulos et al. 2024, Thm 4.1) and its T = 2 check values;
-- `naive_regression`, written here straight from shared/spec/metrics.md: full N x D matrices,
+- `naive_regression`, written here straight from docs/metrics.md: full N x D matrices,
   PCA by an SVD of the centred data, projectors built as pinv(W) W and V V^T, a per-sample loop
   over unit vectors, and nrc3 by brute force on a dense gamma grid with full T x T matrices;
 - the spec's invariances (rotation, scaling, batch split and merge order).
@@ -18,21 +18,22 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ncinspect.analysis.passes import AnalysisOptions, analyze_source
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.analysis.passes import analyze_source
+from ncinspect.analysis.regression import apply_run_gamma
 from ncinspect.errors import InputError, UsageError
 from ncinspect.io.sources import ArraySource
 from ncinspect.metrics import regression
 from ncinspect.metrics.head import Head
+from ncinspect.metrics.keys import REGRESSION_KEYS
 from ncinspect.metrics.regression import (
     GAMMA_GRID_POINTS,
-    REGRESSION_KEYS,
     GammaChoice,
-    apply_run_gamma,
     nrc3_at,
     nrc3_search,
 )
 from ncinspect.metrics.results import Result
-from ncinspect.stats.accumulators import RegressionCentred, RegressionMoments
+from ncinspect.stats.regression import RegressionCentred, RegressionMoments
 
 KEYS = (
     "nrc1",

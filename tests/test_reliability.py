@@ -38,7 +38,7 @@ from typer.testing import CliRunner
 from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.api import analyze as analyze_stores
 from ncinspect.cli import app
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 
 runner = CliRunner()
 
@@ -727,7 +727,7 @@ FILL_DISK = """
 import os, resource, signal, sys
 import numpy as np
 from ncinspect.errors import OutputError
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 
 root = sys.argv[1]
 rows = np.random.default_rng(0).standard_normal((5000, 8)).astype(np.float32)

@@ -12,7 +12,7 @@ from synth import classification_set
 
 from ncinspect.api import analyze
 from ncinspect.errors import InputError, UsageError
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 from ncinspect.metrics.results import Result
 from ncinspect.provenance import labels_from_config
 from ncinspect.runs import (

@@ -13,11 +13,15 @@ import pytest
 from synth import classification_set
 from typer.testing import CliRunner
 
-from ncinspect.analysis.passes import STALE_SUMS, AnalysisOptions, analyze_source
+from ncinspect.analysis.classification import STALE_SUMS
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.analysis.passes import analyze_source
 from ncinspect.api import analyze
 from ncinspect.cli import app
 from ncinspect.errors import InputError
-from ncinspect.io.store import CLASS_SUMS, StoreSource, StoreWriter, open_store, write_store
+from ncinspect.io.store.layout import CLASS_SUMS
+from ncinspect.io.store.reader import StoreSource, open_store
+from ncinspect.io.store.writer import StoreWriter, write_store
 from ncinspect.metrics.results import Result
 
 runner = CliRunner()

@@ -16,11 +16,13 @@ from typer.testing import CliRunner
 import ncinspect
 from ncinspect.cli import app
 from ncinspect.errors import InputError, StoreError, UsageError
-from ncinspect.extraction.inspection import describe, format_description
-from ncinspect.extraction.run import ExtractConfig, run_extract
-from ncinspect.io.store import open_store
+from ncinspect.extraction.config import ExtractConfig
+from ncinspect.extraction.inspection import describe
+from ncinspect.extraction.run import run_extract
+from ncinspect.io.store.reader import open_store
 from ncinspect.metrics.keys import keys_for
 from ncinspect.metrics.results import Result
+from ncinspect.render.describe import format_description
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

@@ -11,7 +11,9 @@ from synth import classification_set
 
 from ncinspect.errors import InputError, OutputError, StoreError
 from ncinspect.io.discovery import open_source
-from ncinspect.io.store import FORMAT, FORMAT_VERSION, StoreWriter, open_store, write_store
+from ncinspect.io.store.layout import FORMAT, FORMAT_VERSION
+from ncinspect.io.store.reader import open_store
+from ncinspect.io.store.writer import StoreWriter, write_store
 
 
 def _write(path: Path, seed: int = 0, **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,3 +143,32 @@ def test_broken_files(tmp_path: Path, content: bytes) -> None:
         open_source(path)
     assert str(path) in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_store_lock_never_follows_a_planted_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A symlink at `.NAME.lock` (to a file of the victim's, or to a name that does not exist) is
+    refused: the target is neither created, truncated nor written, and no store is written. Also
+    when the link appears after the check (filelock opens with O_NOFOLLOW)."""
+    from ncinspect.io.locking import lock_name, store_lock
+
+    store = tmp_path / "s.h5"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    absent = tmp_path / "created-through-the-link"
+    for check_races in (False, True):
+        for target in (victim, absent):
+            lock_name(store).symlink_to(target)
+            with monkeypatch.context() as m:
+                if check_races:  # the link is planted after store_lock looked
+                    m.setattr(Path, "is_symlink", lambda self: False)
+                with pytest.raises(OutputError, match="is a symbolic link") as err:
+                    with store_lock(store):
+                        raise AssertionError("the lock was taken through a symlink")
+            assert str(err.value).startswith(str(store))
+            assert victim.read_text() == "precious\n" and not absent.exists()
+            assert lock_name(store).is_symlink() and not store.exists()
+            lock_name(store).unlink()
+    with store_lock(store):  # without the link the lock is taken as usual
+        assert lock_name(store).read_text().strip().isdigit()

@@ -13,9 +13,21 @@ import sys
 import numpy as np
 import pytest
 
-from ncinspect import ufm
 from ncinspect.errors import InputError, UsageError
 from ncinspect.metrics.results import jsonable
+from ncinspect.render.ufm import report_rows, report_title
+from ncinspect.ufm.classify import classify_closed_form
+from ncinspect.ufm.inputs import load_targets, parse_float_list, parse_matrix, zip_lambdas
+from ncinspect.ufm.regress import make_targets, regress_closed_form
+from ncinspect.ufm.reports import (
+    classify_measure,
+    classify_report,
+    regress_measure,
+    regress_report,
+    sweep_classify,
+    sweep_regress,
+)
+from ncinspect.ufm.solver import ClassifySolution, RegressSolution, solve_classify, solve_regress
 
 HAS_REGRESSION = importlib.util.find_spec("ncinspect.metrics.regression") is not None
 needs_regression = pytest.mark.skipif(
@@ -80,7 +92,7 @@ def _random_regress_cases() -> list[tuple[np.ndarray, int, float, float]]:
 def test_classify_closed_form_matches_spec_table(
     alpha: float, q: float, margin: float, w_sq: float, h_sq: float
 ) -> None:
-    opt = ufm.classify_closed_form(4, 5, 0.01, 0.01, alpha)
+    opt = classify_closed_form(4, 5, 0.01, 0.01, alpha)
     assert opt.exists
     assert opt.q == pytest.approx(q, abs=5e-7)
     assert opt.margin == pytest.approx(margin, abs=5e-5)
@@ -92,8 +104,8 @@ def test_classify_closed_form_matches_spec_table(
 
 
 def test_classify_condition_numbers_match_spec() -> None:
-    ce = ufm.classify_closed_form(4, 5, 0.01, 0.01, 0.0)
-    ls = ufm.classify_closed_form(4, 5, 0.01, 0.01, 0.1)
+    ce = classify_closed_form(4, 5, 0.01, 0.01, 0.0)
+    ls = classify_closed_form(4, 5, 0.01, 0.01, 0.1)
     assert round(ce.condition_number, 2) == 3.73
     assert round(ls.condition_number, 2) == 3.43
     assert ls.condition_number < ce.condition_number
@@ -110,7 +122,7 @@ def test_classify_closed_form_is_stationary_along_the_etf_family() -> None:
     # The loss restricted to ETF configurations, as a function of the margin s, has its minimum at
     # the closed form's margin; checks the normalisation convention independently of the solver.
     k, n, lw, lh, alpha = 5, 3, 0.02, 0.005, 0.2
-    opt = ufm.classify_closed_form(k, n, lw, lh, alpha)
+    opt = classify_closed_form(k, n, lw, lh, alpha)
 
     def loss(s: float) -> float:
         z = np.array([s, 0, 0, 0, 0.0])
@@ -127,22 +139,22 @@ def test_classify_closed_form_is_stationary_along_the_etf_family() -> None:
 
 def test_classify_existence_boundary() -> None:
     # q* = sqrt(1 * 0.25 * 0.25) = 0.25 = 1/K exactly: no non-zero minimizer.
-    at = ufm.classify_closed_form(4, 1, 0.25, 0.25)
+    at = classify_closed_form(4, 1, 0.25, 0.25)
     assert not at.exists
     assert (at.q, at.p, at.margin, at.w_norm_sq, at.h_norm_sq) == (0.25, 0.25, 0.0, 0.0, 0.0)
     assert at.condition_number == 1.0
     assert at.loss == pytest.approx(math.log(4))
     assert at.q_star == pytest.approx(0.25)
-    below = ufm.classify_closed_form(4, 1, 0.2499, 0.2499)
+    below = classify_closed_form(4, 1, 0.2499, 0.2499)
     assert below.exists and 0 < below.margin < 1e-2
-    assert not ufm.classify_closed_form(4, 5, 0.01, 0.01, alpha=1.0).exists
+    assert not classify_closed_form(4, 5, 0.01, 0.01, alpha=1.0).exists
 
 
 def test_classify_two_classes_condition_number_is_one() -> None:
-    opt = ufm.classify_closed_form(2, 4, 0.01, 0.01)
+    opt = classify_closed_form(2, 4, 0.01, 0.01)
     assert opt.condition_number == 1.0
-    sol = ufm.solve_classify(2, 3, 4, 0.01, 0.01)
-    assert ufm.classify_measure(sol)["condition_number"] == pytest.approx(1.0, abs=1e-12)
+    sol = solve_classify(2, 3, 4, 0.01, 0.01)
+    assert classify_measure(sol)["condition_number"] == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -156,16 +168,16 @@ def test_classify_two_classes_condition_number_is_one() -> None:
 )
 def test_classify_rejects_impossible_parameters(args: tuple, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        ufm.classify_closed_form(*args)
+        classify_closed_form(*args)
 
 
 # ------------------------------------------------------------------------------------------
 # Classification solver
 
 
-def _assert_classify_close(sol: ufm.ClassifySolution, tol: float = SOLVER_ACCURACY) -> None:
-    opt = ufm.classify_closed_form(sol.k, sol.n, sol.lambda_w, sol.lambda_h, sol.alpha)
-    measured = ufm.classify_measure(sol)
+def _assert_classify_close(sol: ClassifySolution, tol: float = SOLVER_ACCURACY) -> None:
+    opt = classify_closed_form(sol.k, sol.n, sol.lambda_w, sol.lambda_h, sol.alpha)
+    measured = classify_measure(sol)
     assert sol.converged, (sol.grad_norm, sol.iterations)
     for key in CLASSIFY_KEYS:
         assert measured[key] == pytest.approx(getattr(opt, key), abs=tol), key
@@ -175,9 +187,9 @@ def _assert_classify_close(sol: ufm.ClassifySolution, tol: float = SOLVER_ACCURA
 def test_classify_solver_reaches_spec_table(
     alpha: float, q: float, margin: float, w_sq: float, h_sq: float
 ) -> None:
-    sol = ufm.solve_classify(4, 8, 5, 0.01, 0.01, alpha, seed=3)
+    sol = solve_classify(4, 8, 5, 0.01, 0.01, alpha, seed=3)
     _assert_classify_close(sol)
-    measured = ufm.classify_measure(sol)
+    measured = classify_measure(sol)
     assert measured["q"] == pytest.approx(q, abs=5e-7)
     assert measured["margin"] == pytest.approx(margin, abs=1e-4)
     assert measured["w_norm_sq"] == pytest.approx(w_sq, abs=1e-4)
@@ -193,12 +205,12 @@ def test_classify_solver_reaches_closed_form_random(
     case: tuple[int, int, int, float, float, float],
 ) -> None:
     k, d, n, lw, lh, alpha = case
-    assert ufm.classify_closed_form(k, n, lw, lh, alpha).exists
-    _assert_classify_close(ufm.solve_classify(k, d, n, lw, lh, alpha, lambda_b=1e-3, seed=k))
+    assert classify_closed_form(k, n, lw, lh, alpha).exists
+    _assert_classify_close(solve_classify(k, d, n, lw, lh, alpha, lambda_b=1e-3, seed=k))
 
 
 def test_classify_report_numerical_solution_is_collapsed() -> None:
-    report = ufm.classify_report(5, 7, 4, 0.005, 0.01, alpha=0.1, seed=1)
+    report = classify_report(5, 7, 4, 0.005, 0.01, alpha=0.1, seed=1)
     assert set(report) == {"params", "closed_form", "numerical"}
     num, cf = report["numerical"], report["closed_form"]
     assert num["converged"] and num["iterations"] > 0
@@ -214,40 +226,40 @@ def test_classify_report_numerical_solution_is_collapsed() -> None:
 
 def test_classify_solver_beyond_existence_boundary_goes_to_zero() -> None:
     # q* = sqrt(5 * 0.15 * 0.15) = 0.335 > 1/4: the minimizer is W = 0, H = 0.
-    opt = ufm.classify_closed_form(4, 5, 0.15, 0.15)
+    opt = classify_closed_form(4, 5, 0.15, 0.15)
     assert not opt.exists
-    sol = ufm.solve_classify(4, 8, 5, 0.15, 0.15, seed=2)
+    sol = solve_classify(4, 8, 5, 0.15, 0.15, seed=2)
     assert sol.converged
     assert np.abs(sol.weight).max() < 1e-6 and np.abs(sol.features).max() < 1e-6
-    measured = ufm.classify_measure(sol)
+    measured = classify_measure(sol)
     assert measured["q"] == pytest.approx(0.25, abs=1e-9)
     assert measured["loss"] == pytest.approx(math.log(4), abs=1e-12)
     # The same with label smoothing pushing q* over the line: alpha/K + c' >= 1/K.
-    assert not ufm.classify_closed_form(4, 5, 0.01, 0.01, alpha=0.95).exists
+    assert not classify_closed_form(4, 5, 0.01, 0.01, alpha=0.95).exists
 
 
 def test_classify_solver_is_deterministic_and_leaves_torch_rng_alone() -> None:
     import torch
 
     state = torch.random.get_rng_state()
-    a = ufm.solve_classify(3, 4, 3, 0.01, 0.02, seed=5)
-    b = ufm.solve_classify(3, 4, 3, 0.01, 0.02, seed=5)
+    a = solve_classify(3, 4, 3, 0.01, 0.02, seed=5)
+    b = solve_classify(3, 4, 3, 0.01, 0.02, seed=5)
     assert torch.equal(state, torch.random.get_rng_state())
     np.testing.assert_array_equal(a.weight, b.weight)
     np.testing.assert_array_equal(a.features, b.features)
-    c = ufm.solve_classify(3, 4, 3, 0.01, 0.02, seed=6)
+    c = solve_classify(3, 4, 3, 0.01, 0.02, seed=6)
     assert not np.array_equal(a.weight, c.weight)
 
 
 def test_classify_max_iter_is_honoured_and_reported() -> None:
-    sol = ufm.solve_classify(4, 8, 5, 0.01, 0.01, max_iter=3)
+    sol = solve_classify(4, 8, 5, 0.01, 0.01, max_iter=3)
     assert sol.iterations <= 3 and not sol.converged and sol.grad_norm > sol.tol
 
 
 def test_classify_report_needs_room_for_an_etf() -> None:
     with pytest.raises(UsageError, match=r"D = 2 with K = 5 classes; the closed form needs D >= "):
-        ufm.classify_report(5, 2, 3, 0.01, 0.01)
-    closed_only = ufm.classify_report(5, None, 3, 0.01, 0.01)
+        classify_report(5, 2, 3, 0.01, 0.01)
+    closed_only = classify_report(5, None, 3, 0.01, 0.01)
     assert "numerical" not in closed_only
 
 
@@ -259,7 +271,7 @@ def test_classify_report_needs_room_for_an_etf() -> None:
 def test_regress_closed_form_matches_spec_table(
     sigma: np.ndarray, lh: float, lw: float, wwt: np.ndarray, tol: float
 ) -> None:
-    opt = ufm.regress_closed_form(sigma, lh, lw)
+    opt = regress_closed_form(sigma, lh, lw)
     assert opt.regime == "collapse"
     assert opt.gamma == pytest.approx(lh * lw)
     assert opt.wwt is not None
@@ -269,20 +281,20 @@ def test_regress_closed_form_matches_spec_table(
 
 def test_regress_regimes() -> None:
     sigma = np.diag([4.0, 1.0])
-    partial = ufm.regress_closed_form(sigma, 1.5, 1.0)  # c = 1.5 in [1, 4]
+    partial = regress_closed_form(sigma, 1.5, 1.0)  # c = 1.5 in [1, 4]
     assert partial.regime == "partial" and partial.wwt is not None
     np.testing.assert_allclose(
         partial.wwt, np.diag([math.sqrt(1.5) * (2 - math.sqrt(1.5)), 0]), atol=1e-14
     )
     np.testing.assert_allclose(partial.residual_cov, np.diag([1.5, 1.0]), atol=1e-14)
-    at_min = ufm.regress_closed_form(sigma, 1.0, 1.0)  # c = lambda_min: the boundary is partial
+    at_min = regress_closed_form(sigma, 1.0, 1.0)  # c = lambda_min: the boundary is partial
     assert at_min.regime == "partial"
-    zero = ufm.regress_closed_form(sigma, 3.0, 3.0)
+    zero = regress_closed_form(sigma, 3.0, 3.0)
     assert zero.regime == "zero" and zero.wwt is not None
     np.testing.assert_array_equal(zero.wwt, np.zeros((2, 2)))
     np.testing.assert_allclose(zero.residual_cov, sigma)
     assert zero.loss == pytest.approx(2.5)  # tr(Sigma) / 2
-    none = ufm.regress_closed_form(sigma, 0.0, 0.0)
+    none = regress_closed_form(sigma, 0.0, 0.0)
     assert none.regime == "no_regularization" and none.wwt is None and none.gamma == 0.0
     np.testing.assert_array_equal(none.residual_cov, np.zeros((2, 2)))
     assert json.dumps(jsonable(none.to_dict()), allow_nan=False)
@@ -290,9 +302,9 @@ def test_regress_regimes() -> None:
 
 def test_regress_one_penalty_only_is_refused() -> None:
     with pytest.raises(UsageError, match=r"lambda_h = 0.1, lambda_w = 0.0: expected both > 0"):
-        ufm.regress_closed_form(np.eye(2), 0.1, 0.0)
+        regress_closed_form(np.eye(2), 0.1, 0.0)
     with pytest.raises(UsageError, match=r"lambda_h = -1.0, expected a finite value >= 0"):
-        ufm.regress_closed_form(np.eye(2), -1.0, 0.1)
+        regress_closed_form(np.eye(2), -1.0, 0.1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,30 +316,30 @@ def test_make_targets_covariance_is_exact(t: int) -> None:
     rng = np.random.default_rng(t)
     a = rng.normal(size=(t, t))
     sigma = a @ a.T + 0.1 * np.eye(t)
-    y = ufm.make_targets(sigma, 4 * t + 3, seed=t)
+    y = make_targets(sigma, 4 * t + 3, seed=t)
     centred = y - y.mean(axis=0)
     np.testing.assert_allclose(centred.T @ centred / y.shape[0], sigma, atol=1e-12, rtol=0)
     np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-13)
-    shifted = ufm.make_targets(sigma, 4 * t + 3, seed=t, mean=np.arange(t, dtype=float))
+    shifted = make_targets(sigma, 4 * t + 3, seed=t, mean=np.arange(t, dtype=float))
     np.testing.assert_allclose(shifted.mean(axis=0), np.arange(t), atol=1e-12)
     np.testing.assert_allclose(shifted - y, np.broadcast_to(np.arange(t), y.shape), atol=1e-12)
 
 
 def test_make_targets_singular_sigma_and_too_few_samples() -> None:
     sigma = np.array([[1.0, 1.0], [1.0, 1.0]])  # rank 1 is allowed (PSD)
-    y = ufm.make_targets(sigma, 10)
+    y = make_targets(sigma, 10)
     np.testing.assert_allclose(np.cov(y.T, bias=True), sigma, atol=1e-12)
     with pytest.raises(UsageError, match=r"samples N = 2 for T = 2 targets; expected an integer"):
-        ufm.make_targets(np.eye(2), 2)
+        make_targets(np.eye(2), 2)
 
 
 # ------------------------------------------------------------------------------------------
 # Regression solver
 
 
-def _assert_regress_close(sol: ufm.RegressSolution, sigma: np.ndarray) -> None:
-    opt = ufm.regress_closed_form(sigma, sol.lambda_h, sol.lambda_w)
-    measured = ufm.regress_measure(sol)
+def _assert_regress_close(sol: RegressSolution, sigma: np.ndarray) -> None:
+    opt = regress_closed_form(sigma, sol.lambda_h, sol.lambda_w)
+    measured = regress_measure(sol)
     assert sol.converged, (sol.grad_norm, sol.iterations)
     assert opt.wwt is not None
     np.testing.assert_allclose(measured["wwt"], opt.wwt, atol=SOLVER_ACCURACY, rtol=0)
@@ -341,8 +353,8 @@ def _assert_regress_close(sol: ufm.RegressSolution, sigma: np.ndarray) -> None:
 def test_regress_solver_reaches_spec_table(
     sigma: np.ndarray, lh: float, lw: float, wwt: np.ndarray, tol: float
 ) -> None:
-    y = ufm.make_targets(sigma, 40, seed=1)
-    sol = ufm.solve_regress(y, 4, lh, lw, seed=2)
+    y = make_targets(sigma, 40, seed=1)
+    sol = solve_regress(y, 4, lh, lw, seed=2)
     _assert_regress_close(sol, sigma)
     np.testing.assert_allclose(sol.weight @ sol.weight.T, wwt, atol=max(tol, 1e-4), rtol=0)
     assert sol.features.shape == (40, 4) and sol.weight.shape == (2, 4)
@@ -353,23 +365,23 @@ def test_regress_solver_reaches_closed_form_random(
     case: tuple[np.ndarray, int, float, float],
 ) -> None:
     sigma, d, lh, lw = case
-    assert ufm.regress_closed_form(sigma, lh, lw).regime == "collapse"
-    y = ufm.make_targets(sigma, 50, seed=d, mean=np.full(sigma.shape[0], 3.0))
-    _assert_regress_close(ufm.solve_regress(y, d, lh, lw, seed=d), sigma)
+    assert regress_closed_form(sigma, lh, lw).regime == "collapse"
+    y = make_targets(sigma, 50, seed=d, mean=np.full(sigma.shape[0], 3.0))
+    _assert_regress_close(solve_regress(y, d, lh, lw, seed=d), sigma)
 
 
 def test_regress_solver_other_regimes() -> None:
     sigma = np.diag([4.0, 1.0])
-    y = ufm.make_targets(sigma, 30, seed=4)
-    _assert_regress_close(ufm.solve_regress(y, 4, 1.5, 1.0), sigma)  # partial
-    zero = ufm.solve_regress(y, 4, 3.0, 3.0)
+    y = make_targets(sigma, 30, seed=4)
+    _assert_regress_close(solve_regress(y, 4, 1.5, 1.0), sigma)  # partial
+    zero = solve_regress(y, 4, 3.0, 3.0)
     _assert_regress_close(zero, sigma)
     assert np.abs(zero.features).max() < 1e-6
 
 
 @needs_regression
 def test_regress_report_metrics_collapse_at_gamma_c() -> None:
-    report = ufm.regress_report(4, 0.2, 0.2, sigma=[[2.0, 1.0], [1.0, 2.0]], n=40, seed=3)
+    report = regress_report(4, 0.2, 0.2, sigma=[[2.0, 1.0], [1.0, 2.0]], n=40, seed=3)
     cf, num = report["closed_form"], report["numerical"]
     assert cf["regime"] == "collapse" and num["gamma"] == pytest.approx(0.04)
     np.testing.assert_allclose(num["wwt"], cf["wwt"], atol=SOLVER_ACCURACY)
@@ -382,7 +394,7 @@ def test_regress_report_metrics_collapse_at_gamma_c() -> None:
 
 @needs_regression
 def test_regress_without_regularization_does_not_collapse() -> None:
-    report = ufm.regress_report(16, 0.0, 0.0, sigma=np.diag([4.0, 1.0]), n=40, seed=0)
+    report = regress_report(16, 0.0, 0.0, sigma=np.diag([4.0, 1.0]), n=40, seed=0)
     assert report["closed_form"]["regime"] == "no_regularization"
     assert report["closed_form"]["wwt"] is None
     num = report["numerical"]
@@ -393,19 +405,19 @@ def test_regress_without_regularization_does_not_collapse() -> None:
 
 
 def test_regress_report_from_targets_uses_their_covariance() -> None:
-    y = ufm.make_targets(np.diag([2.0, 0.5]), 25, seed=9)
-    report = ufm.regress_report(None, 0.1, 0.1, targets=y)
+    y = make_targets(np.diag([2.0, 0.5]), 25, seed=9)
+    report = regress_report(None, 0.1, 0.1, targets=y)
     np.testing.assert_allclose(
         report["closed_form"]["wwt"], np.diag([2**0.5 - 0.1, 0.5**0.5 - 0.1])
     )
     assert "numerical" not in report
     with pytest.raises(UsageError, match="give exactly one of"):
-        ufm.regress_report(4, 0.1, 0.1, sigma=np.eye(2), targets=y)
+        regress_report(4, 0.1, 0.1, sigma=np.eye(2), targets=y)
 
 
 def test_solve_regress_needs_d_at_least_t() -> None:
     with pytest.raises(UsageError, match=r"feature dimension D = 2 with T = 3 targets"):
-        ufm.solve_regress(np.random.default_rng(0).normal(size=(10, 3)), 2, 0.1, 0.1)
+        solve_regress(np.random.default_rng(0).normal(size=(10, 3)), 2, 0.1, 0.1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -413,31 +425,31 @@ def test_solve_regress_needs_d_at_least_t() -> None:
 
 
 def test_sweep_classify_closed_form_and_numerical() -> None:
-    rows = ufm.sweep_classify(4, 5, 0.01, 0.01, [0.0, 0.1, 0.3])
+    rows = sweep_classify(4, 5, 0.01, 0.01, [0.0, 0.1, 0.3])
     assert [r["params"]["alpha"] for r in rows] == [0.0, 0.1, 0.3]
     qs = [r["closed_form"]["q"] for r in rows]
     assert qs == pytest.approx([t[1] for t in CLASSIFY_TABLE], abs=5e-7)
     assert all("numerical" not in r for r in rows)
-    solved = ufm.sweep_classify(3, 2, 0.01, 0.01, [0.0, 0.2], d=3)
+    solved = sweep_classify(3, 2, 0.01, 0.01, [0.0, 0.2], d=3)
     for r in solved:
         assert r["numerical"]["margin"] == pytest.approx(r["closed_form"]["margin"], abs=1e-4)
     with pytest.raises(UsageError, match="alphas is empty"):
-        ufm.sweep_classify(4, 5, 0.01, 0.01, [])
+        sweep_classify(4, 5, 0.01, 0.01, [])
 
 
 def test_sweep_regress_pairs() -> None:
-    pairs = ufm.zip_lambdas([0.1, 0.2], [0.1])
+    pairs = zip_lambdas([0.1, 0.2], [0.1])
     assert pairs == [(0.1, 0.1), (0.2, 0.1)]
-    rows = ufm.sweep_regress(np.diag([4.0, 1.0]), [(0.1, 0.1), (0.2, 0.05), (3.0, 3.0)])
+    rows = sweep_regress(np.diag([4.0, 1.0]), [(0.1, 0.1), (0.2, 0.05), (3.0, 3.0)])
     assert [r["closed_form"]["regime"] for r in rows] == ["collapse", "collapse", "zero"]
     np.testing.assert_allclose(rows[1]["closed_form"]["wwt"], np.diag([3.8, 1.8]), atol=1e-12)
     with pytest.raises(UsageError, match="found 2 lambda_h and 3 lambda_w values"):
-        ufm.zip_lambdas([0.1, 0.2], [0.1, 0.2, 0.3])
+        zip_lambdas([0.1, 0.2], [0.1, 0.2, 0.3])
 
 
 def test_report_rows_are_plain_triples() -> None:
-    report = ufm.classify_report(4, 4, 3, 0.01, 0.01, seed=0)
-    rows = ufm.report_rows(report)
+    report = classify_report(4, 4, 3, 0.01, 0.01, seed=0)
+    rows = report_rows(report)
     assert all(isinstance(r, tuple) and len(r) == 3 for r in rows)
     assert all(isinstance(cell, str) for r in rows for cell in r)
     by_label = {r[0]: r for r in rows}
@@ -445,8 +457,8 @@ def test_report_rows_are_plain_triples() -> None:
     q_row = by_label["wrong-class probability q"]
     assert float(q_row[1]) == pytest.approx(float(q_row[2]), abs=1e-5)
     assert by_label["nc1"][1] == "0"
-    assert "K=4 n=3 D=4" in ufm.report_title(report)
-    closed = ufm.report_rows(ufm.regress_report(None, 0.1, 0.1, sigma=np.diag([4.0, 1.0])))
+    assert "K=4 n=3 D=4" in report_title(report)
+    closed = report_rows(regress_report(None, 0.1, 0.1, sigma=np.diag([4.0, 1.0])))
     assert closed[0] == ("regime", "collapse", "-")
     assert ("W W^T", "[[1.9, 0], [0, 0.9]]", "-") in closed
 
@@ -456,17 +468,17 @@ def test_report_rows_are_plain_triples() -> None:
 
 
 def test_parse_matrix_literal_and_files(tmp_path) -> None:  # noqa: ANN001
-    m = ufm.parse_matrix("[[2,1],[1,2]]")
+    m = parse_matrix("[[2,1],[1,2]]")
     np.testing.assert_array_equal(m, [[2.0, 1.0], [1.0, 2.0]])
     npy = tmp_path / "cov.npy"
     np.save(npy, np.diag([4.0, 1.0]))
-    np.testing.assert_array_equal(ufm.parse_matrix(npy), np.diag([4.0, 1.0]))
+    np.testing.assert_array_equal(parse_matrix(npy), np.diag([4.0, 1.0]))
     txt = tmp_path / "cov.txt"
     txt.write_text("4 0\n0 1\n")
-    np.testing.assert_array_equal(ufm.parse_matrix(str(txt)), np.diag([4.0, 1.0]))
+    np.testing.assert_array_equal(parse_matrix(str(txt)), np.diag([4.0, 1.0]))
     one = tmp_path / "one.txt"
     one.write_text("3\n")
-    np.testing.assert_array_equal(ufm.parse_matrix(one), [[3.0]])
+    np.testing.assert_array_equal(parse_matrix(one), [[3.0]])
 
 
 @pytest.mark.parametrize(
@@ -504,29 +516,33 @@ def test_parse_matrix_literal_and_files(tmp_path) -> None:  # noqa: ANN001
 )
 def test_parse_matrix_errors_are_one_clear_line(text: str, message: str) -> None:
     with pytest.raises(UsageError) as info:
-        ufm.parse_matrix(text, "--targets-cov")
+        parse_matrix(text, "--targets-cov")
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
     assert info.value.exit_code == 2
 
 
 def test_parse_float_list_and_load_targets(tmp_path) -> None:  # noqa: ANN001
-    assert ufm.parse_float_list("0, 0.1,0.3", "--alpha") == [0.0, 0.1, 0.3]
+    assert parse_float_list("0, 0.1,0.3", "--alpha") == [0.0, 0.1, 0.3]
     with pytest.raises(UsageError, match=r"--alpha: found '0,x'; expected a number or a comma"):
-        ufm.parse_float_list("0,x", "--alpha")
+        parse_float_list("0,x", "--alpha")
     path = tmp_path / "y.npy"
     np.save(path, np.arange(6.0))
-    assert ufm.load_targets(path).shape == (6, 1)
+    assert load_targets(path).shape == (6, 1)
     bad = tmp_path / "y.txt"
     bad.write_text("1 2\nnan 3\n")
     with pytest.raises(InputError, match="targets contain NaN or Inf"):
-        ufm.load_targets(bad)
+        load_targets(bad)
     with pytest.raises(UsageError, match="not found"):
-        ufm.load_targets(tmp_path / "nope.npy")
+        load_targets(tmp_path / "nope.npy")
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, ncinspect.ufm; print('torch' in sys.modules, 'scipy' in sys.modules)"
+    code = (
+        "import sys, ncinspect.ufm.classify, ncinspect.ufm.regress, ncinspect.ufm.solver, "
+        "ncinspect.ufm.reports, ncinspect.ufm.distance, ncinspect.ufm.inputs; "
+        "print('torch' in sys.modules, 'scipy' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -535,5 +551,5 @@ def test_solver_restores_thread_count() -> None:
     import torch
 
     before = torch.get_num_threads()
-    ufm.solve_regress(ufm.make_targets(np.eye(2), 10), 3, 0.1, 0.1)
+    solve_regress(make_targets(np.eye(2), 10), 3, 0.1, 0.1)
     assert torch.get_num_threads() == before

@@ -16,13 +16,23 @@ import numpy as np
 import pytest
 from synth import random_orthonormal
 
-from ncinspect import ufm
 from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.api import analyze
 from ncinspect.errors import UsageError
-from ncinspect.io.store import write_store
+from ncinspect.io.store.writer import write_store
 from ncinspect.metrics.results import Result
-from ncinspect.ufm import UFM_CAVEAT, UfmSettings, ufm_distance
+from ncinspect.render.ufm import distance_rows
+from ncinspect.ufm.classify import classify_closed_form
+from ncinspect.ufm.distance import (
+    UFM_CAVEAT,
+    WEIGHT_DECAY_MAPPING,
+    UfmSettings,
+    ce_hessian_condition,
+    check_settings,
+    ufm_distance,
+)
+from ncinspect.ufm.regress import make_targets, regress_closed_form
+from ncinspect.ufm.solver import solve_classify
 
 EXACT = 1e-9
 CLASSIFY_COMPARED = (
@@ -48,7 +58,7 @@ def _classify_optimum_arrays(
     k: int, d: int, n: int, lam_w: float, lam_h: float, alpha: float, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Features (nK, D), labels, W (K, D), b (K,) exactly at the classification UFM optimum."""
-    opt = ufm.classify_closed_form(k, n, lam_w, lam_h, alpha)
+    opt = classify_closed_form(k, n, lam_w, lam_h, alpha)
     e = _etf_rows(np.random.default_rng(seed), k, d)
     weight = math.sqrt(opt.w_norm_sq) * e
     means = math.sqrt(opt.h_norm_sq) * e
@@ -68,7 +78,7 @@ def test_classification_at_the_closed_form_optimum_has_zero_distance(alpha: floa
     x, y, w, b = _classify_optimum_arrays(k, d, n, lam, lam, alpha)
     result = analyze_arrays(x, w, b, labels=y)
     block = _block(result, lambdas=(lam, lam), alpha=alpha, n=n)
-    opt = ufm.classify_closed_form(k, n, lam, lam, alpha)
+    opt = classify_closed_form(k, n, lam, lam, alpha)
     assert block["exists"] is True
     assert block["predicted"]["margin"] == opt.margin
     for key in CLASSIFY_COMPARED:
@@ -130,7 +140,7 @@ def test_classification_perturbations_are_seen() -> None:
 
 def test_classification_solver_solution_is_near_zero_distance() -> None:
     k, d, n, lam, alpha = 3, 4, 4, 0.02, 0.1
-    sol = ufm.solve_classify(k, d, n, lam, lam, alpha, seed=2, tol=1e-10)
+    sol = solve_classify(k, d, n, lam, lam, alpha, seed=2, tol=1e-10)
     result = analyze_arrays(sol.features, sol.weight, sol.bias, labels=sol.labels)
     block = _block(result, lambdas=(lam, lam), alpha=alpha, n=n)
     for key in ("q", "margin", "w_norm_sq", "h_norm_sq", "condition_number"):
@@ -154,14 +164,14 @@ def test_classification_beyond_existence_and_without_penalty() -> None:
 def test_regression_at_the_closed_form_optimum_has_zero_distance() -> None:
     sigma = np.array([[4.0, 1.0, 0.5], [1.0, 2.0, 0.3], [0.5, 0.3, 1.0]])
     lam_h, lam_w = 0.05, 0.2  # c = 0.01 < lambda_min: the collapse regime
-    opt = ufm.regress_closed_form(sigma, lam_h, lam_w)
+    opt = regress_closed_form(sigma, lam_h, lam_w)
     assert opt.wwt is not None
     vals, vecs = np.linalg.eigh(opt.wwt)
     root = (vecs * np.sqrt(vals)) @ vecs.T  # W W^T = root root^T
     d = 7
     frame = random_orthonormal(np.random.default_rng(4), d, 3).T  # (T, D), orthonormal rows
     w = root @ frame
-    y = ufm.make_targets(sigma, 200, seed=1)
+    y = make_targets(sigma, 200, seed=1)
     h = np.random.default_rng(2).normal(size=(200, d))
     result = analyze_arrays(h, w, np.zeros(3), targets=y)
     block = _block(result, lambdas=(lam_h, lam_w))
@@ -192,7 +202,7 @@ def test_regression_at_the_closed_form_optimum_has_zero_distance() -> None:
 
 def test_regression_regimes_in_the_block() -> None:
     sigma = np.diag([4.0, 1.0])
-    y = ufm.make_targets(sigma, 50, seed=0)
+    y = make_targets(sigma, 50, seed=0)
     h = np.random.default_rng(0).normal(size=(50, 3))
     w = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
     result = analyze_arrays(h, w, None, targets=y)
@@ -264,15 +274,15 @@ def test_settings_are_validated() -> None:
     with pytest.raises(UsageError, match="--ufm-lambdas"):
         UfmSettings(lambdas=(-1.0, 0.1))
     with pytest.raises(UsageError, match="--alpha applies to classification stores only"):
-        ufm.check_settings(["regression"], UfmSettings(alpha=0.0))
-    ufm.check_settings(["classification", "regression"], UfmSettings(alpha=0.1, n=3))
+        check_settings(["regression"], UfmSettings(alpha=0.0))
+    check_settings(["classification", "regression"], UfmSettings(alpha=0.1, n=3))
 
 
 def test_distance_rows_are_plain_strings() -> None:
     x, y, w, b = _classify_optimum_arrays(4, 6, 5, 0.01, 0.01, 0.0)
     result = analyze_arrays(x, w, b, labels=y)
     block = _block(result, lambdas=(0.01, 0.01), alpha=0.0, n=5)
-    rows = ufm.distance_rows(block)
+    rows = distance_rows(block)
     labels = [r[0] for r in rows]
     assert "logit margin (true - mean wrong)" in labels
     margin = rows[labels.index("logit margin (true - mean wrong)")]
@@ -283,7 +293,7 @@ def test_distance_rows_are_plain_strings() -> None:
 def test_readme_quotes_the_caveat_and_the_mapping() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert UFM_CAVEAT in readme
-    assert ufm.WEIGHT_DECAY_MAPPING in readme
+    assert WEIGHT_DECAY_MAPPING in readme
 
 
 def test_hessian_condition_matches_an_eigendecomposition() -> None:
@@ -299,8 +309,8 @@ def test_hessian_condition_matches_an_eigendecomposition() -> None:
             eig = np.linalg.eigvalsh(basis.T @ (np.diag(p) - np.outer(p, p)) @ basis)
             expected.append(eig[-1] / eig[0])
         # eigvalsh's absolute error (~1e-17 here) limits the oracle at condition numbers ~1e9
-        np.testing.assert_allclose(ufm.ce_hessian_condition(prob), expected, rtol=1e-6)
-    opt = ufm.classify_closed_form(6, 5, 0.01, 0.01, 0.1)
+        np.testing.assert_allclose(ce_hessian_condition(prob), expected, rtol=1e-6)
+    opt = classify_closed_form(6, 5, 0.01, 0.01, 0.1)
     row = np.full((1, 6), opt.q)
     row[0, 2] = opt.p
-    assert ufm.ce_hessian_condition(row)[0] == pytest.approx(6 * opt.p, rel=1e-12)
+    assert ce_hessian_condition(row)[0] == pytest.approx(6 * opt.p, rel=1e-12)

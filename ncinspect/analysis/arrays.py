@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ncinspect.analysis.passes import AnalysisOptions, analyze_source
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.analysis.passes import analyze_source
 from ncinspect.io.sources import ArraySource, check_label_range, validate_arrays
 from ncinspect.metrics.head import Head
 from ncinspect.metrics.results import Result

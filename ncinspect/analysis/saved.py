@@ -1,7 +1,7 @@
 """Saved sufficient statistics: a source's two passes kept as data, and the metrics from them.
 
-Owns: `gather_statistics` (the analysis's own two passes, `analysis.classification_statistics`
-and `regression.regression_statistics`, over any source, with an optional step between them that
+Owns: `gather_statistics` (the analysis's own two passes, `analysis.classification` and
+`analysis.regression`'s `*_statistics`, over any source, with an optional step between them that
 combines pass 1 over the processes of a distributed extraction) and its records for the store,
 and `metrics_from_statistics` (the records of a stats-only store, or of every shard of a set ->
 accumulators -> merged -> the same metric functions as for rows), with the checks that turn a
@@ -25,11 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from ncinspect.analysis.passes import AnalysisOptions, classification_statistics, finite_rows
+from ncinspect.analysis.classification import classification_statistics
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.analysis.regression import (
+    gamma_choice,
+    regression_from_statistics,
+    regression_statistics,
+)
+from ncinspect.analysis.rows import FiniteRows
 from ncinspect.errors import StoreError
 from ncinspect.io.sources import FeatureSource, SavedStatistics, StatRecord
+from ncinspect.metrics.classification import classification_extras, classification_metrics
 from ncinspect.metrics.results import MetricSet
-from ncinspect.stats.accumulators import ClassScatter, ClassSums, RegressionMoments, UnitProjections
+from ncinspect.stats.classification import ClassScatter, ClassSums
+from ncinspect.stats.regression import RegressionMoments, UnitProjections
 
 # Turns one process's pass-1 accumulator (ClassSums or RegressionMoments) into every process's.
 Combine = Callable[[Any], Any]
@@ -57,10 +66,8 @@ def gather_statistics(
     if source.task == "classification":
         sums, scatter, dropped = classification_statistics(source, options, combine)
         return records(source, [sums, scatter], dropped)
-    from ncinspect.metrics.regression import gamma_choice, regression_statistics
-
     gamma_choice(options)
-    rows = finite_rows(source, options)
+    rows = FiniteRows(source, options)
     moments, uncentred, centred = regression_statistics(source, rows, combine)
     return records(source, [moments, uncentred, centred], rows.dropped)
 
@@ -70,7 +77,7 @@ def records(
 ) -> tuple[dict[str, StatRecord], dict[str, Any]]:
     """(records by part name, `stats` group attributes) of one source's two passes: `parts` in
     the order of `PARTS[source.task]`, `dropped` non-finite feature rows. Shared by the host
-    passes and the device ones (`devicestats`)."""
+    passes and the device ones (`analysis.device`)."""
     scopes = PARTS[source.task]
     attrs: dict[str, Any] = {"nonfinite_rows_dropped": int(dropped)}
     if source.task == "regression":
@@ -97,15 +104,11 @@ def metrics_from_statistics(
     dropped = sum(_int(s, "nonfinite_rows_dropped") for s in saved)
     where = saved[0].path if len(saved) == 1 else source.path
     if source.task == "classification":
-        from ncinspect.metrics.classification import classification_extras, classification_metrics
-
         sums, scatter = merged["sums"], merged["scatter"]
         _expect_rows(where, "scatter", scatter.n, sums.n)
         moments = sums.moments(scatter.within)
         metric_set = classification_metrics(moments, scatter, source.head)
         return metric_set, moments.n, dropped, classification_extras(moments, source.head)
-    from ncinspect.metrics.regression import regression_from_statistics
-
     moments = merged["moments"]
     for name in ("uncentred", "centred"):
         _expect_rows(where, name, merged[name].n, moments.n)

@@ -1,51 +1,32 @@
-"""Checkpoints: detect a file's format from its content and read its weights and metadata.
+"""Checkpoints: read a checkpoint file, whatever its format, into named tensors and metadata.
 
-Owns: format sniffing (`sniff`), reading a checkpoint into named tensors, metadata and an epoch
-(`load_checkpoint`), the checkpoints of a directory in epoch order (`list_checkpoints`), the
-sidecar config (`run.json` / `config.json` / `args.json`), and the security boundary: this is the
-only module that unpickles anything or imports user code (`import_object`).
+Owns `load_checkpoint` (safetensors, torch.save archives, TorchScript archives and the weights of
+torch.export programs -> a `Checkpoint`: the state dict with the `module.` / `_orig_mod.`
+prefixes stripped, the wrapper dict's metadata, training labels, the epoch), the choice of the
+state dict inside a wrapper dict (`--state-key`), and the checkpoints of a directory in epoch
+order (`list_checkpoints`).
 
-Never runs a model and never writes files.
-
-Security boundary
------------------
-* `.safetensors` files and torch.save archives load with `torch.load(weights_only=True)` (or the
-  safetensors reader): no code from the file can run.
-* A whole pickled `nn.Module` (`torch.save(model)`) and wrapper dicts holding arbitrary objects
-  need full unpickling, which runs whatever code the file names. That happens only with
-  `unsafe_pickle=True` (the CLI's `--unsafe-pickle`); without it the file is scanned statically
-  (no code runs) and the error names the classes it would import.
-* TorchScript archives load with `torch.jit.load`, which does not run Python pickles; only their
-  weights are used (the scripted code is never called).
-* `torch.export` programs (`.pt2`): their weights are read by this module directly (raw payloads,
-  or `weights_only` for pickled ones). Running the program itself (`load_exported_module`) needs
-  `torch.export.load`, which unpickles with `weights_only=False` and evaluates symbolic-shape
-  strings; it is allowed only after `audit_exported_program` finds nothing that could run code
-  (no non-tensor pickles, only aten/prims/higher-order operators, plain shape expressions), or with
-  `unsafe_pickle=True`.
+Never runs a model and never writes files. Whether a torch.save pickle may be loaded is decided
+by `trust.torch_load`, which this module calls; safetensors files and TorchScript archives
+(`torch.jit.load`) hold no Python pickle. The format comes from `io.sniff`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import inspect
-import io
 import json
-import pickle
-import pickletools
 import re
 import struct
-import sys
 import warnings
-import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ncinspect.errors import CheckpointError, ModelError, NcInspectError, reading
+from ncinspect.errors import CheckpointError, reading
+from ncinspect.extraction.exported import read_export_weights
+from ncinspect.extraction.messages import first_line, hint
+from ncinspect.extraction.trust import torch_load
 from ncinspect.io.discovery import natural_key
 from ncinspect.io.sniff import Format, sniff
 from ncinspect.provenance import as_mapping, find_labels, is_tensor_dict, plain_value
@@ -102,23 +83,6 @@ _EPOCH_RE = re.compile(
 _EPOCH_WORDS = ("epoch", "epochs", "ep", "e")
 
 
-def hint(path: str | Path) -> str:
-    """The pointer every extraction error ends with."""
-    return f"run `ncinspect inspect {path}` to see what it holds"
-
-
-# ---------------------------------------------------------------------------------------------
-# Sniffing
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    return sniff(path) in CHECKPOINT_FORMATS
-
-
-# ---------------------------------------------------------------------------------------------
-# Epochs, directories, provenance helpers
-
-
 def epoch_from_name(name: str) -> int | None:
     """The epoch (or step) a file name states: epoch_010, ep10, e5, step_1000, 12.pt -> 12.
 
@@ -169,166 +133,6 @@ def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
         while chunk := fh.read(block):
             h.update(chunk)
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Importing user code (model and data factories, pickled classes)
-
-
-def add_code_paths(paths: Iterable[str | Path]) -> None:
-    """Make directories importable (prepended to sys.path once each)."""
-    for p in paths:
-        text = str(Path(p).resolve())
-        if text not in sys.path:
-            sys.path.insert(0, text)
-
-
-def split_spec(spec: str) -> tuple[str, str]:
-    """`pkg.mod:factory` or `path/to/file.py:factory` -> (module or file, attribute)."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise ModelError(
-            f"spec {spec!r} is not 'package.module:factory' or 'path/to/file.py:factory'"
-        )
-    return target, attr
-
-
-def is_file_spec(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or "\\" in target
-
-
-def import_file(path: Path) -> Any:
-    """Import a .py file under its stem as module name (its directory made importable), so that
-    classes pickled from it resolve. A different module already imported under that name is left
-    alone and the file is imported under a private name instead."""
-    path = path.resolve()
-    add_code_paths([path.parent])
-    name = path.stem
-    existing = sys.modules.get(name)
-    if existing is not None:
-        if Path(getattr(existing, "__file__", "") or "").resolve() == path:
-            return existing
-        name = f"_ncinspect_user_{abs(hash(str(path))):x}_{path.stem}"
-        if name in sys.modules:
-            return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ModelError("cannot be imported as a Python module", path=path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        raise ModelError(
-            f"importing the file failed: {type(exc).__name__}: {exc}", path=path
-        ) from exc
-    return module
-
-
-def import_object(
-    spec: str,
-    *,
-    what: str,
-    code_paths: Sequence[str | Path] = (),
-    base_dirs: Sequence[str | Path] = (),
-    error: type[NcInspectError] = ModelError,
-    extend_path: bool = True,
-) -> Any:
-    """Resolve `pkg.mod:attr` or `file.py:attr` to the object (attr may be dotted).
-
-    Relative file paths are tried against each of `base_dirs`, then the working directory. A
-    module that does not import is tried again with `base_dirs` and the working directory on
-    sys.path, unless `extend_path` is False (a spec that a config file chose).
-    `what` names the option in messages ("--model", "--data"). Raises `error` (a
-    NcInspectError subclass) with the spec and the cause.
-    """
-    add_code_paths(code_paths)
-    try:
-        target, attr = split_spec(spec)
-    except ModelError as exc:
-        raise error(f"{what}: {exc.message}") from None
-    if is_file_spec(target):
-        candidates = [Path(target)]
-        if not Path(target).is_absolute():
-            candidates = [Path(b) / target for b in base_dirs] + [Path(target)]
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            tried = ", ".join(str(c) for c in candidates)
-            raise error(f"{what} {spec!r}: no such file (tried {tried})")
-        try:
-            module = import_file(path)
-        except ModelError as exc:
-            raise error(f"{what} {spec!r}: {exc}") from exc
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as exc:
-            extra = [str(Path(b).resolve()) for b in base_dirs] + [str(Path.cwd())]
-            added = [d for d in extra if d not in sys.path] if extend_path else []
-            sys.path[:0] = added
-            try:
-                module = importlib.import_module(target)
-            except ModuleNotFoundError:
-                for d in added:
-                    sys.path.remove(d)
-                raise error(
-                    f"{what} {spec!r}: cannot import module {target!r} ({exc}); pass "
-                    "--code-path DIR for the directory that holds it, or use path/to/file.py:NAME",
-                ) from exc
-        except Exception as exc:
-            raise error(
-                f"{what} {spec!r}: importing {target!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            public = sorted(
-                n
-                for n, v in vars(module).items()
-                if callable(v)
-                and not n.startswith("_")
-                and getattr(v, "__module__", None) == module.__name__
-            )
-            raise error(
-                f"{what} {spec!r}: {target!r} has no attribute {attr!r}; "
-                f"callables defined there: {', '.join(public) or 'none'}",
-            )
-        obj = getattr(obj, part)
-    return obj
-
-
-def call_factory(
-    factory: Callable[..., Any],
-    kwargs: Mapping[str, Any],
-    *,
-    spec: str,
-    what: str,
-    error: type[NcInspectError] = ModelError,
-) -> Any:
-    """Call a user factory with keyword arguments; failures become `error` naming the call."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        sig = None
-    if sig is not None:
-        try:
-            sig.bind(**kwargs)
-        except TypeError as exc:
-            params = ", ".join(str(p) for p in sig.parameters.values())
-            raise error(f"{what} {spec!r}: {exc} (it takes: {params or 'no arguments'})") from exc
-    try:
-        return factory(**kwargs)
-    except Exception as exc:
-        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise error(
-            f"{what} {spec!r}: calling {spec.rpartition(':')[2]}({args}) failed: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
 
 
 @dataclass
@@ -428,7 +232,8 @@ def _load_any(p: Path, *, unsafe_pickle: bool, state_key: str | None) -> Checkpo
     elif fmt == "torchscript":
         ckpt = _load_torchscript(p)
     elif fmt == "export":
-        ckpt = _load_export_weights(p)
+        tensors, stripped = strip_prefixes(read_export_weights(p))
+        ckpt = Checkpoint(p, "export", tensors, stripped_prefixes=stripped)
     else:
         what = {
             "hdf5": "an HDF5 file (a feature store or data file)",
@@ -520,76 +325,9 @@ def _model_config(m: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def unsafe_globals(path: str | Path) -> list[str] | None:
-    """Classes/functions a torch.save zip archive would import when fully unpickled (a static
-    scan: nothing runs). None when the file cannot be scanned (legacy format)."""
-    from torch.serialization import get_unsafe_globals_in_checkpoint
-
-    try:
-        return list(get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # noqa: BLE001 - a scan failure only means "unknown"
-        return None
-
-
-def _describe_globals(names: Sequence[str]) -> str:
-    user = [n for n in names if not n.startswith(("torch.", "collections.", "builtins."))]
-    shown = user or list(names)
-    text = ", ".join(shown[:6]) + (f" and {len(shown) - 6} more" if len(shown) > 6 else "")
-    return text
-
-
-def _pickle_refusal(p: Path, names: Sequence[str]) -> CheckpointError:
-    what = "a pickled object"
-    if names:
-        what += f" of class {_describe_globals(names)}"
-    return CheckpointError(
-        f"holds {what}: loading it needs full unpickling, which runs arbitrary code from the "
-        f"file; pass --unsafe-pickle only if you trust its source; {hint(p)}",
-        path=p,
-    )
-
-
-def _torch_load(p: Path, fmt: str, weights_only: bool) -> Any:
-    import torch
-
-    kwargs: dict[str, Any] = {"map_location": "cpu", "weights_only": weights_only}
-    if fmt == "torch":
-        kwargs["mmap"] = True
-    return torch.load(str(p), **kwargs)
-
-
 def _load_torch(p: Path, fmt: Format, *, unsafe_pickle: bool, state_key: str | None) -> Checkpoint:
-    if not unsafe_pickle and fmt == "torch":
-        names = unsafe_globals(p)
-        if names:
-            raise _pickle_refusal(p, names)
-    try:
-        obj = _torch_load(p, fmt, weights_only=not unsafe_pickle)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            names = re.findall(r"GLOBAL ([\w.]+)", text)
-            raise _pickle_refusal(p, names) from None
-        raise CheckpointError(
-            f"is truncated or corrupt ({_first_line(text)}); {hint(p)}", path=p
-        ) from None
-    except (ModuleNotFoundError, AttributeError, ImportError) as exc:
-        raise CheckpointError(
-            f"unpickling needs a class that cannot be imported ({exc}); pass --code-path DIR "
-            "(the directory holding that module) or --model path/to/file.py:NAME so its classes "
-            f"resolve; {hint(p)}",
-            path=p,
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, struct.error) as exc:
-        raise CheckpointError(
-            f"is truncated or corrupt ({_first_line(str(exc))}); {hint(p)}", path=p
-        ) from None
+    obj = torch_load(p, fmt, unsafe_pickle=unsafe_pickle)
     return _from_object(p, fmt, obj, state_key=state_key)
-
-
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "no detail"
-    return line[:200]
 
 
 def _from_object(p: Path, fmt: Format, obj: Any, *, state_key: str | None) -> Checkpoint:
@@ -712,7 +450,7 @@ def _load_torchscript(p: Path) -> Checkpoint:
             scripted = torch.jit.load(str(p), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad archives
         raise CheckpointError(
-            f"is a TorchScript archive that cannot be read ({_first_line(str(exc))}); {hint(p)}",
+            f"is a TorchScript archive that cannot be read ({first_line(str(exc))}); {hint(p)}",
             path=p,
         ) from None
     tensors, stripped = strip_prefixes(
@@ -729,351 +467,3 @@ def _load_torchscript(p: Path) -> Checkpoint:
         metadata={"scripted_modules": modules},
         stripped_prefixes=stripped,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# torch.export programs
-
-
-_DTYPES_BY_CODE: dict[int, str] = {
-    1: "uint8",
-    2: "int8",
-    3: "int16",
-    4: "int32",
-    5: "int64",
-    6: "float16",
-    7: "float32",
-    8: "float64",
-    9: "complex32",
-    10: "complex64",
-    11: "complex128",
-    12: "bool",
-    13: "bfloat16",
-    28: "uint16",
-    34: "uint32",
-    35: "uint64",
-}
-
-
-@dataclass(frozen=True)
-class _Archive:
-    prefix: str  # "name/" or ""
-    names: list[str]
-    model: str  # the model name (usually "model")
-
-
-def _export_archive(zf: zipfile.ZipFile, p: Path) -> _Archive:
-    names = zf.namelist()
-    fmt = next((n for n in names if n.rsplit("/", 1)[-1] == "archive_format"), None)
-    if fmt is None:
-        raise CheckpointError(f"is not a torch.export archive; {hint(p)}", path=p)
-    prefix = fmt[: -len("archive_format")]
-    models = sorted(
-        n[len(prefix) + len("models/") : -len(".json")]
-        for n in names
-        if n.startswith(prefix + "models/") and n.endswith(".json")
-    )
-    if not models:
-        raise CheckpointError(f"torch.export archive holds no model; {hint(p)}", path=p)
-    model = "model" if "model" in models else models[0]
-    return _Archive(prefix, names, model)
-
-
-def _payload_config(zf: zipfile.ZipFile, arc: _Archive, kind: str) -> dict[str, Any]:
-    """The `config` object of data/{kind}/{model}_{kind}_config.json ({} when absent)."""
-    name = f"{arc.prefix}data/{kind}/{arc.model}_{kind}_config.json"
-    if name not in arc.names:
-        return {}
-    cfg = json.loads(zf.read(name)).get("config", {})
-    return cfg if isinstance(cfg, dict) else {}
-
-
-def _load_export_weights(p: Path) -> Checkpoint:
-    """The program's parameters and buffers, read without running or unpickling anything unsafe."""
-    import torch
-
-    try:
-        with zipfile.ZipFile(p) as zf:
-            arc = _export_archive(zf, p)
-            config = _payload_config(zf, arc, "weights")
-            legacy = f"{arc.prefix}data/weights/{arc.model}.pt"
-            tensors: dict[str, torch.Tensor] = {}
-            if not config and legacy in arc.names:
-                obj = torch.load(io.BytesIO(zf.read(legacy)), weights_only=True)
-                tensors = {k: v for k, v in dict(obj).items() if isinstance(v, torch.Tensor)}
-            flat: dict[str, torch.Tensor] = {}
-            for fqn, meta in config.items():
-                path_name = f"{arc.prefix}data/weights/{meta['path_name']}"
-                raw = zf.read(path_name)
-                if meta.get("use_pickle"):
-                    t = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
-                    if not isinstance(t, torch.Tensor):
-                        raise CheckpointError(
-                            f"weight {fqn!r} is a pickled {type(t).__name__}; {hint(p)}", path=p
-                        )
-                    tensors[fqn] = t
-                    continue
-                tm = meta["tensor_meta"]
-                dtype_name = _DTYPES_BY_CODE.get(int(tm["dtype"]))
-                if dtype_name is None:
-                    raise CheckpointError(
-                        f"weight {fqn!r} has dtype code {tm['dtype']}, which ncinspect cannot "
-                        f"read; {hint(p)}",
-                        path=p,
-                    )
-                dtype = getattr(torch, dtype_name)
-                if path_name not in flat:
-                    buf = bytearray(raw)
-                    if not buf:
-                        flat[path_name] = torch.zeros(0, dtype=dtype)
-                    else:
-                        flat[path_name] = torch.frombuffer(buf, dtype=dtype)
-                sizes = [int(s["as_int"]) for s in tm["sizes"]]
-                strides = [int(s["as_int"]) for s in tm["strides"]]
-                offset = int(tm["storage_offset"]["as_int"])
-                base = flat[path_name]
-                if base.numel() == 0:
-                    tensors[fqn] = torch.zeros(sizes, dtype=dtype)
-                else:
-                    tensors[fqn] = torch.as_strided(base, sizes, strides, offset).clone()
-    except CheckpointError:
-        raise
-    except pickle.UnpicklingError as exc:
-        names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
-        raise _pickle_refusal(p, names) from None
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, RuntimeError, OSError) as exc:
-        raise CheckpointError(
-            f"is a torch.export archive whose weights cannot be read "
-            f"({type(exc).__name__}: {_first_line(str(exc))}); {hint(p)}",
-            path=p,
-        ) from None
-    stripped_t, stripped = strip_prefixes(tensors)
-    return Checkpoint(p, "export", stripped_t, stripped_prefixes=stripped)
-
-
-_SAFE_OPERATOR_FUNCS = frozenset(
-    "getitem add sub mul truediv floordiv mod pow neg pos abs eq ne lt le gt ge and_ or_ xor "
-    "not_ invert lshift rshift".split()
-)
-_SAFE_OP_NAMESPACES = frozenset({"aten", "prims", "higher_order", "quantized_decomposed"})
-_TARGET_RE = re.compile(r"^torch\.ops\.([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z_][A-Za-z0-9_]*){1,2}$")
-_TOKEN_RE = re.compile(
-    r"\s*(?:(?P<num>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)"
-    r"|(?P<str>'[A-Za-z_][A-Za-z0-9_]*')"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<op>\*\*|//|==|!=|<=|>=|[-+*/%<>()\[\],=&|~.]))"
-)
-_GUARD_NAMES = frozenset({"L", "and", "or", "not", "True", "False"})
-_GUARD_METHODS = frozenset({"size", "stride", "storage_offset"})
-
-
-def _expr_ok(expr: str, *, guard: bool = False) -> bool:
-    """Whether a symbolic-shape expression (or, with `guard`, a guard line) is plain arithmetic
-    that `sympify` / `exec` cannot turn into a call of arbitrary Python code.
-
-    Allowed: numbers, operators, parentheses, commas, quoted shape-symbol names ('s77'),
-    shape symbols (s0, u3), capitalised sympy constructors (Symbol, Integer, FloorDiv, ...),
-    lower-case keywords only as `name=` arguments (positive=True); in guards also `L['x']`,
-    `.size()[i]`, `.stride()[i]`, `.storage_offset()` and `and`/`or`/`not`. Never attributes,
-    dunders or other lower-case names.
-    """
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    text = expr.rstrip()
-    while pos < len(text):
-        m = _TOKEN_RE.match(text, pos)
-        if m is None or m.end() == pos:
-            return False
-        kind = m.lastgroup or ""
-        tokens.append((kind, m.group(kind)))
-        pos = m.end()
-    for i, (kind, value) in enumerate(tokens):
-        nxt = tokens[i + 1][1] if i + 1 < len(tokens) else ""
-        prev = tokens[i - 1][1] if i > 0 else ""
-        if kind == "name":
-            if "__" in value:
-                return False
-            if guard and (value in _GUARD_NAMES or (prev == "." and value in _GUARD_METHODS)):
-                continue
-            if value[0].isupper() or re.fullmatch(r"[a-z]+\d+", value) or value in ("oo", "zoo"):
-                continue
-            if value.islower() and nxt == "=" and prev in ("(", ","):
-                continue
-            return False
-        if kind == "op" and value == "." and not (guard and nxt in _GUARD_METHODS):
-            return False
-        if kind == "op" and value in ("[", "]") and not guard:
-            return False
-    return True
-
-
-def audit_exported_program(path: str | Path) -> list[str]:
-    """Reasons why `torch.export.load` might run code from this archive; [] when none were found.
-
-    Checks that every pickled payload is a plain tensor (weights_only scan), that no opaque or
-    custom objects are stored, that every graph node calls an aten/prims/higher-order operator
-    or a plain arithmetic function, and that every symbolic-shape expression is plain arithmetic.
-    """
-    p = Path(path)
-    with reading(p, CheckpointError, "a torch.export program"):
-        return _audit(p)
-
-
-def _audit(p: Path) -> list[str]:
-    from torch.serialization import get_unsafe_globals_in_checkpoint
-
-    problems: list[str] = []
-    with zipfile.ZipFile(p) as zf:
-        arc = _export_archive(zf, p)
-        for kind in ("weights", "constants"):
-            for fqn, meta in _payload_config(zf, arc, kind).items():
-                name = str(meta.get("path_name", ""))
-                if kind == "constants" and not name.startswith("tensor_"):
-                    problems.append(f"constant {fqn!r} is a stored Python object ({name})")
-                    continue
-                if meta.get("use_pickle"):
-                    raw = io.BytesIO(zf.read(f"{arc.prefix}data/{kind}/{name}"))
-                    unsafe = get_unsafe_globals_in_checkpoint(raw)
-                    if unsafe:
-                        problems.append(f"{kind[:-1]} {fqn!r} pickles {', '.join(unsafe)}")
-        for n in arc.names:
-            pickled = n.startswith(arc.prefix + "data/sample_inputs/") or (
-                n.startswith(arc.prefix + "data/") and n.endswith(".pt")
-            )
-            if pickled:
-                unsafe = get_unsafe_globals_in_checkpoint(io.BytesIO(zf.read(n)))
-                if unsafe:
-                    problems.append(f"{n} pickles {', '.join(unsafe)}")
-            if n.startswith(arc.prefix + "data/aotinductor/"):
-                problems.append("it holds compiled AOTInductor code")
-                break
-        for n in arc.names:
-            if n.startswith(arc.prefix + "models/") and n.endswith(".json"):
-                doc = json.loads(zf.read(n))
-                _audit_graph_json(doc, problems)
-                guards = doc.get("guards_code") if isinstance(doc, dict) else None
-                for g in guards or []:
-                    if not isinstance(g, str) or not _expr_ok(g, guard=True):
-                        problems.append(f"guard code {str(g)[:60]!r} is not a plain shape check")
-    return sorted(set(problems))
-
-
-def _audit_graph_json(doc: Any, problems: list[str]) -> None:
-    def visit(obj: Any, key: str | None) -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                if key == "range_constraints" and isinstance(k, str) and not _expr_ok(k):
-                    problems.append(f"shape expression {k[:60]!r} is not plain arithmetic")
-                visit(v, k)
-        elif isinstance(obj, list):
-            for v in obj:
-                visit(v, key)
-        elif isinstance(obj, str):
-            if key == "target" and not _target_ok(obj):
-                problems.append(f"the graph calls {obj[:80]!r}")
-            elif key == "expr_str" and not _expr_ok(obj):
-                problems.append(f"shape expression {obj[:60]!r} is not plain arithmetic")
-
-    visit(doc, None)
-
-
-def _target_ok(target: str) -> bool:
-    if re.fullmatch(r"torch\.sym_[a-z_]+", target):
-        return True
-    if target.startswith("_operator."):
-        return target[len("_operator.") :] in _SAFE_OPERATOR_FUNCS
-    if target.startswith("math."):
-        return re.fullmatch(r"math\.[a-z][a-z0-9]*", target) is not None
-    m = _TARGET_RE.match(target)
-    return m is not None and m.group(1) in _SAFE_OP_NAMESPACES and "__" not in target
-
-
-@dataclass
-class ExportedModule:
-    """A runnable module rebuilt from a torch.export program (submodules kept for hooks).
-
-    `batch` is the batch size the program was exported with when that dimension is static
-    (inputs must then be padded to it), else None.
-    """
-
-    module: nn.Module
-    batch: int | None
-    input_shape: tuple[int | None, ...] | None
-
-
-def load_exported_module(path: str | Path, *, unsafe_pickle: bool = False) -> ExportedModule:
-    """`torch.export.load` + `torch.export.unflatten`, after `audit_exported_program` passes
-    (skipped with `unsafe_pickle`). Raises CheckpointError naming what the audit found."""
-    import torch
-
-    p = Path(path)
-    if not unsafe_pickle:
-        problems = audit_exported_program(p)
-        if problems:
-            raise CheckpointError(
-                f"running this exported program could run code from the file: "
-                f"{'; '.join(problems[:3])}; pass --model SPEC to use only its weights, or "
-                f"--unsafe-pickle if you trust its source; {hint(p)}",
-                path=p,
-            )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.export.load(str(p))
-            module = torch.export.unflatten(program)
-    except Exception as exc:  # noqa: BLE001 - deserialisation raises many types
-        raise CheckpointError(
-            f"the exported program cannot be loaded ({type(exc).__name__}: "
-            f"{_first_line(str(exc))}); pass --model SPEC to use only its weights; {hint(p)}",
-            path=p,
-        ) from None
-    shape: tuple[int | None, ...] | None = None
-    batch: int | None = None
-    user_inputs = list(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and user_inputs and node.name == user_inputs[0]:
-            val = node.meta.get("val")
-            dims = getattr(val, "shape", None)
-            if dims is not None:
-                shape = tuple(int(d) if isinstance(d, int) else None for d in dims)
-                if shape and shape[0] is not None:
-                    batch = shape[0]
-            break
-    return ExportedModule(module, batch, shape)
-
-
-# ---------------------------------------------------------------------------------------------
-# Static scans (used by `inspect`): nothing here runs code from the file.
-
-
-def pickle_globals(data: bytes) -> list[str]:
-    """The `module.name` globals a pickle references, found by disassembling it (nothing runs)."""
-    out: list[str] = []
-    strings: list[str] = []
-    memo: dict[int, Any] = {}
-    try:
-        for op, arg, _pos in pickletools.genops(data):
-            name = op.name
-            if name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(str(arg))
-            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                if strings and isinstance(arg, int):
-                    memo[arg] = strings[-1]
-            elif name == "MEMOIZE":
-                if strings:
-                    memo[len(memo)] = strings[-1]
-            elif name in ("BINGET", "LONG_BINGET", "GET"):
-                v = memo.get(arg) if isinstance(arg, int) else None
-                if isinstance(v, str):
-                    strings.append(v)
-            elif name == "GLOBAL":
-                out.append(str(arg).replace(" ", "."))
-            elif name == "STACK_GLOBAL" and len(strings) >= 2:
-                out.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # noqa: BLE001 - a damaged pickle: report what was found so far
-        pass
-    seen: list[str] = []
-    for g in out:
-        if g not in seen:
-            seen.append(g)
-    return seen

@@ -1,10 +1,9 @@
 """Data sources: inputs with their labels or targets, as batches of torch tensors.
 
-Owns: opening a data spec (`open_data`) -- an `.npz` or `.h5`/`.hdf5` file, a CIFAR-10/100
-"python version" batch folder, or a `package.module:factory` / `file.py:factory` returning a torch
-Dataset -- and reading it lazily in batches: uncompressed `.npz` members are memory-mapped,
-compressed ones streamed, HDF5 datasets sliced per batch, so data larger than memory works.
-Also the restricted unpickler for CIFAR batches (numpy array reconstruction only).
+Owns opening a data spec (`open_data`) -- an `.npz` or `.h5`/`.hdf5` file (read lazily through
+`arrays`), a CIFAR-10/100 "python version" batch folder (unpickled by `trust.restricted_load`),
+or a `package.module:factory` / `file.py:factory` returning a torch Dataset -- and reading it in
+order, in batches (`DataSource.batches`), with `--limit` applied.
 
 Knows nothing of models and never writes files. Axes: N samples, T regression targets.
 
@@ -15,15 +14,9 @@ Input arrays are passed to the model as float32 when floating (or bool), int64 w
 
 from __future__ import annotations
 
-import codecs
-import importlib
 import inspect
-import math
-import os
 import pickle
 import re
-import struct
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +25,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ncinspect.errors import DataError, check_interrupt, reading
-from ncinspect.extraction.checkpoint import call_factory, import_object, is_file_spec, split_spec
-from ncinspect.io.npzheaders import npy_headers
+from ncinspect.extraction.arrays import InMemory, LazyArray, array_members
+from ncinspect.extraction.messages import hint
+from ncinspect.extraction.trust import (
+    call_factory,
+    import_object,
+    is_file_spec,
+    restricted_load,
+    split_spec,
+)
 from ncinspect.io.sniff import sniff
 
 if TYPE_CHECKING:
@@ -47,277 +47,8 @@ CIFAR_LABEL_KEYS: tuple[str, ...] = ("labels", "fine_labels")
 DATA_SUFFIXES: tuple[str, ...] = (".npz", ".h5", ".hdf5")
 
 
-def data_hint(path: str | Path) -> str:
-    return f"run `ncinspect inspect {path}` to see what it holds"
-
-
-# ---------------------------------------------------------------------------------------------
-# Lazy arrays: picklable handles that (re)open their file in whichever process reads them.
-
-
-class LazyArray:
-    """A read-only array on disk: `shape`, `dtype`, `read(start, stop)` rows."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    where: str
-
-    def read(self, start: int, stop: int) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return int(self.shape[0])
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Open handles stay behind; a worker process reopens the file itself.
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_h")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-
-class InMemory(LazyArray):
-    def __init__(self, array: np.ndarray, where: str) -> None:
-        self.array = array
-        self.shape = tuple(int(s) for s in array.shape)
-        self.dtype = array.dtype
-        self.where = where
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array[start:stop])
-
-
-class MemmapMember(LazyArray):
-    """An uncompressed .npz member (or .npy file) mapped from disk."""
-
-    def __init__(
-        self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, fortran: bool
-    ) -> None:
-        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
-        self.fortran = fortran
-        self.where = str(path)
-        self._h: np.memmap | None = None
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        if self._h is None:
-            if math.prod(self.shape) == 0:
-                return np.zeros((max(0, stop - start), *self.shape[1:]), dtype=self.dtype)
-            self._h = np.memmap(
-                self.path,
-                dtype=self.dtype,
-                mode="r",
-                offset=self.offset,
-                shape=self.shape,
-                order="F" if self.fortran else "C",
-            )
-        return np.array(self._h[start:stop])
-
-
-class StreamMember(LazyArray):
-    """A compressed, C-ordered .npz member read row-block by row-block (forward reads are
-    cheap; going back restarts decompression)."""
-
-    def __init__(
-        self, path: Path, member: str, header: int, shape: tuple[int, ...], dtype: np.dtype
-    ) -> None:
-        self.path, self.member, self.header = path, member, header
-        self.shape, self.dtype = shape, dtype
-        self.where = f"{path}:{member}"
-        self._hzip: zipfile.ZipFile | None = None
-        self._hfile: Any = None
-        self._hpid = 0
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        if self._hfile is None or self._hpid != os.getpid():
-            self._hzip = zipfile.ZipFile(self.path)
-            self._hfile = self._hzip.open(self.member)
-            self._hpid = os.getpid()
-        row = int(math.prod(self.shape[1:])) * self.dtype.itemsize
-        self._hfile.seek(self.header + start * row)
-        raw = self._hfile.read((stop - start) * row)
-        if len(raw) != (stop - start) * row:
-            raise DataError(
-                f"array '{self.member}' is truncated: rows {start}:{stop} are missing",
-                path=self.path,
-            )
-        return np.frombuffer(bytearray(raw), dtype=self.dtype).reshape(
-            (stop - start, *self.shape[1:])
-        )
-
-
-class H5Dataset(LazyArray):
-    """An HDF5 dataset sliced per read (the file is opened once per process)."""
-
-    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.path, self.name, self.shape, self.dtype = path, name, shape, dtype
-        self.where = f"{path}:{name}"
-        self._h: Any = None
-        self._hpid = 0
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        if self._h is None or self._hpid != os.getpid():
-            import h5py  # noqa: TID251 - reading *input data* files, not feature stores
-
-            self._h = h5py.File(self.path, "r")[self.name]
-            self._hpid = os.getpid()
-        return np.asarray(self._h[start:stop])
-
-
-def _check_claim(
-    path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, available: int
-) -> None:
-    """Refuse an array whose header claims more bytes than the file holds for it (truncated or
-    crafted), before any row is read: nothing of the claimed size is allocated."""
-    claimed = int(dtype.itemsize)
-    for extent in shape:
-        claimed *= int(extent)
-    if claimed > max(available, 0):
-        raise DataError(
-            f"array '{name}' claims shape {shape} of {dtype} ({claimed} bytes) but the file "
-            f"holds {max(available, 0)} bytes for it (truncated or damaged); {data_hint(path)}",
-            path=path,
-        )
-
-
-def _npz_members(path: Path) -> dict[str, LazyArray]:
-    """Every array of an .npz file as a lazy handle (only the .npy headers are read)."""
-    out: dict[str, LazyArray] = {}
-    try:
-        with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
-            for member in npy_headers(zf):
-                info, key, shape, dtype = member.info, member.key, member.shape, member.dtype
-                fortran, header = member.fortran, member.header_bytes
-                if dtype.hasobject:
-                    raise DataError(
-                        f"array '{key}' has dtype object; ncinspect reads numeric arrays only "
-                        "(object arrays need unpickling)",
-                        path=path,
-                    )
-                _check_claim(path, key, shape, dtype, info.file_size - header)
-                if info.compress_type == zipfile.ZIP_STORED:
-                    raw.seek(info.header_offset)
-                    local = raw.read(30)
-                    name_len, extra_len = struct.unpack("<HH", local[26:30])
-                    offset = info.header_offset + 30 + name_len + extra_len + header
-                    out[key] = MemmapMember(path, offset, shape, dtype, bool(fortran))
-                elif not fortran or len(shape) <= 1:
-                    out[key] = StreamMember(path, info.filename, header, shape, dtype)
-                else:
-                    with np.load(path) as npz:
-                        out[key] = InMemory(npz[key], f"{path}:{key}")
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
-        raise DataError(
-            f"is not a readable .npz archive ({exc}); {data_hint(path)}", path=path
-        ) from None
-    return out
-
-
-def _h5_members(path: Path) -> dict[str, LazyArray]:
-    import h5py  # noqa: TID251 - reading *input data* files, not feature stores
-
-    from ncinspect.io.store import unstored_claim
-
-    out: dict[str, LazyArray] = {}
-    try:
-        with h5py.File(path, "r") as f:
-
-            def visit(name: str, obj: Any) -> None:
-                if isinstance(obj, h5py.Dataset) and obj.shape:
-                    if not (obj.is_virtual or obj.external):  # those live in other files
-                        why = unstored_claim(obj)
-                        if why is not None:
-                            claimed = obj.dtype.itemsize * math.prod(obj.shape)
-                            raise DataError(
-                                f"array '{name}' claims shape {tuple(obj.shape)} of {obj.dtype} "
-                                f"({claimed} bytes) but {why} (truncated or damaged); "
-                                f"{data_hint(path)}",
-                                path=path,
-                            )
-                    out[name] = H5Dataset(path, name, tuple(obj.shape), obj.dtype)
-
-            f.visititems(visit)
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"is not a readable HDF5 file ({exc}); {data_hint(path)}", path=path
-        ) from None
-    return out
-
-
-def array_members(path: str | Path) -> dict[str, LazyArray]:
-    """The arrays of an .npz or HDF5 file (by content), as lazy handles."""
-    p = Path(path)
-    kind = sniff(p)
-    if kind == "npz" or (kind == "unknown" and p.suffix == ".npz"):
-        return _npz_members(p)
-    if kind == "hdf5":
-        return _h5_members(p)
-    if kind == "npy":
-        with open(p, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            offset = fh.tell()
-        return {p.stem: MemmapMember(p, offset, tuple(shape), dtype, bool(fortran))}
-    raise DataError(f"is not an .npz or HDF5 data file (detected: {kind}); {data_hint(p)}", path=p)
-
-
 # ---------------------------------------------------------------------------------------------
 # CIFAR "python version" batches
-
-
-def _numpy_module(name: str) -> Any:
-    try:
-        return importlib.import_module(f"numpy._core.{name}")  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        return importlib.import_module(f"numpy.core.{name}")
-
-
-_NP_MULTIARRAY = _numpy_module("multiarray")
-_NP_NUMERIC = _numpy_module("numeric")
-_CIFAR_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,
-}
-for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _CIFAR_GLOBALS[(_mod, "_reconstruct")] = _NP_MULTIARRAY._reconstruct
-    _CIFAR_GLOBALS[(_mod, "scalar")] = _NP_MULTIARRAY.scalar
-for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
-    _CIFAR_GLOBALS[(_mod, "_frombuffer")] = _NP_NUMERIC._frombuffer
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles plain dicts, lists, strings, bytes, numbers and numpy arrays; any other global
-    (a class or function the pickle names) is refused before it is imported."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _CIFAR_GLOBALS.get((module, name))
-        if allowed is None:
-            raise pickle.UnpicklingError(
-                f"global '{module}.{name}' is not allowed (only numpy array reconstruction)"
-            )
-        return allowed
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent references are not allowed")
-
-
-def restricted_load(path: str | Path) -> Any:
-    """Load a pickle of plain data and numpy arrays without importing anything else."""
-    with open(path, "rb") as fh:
-        obj = RestrictedUnpickler(fh, encoding="bytes").load()
-    return _str_keys(obj)
-
-
-def _str_keys(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {
-            (k.decode("latin1") if isinstance(k, bytes) else k): _str_keys(v)
-            for k, v in obj.items()
-        }
-    return obj
 
 
 def cifar_root(path: Path) -> Path | None:
@@ -364,7 +95,7 @@ def read_cifar(root: Path, split: str, label_key: str | None) -> tuple[np.ndarra
             obj = restricted_load(f)
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
             raise DataError(
-                f"is not a CIFAR batch of plain data ({exc}); {data_hint(f)}", path=f
+                f"is not a CIFAR batch of plain data ({exc}); {hint(f)}", path=f
             ) from None
         if not isinstance(obj, dict) or "data" not in obj:
             keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
@@ -588,7 +319,7 @@ def _open_arrays(
         if absent:
             raise DataError(
                 f"--data-keys {','.join(keys)}: no array {', '.join(map(repr, absent))}; it holds "
-                f"{_member_list(members)}; {data_hint(path)}",
+                f"{_member_list(members)}; {hint(path)}",
                 path=path,
             )
     else:
@@ -602,7 +333,7 @@ def _open_arrays(
                 missing.append(f"labels/targets (looked for {', '.join(map(repr, LABEL_KEYS))})")
             raise DataError(
                 f"has no {' and no '.join(missing)}; it holds {_member_list(members)}; pass "
-                f"--data-keys INPUTS,LABELS; {data_hint(path)}",
+                f"--data-keys INPUTS,LABELS; {hint(path)}",
                 path=path,
             )
         x_key, y_key = xk, yk
@@ -610,7 +341,7 @@ def _open_arrays(
     if not x.shape or not y.shape or x.shape[0] != y.shape[0]:
         raise DataError(
             f"inputs '{x_key}' {x.shape} and labels '{y_key}' {y.shape} differ in their "
-            f"number of rows; {data_hint(path)}",
+            f"number of rows; {hint(path)}",
             path=path,
         )
     if len(y.shape) > 2:

@@ -1,17 +1,16 @@
 """`ncinspect inspect`: what a checkpoint, feature store, dump or data file holds.
 
-Owns: `describe(path)` -> a JSON-able dict (detected format; tensors with shapes and dtypes, or a
-store's datasets and provenance; head candidates; whether a checkpoint loads safely) and
-`format_description(desc)` -> plain text lines.
+Owns `describe(path)` -> a JSON-able dict (detected format; tensors with shapes and dtypes, or a
+store's datasets and provenance; head candidates; whether a checkpoint loads safely). Its text
+form is `render.describe.format_description`'s.
 
 Never runs code from the file: pickles that need full unpickling are scanned statically unless
-`unsafe_pickle` is given, exported programs are audited, not loaded. Never renders with rich and
+`unsafe_pickle` is given, exported programs are audited (`trust`), not loaded. Never renders and
 never writes files.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,11 @@ from typing import Any
 from ncinspect.errors import InputError, NcInspectError, reading
 from ncinspect.extraction.checkpoint import (
     CHECKPOINT_FORMATS,
-    audit_exported_program,
     epoch_from_name,
     list_checkpoints,
     load_checkpoint,
-    pickle_globals,
-    unsafe_globals,
 )
+from ncinspect.extraction.trust import audit_exported_program, pickle_globals, unsafe_globals
 from ncinspect.io.sniff import sniff
 from ncinspect.provenance import read_sidecar
 
@@ -240,7 +237,7 @@ def _sidecar(p: Path, desc: dict[str, Any]) -> None:
 
 
 def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
-    from ncinspect.io.store import open_store
+    from ncinspect.io.store.reader import open_store
 
     try:
         src = open_store(p)
@@ -286,7 +283,8 @@ def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
 
 
 def _describe_arrays(p: Path, desc: dict[str, Any]) -> None:
-    from ncinspect.extraction.data import INPUT_KEYS, LABEL_KEYS, array_members
+    from ncinspect.extraction.arrays import array_members
+    from ncinspect.extraction.data import INPUT_KEYS, LABEL_KEYS
 
     try:
         members = array_members(p)
@@ -311,7 +309,7 @@ def _describe_arrays(p: Path, desc: dict[str, Any]) -> None:
 
 
 def _describe_pickle(p: Path, desc: dict[str, Any]) -> None:
-    from ncinspect.extraction.data import restricted_load
+    from ncinspect.extraction.trust import restricted_load
 
     data = p.read_bytes()
     desc["globals"] = pickle_globals(data)
@@ -360,127 +358,3 @@ def _describe_dir(p: Path) -> dict[str, Any]:
         desc["notes"].append(f"a run of {len(ckpts)} checkpoints, in extraction (epoch) order")
     _sidecar(p / "_", desc)
     return desc
-
-
-# ---------------------------------------------------------------------------------------------
-# Text
-
-
-def _shape(shape: Any) -> str:
-    if shape is None:
-        return "?"
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def _kv(mapping: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in mapping.items())
-
-
-def format_description(desc: dict[str, Any]) -> str:
-    """Plain text lines for `describe`'s dict (no colours, no terminal width assumptions)."""
-    lines = [f"{desc['path']}"]
-    add = lines.append
-    fmt_line = f"  format: {desc.get('format_name', desc.get('format'))}"
-    if desc.get("contents"):
-        fmt_line += f" -- {desc['contents']}"
-    add(fmt_line)
-    if "size_bytes" in desc:
-        add(f"  size: {_size(int(desc['size_bytes']))}")
-    if desc.get("kind") == "checkpoint" and "loads_safely" in desc:
-        safe = desc["loads_safely"]
-        text = {True: "yes (weights only)", False: "no: needs --unsafe-pickle", None: "no"}[safe]
-        add(f"  loads safely: {text}")
-    if desc.get("unsafe_globals"):
-        add(f"  pickled classes: {', '.join(desc['unsafe_globals'])}")
-    if desc.get("error"):
-        add(f"  error: {desc['error']}")
-    if desc.get("epoch") is not None:
-        add(f"  epoch: {desc['epoch']} (from {desc.get('epoch_source')})")
-    if desc.get("state_key"):
-        add(f"  state dict key: {desc['state_key']}")
-    if desc.get("stripped_prefixes"):
-        add(f"  stripped key prefixes: {', '.join(desc['stripped_prefixes'])}")
-    if desc.get("labels"):
-        add(f"  training labels: {_kv(desc['labels'])}")
-    if desc.get("metadata"):
-        add(f"  metadata: {_kv(desc['metadata'])}")
-    if desc.get("model_in_checkpoint"):
-        add(f"  model named in the checkpoint: {_kv(desc['model_in_checkpoint'])}")
-    if "tensors" in desc:
-        add(f"  tensors: {desc['n_tensors']} ({desc['n_parameters']:,} values)")
-        width = max((len(t["name"]) for t in desc["tensors"]), default=0)
-        for t in desc["tensors"]:
-            add(f"    {t['name']:<{width}}  {_shape(t['shape'])}  {t['dtype']}")
-    if desc.get("head_candidates") is not None and "tensors" in desc:
-        add("  head candidates (weight pairs, last first):")
-        if not desc["head_candidates"]:
-            add("    none (no 2-D *.weight tensor)")
-        for c in desc["head_candidates"]:
-            bias = f"  bias {_shape(c['bias'])}" if c.get("bias") else "  no bias"
-            add(f"    {c['module']}  weight {_shape(c['weight'])}{bias}")
-    if desc.get("modules"):
-        add("  Linear modules (last first):")
-        for m in desc["modules"]:
-            shape = f"  weight {_shape(m['weight'])}" if m.get("weight") else ""
-            add(f"    {m['name']}  {m['type']}{shape}")
-    if desc.get("audit"):
-        add("  export audit:")
-        for a in desc["audit"]:
-            add(f"    {a}")
-    if desc.get("kind") == "store":
-        add(
-            f"  store: task {desc['task']}, N = {desc['n']}, D = {desc['d']}, width {desc['width']}"
-        )
-        add("  datasets:")
-        for d in desc["datasets"]:
-            add(f"    {d['name']}" + (f"  {_shape(d['shape'])}" if d.get("shape") else ""))
-        add("  attributes:")
-        for k, v in sorted(desc.get("attributes", {}).items()):
-            add(f"    {k}: {v}")
-        if desc.get("provenance"):
-            add("  provenance:")
-            for k, v in sorted(desc["provenance"].items()):
-                add(f"    {k}: {json.dumps(v, default=str)}")
-    if desc.get("store_error"):
-        add(f"  not a feature store: {desc['store_error']}")
-    if desc.get("arrays") is not None:
-        add("  arrays:")
-        for a in desc["arrays"]:
-            add(f"    {a['name']}  {_shape(a['shape'])}  {a['dtype']}")
-        if desc.get("kind") == "data":
-            add(f"  inputs: {desc.get('inputs_key')}  labels/targets: {desc.get('labels_key')}")
-    if desc.get("globals") is not None and desc.get("format") == "pickle":
-        add(f"  globals: {', '.join(desc['globals']) or 'none'}")
-    if desc.get("entries"):
-        add("  entries:")
-        for e in desc["entries"]:
-            extra = _shape(e["shape"]) if e.get("shape") else (e.get("length") or "")
-            add(f"    {e['name']}  {e['type']}  {extra}".rstrip())
-    if desc.get("checkpoints") is not None:
-        add(f"  checkpoints: {len(desc['checkpoints'])}")
-        for c in desc["checkpoints"]:
-            e = c.get("epoch_from_name")
-            add(f"    {c['name']}  {c['format']}" + (f"  epoch {e}" if e is not None else ""))
-    if desc.get("cifar"):
-        add(f"  CIFAR batches: {', '.join(desc['cifar'])}")
-    cfg = desc.get("config_file")
-    if cfg:
-        add(f"  config: {cfg['path']}")
-        if cfg.get("error"):
-            add(f"    error: {cfg['error']}")
-        if cfg.get("model"):
-            add(f"    model: {cfg['model']}  args: {json.dumps(cfg.get('model_args', {}))}")
-        if cfg.get("labels"):
-            add(f"    training labels: {_kv(cfg['labels'])}")
-    for note in desc.get("notes", []):
-        add(f"  note: {note}")
-    return "\n".join(lines)

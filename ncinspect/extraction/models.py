@@ -2,37 +2,43 @@
 
 Owns: which model spec applies to a checkpoint (`--model`, else `model` / `model_args` in a
 run.json / config.json / args.json beside it, else in the checkpoint itself), building the
-`nn.Module` from it, loading a state dict strictly with ONE error listing every missing,
-unexpected and misshapen key, the head candidates (Linear layers; weight pairs in a state dict)
-and the choice of the head among the layers a forward pass called.
+`nn.Module` for a checkpoint (`model_for_checkpoint`), loading a state dict strictly with ONE
+error listing every missing, unexpected and misshapen key, the head candidates (Linear layers;
+weight pairs in a state dict) and the choice of the head among the layers a forward pass called.
 
-Never runs a forward pass (extract does) and never unpickles (checkpoint does).
+Never runs a forward pass (`forward` does) and never decides what may be imported or unpickled
+(`trust` does: a spec from a config file is vetted there before anything is imported).
 Axes: N samples, D feature dim, K classes, T regression targets.
 """
 
 from __future__ import annotations
 
-import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ncinspect.errors import CheckpointError, ModelError
-from ncinspect.extraction.checkpoint import (
-    Checkpoint,
+from ncinspect.extraction.checkpoint import Checkpoint
+from ncinspect.extraction.exported import load_exported_module
+from ncinspect.extraction.messages import hint
+from ncinspect.extraction.trust import (
     call_factory,
-    hint,
+    check_config_code,
+    check_config_factory,
+    import_file,
     import_object,
     is_file_spec,
     split_spec,
 )
-from ncinspect.provenance import Sidecar
+from ncinspect.provenance import Sidecar, read_sidecar
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from torch import nn
+
+    from ncinspect.extraction.config import ExtractConfig
 
 
 @dataclass(frozen=True)
@@ -73,141 +79,19 @@ def resolve_spec(
     return None
 
 
-# Packages whose functions read or write files, start processes or load code: a factory named by
-# a config file beside a checkpoint (not typed by the user) must not come from them.
-_NOT_FACTORIES = frozenset(
-    {
-        "torch",
-        "numpy",
-        "scipy",
-        "h5py",
-        "safetensors",
-        "ncinspect",
-        "typer",
-        "rich",
-        "matplotlib",
-        "pandas",
-        "pip",
-        "setuptools",
-        "pkg_resources",
-        "dill",
-        "cloudpickle",
-        "joblib",
-        "fsspec",
-        "requests",
-        "urllib3",
-        "yaml",
-        "IPython",
-    }
-)
-
-
-def check_config_factory(factory: Any, spec: ModelSpec) -> None:
-    """A model named by a run.json / config.json / args.json or inside the checkpoint is chosen
-    by whoever wrote those files, like a pickle's classes. Accept only an nn.Module subclass or a
-    plain Python function outside the standard library and the packages above (no
-    `subprocess:run` with arguments from the file); else ModelError asking for --model."""
-    import inspect as pyinspect
-
-    from torch import nn
-
-    if pyinspect.isclass(factory) and issubclass(factory, nn.Module):
-        return
-    if pyinspect.isfunction(factory) and not _library_function(factory):
-        return
-    raise ModelError(
-        f"{spec.source} names model {spec.spec!r}, which is not a model factory ncinspect runs "
-        "on a config file's word (expected an nn.Module class or a Python function of your "
-        "project); pass --model SPEC to choose the factory yourself"
-    )
-
-
-def check_config_code(spec: ModelSpec, code_paths: Sequence[str | Path]) -> None:
-    """A config file beside a checkpoint (or inside it) that names `file.py:factory` or
-    `package.module:factory` chooses code to import, and importing runs the module's top-level
-    code: a downloaded checkpoint folder shipping `run.json` and `net.py` would run `net.py`.
-    So a file named by a config is imported only from a `--code-path` directory, and a module
-    only if it already imports from the environment (installed, or on the path ncinspect was
-    started with) and does not live in the checkpoint's folder outside a `--code-path`.
-    Else ModelError saying which option trusts it. Nothing is imported here."""
-    import importlib.util
-
-    trusted = [Path(c).resolve() for c in code_paths]
-
-    def under_code_path(path: Path) -> bool:
-        return any(path.resolve().is_relative_to(t) for t in trusted)
-
-    def refuse(found: str, fix: str) -> ModelError:
-        return ModelError(
-            f"{spec.source} names model {spec.spec!r}, {found}; ncinspect imports code that a "
-            f"config file names only from a --code-path directory (importing runs the file): "
-            f"{fix}, or pass --model SPEC"
-        )
-
-    target, _ = split_spec(spec.spec)
-    if is_file_spec(target):
-        candidates = [Path(target)]
-        if not Path(target).is_absolute() and spec.base_dir is not None:
-            candidates.insert(0, spec.base_dir / target)
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            tried = ", ".join(str(c) for c in candidates)
-            raise ModelError(
-                f"{spec.source} names model {spec.spec!r}: no such file (tried {tried})"
-            )
-        if not under_code_path(path):
-            raise refuse(
-                f"code in {path.resolve()}",
-                f"pass --code-path {path.resolve().parent} if you trust it",
-            )
-        return
-    top = target.split(".", 1)[0]
-    try:
-        found = importlib.util.find_spec(top)  # a top-level name: finds, executes nothing
-    except (ImportError, ValueError):
-        found = None
-    if found is None:
-        raise refuse(
-            f"but module {top!r} is not importable",
-            "pass --code-path DIR for the directory that holds it if you trust it",
-        )
-    origins = [Path(found.origin)] if found.origin and found.has_location else []
-    origins += [Path(p) for p in (found.submodule_search_locations or [])]
-    if spec.base_dir is not None:
-        folder = spec.base_dir.resolve()
-        local = [
-            o for o in origins if o.resolve().is_relative_to(folder) and not under_code_path(o)
-        ]
-        if local:
-            raise refuse(
-                f"whose module {top!r} is code in the checkpoint's folder ({local[0]})",
-                f"pass --code-path {local[0].resolve().parent} if you trust it",
-            )
-
-
-def _library_function(function: Any) -> bool:
-    """Whether a Python function lives in the standard library or one of `_NOT_FACTORIES`
-    (judged by its file, so that a project file named like a stdlib module is still a project
-    file)."""
-    filename = Path(function.__code__.co_filename).resolve()
-    installed = any(part in ("site-packages", "dist-packages") for part in filename.parts)
-    stdlib_dir = Path(sysconfig.get_paths()["stdlib"]).resolve()
-    if not installed and filename.is_relative_to(stdlib_dir):
-        return True
-    top = (getattr(function, "__module__", None) or "").split(".", 1)[0]
-    return installed and top in _NOT_FACTORIES
-
-
 def build_model(spec: ModelSpec, code_paths: Sequence[str | Path] = ()) -> nn.Module:
     """Import the factory and call it with the spec's arguments; it must return an nn.Module.
 
-    A spec that did not come from the command line is vetted by `check_config_factory` first.
+    A spec that did not come from the command line is vetted first (`trust.check_config_code`
+    before the import, `trust.check_config_factory` before the call).
     """
     from torch import nn
 
     bases = [spec.base_dir] if spec.base_dir is not None else []
     if spec.source != "--model":
-        check_config_code(spec, code_paths)
+        check_config_code(
+            spec.spec, source=spec.source, base_dir=spec.base_dir, code_paths=code_paths
+        )
     factory = import_object(
         spec.spec,
         what="--model",
@@ -218,7 +102,7 @@ def build_model(spec: ModelSpec, code_paths: Sequence[str | Path] = ()) -> nn.Mo
     if not callable(factory):
         raise ModelError(f"--model {spec.spec!r} names a {type(factory).__name__}, not a factory")
     if spec.source != "--model":
-        check_config_factory(factory, spec)
+        check_config_factory(factory, spec.spec, source=spec.source)
     model = call_factory(factory, spec.args, spec=spec.spec, what="--model")
     if not isinstance(model, nn.Module):
         raise ModelError(
@@ -297,6 +181,80 @@ def _common_prefix_fix(got: set[str], want: set[str]) -> str:
     return prefix if {k[len(prefix) :] for k in got} == want else ""
 
 
+@dataclass
+class BuiltModel:
+    """The module to run for a checkpoint, with its provenance (`info`: model, model_args,
+    model_source) and the batch size a torch.export program was exported with, when static."""
+
+    module: nn.Module
+    info: dict[str, Any]
+    static_batch: int | None = None
+
+
+def import_model_classes(config: ExtractConfig) -> None:
+    """With --unsafe-pickle, --model only makes its classes importable (the file's directory on
+    sys.path, the file imported under its stem) so that a pickled module resolves them."""
+    if config.model is None or not config.unsafe_pickle:
+        return
+    target, _ = split_spec(config.model)
+    if is_file_spec(target):
+        path = Path(target)
+        if not path.is_file():
+            raise ModelError(f"--model {config.model!r}: no such file", path=path)
+        import_file(path)
+    else:
+        import_object(config.model, what="--model", code_paths=config.code_paths)
+
+
+def model_for_checkpoint(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
+    """The module for a checkpoint: its pickled module (loaded with --unsafe-pickle), else one
+    built from the model spec (`resolve_spec`) with the weights loaded strictly, else a
+    torch.export program's own (audited) module. ModelError when nothing names a model."""
+    p = ckpt.path
+    if ckpt.module is not None:
+        cls = type(ckpt.module)
+        return BuiltModel(
+            ckpt.module,
+            {"model": f"{cls.__module__}.{cls.__qualname__}", "model_source": "pickled module"},
+        )
+    sidecar = read_sidecar(p)
+    spec: ModelSpec | None = None
+    if config.model is not None or ckpt.format != "export":
+        spec = resolve_spec(ckpt, sidecar, config.model, config.model_args)
+    if spec is None and ckpt.format == "export":
+        em = load_exported_module(p, unsafe_pickle=config.unsafe_pickle)
+        return BuiltModel(
+            em.module,
+            {"model": "torch.export program", "model_source": "checkpoint"},
+            em.batch,
+        )
+    if spec is None:
+        if ckpt.format == "torchscript":
+            raise ModelError(
+                "is a TorchScript archive: forward pre-hooks do not work on scripted modules, so "
+                "extraction rebuilds the architecture from --model package.module:factory (or "
+                "path/to/file.py:factory) and loads the archive's weights into it; no --model "
+                f"was given and no run.json/config.json/args.json beside it names one; {hint(p)}",
+                path=p,
+            )
+        raise ModelError(
+            "holds weights only; pass --model package.module:factory or path/to/file.py:factory "
+            "(with --model-arg KEY=VALUE), or put 'model' and 'model_args' in a run.json beside "
+            f"it; {hint(p)}",
+            path=p,
+        )
+    model = build_model(spec, config.code_paths)
+    stripped = load_strict(model, ckpt.tensors, p, spec)
+    info: dict[str, Any] = {
+        "model": spec.spec,
+        "model_args": dict(spec.args),
+        "model_source": spec.source,
+    }
+    if stripped:
+        info["stripped_key_prefix"] = stripped
+    return BuiltModel(model, info)
+
+
 # ---------------------------------------------------------------------------------------------
 # Heads
 
@@ -333,10 +291,6 @@ def head_arrays(module: nn.Module) -> tuple[np.ndarray, np.ndarray | None]:
     w = weight.detach().float().cpu().numpy().astype(np.float32, copy=True)
     b = None if bias is None else bias.detach().float().cpu().numpy().astype(np.float32, copy=True)
     return w, b
-
-
-def head_width(module: nn.Module) -> int:
-    return int(module.weight.shape[0])  # type: ignore[index]
 
 
 @dataclass(frozen=True)

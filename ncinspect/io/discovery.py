@@ -1,9 +1,10 @@
 """Finding and opening feature sources: stores and foreign dumps, by content, not by name.
 
-Owns: `open_source` (one file -> a validated `FeatureSource`), `discover` (paths and directories
--> the files to analyse, in natural order), shard sets (`NAME.shard-RRRRR-of-PPPPP.h5`, the files
-of a distributed extraction: found together, listed once, opened as one source; an incomplete set
-is an error naming the missing shard) and `natural_key`. Never computes anything.
+Owns: `open_source` (one file -> a validated `FeatureSource`: a store, a dump, or a whole shard
+set when given one of its shards), `discover` (paths and directories -> the files to analyse, in
+natural order; the shards of a set listed once, and a name stored both whole and sharded refused)
+and `natural_key`, the one natural sort order. Shard naming lives in `store.shards`. Never
+computes anything.
 """
 
 from __future__ import annotations
@@ -13,47 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ncinspect.errors import InputError
-from ncinspect.io.dumps import open_dump, sniff
+from ncinspect.io.dumps import dump_kind, open_dump
+from ncinspect.io.sniff import sniff
 from ncinspect.io.sources import FeatureSource
+from ncinspect.io.store.shards import open_shard_set, shard_key, shard_name, shard_paths
 
 STORE_SUFFIXES = (".h5", ".hdf5")
 DUMP_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors")
-SHARD_PATTERN = re.compile(
-    r"^(?P<base>.+)\.shard-(?P<index>\d{5})-of-(?P<count>\d{5})(?P<suffix>\.h5|\.hdf5)$"
-)
-
-
-def shard_name(base: str, index: int, count: int, suffix: str = ".h5") -> str:
-    """The file name of shard `index` of `count`: NAME.shard-RRRRR-of-PPPPP.h5 (0-based)."""
-    return f"{base}.shard-{index:05d}-of-{count:05d}{suffix}"
-
-
-def shard_key(path: Path) -> tuple[Path, str, int, str] | None:
-    """(directory, NAME, count, suffix) of a shard file's set; None for any other file."""
-    m = SHARD_PATTERN.match(path.name)
-    if m is None:
-        return None
-    return path.parent, m["base"], int(m["count"]), m["suffix"]
-
-
-def shard_paths(path: Path) -> list[Path]:
-    """Every shard of the set `path` belongs to, in order; InputError naming what is missing."""
-    key = shard_key(path)
-    if key is None:
-        raise InputError("is not a shard file (NAME.shard-RRRRR-of-PPPPP.h5)", path=path)
-    folder, base, count, suffix = key
-    if count < 1:
-        raise InputError("names a set of 0 shards", path=path)
-    paths = [folder / shard_name(base, i, count, suffix) for i in range(count)]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        shown = ", ".join(p.name for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
-        raise InputError(
-            f"incomplete shard set: {len(missing)} of {count} shard(s) missing ({shown}); re-run "
-            f"the extraction with --nproc-per-node {count}, or with --overwrite",
-            path=folder / shard_name(base, 0, count, suffix).replace(".shard-00000-", ".shard-*-"),
-        )
-    return paths
 
 
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
@@ -67,8 +34,6 @@ def open_source(path: str | Path) -> FeatureSource:
     """Open a store or dump after checking that the file exists and is not empty."""
     p = Path(path)
     if shard_key(p) is not None:
-        from ncinspect.io.store import open_shard_set
-
         return open_shard_set(shard_paths(p))
     if not p.exists():
         raise InputError("no such file or directory", path=p)
@@ -77,10 +42,11 @@ def open_source(path: str | Path) -> FeatureSource:
     size = p.stat().st_size
     if size == 0:
         raise InputError("file is empty (0 bytes), expected a store or feature dump", path=p)
-    from ncinspect.io.sniff import looks_like_hdf5
-    from ncinspect.io.store import open_store
+    from ncinspect.io.store.reader import open_store  # h5py: only when a store is opened
 
-    if looks_like_hdf5(p) or (p.suffix in STORE_SUFFIXES and sniff(p) is None):
+    # An HDF5 file is a store; so is a file named like one that no dump reader would take (the
+    # store reader then says why it is not a readable store).
+    if sniff(p) == "hdf5" or (p.suffix in STORE_SUFFIXES and dump_kind(p) is None):
         return open_store(p)
     return open_dump(p)
 

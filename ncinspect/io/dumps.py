@@ -18,12 +18,13 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ncinspect.errors import DumpError, reading
 from ncinspect.io.npzheaders import npy_headers
+from ncinspect.io.sniff import ZIP_SIGNATURE, Format, file_head, sniff, zip_members
 from ncinspect.io.sources import ArraySource, check_label_range, validate_arrays
 from ncinspect.metrics.head import Head
 
@@ -37,25 +38,39 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def sniff(path: str | Path) -> str | None:
-    """Detect a dump's format from its first bytes: 'npz', 'torch', 'safetensors' or None."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError:
-        return None
-    if head[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except Exception:  # noqa: BLE001 - zipfile raises many types on a damaged directory
+DumpKind = Literal["npz", "torch", "safetensors"]
+
+# `sniff` verdicts that name a dump format outright.
+_KINDS: dict[Format, DumpKind] = {
+    "npz": "npz",
+    "torch": "torch",
+    "torch_legacy": "torch",
+    "safetensors": "safetensors",
+}
+
+
+def dump_kind(path: str | Path) -> DumpKind | None:
+    """Which reader a dump goes to ('npz', 'torch' or 'safetensors'), None when none fits.
+
+    `sniff`'s verdict first. Where it names no dump format, the dump reader's rules are wider, so
+    that a damaged or unusual file reaches the reader that says what is wrong with it (or reads
+    it) instead of being called unrecognized: any zip archive is an .npz unless a member ends in
+    `data.pkl` (then torch), a damaged archive goes by its suffix, a `{` at byte 8 is safetensors
+    whatever length the header claims (the reader reports a header longer than the file), and a
+    leading 0x80 is a torch pickle whatever protocol byte follows (torch.load refuses or reports).
+    """
+    fmt = sniff(path)
+    if fmt in _KINDS:
+        return _KINDS[fmt]
+    head = file_head(path)
+    if head.startswith(ZIP_SIGNATURE):
+        if fmt == "corrupt_zip":
             return "npz" if str(path).endswith(".npz") else "torch"
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch"
-        return "npz"
-    if len(head) >= 9 and head[8:9] == b"{":
+        names = zip_members(path) or []
+        return "torch" if any(n.endswith("data.pkl") for n in names) else "npz"
+    if head[8:9] == b"{":
         return "safetensors"
-    if head[:1] == b"\x80":  # a legacy (non-zip) pickle
+    if head[:1] == b"\x80":
         return "torch"
     return None
 
@@ -171,7 +186,7 @@ def open_dump(path: str | Path) -> ArraySource:
 
 
 def _open_dump(p: str) -> ArraySource:
-    kind = sniff(p)
+    kind = dump_kind(p)
     if kind == "npz":
         arrays = _load_npz(p)
     elif kind == "torch":

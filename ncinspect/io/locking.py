@@ -4,10 +4,12 @@ Owns: `store_lock(path)`, a context manager held while one store is checked and 
 removal of temporary `.NAME.partial-PID` files whose process no longer runs (left behind by a
 SIGKILL, a power cut or an out-of-memory kill). Knows nothing of HDF5 or models; never blocks.
 
-The lock is `fcntl.flock` on `.NAME.lock` in the store's directory, taken without waiting: a
-second `ncinspect extract` writing the same store is refused with an `OutputError` naming the
-holder's PID. The kernel releases the lock when its holder exits, however it exits, so a killed
-run never leaves a stale lock. On platforms without `fcntl` (Windows) no lock is taken.
+The lock is a `filelock` lock (`flock` on Unix) on `.NAME.lock` in the store's directory, taken
+without waiting: a second `ncinspect extract` writing the same store is refused with an
+`OutputError` naming the holder's PID, which the holder writes into the lock file. The kernel
+releases the lock when its holder exits, however it exits, so a killed run never leaves a stale
+lock. The lock file is never followed through a symbolic link: one planted at its name is refused.
+Where `flock` is missing (Windows) no lock is taken.
 """
 
 from __future__ import annotations
@@ -15,14 +17,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from errno import ELOOP
 from pathlib import Path
 
 from ncinspect.errors import OutputError
-
-try:  # pragma: no cover - fcntl is absent on Windows only
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 
 def lock_name(store: Path) -> Path:
@@ -73,12 +71,34 @@ def remove_stale_partials(store: Path) -> list[Path]:
     return removed
 
 
-def _holder(fd: int) -> str:
+def _write_pid(fd: int) -> None:
+    """Record the holder in the lock file (filelock calls this on the locked descriptor)."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _holder(path: Path) -> str:
+    """The PID recorded in a held lock file, or "unknown" (not yet written, or unreadable)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return "unknown"
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     except OSError:
         return "unknown"
+    finally:
+        os.close(fd)
     return text if text.isdigit() else "unknown"
+
+
+def _symlink_refused(path: Path, store: Path) -> OutputError:
+    return OutputError(
+        f"lock file '{path}' is a symbolic link, expected a regular file or none; remove it "
+        "(ncinspect never writes through a link planted beside its output)",
+        path=store,
+    )
 
 
 def _make_parent(parent: Path) -> list[Path]:
@@ -96,8 +116,11 @@ def store_lock(store: Path) -> Iterator[None]:
     When the lock file cannot be created (an unwritable directory, a parent that is a file) no
     lock is taken and the caller's own write reports the problem, so the error names the store.
     Directories created only for the lock are removed again if nothing was written into them.
+    The lock file is removed on release.
     """
-    if fcntl is None:  # pragma: no cover
+    import filelock  # imported here: a slow import that only a writer needs
+
+    if not filelock.has_fcntl:  # pragma: no cover - Windows
         yield
         return
     path = lock_name(store)
@@ -106,45 +129,42 @@ def store_lock(store: Path) -> Iterator[None]:
     except OSError:
         yield
         return
-    fd: int | None = None
+    held: filelock.BaseFileLock | None = None
     try:
-        while True:
+        while held is None:
+            if path.is_symlink():
+                raise _symlink_refused(path, store)
+            # on_acquired writes the PID; filelock opens the file with O_NOFOLLOW, so a link
+            # planted after the check above fails the open (ELOOP) instead of being followed.
+            lock = filelock.FileLock(path, blocking=False, on_acquired=_write_pid)
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError:
-                fd = None
-                break
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                os.close(fd)
-                fd = None
+                lock.acquire()
+            except filelock.Timeout:
+                # The holder may have removed the file between our open and our lock: then the
+                # lock we got is on a file nobody else sees, and filelock gave it up. Try again
+                # when no file is at that name; a file there is another writer's.
+                if not os.path.lexists(path):
+                    continue
                 raise OutputError(
-                    f"another ncinspect extract (pid {holder}) is writing this store; wait for it "
-                    "or choose another --out",
+                    f"another ncinspect extract (pid {_holder(path)}) is writing this store; "
+                    "wait for it or choose another --out",
                     path=store,
                 ) from None
-            # The previous holder may have unlinked the file between our open and our lock:
-            # then we hold a lock nobody else can see. Retry on the file now at that name.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-            fd = None
-        if fd is not None:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as exc:
+                if exc.errno == ELOOP:
+                    raise _symlink_refused(path, store) from None
+                break  # no lock can be taken here; the store's own write reports why
+            held = lock
+        if held is not None:
             remove_stale_partials(store)  # only the lock holder may judge other writers dead
         yield
     finally:
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            os.close(fd)
+        if held is not None:
+            try:
+                with contextlib.suppress(OSError):
+                    path.unlink()  # while still held: a waiter then opens a fresh file
+            finally:
+                held.release()
         for d in reversed(created):
             with contextlib.suppress(OSError):
                 d.rmdir()  # only succeeds when empty

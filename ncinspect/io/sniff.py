@@ -1,8 +1,10 @@
 """The one format sniffer: what a file is, from its first bytes (and a zip archive's member names).
 
-Owns: `Format`, `sniff` and `looks_like_hdf5`. Every reader that must tell formats apart (the
-checkpoint loader, the dump reader, discovery, `inspect`) asks here. Opens files read-only, reads
-at most 16 bytes and a zip directory; never parses or loads a payload.
+Owns: `Format`, `sniff`, and the two readings it is built on (`file_head`, `zip_members`), so a
+reader with wider rules of its own (the dump reader) applies them to the same readings instead of
+opening the file its own way. Every reader that must tell formats apart (the checkpoint loader,
+the dump reader, discovery, `inspect`) asks here. Opens files read-only, reads at most 16 bytes
+and a zip directory; never parses or loads a payload.
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ Format = Literal[
     "unknown",
 ]
 
-
-_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-
-
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"  # a local file header: a zip archive with members
+_EMPTY_ZIP_SIGNATURE = b"PK\x05\x06"  # the end-of-directory record alone: an empty archive
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def sniff(path: str | Path) -> Format:
@@ -46,11 +47,9 @@ def sniff(path: str | Path) -> Format:
         return "unknown"
     if size == 0:
         return "empty"
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        try:
-            with zipfile.ZipFile(p) as zf:
-                names = zf.namelist()
-        except Exception:  # noqa: BLE001 - zipfile raises many types on a damaged directory
+    if head.startswith(ZIP_SIGNATURE) or head.startswith(_EMPTY_ZIP_SIGNATURE):
+        names = zip_members(p)
+        if names is None:
             return "corrupt_zip"
         return _zip_kind(names)
     if head.startswith(HDF5_SIGNATURE):
@@ -70,6 +69,24 @@ def sniff(path: str | Path) -> Format:
     return "unknown"
 
 
+def file_head(path: str | Path, size: int = 16) -> bytes:
+    """The file's first `size` bytes (fewer for a shorter file; none when it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(size)
+    except OSError:
+        return b""
+
+
+def zip_members(path: str | Path) -> list[str] | None:
+    """The member names of a zip archive, or None when its directory cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except Exception:  # noqa: BLE001 - zipfile raises many types on a damaged directory
+        return None
+
+
 def _zip_kind(names: list[str]) -> Format:
     base = {n.rsplit("/", 1)[-1] for n in names}
     if "archive_format" in base and any("/models/" in n or n.startswith("models/") for n in names):
@@ -81,14 +98,3 @@ def _zip_kind(names: list[str]) -> Format:
     if names and all(n.endswith(".npy") for n in names):
         return "npz"
     return "unknown"
-
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def looks_like_hdf5(path: str | Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(8) == HDF5_SIGNATURE
-    except OSError:
-        return False

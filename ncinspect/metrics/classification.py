@@ -1,11 +1,15 @@
 """Classification neural-collapse metrics (NC1-NC4) as pure functions of finalized statistics.
 
-Owns: every classification key of shared/spec/metrics.md, exactly as defined there, with its
-edge cases (empty classes -> K_eff, K - 1 > D floors, undefined -> NaN with a reason).
-Never reads data: it takes `ClassMoments`, `ClassScatter` and the head.
+Owns every classification key (definitions and edge cases in docs/metrics.md): nc1 and nc1_cdnv
+(within- vs between-class variability), the nc2 equinorm / equiangle / maxangle / ETF errors of
+the centred class means and of the classifier rows, nc3 and nc3_etf (self-duality), nc4 (the
+classifier's disagreement with the nearest class mean), accuracy and bias_gap, with their edge
+cases (empty classes -> K_eff, K - 1 > D floors, undefined -> NaN with a reason).
+Never reads data: it takes `stats.classification`'s `ClassMoments` and `ClassScatter` and the head.
 
-Axes: N samples, D feature dim, K classes (K_eff of them with samples). Direction: every metric
-here is "lower is more collapsed" except `accuracy` (higher is better).
+Direction: every metric here is lower-is-more-collapsed (0 at exact collapse; bias_gap 0 when
+W mu_G + b = 0) except `accuracy`, which is higher-is-better.
+Axes: N samples, D feature dim, K classes (K_eff of them with samples).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from ncinspect.metrics.head import Head
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
 from ncinspect.metrics.results import MetricSet
-from ncinspect.stats.accumulators import ClassMoments, ClassScatter
+from ncinspect.stats.classification import ClassMoments, ClassScatter
 
 EIG_RELATIVE_CUTOFF = 1e-10
 # A centred class mean this small relative to the means themselves is float64 rounding of mu_G,
@@ -59,7 +63,8 @@ def _upper(mat: np.ndarray) -> np.ndarray:
 
 
 def _kept_eigen(mat: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenpairs kept by the spec's pinv rule: the top `max_rank`, each > 1e-10 x the largest."""
+    """Eigenpairs kept by the pinv rule (docs/metrics.md): the top `max_rank`, each > 1e-10 x the
+    largest."""
     vals, vecs = np.linalg.eigh((mat + mat.T) / 2)
     order = np.argsort(vals)[::-1]
     vals, vecs = vals[order], vecs[:, order]
@@ -194,7 +199,7 @@ def _etf_distance(gram: np.ndarray, key: str, out: MetricSet) -> None:
 
 
 def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: Head) -> MetricSet:
-    """All classification keys of the spec from pass-1 and pass-2 statistics and the head."""
+    """All classification keys from pass-1 and pass-2 statistics and the head."""
     out = MetricSet()
     k, d = moments.k, moments.d
     n = moments.n

@@ -1,7 +1,10 @@
 """The metric catalogue: canonical keys, short table headers, and which direction means collapse.
 
-A leaf module (no imports from ncinspect). The single place the README's metric table, the
-table legends and `--metrics` validation read from.
+`MetricInfo.better` states each key's direction: "lower" (lower is more collapsed, or a better
+fit for mse), "higher" (accuracy, evr, r2: higher is better) or "-" (nrc3_gamma and
+nrc3_gamma_ratio: parameters, not scores); the definitions are in docs/metrics.md. A leaf module
+(no imports from ncinspect): the single place the metric tables, the table legends and
+`--metrics` validation read from.
 """
 
 from __future__ import annotations

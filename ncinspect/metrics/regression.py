@@ -1,87 +1,71 @@
 """Regression-collapse metrics (NRC1-NRC3) as pure functions of finalized statistics + the head.
 
-Owns: every regression key of shared/spec/metrics.md (nrc1, nrc2 and their centred variants, nrc3
-with its gamma, evr, mse, r2) exactly as defined there, with its edge cases (T = 1, a singular
-target covariance, zero-norm feature rows); the two passes that gather the statistics of one
-source (`RegressionMoments`, then `UnitProjections`); and the run-level protocol that holds the
-gamma chosen on a run's final checkpoint fixed for its earlier checkpoints (`apply_run_gamma`).
-Never opens files and never runs a model: rows arrive as `Batch`es, statistics come from `stats`.
+Owns every regression key (definitions and edge cases in docs/metrics.md): nrc1, nrc2 and their
+centred variants (the unit feature rows' distance to the top-T PCA subspace / to W's row space),
+nrc3 with its gamma (the NRC3 curve, `nrc3_at` / `nrc3_search`), evr, mse and r2, with their edge
+cases (T = 1, a singular target covariance, zero-norm feature rows), and `GammaChoice`, the gamma
+nrc3 is evaluated at. Never reads rows, files or options: it takes `stats.regression`'s
+finalized statistics and the head (`analysis.regression` gathers them and picks the gamma).
 
-Axes: N samples, D feature dim, T regression targets (T <= D). Direction: nrc1, nrc2,
-nrc1_centered, nrc2_centered, nrc3 and mse are lower-is-better (0 at collapse / a perfect fit);
-evr and r2 are higher-is-better; nrc3_gamma and nrc3_gamma_ratio are parameters, not scores.
+Direction: nrc1, nrc2, nrc1_centered, nrc2_centered and nrc3 are lower-is-more-collapsed (0 at
+collapse) and mse is lower-is-better (0 for a perfect fit); evr and r2 are higher-is-better;
+nrc3_gamma and nrc3_gamma_ratio are parameters, not scores.
+Axes: N samples, D feature dim, T regression targets (T <= D).
 
-How the unit-vector metrics are gathered: for unit vectors hn_i and an orthogonal projector P,
+How the unit-vector metrics are computed: for unit vectors hn_i and an orthogonal projector P,
 (1/n) sum_i ||hn_i - P hn_i||^2 = 1 - tr(P M) / n with M = sum_i hn_i hn_i^T. The D x D matrix M
-(`RegressionMoments.unit_second`, `RegressionCentred`) gives nrc1 and nrc2 for any subspace; the
-analysis needs them for two subspaces only (the top-T PCA directions and W's row space), both
-fixed after pass 1, so pass 2 projects the uncentred and the centred unit rows on those few
-directions (`UnitProjections`, O(N D T)) instead of forming M twice (O(N D^2) each).
+(`RegressionMoments.unit_second`, `RegressionCentred`) gives nrc1 and nrc2 for any subspace;
+`UnitProjections` holds M only on the few directions the two subspaces span (`Subspaces`), which
+is all these metrics need (`UnitStatistics`).
 """
 
 from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
-from ncinspect.errors import InputError, UsageError
-from ncinspect.io.sources import Batch, FeatureSource
+from ncinspect.errors import UsageError
 from ncinspect.metrics.head import Head
 from ncinspect.metrics.keys import REGRESSION_KEYS
-from ncinspect.metrics.results import MetricSet, Result
-from ncinspect.stats.accumulators import (
-    UNIT64,
-    RegressionCentred,
-    RegressionMoments,
-    UnitProjections,
-    sub_blocks,
-)
-from ncinspect.stats.parallel import full_blas, map_parts, merged, worker_pass
-
-if TYPE_CHECKING:  # analysis imports this module lazily; avoid the cycle at run time
-    from ncinspect.analysis.passes import AnalysisOptions
+from ncinspect.metrics.results import MetricSet
+from ncinspect.stats.blocks import UNIT64
+from ncinspect.stats.regression import RegressionCentred, RegressionMoments
 
 __all__ = [
+    "ENDPOINT_WARNING",
     "GAMMA_GRID_POINTS",
-    "REGRESSION_KEYS",
     "GammaChoice",
-    "RowBatches",
     "Subspaces",
     "UnitStatistics",
-    "apply_run_gamma",
     "explained_variance_ratio",
-    "gamma_choice",
+    "metrics_from_subspaces",
     "mse",
     "nrc3_at",
     "nrc3_search",
     "pca_basis",
     "psd_sqrt",
     "r2",
-    "regression_from_source",
-    "regression_from_statistics",
     "regression_metrics",
-    "regression_statistics",
     "unit_subspace_distance",
     "weight_row_basis",
 ]
 
-# REGRESSION_KEYS ("nrc1", "nrc2", "nrc1_centered", "nrc2_centered", "nrc3", "nrc3_gamma",
-# "nrc3_gamma_ratio", "evr", "mse", "r2") lives in `keys`, the one catalogue of metric names.
-
-GAMMA_GRID_POINTS = 1001  # grid on [0, lambda_min] before the local refinement (spec: >= 1000)
+GAMMA_GRID_POINTS = (
+    1001  # grid on [0, lambda_min] before the local refinement (docs/metrics.md: >= 1000)
+)
 PCA_RELATIVE_CUTOFF = 1e-10  # principal directions kept: eigenvalue > cutoff x the largest
 _PARTIAL_EIGH_MIN_D = 64  # from this D on, only the top eigenpairs are computed
 SINGULAR_RELATIVE = 1e-12  # Sigma is singular when lambda_min <= this x lambda_max
 ZERO_A_RELATIVE = 1e-12  # A_gamma counts as zero when ||A_gamma||_F <= this x ||Sigma^1/2||_F
 
 GAMMA_SOURCES = ("searched", "final_checkpoint", "given", "ufm_lambdas")
-_ENDPOINT_WARNING = "nrc3: the searched gamma lies on the endpoint"
+# The start of the warning a searched gamma on an end of its interval gives (dropped when a
+# run's final gamma replaces the search: `analysis.regression.apply_run_gamma`).
+ENDPOINT_WARNING = "nrc3: the searched gamma lies on the endpoint"
 
 
 @dataclass(frozen=True)
@@ -125,7 +109,7 @@ def _top_eigh(mat: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """The top m eigenpairs of the symmetric part of `mat`, eigenvalues descending.
 
     Large D: LAPACK's dsyevr for an index range (scipy), a quarter of a full decomposition's time
-    at D = 512 and T = 3 (measured: 10 vs 43 ms), same eigenpairs to rounding.
+    at D = 512 and T = 3, same eigenpairs to rounding.
     """
     m = min(m, mat.shape[0])
     if mat.shape[0] < _PARTIAL_EIGH_MIN_D or 4 * m > mat.shape[0]:
@@ -285,6 +269,8 @@ class _Nrc3Curve:
         def objective(x: float) -> float:
             v = self.at(x)
             return math.inf if math.isnan(v) else v
+
+        from scipy.optimize import minimize_scalar  # slow to load: only when a search runs
 
         res = minimize_scalar(
             objective, bounds=(lo_b, hi_b), method="bounded", options={"xatol": 1e-12 * hi}
@@ -501,7 +487,7 @@ def _nrc3_metrics(
         if on_endpoint and not singular:
             where = "0" if g == 0.0 else "lambda_min"
             out.warn(
-                f"{_ENDPOINT_WARNING} gamma = {where} of [0, lambda_min]; the unconstrained "
+                f"{ENDPOINT_WARNING} gamma = {where} of [0, lambda_min]; the unconstrained "
                 "minimizer may lie outside it"
             )
     else:
@@ -530,16 +516,17 @@ def regression_metrics(
     head: Head,
     gamma: GammaChoice | None = None,
 ) -> MetricSet:
-    """Every regression key of the spec from pass-1/pass-2 statistics and the head (W, b).
+    """Every regression key from D x D statistics (pass 1 with unit rows, the centred unit rows'
+    second moment) and the head (W, b).
 
     gamma None searches nrc3's gamma on this checkpoint; otherwise nrc3 is evaluated at it.
     `moments` must carry its unit rows (built with unit_rows=True, the default).
     """
     spaces = Subspaces.of(moments, np.asarray(head.weight, dtype=np.float64))
-    return _metrics(moments, spaces, moments, centred, head, gamma)
+    return metrics_from_subspaces(moments, spaces, moments, centred, head, gamma)
 
 
-def _metrics(
+def metrics_from_subspaces(
     moments: RegressionMoments,
     spaces: Subspaces,
     uncentred: UnitStatistics,
@@ -547,6 +534,10 @@ def _metrics(
     head: Head,
     gamma: GammaChoice | None,
 ) -> MetricSet:
+    """Every regression key from pass 1's moments, the subspaces fixed after it, the unit rows'
+    statistics (uncentred and centred: `UnitProjections` from pass 2, or the D x D moments) and the
+    head. gamma None searches nrc3's gamma on this checkpoint; otherwise nrc3 is evaluated at it.
+    """
     out = MetricSet()
     weight = np.asarray(head.weight, dtype=np.float64)
     if head.bias is None:
@@ -556,230 +547,3 @@ def _metrics(
     _nrc3_metrics(out, weight, moments.target_cov(), gamma)
     out.metrics = {key: out.metrics[key] for key in REGRESSION_KEYS}
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# one source, two passes
-
-
-class RowBatches(Protocol):
-    """Re-iterable batches of finite rows; `dropped` counts the non-finite rows left out."""
-
-    dropped: int
-
-    def __iter__(self) -> Iterator[Batch]: ...
-
-
-def gamma_choice(options: AnalysisOptions) -> GammaChoice | None:
-    """The fixed gamma the options ask for (--gamma or --ufm-lambdas), or None to search."""
-    if options.gamma is not None and options.ufm_lambdas is not None:
-        raise UsageError("gamma and ufm_lambdas are alternatives; give one")
-    if options.gamma is not None:
-        return GammaChoice(float(options.gamma), "given")
-    if options.ufm_lambdas is not None:
-        lam_h, lam_w = (float(v) for v in options.ufm_lambdas)
-        if not (lam_h >= 0 and lam_w >= 0):
-            raise UsageError(
-                f"ufm_lambdas = ({lam_h}, {lam_w}), expected lambda_H >= 0 and lambda_W >= 0"
-            )
-        return GammaChoice(lam_h * lam_w, "ufm_lambdas")
-    return None
-
-
-def _predictions(
-    source: FeatureSource, batch: Batch, weight: np.ndarray, bias: np.ndarray
-) -> np.ndarray:
-    """The stored outputs when the source has them, else h @ W^T + b in float64 (B, T)."""
-    if source.has_outputs:
-        assert batch.outputs is not None
-        return np.asarray(batch.outputs, dtype=np.float64)
-    x = batch.features
-    pred = np.empty((x.shape[0], weight.shape[0]))
-    for sl in sub_blocks(x.shape[0], x.shape[1]):  # no (B, D) float64 copy
-        pred[sl] = np.asarray(x[sl], dtype=np.float64) @ weight.T + bias
-    return pred
-
-
-def _count_nonfinite(a: np.ndarray) -> int:
-    return int((~np.isfinite(a).all(axis=1)).sum())
-
-
-def regression_from_source(
-    source: FeatureSource, rows: RowBatches, options: AnalysisOptions
-) -> tuple[MetricSet, int, int, dict[str, Any]]:
-    """Two passes over `rows`, then the metrics.
-
-    Pass 1: `RegressionMoments` without unit rows (counts, means, the centred feature scatter for
-    the PCA, target statistics, RSS). Pass 2, with mu_G, the PCA basis and W's row space fixed:
-    the uncentred and the centred unit rows projected on those few directions
-    (`UnitProjections`), which is all nrc1/nrc2 need; so there is one D x D product, not three.
-    `rows` yields `Batch`es (features, targets, outputs) each time it is iterated and afterwards
-    says in `rows.dropped` how many non-finite feature rows it left out. Predictions are the
-    stored outputs when the source has them, else features @ W^T + b.
-    Returns (metrics, rows used N, rows dropped, extras with "weight" (T, D) and "target_cov"
-    Sigma (T, T), which `apply_run_gamma` needs).
-    """
-    gamma_choice(options)  # conflicting options fail before the passes
-    moments, uncentred, centred = regression_statistics(source, rows)
-    predictions = "outputs" if source.has_outputs else "W h + b"
-    metric_set, extras = regression_from_statistics(
-        moments, uncentred, centred, source.head, predictions, options
-    )
-    return metric_set, moments.n, int(rows.dropped), extras
-
-
-def regression_statistics(
-    source: FeatureSource,
-    rows: RowBatches,
-    combine: Callable[[RegressionMoments], RegressionMoments] | None = None,
-) -> tuple[RegressionMoments, UnitProjections, UnitProjections]:
-    """The two passes of `regression_from_source`: (pass-1 moments, pass-2 uncentred and centred
-    unit projections). `combine`, when given, turns this pass-1 result into the one over every
-    row of a distributed extraction (each process sees its shard) before pass 2 uses it."""
-    weight = np.asarray(source.head.weight, dtype=np.float64)
-    bias = source.head.bias_or_zeros()
-    t, d = weight.shape
-    moments = RegressionMoments.empty(d, t)
-    bad = {"targets": 0, "outputs": 0}
-    # one worker pass over both passes and the plan between them (as `analysis` does)
-    with worker_pass():
-        for batch in rows:
-            x = batch.features
-            if not x.shape[0]:
-                continue
-            assert batch.targets is not None
-            targets = np.asarray(batch.targets, dtype=np.float64).reshape(-1, t)
-            pred = _predictions(source, batch, weight, bias)
-            bad["targets"] += _count_nonfinite(targets)
-            if source.has_outputs:
-                bad["outputs"] += _count_nonfinite(pred)
-            parts = map_parts(
-                lambda xs, ys, ps: RegressionMoments.from_batch(xs, ys, ps, unit_rows=False),
-                x,
-                targets,
-                pred,
-            )
-            moments = moments.merge(merged(parts, RegressionMoments.merge))
-        with full_blas(float(d) ** 3):  # the plan's D x D eigendecomposition
-            moments, basis = plan_pass2(moments, source, bad, combine)
-        uncentred = centred = UnitProjections.empty(basis)
-        mu_g = moments.feature_mean
-        for batch in rows:
-            x = batch.features
-            if x.shape[0]:
-                pairs = map_parts(lambda xs: UnitProjections.pair_from_batch(xs, basis, mu_g), x)
-                for plain, about_mean in pairs:
-                    uncentred = uncentred.merge(plain)
-                    centred = centred.merge(about_mean)
-    return moments, uncentred, centred
-
-
-def plan_pass2(
-    moments: RegressionMoments,
-    source: FeatureSource,
-    bad: dict[str, int],
-    combine: Callable[[RegressionMoments], RegressionMoments] | None = None,
-) -> tuple[RegressionMoments, np.ndarray]:
-    """Between the passes: non-finite targets / outputs refused (`bad`: rows per name), pass 1
-    combined over the processes (when `combine` is given) and checked non-empty, and the (D, m)
-    basis pass 2 projects on. The host passes and the device ones (`devicestats`) share it."""
-    problems = [
-        f"'{name}' has {count} row(s) with NaN or Inf" for name, count in bad.items() if count
-    ]
-    if problems:
-        raise InputError(
-            "; ".join(problems) + " (only non-finite feature rows can be dropped); fix the data",
-            path=source.path,
-        )
-    if combine is not None:
-        moments = combine(moments)
-    if moments.n == 0:
-        raise InputError("no finite feature rows left to analyse", path=source.path)
-    weight = np.asarray(source.head.weight, dtype=np.float64)
-    return moments, Subspaces.of(moments, weight).joint_basis()
-
-
-def regression_from_statistics(
-    moments: RegressionMoments,
-    uncentred: UnitProjections,
-    centred: UnitProjections,
-    head: Head,
-    predictions: str,
-    options: AnalysisOptions,
-) -> tuple[MetricSet, dict[str, Any]]:
-    """The metrics from the two passes' statistics (gathered here or saved by
-    `extract --stats-only`). predictions: what the RSS compared the targets with ("outputs" or
-    "W h + b"). Returns (metrics, extras for `apply_run_gamma`)."""
-    gamma = gamma_choice(options)
-    weight = np.asarray(head.weight, dtype=np.float64)
-    spaces = Subspaces.of(moments, weight)
-    metric_set = _metrics(moments, spaces, uncentred, centred, head, gamma)
-    metric_set.info["predictions"] = predictions
-    extras: dict[str, Any] = {"weight": weight, "target_cov": moments.target_cov()}
-    return metric_set, extras
-
-
-# --------------------------------------------------------------------------------------------
-# run-level gamma protocol
-
-
-def _set_undefined(result: Result, key: str, reason: str) -> None:
-    result.metrics[key] = math.nan
-    result.info.setdefault("undefined", {})[key] = reason
-    result.warnings.append(f"{key} is undefined: {reason}")
-
-
-def apply_run_gamma(results: list[Result]) -> None:
-    """Hold the final checkpoint's searched gamma fixed for every earlier checkpoint of one run.
-
-    `results`: the regression results of ONE run (one split), sorted by epoch; the last is the
-    final checkpoint. When its gamma was searched, each earlier result whose gamma was searched
-    gets nrc3 = nrc3_at(its W, its Sigma, final gamma), nrc3_gamma = the final gamma,
-    nrc3_gamma_ratio = final gamma / its lambda_min, info "nrc3_gamma_source" = "final_checkpoint"
-    and "nrc3_gamma_from" = the final checkpoint's name; its own search moves to info
-    "nrc3_own_search". No-op for a single result or when gamma was given / from UFM lambdas.
-    """
-    if len(results) < 2:
-        return
-    final = results[-1]
-    if final.info.get("nrc3_gamma_source") != "searched":
-        return
-    g = final.metrics.get("nrc3_gamma", math.nan)
-    name = final.checkpoint if final.checkpoint is not None else final.source
-    earlier = [r for r in results[:-1] if r.info.get("nrc3_gamma_source") == "searched"]
-    if not math.isfinite(g):
-        for r in earlier:
-            r.warnings.append(
-                f"nrc3: the final checkpoint {name} has no gamma; this checkpoint keeps its own"
-            )
-        return
-    for r in earlier:
-        _hold_gamma(r, g, name)
-
-
-def _hold_gamma(r: Result, g: float, name: str) -> None:
-    weight, sigma = r.extras.get("weight"), r.extras.get("target_cov")
-    if weight is None or sigma is None or "nrc3" in r.info.get("undefined", {}):
-        return  # no arrays to recompute from, or nrc3 undefined whatever gamma (T = 1, W = 0)
-    r.info["nrc3_own_search"] = {
-        "nrc3": r.metrics.get("nrc3"),
-        "nrc3_gamma": r.metrics.get("nrc3_gamma"),
-        "on_endpoint": r.info.pop("nrc3_gamma_on_endpoint", None),
-    }
-    r.warnings[:] = [w for w in r.warnings if not w.startswith(_ENDPOINT_WARNING)]
-    r.info["nrc3_gamma_source"] = "final_checkpoint"
-    r.info["nrc3_gamma_from"] = name
-    value = nrc3_at(weight, sigma, g)
-    if math.isnan(value):
-        _set_undefined(r, "nrc3", f"A_gamma = Sigma^1/2 - sqrt(gamma) I is zero at gamma = {g:.6g}")
-    else:
-        r.metrics["nrc3"] = value
-    r.metrics["nrc3_gamma"] = g
-    lam_min = float(r.info.get("lambda_min", math.nan))
-    if not r.info.get("sigma_singular", False) and lam_min > 0:
-        r.metrics["nrc3_gamma_ratio"] = g / lam_min
-        if g > lam_min:
-            r.warnings.append(
-                f"nrc3: the final checkpoint's gamma = {g:.6g} exceeds this checkpoint's "
-                f"lambda_min = {lam_min:.6g}"
-            )

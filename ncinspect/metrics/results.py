@@ -1,7 +1,9 @@
 """Result records: what every analysis returns and every renderer prints.
 
-Owns: `MetricSet` (metrics + info + warnings from one metric family) and `Result` (one source's
-record, with the JSON shape documented in the README). A leaf: imports nothing of ncinspect.
+Owns: `MetricSet` (metrics + info + warnings from one metric family; an undefined metric is NaN
+with its reason) and `Result` (one source's record and its JSON shape, `Result.to_json`), and
+`run_key`. Holds values, computes none: each metric's direction is in `keys`, its definition in
+docs/metrics.md. A leaf: imports nothing of ncinspect.
 """
 
 from __future__ import annotations

@@ -20,6 +20,15 @@ from rich.table import Table
 from ncinspect._version import __version__
 from ncinspect.metrics.keys import METRICS, TABLE_DEFAULT, keys_for
 from ncinspect.metrics.results import Result, jsonable
+from ncinspect.render.ufm import (
+    distance_caption,
+    distance_rows,
+    distance_title,
+    distance_trajectory,
+    report_rows,
+    report_title,
+)
+from ncinspect.ufm.distance import UFM_CAVEAT
 
 if TYPE_CHECKING:
     from ncinspect.runs import Comparison, Run, RunsTable
@@ -445,8 +454,7 @@ def comparison_csv(c: Comparison) -> str:
 
 
 def print_ufm(reports: Sequence[dict[str, Any]], width: int | None = None) -> None:
-    """One table per UFM report: quantity | closed form | numerical (rows from ncinspect.ufm)."""
-    from ncinspect.ufm import report_rows, report_title
+    """One table per UFM report: quantity | closed form | numerical (rows from render.ufm)."""
 
     tables = []
     for rep in reports:
@@ -461,13 +469,12 @@ def print_ufm(reports: Sequence[dict[str, Any]], width: int | None = None) -> No
 
 
 # ---------------------------------------------------------------------------------------------
-# Distance to the UFM optimum (Result.ufm, computed by ncinspect.ufm.ufm_distance)
+# Distance to the UFM optimum (Result.ufm, computed by ncinspect.ufm.distance.ufm_distance)
 
 
 def ufm_grids(results: Sequence[Result]) -> list[Grid]:
     """One 'quantity | UFM optimum | measured | measured / UFM' grid per result with a UFM block;
     the caveat under the last one."""
-    from ncinspect.ufm import UFM_CAVEAT, distance_caption, distance_rows, distance_title
 
     grids = []
     for r in results:
@@ -489,7 +496,6 @@ def ufm_grids(results: Sequence[Result]) -> list[Grid]:
 def ufm_trajectory_grids(runs: Sequence[Run]) -> list[Grid]:
     """Per run with UFM blocks: the optimum, then each checkpoint's measured values."""
     from ncinspect.runs import label_text
-    from ncinspect.ufm import UFM_CAVEAT, distance_caption, distance_trajectory
 
     grids = []
     for run in runs:

@@ -1,21 +1,18 @@
-"""The statistics of `extract --stats-only`, accumulated on the extraction device in float64.
+"""Torch accumulators that mirror the host ones, in float64 on an extraction device.
 
-Owns: `DeviceBatch` (a forward pass's rows as torch tensors on the device), `applies` (whether
-an extraction device takes this path), the torch accumulators that mirror the host ones in
-`stats` (`DeviceClassSums` -> `ClassSums`, `DeviceClassScatter` -> `ClassScatter`,
-`DeviceRegressionMoments` -> `RegressionMoments`, `DeviceUnitProjections` -> the uncentred and
-centred `UnitProjections`), and `gather_statistics`, the two passes of
-`statsets.gather_statistics` with these accumulators: the same records, so the store format and
-`report` do not change. Only `extract` imports this module (lazily; it imports torch).
+Owns: `DeviceBatch` (a forward pass's rows as torch tensors on the device) and the accumulators
+`DeviceClassSums` -> `stats.classification.ClassSums`, `DeviceClassScatter` -> `ClassScatter`,
+`DeviceRegressionMoments` -> `stats.regression.RegressionMoments` (without unit rows) and
+`DeviceUnitProjections` -> the uncentred and centred `UnitProjections`; each `result()` is the
+host object, so the saved records, the store format and `report` are the same whichever side
+accumulated. `analysis.device` runs the passes with them. Imports torch, so only extraction
+code imports this module, lazily (the device passes; the forward loop for `DeviceBatch`).
 
-Per pass the features (B, D) stay on the device: no N x D copy to the host and no host compute
-per batch (labels and targets come from the data loader, on the host, and are sent over). Device
-memory is O(B x D + D^2 + K x D), never N x D. Between the passes pass 1 goes to the host as the
-numpy object, is combined over the processes of a distributed extraction, and planned with the
-host's own code (`stats.plan_scatter`; `regression.Subspaces.joint_basis`); what pass 2 needs
-returns to the device in float64.
+Memory: O(B x D + D^2 + K x D) on the device, never N x D. Every input row arrives as float64
+with non-finite rows zeroed and a `keep` mask (rows are masked, not filtered, so no batch waits
+on the device).
 
-Agreement with the host path: every sum is float64 (features are first rounded to float32, as a
+Agreement with the host: every sum is float64 (features are first rounded to float32, as a
 feature store would hold them), so the statistics equal the host's up to float64 rounding of the
 sums (summation order differs). The accuracy and NC4 counts come from the float64 computation
 itself: argmax_k (x @ W^T + b) and argmin over present classes j of (||mu_j||^2 - 2 h . mu_j),
@@ -25,35 +22,21 @@ within float64 rounding (an exact near-tie, where even two float64 GEMMs may dis
 Per-class sums use `index_add_`, which on CUDA is order-nondeterministic in the last bits unless
 `torch.use_deterministic_algorithms(True)` is set.
 
-Non-finite feature rows behave as on the host (`analysis._Rows`): refused with the same message,
-or with `drop_nonfinite` left out and counted. Rows are masked, not filtered, so no batch waits on
-the device; the refusal comes at the end of the pass, with the pass's total.
-
 Never reads or writes files and never computes a metric. Axes: N samples, B rows of a batch,
 D feature dim, K classes, T regression targets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from ncinspect.analysis.passes import AnalysisOptions, nonfinite_error, plan_pass2
-from ncinspect.io.sources import FeatureSource, StatRecord
-from ncinspect.stats.accumulators import (
-    ClassScatter,
-    ClassSums,
-    RegressionMoments,
-    ScatterPlan,
-    UnitProjections,
-)
+from ncinspect.stats.classification import ClassScatter, ClassSums, ScatterPlan
+from ncinspect.stats.regression import RegressionMoments, UnitProjections
 
-# Tests set this to take the device path on a CPU extraction (the accumulators run on any device).
-ON_CPU = False
 # Rows scored at once: bounds the (rows x K) logits and nearest-mean scores to this many entries.
 _SCORE_ENTRIES = 1 << 22
 
@@ -71,66 +54,13 @@ class DeviceBatch:
     outputs: torch.Tensor | None = None
 
 
-# outputs wanted? -> one pass over every row
-DeviceBatches = Callable[[bool], Iterator[DeviceBatch]]
-# one process's pass-1 result -> every process's (distributed extraction)
-Combine = Callable[[Any], Any]
-
-
-def applies(device: torch.device) -> bool:
-    """Whether an extraction on `device` accumulates there: any device with float64 (CUDA, not
-    MPS, which has none); CPU only when `ON_CPU` is set (the host path is the faster there)."""
-    if device.type == "cpu":
-        return ON_CPU
-    try:
-        torch.zeros(1, dtype=F64, device=device)
-    except (TypeError, RuntimeError):
-        return False
-    return True
-
-
 def _host(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu").numpy()
 
 
-def _count(mask: torch.Tensor) -> torch.Tensor:
+def count_true(mask: torch.Tensor) -> torch.Tensor:
     """Number of True entries as a device int64 scalar (no synchronization)."""
     return mask.sum(dtype=torch.int64)
-
-
-# --- non-finite rows ----------------------------------------------------------------------------
-
-
-class _Pass:
-    """One pass over the device batches: each batch's features in float64 with non-finite rows
-    zeroed, and the mask of rows kept. After the pass (`finish`), the non-finite rows are refused
-    with `analysis._Rows`' message unless `drop_nonfinite`; `dropped` counts them."""
-
-    def __init__(self, source: FeatureSource, options: AnalysisOptions) -> None:
-        self.source = source
-        self.options = options
-        self.dropped = 0
-        self._bad: torch.Tensor | None = None
-
-    def rows(
-        self, batches: Iterator[DeviceBatch]
-    ) -> Iterator[tuple[DeviceBatch, torch.Tensor, torch.Tensor]]:
-        """(batch, x (B, D) float64, keep (B,) bool) for every non-empty batch."""
-        self._bad = None
-        for batch in batches:
-            x = batch.features
-            if x.shape[0] == 0:
-                continue
-            keep = torch.isfinite(x).all(dim=1)
-            bad = _count(~keep)
-            self._bad = bad if self._bad is None else self._bad + bad
-            x64 = torch.where(keep[:, None], x.to(F64), 0.0)
-            yield batch, x64, keep
-
-    def finish(self) -> None:
-        self.dropped = 0 if self._bad is None else int(self._bad)
-        if self.dropped and not self.options.drop_nonfinite:
-            raise nonfinite_error(self.dropped, self.source)
 
 
 def _row_blocks(n: int, width: int) -> Iterator[slice]:
@@ -192,7 +122,7 @@ class DeviceClassScatter:
         else:
             z = dev @ self.basis.T
             self.scatter.addmm_(z.T, z)
-        self.n += _count(keep)
+        self.n += count_true(keep)
         width = max(self.weight.shape[0], self.present.shape[0])
         for sl in _row_blocks(x.shape[0], width):
             h, y, kept = x[sl], labels[sl], keep[sl]
@@ -202,8 +132,8 @@ class DeviceClassScatter:
             else:
                 scores = self.present_sq - 2.0 * (h @ self.present_means.T)
                 nearest = self.present[torch.argmin(scores, dim=1)]
-            self.correct += _count((pred == y) & kept)
-            self.mismatch += _count((pred != nearest) & kept)
+            self.correct += count_true((pred == y) & kept)
+            self.mismatch += count_true((pred != nearest) & kept)
 
     def result(self) -> ClassScatter:
         return ClassScatter(
@@ -214,31 +144,6 @@ class DeviceClassScatter:
             route=self.route,
             within=_host(self.within),
         )
-
-
-def classification_statistics(
-    source: FeatureSource,
-    batches: DeviceBatches,
-    device: torch.device,
-    options: AnalysisOptions,
-    combine: Combine | None = None,
-) -> tuple[ClassSums, ClassScatter, int]:
-    """`analysis.classification_statistics` on the device: (pass-1 sums, pass-2 scatter, rows
-    dropped as non-finite)."""
-    rows = _Pass(source, options)
-    k, d = source.head.width, source.d
-    acc = DeviceClassSums(k, d, device)
-    for batch, x, keep in rows.rows(batches(False)):
-        assert batch.labels is not None
-        acc.update(x, batch.labels, keep)
-    rows.finish()
-    sums, plan = plan_pass2(acc.result(), source, options, combine)
-    scatter = DeviceClassScatter(plan, device)
-    for batch, x, keep in rows.rows(batches(False)):
-        assert batch.labels is not None
-        scatter.update(x, batch.labels, keep)
-    rows.finish()
-    return sums, scatter.result(), rows.dropped
 
 
 # --- regression ---------------------------------------------------------------------------------
@@ -261,7 +166,8 @@ def _chan(
     mean_b: torch.Tensor,
     scatter_b: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`stats._chan_merge` on device scalars: no synchronization; nb = 0 leaves a unchanged."""
+    """Chan's update (as in `stats.regression`) on device scalars: no synchronization; nb = 0
+    leaves a unchanged."""
     n = (na + nb).clamp(min=1.0)
     delta = mean_b - mean_a
     mean = mean_a + delta * (nb / n)
@@ -296,9 +202,9 @@ class DeviceRegressionMoments:
     ) -> None:
         """x (B, D) float64 with dropped rows zeroed; targets and predictions (B, T) float64;
         keep (B,) bool. check_predictions: count non-finite predictions (stored outputs)."""
-        self.bad_targets += _count(~torch.isfinite(targets).all(dim=1) & keep)
+        self.bad_targets += count_true(~torch.isfinite(targets).all(dim=1) & keep)
         if check_predictions:
-            self.bad_outputs += _count(~torch.isfinite(predictions).all(dim=1) & keep)
+            self.bad_outputs += count_true(~torch.isfinite(predictions).all(dim=1) & keep)
         y = torch.where(keep[:, None], targets, 0.0)
         resid = torch.where(keep[:, None], targets - predictions, 0.0)
         nb = keep.sum(dtype=F64)
@@ -314,8 +220,8 @@ class DeviceRegressionMoments:
         self.rss = self.rss + (resid * resid).sum()
 
     def bad_rows(self) -> dict[str, int]:
-        """Kept rows with non-finite targets / predictions (`regression.plan_pass2` refuses
-        them)."""
+        """Kept rows with non-finite targets / predictions (`analysis.regression` refuses them
+        between the passes)."""
         return {"targets": int(self.bad_targets), "outputs": int(self.bad_outputs)}
 
     def result(self) -> RegressionMoments:
@@ -335,7 +241,7 @@ class DeviceUnitProjections:
     """The uncentred and the centred `UnitProjections` on the device: unit rows u = (h - c) /
     ||h - c|| (c = 0, then c = `centre`) projected on the basis Q (D, m), gram (m, m) = sum of
     (Q^T u)(Q^T u)^T; rows with h = c are left out and counted. Each row is divided by its largest
-    absolute entry before its norm is taken (as `stats._unit_rows`), so nothing under- or
+    absolute entry before its norm is taken (as the host's `stats.regression`), so nothing under- or
     overflows."""
 
     def __init__(self, basis: np.ndarray, centre: np.ndarray, device: torch.device) -> None:
@@ -349,7 +255,7 @@ class DeviceUnitProjections:
 
     def update(self, x: torch.Tensor, keep: torch.Tensor) -> None:
         """x (B, D) float64 with dropped rows zeroed; keep (B,) bool."""
-        self.n += _count(keep)
+        self.n += count_true(keep)
         for i, rows in enumerate((x, x - self.centre)):
             scale = rows.abs().amax(dim=1)
             unit = keep & (scale > 0)
@@ -358,7 +264,7 @@ class DeviceUnitProjections:
             proj = (scaled @ self.basis) / torch.where(unit, norm, 1.0)[:, None]
             proj = torch.where(unit[:, None], proj, 0.0)
             self.gram[i].addmm_(proj.T, proj)
-            self.n_zero[i] += _count(keep & ~unit)
+            self.n_zero[i] += count_true(keep & ~unit)
 
     def result(self) -> tuple[UnitProjections, UnitProjections]:
         n, zeros, gram = int(self.n), _host(self.n_zero), _host(self.gram)
@@ -369,66 +275,3 @@ class DeviceUnitProjections:
             )
 
         return part(0), part(1)
-
-
-def regression_statistics(
-    source: FeatureSource,
-    batches: DeviceBatches,
-    device: torch.device,
-    options: AnalysisOptions,
-    combine: Combine | None = None,
-) -> tuple[RegressionMoments, UnitProjections, UnitProjections, int]:
-    """`regression.regression_statistics` on the device: (pass-1 moments, pass-2 uncentred and
-    centred unit projections, rows dropped as non-finite). Predictions are the stored outputs
-    when the source has them, else h @ W^T + b in float64."""
-    from ncinspect.metrics.regression import plan_pass2
-
-    weight_np = np.asarray(source.head.weight, dtype=np.float64)
-    t, d = weight_np.shape
-    weight = torch.as_tensor(weight_np, device=device)
-    bias = torch.as_tensor(source.head.bias_or_zeros(), device=device)
-    rows = _Pass(source, options)
-    acc = DeviceRegressionMoments(d, t, device)
-    for batch, x, keep in rows.rows(batches(source.has_outputs)):
-        assert batch.targets is not None
-        targets = batch.targets.to(F64).reshape(-1, t)
-        if source.has_outputs:
-            assert batch.outputs is not None
-            pred = batch.outputs.to(F64).reshape(-1, t)
-        else:
-            pred = torch.addmm(bias, x, weight.T)
-        acc.update(x, targets, pred, keep, check_predictions=source.has_outputs)
-    rows.finish()
-    moments, basis = plan_pass2(acc.result(), source, acc.bad_rows(), combine)
-    units = DeviceUnitProjections(basis, moments.feature_mean, device)
-    for _, x, keep in rows.rows(batches(False)):
-        units.update(x, keep)
-    rows.finish()
-    uncentred, centred = units.result()
-    return moments, uncentred, centred, rows.dropped
-
-
-def gather_statistics(
-    source: FeatureSource,
-    batches: DeviceBatches,
-    device: torch.device,
-    options: AnalysisOptions,
-    combine: Combine | None = None,
-) -> tuple[dict[str, StatRecord], dict[str, Any]]:
-    """`statsets.gather_statistics` with the passes on the device: the same records and `stats`
-    group attributes. `source` gives the task, head, D, has_outputs and the path for messages;
-    `batches(outputs)` runs one pass."""
-    from ncinspect.analysis.saved import records
-
-    if source.task == "classification":
-        sums, scatter, dropped = classification_statistics(
-            source, batches, device, options, combine
-        )
-        return records(source, [sums, scatter], dropped)
-    from ncinspect.metrics.regression import gamma_choice
-
-    gamma_choice(options)
-    moments, uncentred, centred, dropped = regression_statistics(
-        source, batches, device, options, combine
-    )
-    return records(source, [moments, uncentred, centred], dropped)

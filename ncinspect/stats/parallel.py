@@ -1,26 +1,24 @@
 """Row-parallel statistics: one block of rows split over worker threads.
 
 Owns: the worker pool, how many workers there are (`NCINSPECT_THREADS`, else the usable cores,
-at most 8), the BLAS thread count while workers run, and per-thread scratch arrays.
-Never reads files and never computes a statistic: callers hand over a function of a row range
-and merge the results.
+at most 8), numpy's BLAS thread count while workers run (through threadpoolctl), and per-thread
+scratch arrays. Never reads files and never computes a statistic: callers hand over a function
+of a row range and merge the results.
 
 Why threads: numpy releases the GIL inside its loops and its BLAS calls, so the memory-bound
 sub-block work of the statistics passes (float32 -> float64 conversion, centring, row norms, thin
 projections) runs on several cores at once. BLAS must then be single-threaded while the workers
-run: otherwise BLAS's own threads and the workers oversubscribe the cores (measured: 2 workers
-with 2 BLAS threads each on a 2-core machine were slower than one thread). numpy's OpenBLAS is
-set to one thread for the duration of each parallel block and restored afterwards (its thread
-count is process-wide: OpenBLAS's "per-thread" setter changes it for every thread too, measured,
-so it is not used). When numpy's BLAS cannot be found and set (MKL, Accelerate, no /proc), the
-passes run serially, as with one worker.
+run, or BLAS's own threads and the workers oversubscribe the cores. numpy's OpenBLAS is set to
+one thread for the duration of each worker pass and restored afterwards; its thread count is
+process-wide (OpenBLAS has no per-thread setting), so concurrent passes share one count. When
+threadpoolctl finds no OpenBLAS of numpy's to set (MKL, Accelerate), the passes run serially, as
+with one worker.
 
 Scratch arrays (`scratch`): the passes' cache-sized temporaries (a few MiB) are reused, one set
-per thread, instead of allocated afresh for every sub-block. Fresh multi-MiB arrays come from
-mmap and are zeroed page by page by the kernel on first touch; measured, that doubled pass 2's
-time, and the page faults of several threads serialize in the kernel, which is what kept the
-threads from paying. Their size depends on the block and D, never on N; `release_scratch`
-frees them after an analysis.
+per thread, instead of allocated afresh for every sub-block: fresh multi-MiB arrays come from
+mmap and are zeroed page by page by the kernel on first touch, and the page faults of several
+threads serialize in the kernel. Their size depends on the block and D, never on N;
+`release_scratch` frees them after an analysis.
 
 Determinism: a block is split into the same contiguous parts for a given worker count, and the
 parts' results are merged in part order, so a result is bit-identical from run to run on one
@@ -30,15 +28,17 @@ other batch split.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController
 
 T = TypeVar("T")
 
@@ -63,57 +63,58 @@ def _usable_cores() -> int:
 
 
 class _Blas:
-    """numpy's OpenBLAS thread count: get / set (process-wide), found once."""
+    """numpy's OpenBLAS thread count (process-wide), through threadpoolctl: get / set, and which
+    worker passes hold it at one thread."""
 
-    def __init__(self, get: Callable[[], int], set_: Callable[[int], None]) -> None:
-        self.get = get
-        self.set = set_
+    def __init__(self, controller: ThreadpoolController) -> None:
+        self.controller = controller  # numpy's OpenBLAS alone
         self.lock = threading.Lock()
         self.users = 0  # parallel blocks running (several caller threads may run passes)
         self.callers: dict[int, int] = {}  # thread id -> its passes running (they nest)
         self.saved = 1
 
+    def get(self) -> int:
+        return int(min(lib.num_threads for lib in self.controller.lib_controllers))
+
+    def set(self, count: int) -> None:
+        # threadpoolctl lets only the thread that first set OpenBLAS's count set it again until
+        # that thread lets go; the passes' sets come from whichever thread starts or ends a pass
+        # (`lock` orders them), so each set lets go before and after
+        _release_openblas()
+        self.controller.limit(limits=count)
+        _release_openblas()
+
+
+def _release_openblas() -> None:
+    """Let any thread set OpenBLAS's thread count next: newer threadpoolctl versions otherwise
+    ignore the sets of every thread but the first one to set it, until that one lets go."""
+    import threadpoolctl
+
+    openblas = getattr(threadpoolctl, "OpenBLASController", None)
+    release = getattr(openblas, "clear_controlling_thread", None)
+    if release is not None:
+        release(force=True)
+
 
 def _find_blas() -> _Blas | None:
-    """numpy's OpenBLAS get/set-num-threads functions, or None when there are none.
+    """numpy's OpenBLAS as threadpoolctl controls it, or None when there is none.
 
-    The library is found among the shared objects mapped into this process (/proc/self/maps):
-    the OpenBLAS inside numpy's own wheel (`numpy.libs`) when there is one, else the only
-    OpenBLAS loaded; with several candidates and none of them numpy's, none is used.
+    Among the OpenBLAS libraries loaded into this process, the one inside numpy's own wheel
+    (`numpy.libs`) when there is one, else the only one loaded; with several candidates and none
+    of them numpy's, none is used. Looked up once.
     """
     global _blas
     if _blas is not False:
         return _blas  # type: ignore[return-value]
-    found: _Blas | None = None
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            paths = {
-                line.split()[-1]
-                for line in maps
-                if "openblas" in line.lower() and ".so" in line.split()[-1]
-            }
-        numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-        own = sorted(p for p in paths if p.startswith(os.path.join(numpy_dir, "numpy")))
-        for path in own or (sorted(paths) if len(paths) == 1 else []):
-            found = _blas_functions(ctypes.CDLL(path))
-            if found is not None:
-                break
-    except OSError:
-        found = None
-    _blas = found
-    return found
+    from threadpoolctl import ThreadpoolController
 
-
-def _blas_functions(lib: ctypes.CDLL) -> _Blas | None:
-    for prefix in ("scipy_openblas", "openblas"):  # numpy's wheels; a system OpenBLAS
-        for suffix in ("64_", "_64", ""):
-            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            if get is not None and set_ is not None:
-                get.restype, get.argtypes = ctypes.c_int, []
-                set_.restype, set_.argtypes = None, [ctypes.c_int]
-                return _Blas(get, set_)
-    return None
+    blas = ThreadpoolController().select(internal_api="openblas")
+    paths = sorted(lib.filepath for lib in blas.lib_controllers)
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    own = [p for p in paths if p.startswith(os.path.join(numpy_dir, "numpy"))]
+    chosen = own or (paths if len(paths) == 1 else [])
+    _blas = _Blas(blas.select(filepath=chosen[0])) if chosen else None
+    return _blas
 
 
 def configured_workers() -> int:
@@ -145,7 +146,7 @@ def workers() -> int:
 def worker_pass() -> Iterator[None]:
     """A pass over the blocks of a source: when the parts run on workers, numpy's BLAS stays on
     one thread for the whole pass (not toggled per block: raising OpenBLAS's count again wakes
-    its threads, which then spin for a while and slow the next block's workers, measured); its
+    its threads, which then spin for a while and slow the next block's workers); its
     previous count is restored after the last concurrent pass (or `map_rows` call) ends."""
     blas = _find_blas()
     if blas is None or workers() <= 1:
@@ -183,9 +184,9 @@ def full_blas(work: float) -> Iterator[None]:
     exceeds LARGE_STEP, single-threaded again after it.
 
     A small step stays single-threaded: its multi-threaded BLAS would gain little and leave a
-    BLAS thread spinning into the next pass's workers (measured: pass 2 at K = 100 12 % slower).
-    A large one (D = 2,048: 566 ms single-threaded, 302 ms with 2 threads) would lose more than
-    that spin costs. Restored only when no other thread's worker pass is running at the time.
+    BLAS thread spinning into the next pass's workers; a large one (a D x D eigendecomposition
+    at D = 2,048, say) gains more from the threads than that spin costs. Restored only when no
+    other thread's worker pass is running at the time.
     """
     blas = _find_blas()
     restore = False
@@ -227,7 +228,7 @@ def row_parts(n: int, count: int, min_rows: int = _MIN_PART_ROWS) -> list[slice]
 def map_rows(func: Callable[[slice], T], n: int, min_rows: int = _MIN_PART_ROWS) -> list[T]:
     """[func(part) for part in row_parts(n, workers())], the parts run on the worker threads.
 
-    One part (small blocks, one worker, or no per-thread BLAS setting) runs here, in the
+    One part (small blocks, one worker, or no BLAS thread count to set) runs here, in the
     calling thread. Results come back in part order; the first exception raised by a part is
     raised here after every part has finished.
     """

@@ -1,0 +1,192 @@
+"""A classification source -> its statistics -> the NC1-NC4 metrics: the passes and the plan.
+
+Owns: the two passes over a source's rows (`classification_statistics`: pass 1 `ClassSums`,
+then, with the means fixed by `plan_class_scatter`, pass 2 `ClassScatter`), the one-pass route
+on class sums a store saved (checked against the rows, `STALE_SUMS` when they do not match), and
+`classification_from_source`, which turns either into the metrics of `metrics.classification`.
+The worker threads and the BLAS thread count of every pass are `stats.parallel`'s.
+Reads rows only through `FeatureSource.batches`; the arithmetic lives in `stats` and `metrics`.
+Axes: N samples, D feature dim, K classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.analysis.rows import FiniteRows
+from ncinspect.errors import InputError, check_interrupt
+from ncinspect.io.sources import FeatureSource
+from ncinspect.metrics.classification import classification_extras, classification_metrics
+from ncinspect.metrics.results import MetricSet
+from ncinspect.stats.classification import (
+    ClassMoments,
+    ClassScatter,
+    ClassSums,
+    ScatterPlan,
+    plan_scatter,
+)
+from ncinspect.stats.parallel import full_blas, map_parts, merged, worker_pass
+
+STALE_SUMS = (
+    "the class sums saved with the features do not match them (the store was changed after it "
+    "was written?); computed from the features instead"
+)
+
+
+def plan_class_scatter(
+    sums: ClassSums,
+    source: FeatureSource,
+    options: AnalysisOptions,
+    combine: Callable[[ClassSums], ClassSums] | None = None,
+    check: np.ndarray | None = None,
+) -> tuple[ClassSums, ScatterPlan]:
+    """Between the passes: pass 1 combined over the processes (when `combine` is given), checked
+    non-empty, and pass 2's plan (the NC1 route, the means, the head; `check` as in
+    `plan_scatter`). The host passes and the device ones (`analysis.device`) share it."""
+    if combine is not None:
+        sums = combine(sums)
+    if sums.n == 0:
+        raise InputError("no finite feature rows left to analyse", path=source.path)
+    head = source.head
+    plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route, check)
+    return sums, plan
+
+
+def _check_direction(d: int) -> np.ndarray:
+    """A fixed unit vector in general position (seeded: results stay bit-reproducible)."""
+    v = np.random.default_rng(0x5EED).standard_normal(d)
+    return v / np.linalg.norm(v)
+
+
+def _saved_pass1(source: FeatureSource) -> ClassSums | None:
+    """The class sums a store saved when it was written, if they fit it: shapes (K,), (K, D),
+    counts adding up to N, every sum finite (a store with NaN/Inf rows takes both passes, which
+    refuse or drop them). None otherwise."""
+    saved = source.saved_class_sums()
+    if saved is None:
+        return None
+    counts, sums = saved
+    k = source.head.width
+    if counts.shape != (k,) or sums.shape != (k, source.d) or int(counts.sum()) != source.n:
+        return None
+    if np.any(counts < 0) or not np.isfinite(sums).all():
+        return None
+    return ClassSums(counts=counts.astype(np.int64), sums=sums.astype(np.float64))
+
+
+def _unchecked_rows(plan: ScatterPlan, x: np.ndarray, y: np.ndarray) -> ClassScatter:
+    """`ClassScatter.from_batch` on rows not checked for NaN/Inf (such rows fail the means
+    check, and the result is discarded): quietly, in the worker thread running it."""
+    with np.errstate(all="ignore"):
+        return ClassScatter.from_batch(plan, x, y)
+
+
+def _one_pass(
+    source: FeatureSource, options: AnalysisOptions, sums: ClassSums
+) -> ClassScatter | None:
+    """Pass 2 alone, on saved class sums; None when the rows read do not have those sums
+    (`ClassScatter.means_match`; NaN/Inf rows fail it too, so no separate finite check)."""
+    k = source.head.width
+    with worker_pass():
+        with full_blas(float(source.d) * k * k):
+            sums, plan = plan_class_scatter(sums, source, options, check=_check_direction(source.d))
+        scatter = ClassScatter.empty(plan)
+        batches = source.batches(options.chunk_rows, outputs=False, reuse=True)
+        for batch in batches:
+            check_interrupt()
+            x, y = batch.features, batch.labels
+            assert y is not None
+            if x.shape[0]:
+                scattered = map_parts(lambda xs, ys: _unchecked_rows(plan, xs, ys), x, y)
+                scatter = scatter.merge(merged(scattered, ClassScatter.merge))
+    assert scatter.counts is not None
+    if not np.array_equal(scatter.counts, sums.counts) or not scatter.means_match(plan.means):
+        return None
+    return scatter
+
+
+@dataclass(frozen=True)
+class _SourceStatistics:
+    """What the classification metrics need of a source's rows, and how it was obtained."""
+
+    moments: ClassMoments
+    scatter: ClassScatter
+    dropped: int  # rows dropped as non-finite
+    sums_from: str  # "saved" (the store's class sums, checked) or "computed" (pass 1)
+    stale: bool  # saved class sums were found not to match the rows, and were recomputed
+
+
+def _source_statistics(source: FeatureSource, options: AnalysisOptions) -> _SourceStatistics:
+    """Two passes over the source, or one when the store saved its class sums.
+
+    Pass 1 gathers counts and per-class sums (`ClassSums`); pass 2, with the means fixed, the
+    scatter, accuracy, NC4 and the within-class squared deviations that complete `ClassMoments`
+    (the two-pass form of m2, exact up to float64 rounding). A store written by ncinspect saves
+    the class sums of the rows it holds (`StoreWriter`): pass 2 then runs on those, and checks
+    they are the rows' own (`_one_pass`); if not, both passes run and `stale` says so.
+    """
+    saved = _saved_pass1(source) if options.saved_sums else None
+    if saved is not None:
+        scatter1 = _one_pass(source, options, saved)
+        if scatter1 is not None:
+            return _SourceStatistics(saved.moments(scatter1.within), scatter1, 0, "saved", False)
+    sums, scatter, dropped = classification_statistics(source, options)
+    moments = sums.moments(scatter.within)
+    return _SourceStatistics(moments, scatter, dropped, "computed", saved is not None)
+
+
+def classification_statistics(
+    source: FeatureSource,
+    options: AnalysisOptions,
+    combine: Callable[[ClassSums], ClassSums] | None = None,
+) -> tuple[ClassSums, ClassScatter, int]:
+    """The two passes over the source's rows: (pass-1 sums, pass-2 scatter, rows dropped).
+
+    `combine`, when given, turns this pass-1 result into the one over every row of a distributed
+    extraction (each process sees its shard) before pass 2 uses the means.
+    """
+    rows = FiniteRows(source, options, outputs=False)  # the metrics use W h + b, not stored logits
+    k = source.head.width
+    sums = ClassSums.empty(k, source.d)
+    # one worker pass over both passes and the plan between them: a small plan's BLAS calls on
+    # one thread, so no BLAS thread is left spinning when pass 2's workers start (a large plan
+    # gets the BLAS threads back: `full_blas`)
+    with worker_pass():
+        for batch in rows:
+            x, y = batch.features, batch.labels
+            assert y is not None
+            if x.shape[0]:
+                parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
+                sums = sums.merge(merged(parts, ClassSums.merge))
+        # the plan's largest product: W's least squares on the K_eff means, D K^2
+        with full_blas(float(source.d) * k * k):
+            sums, plan = plan_class_scatter(sums, source, options, combine)
+        scatter = ClassScatter.empty(plan)
+        for batch in rows:
+            x, y = batch.features, batch.labels
+            assert y is not None
+            if x.shape[0]:
+                scattered = map_parts(lambda xs, ys: ClassScatter.from_batch(plan, xs, ys), x, y)
+                scatter = scatter.merge(merged(scattered, ClassScatter.merge))
+    return sums, scatter, rows.dropped
+
+
+def classification_from_source(
+    source: FeatureSource, options: AnalysisOptions
+) -> tuple[MetricSet, int, int, dict[str, Any]]:
+    """The passes, then the metrics: (metrics, rows used N, rows dropped as non-finite, extras
+    for later stages (`classification_extras`)). info "class_sums" says whether pass 1 came from
+    the store's saved sums or from the rows."""
+    stats = _source_statistics(source, options)
+    moments, dropped = stats.moments, stats.dropped
+    with full_blas(float(min(source.d, source.head.width)) ** 3):  # Sigma_B's eigenpairs
+        metric_set = classification_metrics(moments, stats.scatter, source.head)
+    metric_set.info["class_sums"] = stats.sums_from
+    if stats.stale:
+        metric_set.warn(STALE_SUMS)
+    return metric_set, moments.n, dropped, classification_extras(moments, source.head)

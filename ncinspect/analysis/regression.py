@@ -1,0 +1,263 @@
+"""A regression source -> its statistics -> the NRC metrics: the passes, the plan, the gamma.
+
+Owns: the two passes over a source's rows (`regression_statistics`: pass 1
+`RegressionMoments`, then, with mu_G, the PCA basis and W's row space fixed by
+`plan_unit_projections`, pass 2 the uncentred and centred `UnitProjections`),
+`regression_from_source` / `regression_from_statistics` (those statistics -> the metrics of
+`metrics.regression`), which gamma NRC3 uses (`gamma_choice`), and the run-level protocol that
+holds the gamma searched on a run's final checkpoint fixed for its earlier checkpoints
+(`apply_run_gamma`). The worker threads and the BLAS thread count are `stats.parallel`'s.
+Reads rows only through the batches it is handed; the arithmetic lives in `stats` and `metrics`.
+Axes: N samples, D feature dim, T regression targets.
+
+Why two passes: nrc1 and nrc2 need the unit rows' second moment only on two subspaces (the
+top-T PCA directions and W's row space), both fixed after pass 1, so pass 2 projects the
+uncentred and the centred unit rows on those few directions (O(N D T)) instead of forming two
+D x D second moments (O(N D^2) each); there is one D x D product (pass 1's scatter), not three.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+
+from ncinspect.analysis.options import AnalysisOptions
+from ncinspect.errors import InputError, UsageError
+from ncinspect.io.sources import Batch, FeatureSource
+from ncinspect.metrics.head import Head
+from ncinspect.metrics.regression import (
+    ENDPOINT_WARNING,
+    GammaChoice,
+    Subspaces,
+    metrics_from_subspaces,
+    nrc3_at,
+)
+from ncinspect.metrics.results import MetricSet, Result
+from ncinspect.stats.blocks import sub_blocks
+from ncinspect.stats.parallel import full_blas, map_parts, merged, worker_pass
+from ncinspect.stats.regression import RegressionMoments, UnitProjections
+
+
+class RowBatches(Protocol):
+    """Re-iterable batches of finite rows; `dropped` counts the non-finite rows left out."""
+
+    dropped: int
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+def gamma_choice(options: AnalysisOptions) -> GammaChoice | None:
+    """The fixed gamma the options ask for (--gamma or --ufm-lambdas), or None to search."""
+    if options.gamma is not None and options.ufm_lambdas is not None:
+        raise UsageError("gamma and ufm_lambdas are alternatives; give one")
+    if options.gamma is not None:
+        return GammaChoice(float(options.gamma), "given")
+    if options.ufm_lambdas is not None:
+        lam_h, lam_w = (float(v) for v in options.ufm_lambdas)
+        if not (lam_h >= 0 and lam_w >= 0):
+            raise UsageError(
+                f"ufm_lambdas = ({lam_h}, {lam_w}), expected lambda_H >= 0 and lambda_W >= 0"
+            )
+        return GammaChoice(lam_h * lam_w, "ufm_lambdas")
+    return None
+
+
+def _predictions(
+    source: FeatureSource, batch: Batch, weight: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
+    """The stored outputs when the source has them, else h @ W^T + b in float64 (B, T)."""
+    if source.has_outputs:
+        assert batch.outputs is not None
+        return np.asarray(batch.outputs, dtype=np.float64)
+    x = batch.features
+    pred = np.empty((x.shape[0], weight.shape[0]))
+    for sl in sub_blocks(x.shape[0], x.shape[1]):  # no (B, D) float64 copy
+        pred[sl] = np.asarray(x[sl], dtype=np.float64) @ weight.T + bias
+    return pred
+
+
+def _count_nonfinite(a: np.ndarray) -> int:
+    return int((~np.isfinite(a).all(axis=1)).sum())
+
+
+def regression_from_source(
+    source: FeatureSource, rows: RowBatches, options: AnalysisOptions
+) -> tuple[MetricSet, int, int, dict[str, Any]]:
+    """Two passes over `rows`, then the metrics.
+
+    Pass 1: `RegressionMoments` without unit rows (counts, means, the centred feature scatter for
+    the PCA, target statistics, RSS). Pass 2, with mu_G, the PCA basis and W's row space fixed:
+    the uncentred and the centred unit rows projected on those few directions
+    (`UnitProjections`), which is all nrc1/nrc2 need.
+    `rows` yields `Batch`es (features, targets, outputs) each time it is iterated and afterwards
+    says in `rows.dropped` how many non-finite feature rows it left out. Predictions are the
+    stored outputs when the source has them, else features @ W^T + b.
+    Returns (metrics, rows used N, rows dropped, extras with "weight" (T, D) and "target_cov"
+    Sigma (T, T), which `apply_run_gamma` needs).
+    """
+    gamma_choice(options)  # conflicting options fail before the passes
+    moments, uncentred, centred = regression_statistics(source, rows)
+    predictions = "outputs" if source.has_outputs else "W h + b"
+    metric_set, extras = regression_from_statistics(
+        moments, uncentred, centred, source.head, predictions, options
+    )
+    return metric_set, moments.n, int(rows.dropped), extras
+
+
+def regression_statistics(
+    source: FeatureSource,
+    rows: RowBatches,
+    combine: Callable[[RegressionMoments], RegressionMoments] | None = None,
+) -> tuple[RegressionMoments, UnitProjections, UnitProjections]:
+    """The two passes of `regression_from_source`: (pass-1 moments, pass-2 uncentred and centred
+    unit projections). `combine`, when given, turns this pass-1 result into the one over every
+    row of a distributed extraction (each process sees its shard) before pass 2 uses it."""
+    weight = np.asarray(source.head.weight, dtype=np.float64)
+    bias = source.head.bias_or_zeros()
+    t, d = weight.shape
+    moments = RegressionMoments.empty(d, t)
+    bad = {"targets": 0, "outputs": 0}
+    # one worker pass over both passes and the plan between them (as `analysis.classification`)
+    with worker_pass():
+        for batch in rows:
+            x = batch.features
+            if not x.shape[0]:
+                continue
+            assert batch.targets is not None
+            targets = np.asarray(batch.targets, dtype=np.float64).reshape(-1, t)
+            pred = _predictions(source, batch, weight, bias)
+            bad["targets"] += _count_nonfinite(targets)
+            if source.has_outputs:
+                bad["outputs"] += _count_nonfinite(pred)
+            parts = map_parts(
+                lambda xs, ys, ps: RegressionMoments.from_batch(xs, ys, ps, unit_rows=False),
+                x,
+                targets,
+                pred,
+            )
+            moments = moments.merge(merged(parts, RegressionMoments.merge))
+        with full_blas(float(d) ** 3):  # the plan's D x D eigendecomposition
+            moments, basis = plan_unit_projections(moments, source, bad, combine)
+        uncentred = centred = UnitProjections.empty(basis)
+        mu_g = moments.feature_mean
+        for batch in rows:
+            x = batch.features
+            if x.shape[0]:
+                pairs = map_parts(lambda xs: UnitProjections.pair_from_batch(xs, basis, mu_g), x)
+                for plain, about_mean in pairs:
+                    uncentred = uncentred.merge(plain)
+                    centred = centred.merge(about_mean)
+    return moments, uncentred, centred
+
+
+def plan_unit_projections(
+    moments: RegressionMoments,
+    source: FeatureSource,
+    bad: dict[str, int],
+    combine: Callable[[RegressionMoments], RegressionMoments] | None = None,
+) -> tuple[RegressionMoments, np.ndarray]:
+    """Between the passes: non-finite targets / outputs refused (`bad`: rows per name), pass 1
+    combined over the processes (when `combine` is given) and checked non-empty, and the (D, m)
+    basis pass 2 projects on. The host passes and the device ones (`analysis.device`) share it."""
+    problems = [
+        f"'{name}' has {count} row(s) with NaN or Inf" for name, count in bad.items() if count
+    ]
+    if problems:
+        raise InputError(
+            "; ".join(problems) + " (only non-finite feature rows can be dropped); fix the data",
+            path=source.path,
+        )
+    if combine is not None:
+        moments = combine(moments)
+    if moments.n == 0:
+        raise InputError("no finite feature rows left to analyse", path=source.path)
+    weight = np.asarray(source.head.weight, dtype=np.float64)
+    return moments, Subspaces.of(moments, weight).joint_basis()
+
+
+def regression_from_statistics(
+    moments: RegressionMoments,
+    uncentred: UnitProjections,
+    centred: UnitProjections,
+    head: Head,
+    predictions: str,
+    options: AnalysisOptions,
+) -> tuple[MetricSet, dict[str, Any]]:
+    """The metrics from the two passes' statistics (gathered here or saved by
+    `extract --stats-only`). predictions: what the RSS compared the targets with ("outputs" or
+    "W h + b"). Returns (metrics, extras for `apply_run_gamma`)."""
+    gamma = gamma_choice(options)
+    weight = np.asarray(head.weight, dtype=np.float64)
+    spaces = Subspaces.of(moments, weight)
+    metric_set = metrics_from_subspaces(moments, spaces, uncentred, centred, head, gamma)
+    metric_set.info["predictions"] = predictions
+    extras: dict[str, Any] = {"weight": weight, "target_cov": moments.target_cov()}
+    return metric_set, extras
+
+
+# the run-level gamma protocol
+
+
+def _set_undefined(result: Result, key: str, reason: str) -> None:
+    result.metrics[key] = math.nan
+    result.info.setdefault("undefined", {})[key] = reason
+    result.warnings.append(f"{key} is undefined: {reason}")
+
+
+def apply_run_gamma(results: list[Result]) -> None:
+    """Hold the final checkpoint's searched gamma fixed for every earlier checkpoint of one run.
+
+    `results`: the regression results of ONE run (one split), sorted by epoch; the last is the
+    final checkpoint. When its gamma was searched, each earlier result whose gamma was searched
+    gets nrc3 = nrc3_at(its W, its Sigma, final gamma), nrc3_gamma = the final gamma,
+    nrc3_gamma_ratio = final gamma / its lambda_min, info "nrc3_gamma_source" = "final_checkpoint"
+    and "nrc3_gamma_from" = the final checkpoint's name; its own search moves to info
+    "nrc3_own_search". No-op for a single result or when gamma was given / from UFM lambdas.
+    """
+    if len(results) < 2:
+        return
+    final = results[-1]
+    if final.info.get("nrc3_gamma_source") != "searched":
+        return
+    g = final.metrics.get("nrc3_gamma", math.nan)
+    name = final.checkpoint if final.checkpoint is not None else final.source
+    earlier = [r for r in results[:-1] if r.info.get("nrc3_gamma_source") == "searched"]
+    if not math.isfinite(g):
+        for r in earlier:
+            r.warnings.append(
+                f"nrc3: the final checkpoint {name} has no gamma; this checkpoint keeps its own"
+            )
+        return
+    for r in earlier:
+        _hold_gamma(r, g, name)
+
+
+def _hold_gamma(r: Result, g: float, name: str) -> None:
+    weight, sigma = r.extras.get("weight"), r.extras.get("target_cov")
+    if weight is None or sigma is None or "nrc3" in r.info.get("undefined", {}):
+        return  # no arrays to recompute from, or nrc3 undefined whatever gamma (T = 1, W = 0)
+    r.info["nrc3_own_search"] = {
+        "nrc3": r.metrics.get("nrc3"),
+        "nrc3_gamma": r.metrics.get("nrc3_gamma"),
+        "on_endpoint": r.info.pop("nrc3_gamma_on_endpoint", None),
+    }
+    r.warnings[:] = [w for w in r.warnings if not w.startswith(ENDPOINT_WARNING)]
+    r.info["nrc3_gamma_source"] = "final_checkpoint"
+    r.info["nrc3_gamma_from"] = name
+    value = nrc3_at(weight, sigma, g)
+    if math.isnan(value):
+        _set_undefined(r, "nrc3", f"A_gamma = Sigma^1/2 - sqrt(gamma) I is zero at gamma = {g:.6g}")
+    else:
+        r.metrics["nrc3"] = value
+    r.metrics["nrc3_gamma"] = g
+    lam_min = float(r.info.get("lambda_min", math.nan))
+    if not r.info.get("sigma_singular", False) and lam_min > 0:
+        r.metrics["nrc3_gamma_ratio"] = g / lam_min
+        if g > lam_min:
+            r.warnings.append(
+                f"nrc3: the final checkpoint's gamma = {g:.6g} exceeds this checkpoint's "
+                f"lambda_min = {lam_min:.6g}"
+            )

@@ -1,0 +1,167 @@
+"""What every command shares: option types and parsers, the error guard, the output writer.
+
+Owns: the choice Enums, `PathsArg`, the parsers of the options several commands take
+(`--metrics`, `RUN=TEXT` labels, `A,B` number pairs), `guarded` (every `NcInspectError` becomes
+one line on stderr and its exit code: 1 bad input, 2 bad usage; 130 interrupted, 143 terminated)
+and `write_output` (stdout, or a file written atomically).
+Never imports torch, h5py or rich at import time, does math, or reads a feature file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from ncinspect.errors import (
+    NcInspectError,
+    OutputError,
+    Terminated,
+    UsageError,
+    check_interrupt,
+)
+
+T = TypeVar("T")
+
+
+class By(str, Enum):
+    """`report --by`: a row per store, a row per run, or each run's checkpoints."""
+
+    checkpoint = "checkpoint"
+    run = "run"
+    epoch = "epoch"
+
+
+class Format(str, Enum):
+    """`--format` of report and compare."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+
+
+class Precision(str, Enum):
+    """`extract --precision`: the autocast dtype of the forward pass."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class TaskChoice(str, Enum):
+    """`extract --task`."""
+
+    auto = "auto"
+    classification = "classification"
+    regression = "regression"
+
+
+class InspectFormat(str, Enum):
+    """`inspect --format`."""
+
+    text = "text"
+    json = "json"
+
+
+class UfmFormat(str, Enum):
+    """`ufm classify|regress --format`."""
+
+    table = "table"
+    json = "json"
+
+
+PathsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Feature stores (.h5), dumps (.npz/.pt/.safetensors) or directories (searched "
+        "recursively).",
+        show_default=False,
+    ),
+]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    # One line, always: a library's multi-line message is joined rather than spilled.
+    message = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"ncinspect: error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run a command body; user errors become one stderr line and an exit code, never a trace."""
+    try:
+        result = fn()
+        check_interrupt()  # one that Python dropped while the work went on to the end
+        return result
+    except NcInspectError as exc:
+        raise fail(str(exc), exc.exit_code) from None
+    except Terminated:
+        raise fail("terminated (SIGTERM)", 143) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+
+
+def parse_metrics(text: str | None) -> list[str] | None:
+    """`--metrics nc1,nc3` -> keys (validated against the catalogue); `all` -> every key."""
+    from ncinspect.metrics.keys import METRICS
+
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return list(METRICS)
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in METRICS]
+    if unknown:
+        raise UsageError(
+            f"--metrics: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(METRICS)}"
+        )
+    return keys
+
+
+def parse_pair(text: str | None, option: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        a, b = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"{option}: expected two numbers like 0.01,0.001, got {text!r}") from None
+    if a < 0 or b < 0:
+        raise UsageError(f"{option}: expected non-negative values, got {text!r}")
+    return a, b
+
+
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    """`--label RUN=TEXT` (repeatable) -> {RUN: TEXT}."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        run, sep, text = item.partition("=")
+        if not sep or not run:
+            raise UsageError(f"--label: expected RUN=TEXT, got {item!r}")
+        out[run] = text
+    return out
+
+
+def write_output(text: str, output: Path | None) -> None:
+    """Print to stdout, or write the file atomically (temporary name, then rename)."""
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    if output.is_dir():
+        raise OutputError("output path is a directory, expected a file name", path=output)
+    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text if text.endswith("\n") else text + "\n")
+        os.replace(tmp, output)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. the parent is a regular file: nothing was created
+            pass
+        raise OutputError(f"cannot write: {exc.strerror}", path=output) from None

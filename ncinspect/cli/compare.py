@@ -1,0 +1,94 @@
+"""`ncinspect compare`: two runs at matched values of one metric (e.g. NC2 at equal NC1).
+
+Owns: the compare command's options and output choice. Never matches or interpolates itself
+(`ncinspect.runs.compare_runs`) or formats a number (`ncinspect.render`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ncinspect.cli.common import Format, guarded, parse_metrics, write_output
+from ncinspect.errors import UsageError
+
+app = typer.Typer()
+
+
+@app.command()
+def compare(
+    run_a: Annotated[
+        Path, typer.Argument(help="A run: a directory of stores (as extract writes).")
+    ],
+    run_b: Annotated[Path, typer.Argument(help="The run to compare with it.")],
+    at: Annotated[str, typer.Option(help="The metric to match the runs at.")] = "nc1",
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric", "-m", help="Comma-separated keys to compare (default: the main ones)."
+        ),
+    ] = None,
+    levels: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated levels of --at (default: 5 inside both runs' range)."),
+    ] = None,
+    n_levels: Annotated[int, typer.Option(help="How many default levels.", min=1)] = 5,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+    plot_dir: Annotated[
+        Path | None, typer.Option("--plot", help="Also draw the matched panel into this directory.")
+    ] = None,
+    width: Annotated[int | None, typer.Option(help="Table width in characters.")] = None,
+) -> None:
+    """Compare two runs at matched values of a metric (e.g. NC2 at equal NC1), and how fast
+    each reaches those levels."""
+
+    def body() -> None:
+        import json
+
+        from ncinspect.api import analyze
+        from ncinspect.render import tables as rep
+        from ncinspect.runs import compare_runs, comparison_json, group_runs
+
+        chosen = parse_metrics(metric)
+        level_values = None
+        if levels is not None:
+            try:
+                level_values = [float(x) for x in levels.split(",") if x.strip()]
+            except ValueError:
+                raise UsageError(
+                    f"--levels: expected numbers like 1,0.1,0.01, got {levels!r}"
+                ) from None
+        pair = []
+        for path in (run_a, run_b):
+            runs = group_runs(analyze([path]))
+            if len(runs) != 1:
+                names = ", ".join(r.name for r in runs)
+                raise UsageError(f"{path}: expected one run, found {len(runs)} ({names})")
+            pair.append(runs[0])
+        if pair[0].name == pair[1].name and run_a.resolve() != run_b.resolve():
+            pair[1].name = str(run_b)
+        comparison = compare_runs(pair[0], pair[1], at, chosen, level_values, n_levels)
+        if plot_dir is not None:
+            from ncinspect.render.plots import plot_matched
+
+            for path in plot_matched(comparison, plot_dir):
+                print(f"wrote {path}", file=sys.stderr)
+        grids = rep.comparison_grids(comparison)
+        if format is Format.table and output is None:
+            rep.print_grids(grids, width=width)
+            return
+        render = {
+            Format.json: lambda: json.dumps(comparison_json(comparison), indent=2, allow_nan=False),
+            Format.csv: lambda: rep.comparison_csv(comparison),
+            Format.markdown: lambda: rep.grids_markdown(grids),
+            Format.table: lambda: rep.grids_text(grids, width or 160),
+        }
+        write_output(render[format](), output)
+
+    guarded(body)

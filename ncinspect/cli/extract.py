@@ -1,0 +1,239 @@
+"""`ncinspect extract`: penultimate features of checkpoints into HDF5 feature stores.
+
+Owns: the extract command's options (turned into one `ExtractConfig`), the progress shown on
+stderr (a rich.progress bar with an ETA on a terminal, one summary line per checkpoint always)
+and the one-line outcome per store on stdout. Never loads a checkpoint or runs a model itself
+(`ncinspect.extraction.run` does); torch and rich are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ncinspect.cli.common import Precision, TaskChoice, guarded
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+app = typer.Typer()
+
+
+class StderrProgress:
+    """Progress per checkpoint on stderr (implements `extraction.config.ProgressHook`).
+
+    On a terminal: a live rich.progress bar (rows done of the total, elapsed time, ETA), removed
+    when the checkpoint ends. Always: one line per checkpoint, `LABEL: ROWS rows in S s`, which
+    is all that reaches stderr when it is not a terminal (a log file, a pipe).
+    """
+
+    def __init__(self) -> None:
+        self.label = ""
+        self.done = 0
+        self.t0 = 0.0
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def start(self, label: str, total: int | None) -> None:
+        self.label, self.done, self.t0 = label, 0, time.perf_counter()
+        if not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        self._task = self._bar.add_task(label, total=total)
+        self._bar.start()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None and self._task is not None:
+            self._bar.advance(self._task, n)
+
+    def finish(self) -> None:
+        seconds = time.perf_counter() - self.t0
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar, self._task = None, None
+        print(f"{self.label}: {self.done} rows in {seconds:.1f} s", file=sys.stderr)
+
+
+@app.command()
+def extract(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Checkpoint files or run directories (every checkpoint in a directory, in "
+            "epoch order; each directory is a run). Formats are detected from content.",
+            exists=True,
+            show_default=False,
+        ),
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="An .npz or .h5 file (inputs x/inputs/data/images, labels or targets "
+            "y/labels/targets), a CIFAR-10/100 python batch folder, or module:factory / "
+            "file.py:factory returning a torch Dataset of (input, label_or_target).",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="package.module:factory or path/to/file.py:factory building the nn.Module. "
+            "Default: 'model'/'model_args' in a run.json, config.json or args.json beside the "
+            "checkpoint. Optional for torch.export programs.",
+        ),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option("--model-arg", help="KEY=VALUE for the model factory (repeatable)."),
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(help="Module name of the head (default: the last matching nn.Linear)."),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split name (default: from the data file's name, else 'train')."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Output: OUT/<run>/<checkpoint file name>.<split>.h5.")
+    ] = Path("features"),
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per batch.", min=1)] = 256,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.", min=0)] = 0,
+    device: Annotated[
+        str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:I or mps.")
+    ] = "auto",
+    precision: Annotated[
+        Precision, typer.Option(help="Autocast precision; features are stored float32.")
+    ] = Precision.fp32,
+    task: Annotated[
+        TaskChoice,
+        typer.Option(help="auto: integer labels -> classification, float targets -> regression."),
+    ] = TaskChoice.auto,
+    limit: Annotated[int | None, typer.Option(help="Use the first N rows only.", min=1)] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing stores (default: skip them).")
+    ] = False,
+    unsafe_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-pickle",
+            help="Allow full unpickling (whole pickled modules). RUNS CODE FROM THE FILE.",
+        ),
+    ] = False,
+    state_key: Annotated[
+        str | None, typer.Option("--state-key", help="Wrapper-dict entry holding the weights.")
+    ] = None,
+    data_keys: Annotated[
+        str | None, typer.Option("--data-keys", help="INPUTS,LABELS: array names in the data.")
+    ] = None,
+    data_arg: Annotated[
+        list[str] | None,
+        typer.Option("--data-arg", help="KEY=VALUE for a data factory (repeatable)."),
+    ] = None,
+    code_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--code-path",
+            help="Directory to make importable and to trust for model code that a run.json / "
+            "config.json beside a checkpoint names (repeatable).",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option(help="Run name (default: the checkpoint's directory name).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    stats_only: Annotated[
+        bool,
+        typer.Option(
+            "--stats-only",
+            help="Keep only the sufficient statistics and the head, not the N x D features "
+            "(two forward passes; report reads the store like any other).",
+        ),
+    ] = False,
+    drop_nonfinite: Annotated[
+        bool,
+        typer.Option(
+            "--drop-nonfinite",
+            help="With --stats-only: leave feature rows with NaN/Inf out of the statistics.",
+        ),
+    ] = False,
+) -> None:
+    """Extract penultimate features (the head's input) of checkpoints into HDF5 feature stores.
+
+    Under torchrun (torchrun --nproc-per-node P -m ncinspect extract ...) each process takes
+    its share of the data and writes NAME.shard-RRRRR-of-PPPPP.h5; report reads the set as one.
+    """
+
+    def body() -> None:
+        from ncinspect.extraction.config import (
+            ExtractConfig,
+            parse_assignments,
+            parse_data_keys,
+        )
+        from ncinspect.extraction.run import run_extract
+
+        config = ExtractConfig(
+            checkpoints=tuple(checkpoints),
+            data=data,
+            model=model,
+            model_args=parse_assignments(model_arg, "--model-arg"),
+            head=head,
+            split=split,
+            out=out,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            precision=precision.value,
+            task=task.value,
+            limit=limit,
+            overwrite=overwrite,
+            unsafe_pickle=unsafe_pickle,
+            state_key=state_key,
+            data_keys=parse_data_keys(data_keys),
+            data_args=parse_assignments(data_arg, "--data-arg"),
+            code_paths=tuple(code_path or ()),
+            run=run,
+            stats_only=stats_only,
+            drop_nonfinite=drop_nonfinite,
+        )
+        outcomes = run_extract(config, None if quiet else StderrProgress())
+        for o in outcomes:
+            if o.rank != 0:
+                continue  # process 0 speaks for a distributed job
+            if o.status == "skipped":
+                note = "skipped (exists; --overwrite replaces it)"
+            else:
+                note = f"{o.n} rows in {o.seconds:.1f} s"
+            if o.shards > 1:
+                note += f" ({o.shards} shards)"
+            print(f"{o.name}  {note}")
+
+    guarded(body)

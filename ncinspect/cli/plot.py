@@ -1,0 +1,66 @@
+"""`ncinspect plot`: metric-vs-epoch panels, NRC3-vs-gamma curves and the matched panel.
+
+Owns: the plot command's options. Never draws itself (`ncinspect.render.plots`, which needs the
+`plot` extra) or computes a metric.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ncinspect.cli.common import PathsArg, guarded, parse_labels, parse_metrics
+from ncinspect.errors import UsageError
+
+app = typer.Typer()
+
+
+@app.command()
+def plot(
+    paths: PathsArg,
+    out: Annotated[Path, typer.Option("--out", help="Directory for the figures.")] = Path("plots"),
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", "-m", help="Comma-separated keys to draw.")
+    ] = None,
+    formats: Annotated[
+        str, typer.Option("--formats", help="Comma-separated: png, svg, pdf.")
+    ] = "png,svg",
+    compare_runs_: Annotated[
+        str | None,
+        typer.Option(
+            "--compare", help="A,B: also draw the matched panel of runs A and B (at --at)."
+        ),
+    ] = None,
+    at: Annotated[str, typer.Option(help="The metric --compare matches at.")] = "nc1",
+    label: Annotated[
+        list[str] | None, typer.Option(help="RUN=TEXT: a legend label (repeatable).")
+    ] = None,
+) -> None:
+    """Draw metric-vs-epoch panels (one line per run), NRC3-vs-gamma for regression runs, and
+    optionally the matched NC2-vs-NC1 panel. Needs the `plot` extra (matplotlib)."""
+
+    def body() -> None:
+        from ncinspect.api import analyze
+        from ncinspect.render.plots import plot_matched, plot_runs
+        from ncinspect.runs import compare_runs, group_runs
+
+        chosen = parse_metrics(metrics)
+        fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+        runs = group_runs(analyze(paths), parse_labels(label))
+        written = plot_runs(runs, out, chosen, fmts)
+        if compare_runs_ is not None:
+            names = compare_runs_.split(",")
+            by_name = {r.name: r for r in runs}
+            missing = [n for n in names if n not in by_name]
+            if len(names) != 2 or missing:
+                raise UsageError(
+                    f"--compare: expected two run names A,B; runs: {', '.join(by_name)}"
+                )
+            comparison = compare_runs(by_name[names[0]], by_name[names[1]], at)
+            written += plot_matched(comparison, out, fmts)
+        for path in written:
+            print(path)
+
+    guarded(body)

@@ -1,0 +1,224 @@
+"""`ncinspect report`: the collapse metrics of stores and dumps, per store, per run or per epoch.
+
+Owns: the report command's options and how its views (`--by checkpoint|run|epoch`) pick a
+renderer. Never computes a metric (`ncinspect.api.analyze`), groups runs itself
+(`ncinspect.runs`) or formats a number (`ncinspect.render.tables`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ncinspect.cli.common import (
+    By,
+    Format,
+    PathsArg,
+    guarded,
+    parse_labels,
+    parse_metrics,
+    parse_pair,
+    write_output,
+)
+from ncinspect.errors import NcInspectError, UsageError
+
+app = typer.Typer()
+
+
+@app.command()
+def report(
+    paths: PathsArg,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            "-m",
+            help="Comma-separated metric keys to show, or 'all'. Default: every key in json/csv, "
+            "the main ones in tables.",
+        ),
+    ] = None,
+    gamma: Annotated[
+        float | None,
+        typer.Option(help="Regression: fix the NRC3 gamma instead of searching it.", min=0.0),
+    ] = None,
+    ufm_lambdas: Annotated[
+        str | None,
+        typer.Option(
+            "--ufm-lambdas",
+            help="LAMBDA_H,LAMBDA_W of the unconstrained feature model: the distance-to-the-UFM-"
+            "optimum block uses them (default: lambda_W = lambda_H = the provenance's "
+            "weight_decay); regression: NRC3 also uses gamma = LAMBDA_H * LAMBDA_W.",
+        ),
+    ] = None,
+    ufm_alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--alpha",
+            help="Classification: label smoothing for the UFM block (default: the provenance's "
+            "label_smoothing, else 0).",
+        ),
+    ] = None,
+    ufm_n: Annotated[
+        float | None,
+        typer.Option(
+            "--ufm-n",
+            help="Classification: training samples per class n for the UFM block (default: the "
+            "provenance's training-set size / K, else N/K of the analysed store).",
+        ),
+    ] = None,
+    no_ufm: Annotated[
+        bool, typer.Option("--no-ufm", help="Leave out the distance-to-the-UFM-optimum block.")
+    ] = False,
+    drop_nonfinite: Annotated[
+        bool,
+        typer.Option(
+            "--drop-nonfinite", help="Compute from the finite rows when features hold NaN/Inf."
+        ),
+    ] = False,
+    chunk_rows: Annotated[
+        int | None,
+        typer.Option(help="Rows read per chunk (default: sized to the store's chunks).", min=1),
+    ] = None,
+    no_saved_sums: Annotated[
+        bool,
+        typer.Option(
+            "--no-saved-sums",
+            help="Compute the class sums from the features (two passes) even where the store "
+            "saved them.",
+        ),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this file (atomically) instead of stdout."),
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(help="Table width in characters (default: the terminal's).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print warnings.")] = False,
+    by: Annotated[
+        By,
+        typer.Option(
+            "--by",
+            help="checkpoint: a row per store; run: a row per run at its final checkpoint; "
+            "epoch: each run's metrics across its checkpoints.",
+        ),
+    ] = By.checkpoint,
+    trajectory: Annotated[
+        bool, typer.Option("--trajectory", help="Same as --by epoch.", show_default=False)
+    ] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="With --by run: add each run's ratio to this run's final values."),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="RUN=TEXT: a label for a run's legend and table (repeatable)."),
+    ] = None,
+) -> None:
+    """Compute the collapse metrics of stores and dumps and print them."""
+
+    def body() -> None:
+        from ncinspect.api import analyze
+        from ncinspect.render import tables as rep
+        from ncinspect.ufm.distance import UfmSettings
+
+        if gamma is not None and ufm_lambdas is not None:
+            raise UsageError("--gamma and --ufm-lambdas are alternatives; give one")
+        selected = parse_metrics(metrics)
+        skipped: list[str] = []
+        lambdas = parse_pair(ufm_lambdas, "--ufm-lambdas")
+        settings = UfmSettings(lambdas=lambdas, alpha=ufm_alpha, n=ufm_n, enabled=not no_ufm)
+        results = analyze(
+            paths,
+            chunk_rows=chunk_rows,
+            drop_nonfinite=drop_nonfinite,
+            gamma=gamma,
+            ufm_lambdas=lambdas,
+            skipped=skipped,
+            ufm=settings,
+            saved_sums=not no_saved_sums,
+        )
+        if not quiet:
+            for line in skipped + rep.warning_lines(results):
+                print(line, file=sys.stderr)
+        if not results:
+            raise NcInspectError("no feature store or dump found in " + ", ".join(map(str, paths)))
+        view = By.epoch if trajectory else by
+        if baseline is not None and view is not By.run:
+            raise UsageError("--baseline needs --by run")
+        if view is not By.checkpoint:
+            _render_runs(
+                results, view, selected, baseline, parse_labels(label), format, output, width
+            )
+            return
+        if format is Format.table and output is None:
+            rep.print_tables(results, selected, width=width)
+            return
+        render: dict[Format, Callable[..., str]] = {
+            Format.json: rep.to_json,
+            Format.csv: rep.to_csv,
+            Format.markdown: rep.to_markdown,
+            Format.table: lambda res, sel: rep.table_text(res, sel, width or 160),
+        }
+        write_output(render[format](results, selected), output)
+
+    guarded(body)
+
+
+def _render_runs(
+    results: list[Any],
+    view: By,
+    selected: list[str] | None,
+    baseline: str | None,
+    labels: dict[str, str],
+    format: Format,
+    output: Path | None,
+    width: int | None,
+) -> None:
+    import json
+
+    from ncinspect.metrics.keys import TABLE_DEFAULT, keys_for
+    from ncinspect.render import tables as rep
+    from ncinspect.runs import group_runs, runs_json, runs_table
+
+    runs = group_runs(results, labels)
+    tasks = {run.task for run in runs}
+
+    def keys(task: str, table: bool) -> list[str]:
+        every = keys_for(task)
+        if selected:
+            return [k for k in every if k in selected]
+        return list(TABLE_DEFAULT[task] if table else every)
+
+    table_like = format in (Format.table, Format.markdown)
+    if view is By.run:
+        chosen = [
+            k
+            for task in ("classification", "regression")
+            if task in tasks
+            for k in keys(task, table_like)
+        ]
+        table = runs_table(runs, chosen, baseline)
+        grids = rep.runs_grids(table)
+        render = {
+            Format.json: lambda: json.dumps(runs_json(table), indent=2, allow_nan=False),
+            Format.csv: lambda: rep.runs_csv(table),
+        }
+    else:
+        by_task = {task: keys(task, table_like) for task in tasks}
+        grids = rep.trajectory_grids(runs, by_task)
+        render = {
+            Format.json: lambda: rep.trajectory_json(runs, by_task),
+            Format.csv: lambda: rep.trajectory_csv(runs, by_task),
+        }
+    render[Format.markdown] = lambda: rep.grids_markdown(grids)
+    render[Format.table] = lambda: rep.grids_text(grids, width or 160)
+    if format is Format.table and output is None:
+        rep.print_grids(grids, width=width)
+    else:
+        write_output(render[format](), output)

@@ -1,0 +1,422 @@
+"""The forward pass: the model over the data, with a hook on the head catching its input.
+
+Owns the probe (`find_head`: the first batch runs with a pre-hook on every Linear-like module,
+the head is chosen among those that ran, and its input must be flat (B, D) features) and ONE
+forward loop (`ForwardPass.run`): per batch, inputs go to the device (non-blocking, from pinned
+memory on CUDA; padded to a torch.export program's static batch), the model runs, a forward
+pre-hook on the head catches its input h (B, D), and the output (B, K or T) is taken from
+whatever the model returns. Its three consumers: `store_items` (checked host blocks for the
+feature store's writer), `ForwardPass.__call__` (`io.sources.Batch`es of numpy arrays, for the
+host statistics passes of --stats-only, through `ForwardSource`) and `on_device` (the same rows
+left on the device, for `analysis.device`). Features and outputs leave as float32; labels are
+checked against the head (`BatchCheck`).
+
+The caller sets eval mode, inference mode and autocast (`device`). Never writes files.
+Axes: N samples, B rows of a batch, D feature dim, K classes, T regression targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ncinspect.errors import DataError, ModelError, NcInspectError
+from ncinspect.extraction.data import DataSource
+from ncinspect.extraction.messages import hint
+from ncinspect.extraction.models import Call, choose_head, head_arrays, head_candidates
+from ncinspect.extraction.writer import as_numpy
+from ncinspect.io.sources import Batch, FeatureSource
+from ncinspect.metrics.head import Head
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from ncinspect.extraction.config import ProgressHook
+    from ncinspect.stats.device import DeviceBatch
+
+Pair = tuple["torch.Tensor", "torch.Tensor"]  # (inputs, labels or targets) of one batch
+
+
+@dataclass
+class HeadProbe:
+    """The first batch's forward pass, which found the head. `stream` yields the batches after
+    it; `features` (B', D) and `outputs` (B', width) are that batch's, on the device, of which
+    the first `rows` are real (B' > rows when padded to a static batch)."""
+
+    stream: Iterator[Pair]
+    rows: int
+    labels: torch.Tensor
+    features: torch.Tensor
+    outputs: torch.Tensor
+    width: int  # the model's output width
+    head_name: str
+    head_module: nn.Module
+    weight: np.ndarray  # (K or T, D) float32
+    bias: np.ndarray | None
+    d: int
+
+    @property
+    def head_width(self) -> int:
+        """K classes or T targets: the head's output width."""
+        return int(self.weight.shape[0])
+
+
+def find_head(
+    data: DataSource,
+    model: nn.Module,
+    device: torch.device,
+    *,
+    batch_size: int,
+    static_batch: int | None,
+    workers: int,
+    cuda: bool,
+    head: str | None,
+    path: Path,
+) -> HeadProbe:
+    """Run the first batch with a pre-hook on every Linear-like module, choose the head among the
+    modules that ran (`--head`, else `models.choose_head`) and check that it ran once, on (B, D)
+    features, with a weight that fits them. DataError when the data yields no rows."""
+    stream = data.batches(batch_size, workers=workers, pin_memory=cuda)
+    first = next(stream, None)
+    if first is None:
+        raise DataError(f"--data {data.spec!r} yielded no rows")
+    xb, yb = first
+    rows = len(xb)
+    xin = xb.to(device, non_blocking=True)
+    if static_batch:
+        xin = _pad(xin, static_batch)
+    out, calls, inputs = _probe(model, xin, path)
+    out_t = _output_tensor(out, path)
+    if out_t.dim() == 1:
+        out_t = out_t.reshape(-1, 1)
+    if out_t.dim() != 2:
+        raise ModelError(
+            f"the model's output has shape {tuple(out_t.shape)}; expected (B, K) logits or "
+            f"(B, T) predictions; {hint(path)}",
+            path=path,
+        )
+    width = int(out_t.shape[1])
+    head_name = choose_head(model, calls, width, head, path)
+    head_module = model.get_submodule(head_name)
+    if len(inputs.get(head_name, [])) != 1:
+        raise ModelError(
+            f"head {head_name!r} ran {len(inputs.get(head_name, []))} times in one forward pass; "
+            f"pass --head NAME for a layer that runs once; {hint(path)}",
+            path=path,
+        )
+    feats = inputs[head_name][0]
+    if feats.dim() != 2:
+        raise ModelError(
+            f"the input of head {head_name!r} has shape {tuple(feats.shape)}; expected (B, D) "
+            f"flat features; {hint(path)}",
+            path=path,
+        )
+    weight, bias = head_arrays(head_module)
+    d = int(feats.shape[1])
+    if weight.shape[1] != d:
+        raise ModelError(
+            f"head {head_name!r} has weight {weight.shape} but receives {d} features; {hint(path)}",
+            path=path,
+        )
+    return HeadProbe(stream, rows, yb, feats, out_t, width, head_name, head_module, weight, bias, d)
+
+
+@dataclass
+class ForwardPass:
+    """The model over the (shard of the) data with a pre-hook on the head: extraction's one
+    forward loop (`run`) and its consumers. A pass over the whole data (`__call__`,
+    `on_device`) is re-runnable; `rows` counts the rows of the latest complete one."""
+
+    data: DataSource
+    workers: int
+    model: nn.Module
+    device: torch.device
+    batch_size: int
+    static_batch: int | None
+    head: str
+    head_module: nn.Module
+    check: BatchCheck
+    cuda: bool
+    checkpoint: Path
+    progress: ProgressHook | None
+    rows: int = 0
+
+    def run(
+        self, stream: Iterable[Pair]
+    ) -> Generator[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor], None, None]:
+        """Per batch of `stream`: the head's input (B', D) and the model's output (B', K or T) on
+        the device (B' >= B when padded to a static batch), the batch's B real rows, and its
+        labels or targets as loaded. Progress advances once the consumer has taken a batch."""
+        captured: list[torch.Tensor] = []
+
+        def grab(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            captured.append(args[0])
+
+        handle = self.head_module.register_forward_pre_hook(grab)
+        try:
+            for xb, yb in stream:
+                rows = len(xb)
+                xin = xb.to(self.device, non_blocking=True)
+                if self.static_batch:
+                    xin = _pad(xin, self.static_batch)
+                captured.clear()
+                out_t = _output_tensor(
+                    _run_model(self.model, xin, self.checkpoint), self.checkpoint
+                )
+                if len(captured) != 1:
+                    raise ModelError(
+                        f"head {self.head!r} ran {len(captured)} times in one forward pass",
+                        path=self.checkpoint,
+                    )
+                yield captured[0], out_t.reshape(len(out_t), -1), rows, yb
+                if self.progress is not None:
+                    self.progress.advance(rows)
+        finally:
+            handle.remove()
+
+    def store_items(
+        self, stream: Iterable[Pair], with_outputs: bool
+    ) -> Generator[dict[str, Any], None, None]:
+        """The feature store writer's blocks for each batch of `stream` (see `host_blocks`), with
+        labels or targets checked (`BatchCheck.item`)."""
+        with contextlib.closing(self.run(stream)) as batches:
+            for feats, out, rows, yb in batches:
+                yield self.check.item(host_blocks(feats, out, rows, self.cuda), yb, with_outputs)
+
+    def __call__(self, outputs: bool) -> Iterator[Batch]:
+        """One pass over the data: `Batch`es of float32 features, labels or targets and float32
+        outputs, exactly the rows a feature store would hold."""
+        self.check.row = 0
+        seen = 0
+        with contextlib.closing(self.run(self._stream())) as batches:
+            for feats, out, rows, yb in batches:
+                item = self.check.item(host_blocks(feats, out, rows, self.cuda), yb, outputs)
+                event = item.pop("event", None)
+                if event is not None:
+                    event.synchronize()
+                seen += rows
+                features = as_numpy(item["features"])
+                assert features is not None
+                yield Batch(
+                    features=features,
+                    labels=as_numpy(item.get("labels")),
+                    targets=as_numpy(item.get("targets")),
+                    outputs=as_numpy(item.get("outputs")),
+                )
+        self._finish(seen)
+
+    def on_device(self, outputs: bool) -> Iterator[DeviceBatch]:
+        """One pass whose batches stay on the device (for `analysis.device`)."""
+        self.check.row = 0
+        seen = 0
+        with contextlib.closing(self.run(self._stream())) as batches:
+            for feats, out, rows, yb in batches:
+                seen += rows
+                yield self._device_batch(feats, out, rows, yb, outputs)
+        self._finish(seen)
+
+    def _stream(self) -> Iterator[Pair]:
+        return self.data.batches(self.batch_size, workers=self.workers, pin_memory=self.cuda)
+
+    def _finish(self, seen: int) -> None:
+        if seen == 0:
+            raise DataError(f"--data {self.data.spec!r} yielded no rows")
+        self.rows = seen
+
+    def _device_batch(
+        self, feats: torch.Tensor, out: torch.Tensor, rows: int, yb: torch.Tensor, outputs: bool
+    ) -> DeviceBatch:
+        """The batch's rows as float32 tensors on the device (labels/targets checked on the
+        host, where the loader left them, then sent over)."""
+        from ncinspect.stats.device import DeviceBatch
+
+        blocks = {
+            "features": feats[:rows].detach().float(),
+            "outputs": out[:rows].detach().float(),
+        }
+        item = self.check.item(blocks, yb, outputs)
+
+        def sent(key: str) -> torch.Tensor | None:
+            value = item.get(key)
+            return None if value is None else value.to(self.device, non_blocking=True)
+
+        return DeviceBatch(
+            features=item["features"],
+            labels=sent("labels"),
+            targets=sent("targets"),
+            outputs=item.get("outputs"),
+        )
+
+
+class ForwardSource(FeatureSource):
+    """A `FeatureSource` whose rows are computed by the model each time they are read (the
+    statistics passes of --stats-only). `n` is the expected row count (0 when unknown)."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        task: Literal["classification", "regression"],
+        n: int,
+        d: int,
+        head: Head,
+        has_outputs: bool,
+        forward: ForwardPass,
+    ) -> None:
+        super().__init__(
+            path=path, task=task, n=n, d=d, head=head, has_outputs=has_outputs, origin="forward"
+        )
+        self._forward = forward
+
+    def batches(
+        self, rows: int | None = None, *, outputs: bool = True, reuse: bool = False
+    ) -> Iterator[Batch]:
+        """Every row once, in the extraction's batches (`rows` and `reuse` do not apply)."""
+        return self._forward(outputs and self.has_outputs)
+
+
+def host_blocks(feats: torch.Tensor, out: torch.Tensor, rows: int, cuda: bool) -> dict[str, Any]:
+    """Features (B, D) and outputs as float32 CPU tensors (pinned, copied asynchronously on
+    CUDA with an event for the writer to wait on)."""
+    import torch
+
+    feats = feats[:rows].detach()
+    out = out[:rows].detach()
+    if not cuda:
+        return {"features": feats.float(), "outputs": out.float()}
+    f_host = torch.empty(feats.shape, dtype=torch.float32, pin_memory=True)
+    o_host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+    f_host.copy_(feats, non_blocking=True)
+    o_host.copy_(out, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return {"features": f_host, "outputs": o_host, "event": event}
+
+
+@dataclass
+class BatchCheck:
+    """Validates each batch's labels/targets against the head and shapes the store blocks."""
+
+    data: DataSource
+    task: Literal["classification", "regression"]
+    width: int
+    head: str
+    row: int = 0
+
+    def item(self, blocks: dict[str, Any], yb: torch.Tensor, with_outputs: bool) -> dict[str, Any]:
+        import torch
+
+        rows = len(blocks["features"])
+        if len(yb) != rows:
+            raise DataError(
+                f"--data {self.data.spec!r}: a batch has {rows} inputs but {len(yb)} labels"
+            )
+        item = dict(blocks)
+        if not with_outputs:
+            item.pop("outputs", None)
+        if self.task == "classification":
+            if yb.is_floating_point():
+                raise DataError(
+                    f"--data {self.data.spec!r}: labels are floating point but the task is "
+                    "classification; pass --task regression for float targets"
+                )
+            labels = yb.reshape(-1).to("cpu", dtype=torch.int64)
+            if labels.numel() != rows:
+                raise DataError(
+                    f"--data {self.data.spec!r}: labels have shape {tuple(yb.shape)}, expected "
+                    f"({rows},) class indices"
+                )
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= self.width:
+                bad = lo if lo < 0 else hi
+                raise DataError(
+                    f"--data {self.data.spec!r}: label {bad} near row {self.row} is outside "
+                    f"[0, {self.width - 1}]: head {self.head!r} has K = {self.width} outputs"
+                )
+            item["labels"] = labels
+        else:
+            targets = yb.to("cpu").reshape(rows, -1).float()
+            if targets.shape[1] != self.width:
+                raise DataError(
+                    f"--data {self.data.spec!r}: targets have {targets.shape[1]} columns but head "
+                    f"{self.head!r} has T = {self.width} outputs"
+                )
+            item["targets"] = targets
+        self.row += rows
+        return item
+
+
+def _output_tensor(out: Any, path: Path) -> torch.Tensor:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        for key in ("logits", "out", "output", "outputs", "pred", "preds"):
+            if isinstance(out.get(key), torch.Tensor):
+                return out[key]
+        out = list(out.values())
+    if isinstance(out, list | tuple):
+        for item in out:
+            if isinstance(item, torch.Tensor):
+                return item
+    raise ModelError(
+        f"the model returned a {type(out).__name__}; expected a tensor of outputs (or a "
+        "tuple/dict holding one)",
+        path=path,
+    )
+
+
+def _run_model(model: nn.Module, xb: torch.Tensor, path: Path) -> Any:
+    try:
+        return model(xb)
+    except NcInspectError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(
+            f"forward pass failed on inputs of shape {tuple(xb.shape)} dtype "
+            f"{str(xb.dtype).replace('torch.', '')}: {type(exc).__name__}: {first[:300]}; check "
+            f"--model / --data; {hint(path)}",
+            path=path,
+        ) from None
+
+
+def _probe(
+    model: nn.Module, xb: torch.Tensor, path: Path
+) -> tuple[Any, list[Call], dict[str, list[torch.Tensor]]]:
+    """Run one batch with a pre-hook on every Linear-like module; record the call order."""
+    calls: list[Call] = []
+    inputs: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    try:
+        for name, module in head_candidates(model):
+
+            def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+                x = args[0] if args else None
+                width = int(mod.weight.shape[0])  # type: ignore[index]
+                shape = tuple(x.shape) if x is not None and hasattr(x, "shape") else ()
+                calls.append(Call(name, len(calls), width, shape))
+                if x is not None:
+                    inputs.setdefault(name, []).append(x)
+
+            handles.append(module.register_forward_pre_hook(hook))
+        out = _run_model(model, xb, path)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, calls, inputs
+
+
+def _pad(xb: torch.Tensor, size: int) -> torch.Tensor:
+    import torch
+
+    if len(xb) == size:
+        return xb
+    filler = xb[-1:].expand(size - len(xb), *xb.shape[1:])
+    return torch.cat([xb, filler])

@@ -1,0 +1,283 @@
+"""The plan of an extraction: which stores to write, and which to skip because they exist.
+
+Owns the jobs (`plan_jobs`: checkpoints in run and epoch order, each with its store path
+`out/<run>/<checkpoint file name>.<split>.h5`), resuming (`skip_rows`: a complete copy of a store,
+the whole file or a complete shard set of any size, is skipped unless --overwrite; one made for
+another request, `request_attrs`, is an error rather than a silent skip) and the removal of
+copies a newly completed store supersedes (`remove_superseded`).
+
+Opens existing stores only to read their row counts and attributes, and deletes superseded
+ones; never writes a store and never runs a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ncinspect.errors import CheckpointError, NcInspectError, OutputError, UsageError
+from ncinspect.extraction.checkpoint import list_checkpoints
+from ncinspect.extraction.messages import hint
+
+if TYPE_CHECKING:
+    from ncinspect.extraction.config import ExtractConfig
+    from ncinspect.extraction.data import DataSource
+    from ncinspect.extraction.distributed import Distributed
+    from ncinspect.io.sources import FeatureSource
+
+
+@dataclass(frozen=True)
+class Job:
+    """One checkpoint to extract, its run, and the store it writes."""
+
+    checkpoint: Path
+    run: str
+    store: Path
+
+
+def plan_jobs(config: ExtractConfig, split: str) -> list[Job]:
+    """Checkpoints in run and epoch order with their store paths:
+    `out/<run>/<checkpoint file name>.<split>.h5`."""
+    dirs = [p for p in config.checkpoints if p.is_dir()]
+    if config.run is not None and len(dirs) > 1:
+        raise UsageError(
+            f"--run names one run, but {len(dirs)} directories were given (each is a run)"
+        )
+    jobs: list[Job] = []
+    for path in config.checkpoints:
+        if not path.exists():
+            raise CheckpointError("no such file or directory", path=path)
+        if path.is_dir():
+            found = list_checkpoints(path)
+            if not found:
+                raise CheckpointError(
+                    "directory holds no checkpoint (.safetensors, torch.save, TorchScript or "
+                    f"torch.export files); {hint(path)}",
+                    path=path,
+                )
+            run = config.run or path.resolve().name
+        else:
+            found = [path]
+            run = config.run or path.resolve().parent.name
+        for ckpt in found:
+            jobs.append(Job(ckpt, run, config.out / run / f"{ckpt.name}.{split}.h5"))
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        other = seen.get(job.store)
+        if other is not None and other.resolve() != job.checkpoint.resolve():
+            raise UsageError(
+                f"{other} and {job.checkpoint} would both write {job.store}; give them "
+                "different runs (--run) or extract them separately"
+            )
+        seen[job.store] = job.checkpoint
+    unique: dict[Path, Job] = {}
+    for job in jobs:
+        unique.setdefault(job.store, job)
+    return list(unique.values())
+
+
+# Store attributes that say which rows a store holds: a complete store is reused only when the
+# request matches them (an absent attribute reads as None; content as "features").
+_REQUEST_KEYS = ("content", "split", "limit", "data", "data_kind", "data_keys", "data_args",
+                 "data_rows", "data_files")  # fmt: skip
+
+
+def request_attrs(config: ExtractConfig, data: DataSource) -> dict[str, Any]:
+    """What this extraction would record under `_REQUEST_KEYS`."""
+    wanted = {
+        **data.provenance,
+        "content": "statistics" if config.stats_only else "features",
+        "split": data.split,
+        "limit": config.limit,
+    }
+    return {key: wanted.get(key) for key in _REQUEST_KEYS}
+
+
+def _other_request(store: Path, request: dict[str, Any]) -> str | None:
+    """Why the complete copy of `store` (file or shard set) does not hold what `request` asks
+    for, or None when it does (or when there is no readable copy)."""
+    from ncinspect.io.store.reader import open_store
+    from ncinspect.io.store.shards import open_shard_set, shard_paths
+
+    src: FeatureSource
+    try:
+        if store.exists():
+            src = open_store(store)
+        else:
+            complete = [p for p in _shard_sets(store) if _set_rows(p) is not None]
+            if not complete:
+                return None
+            src = open_shard_set(shard_paths(complete[0][0]))
+    except NcInspectError:
+        return None
+    try:
+        meta = src.meta
+    finally:
+        src.close()
+    recorded = {**(meta.get("provenance") or {}), **meta}  # extraction details sit in provenance
+    found = {key: recorded.get(key) for key in _REQUEST_KEYS}
+    found["content"] = found["content"] or "features"
+    diffs = [
+        f"{key} {_shown(found[key])} (now {_shown(request[key])})"
+        for key in _REQUEST_KEYS
+        if _plain(found[key]) != _plain(request[key])
+    ]
+    if not diffs:
+        return None
+    return (
+        f"exists but was extracted for another request: {'; '.join(diffs)}; pass --overwrite to "
+        "replace it, or choose another --out"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Attribute values as comparable JSON (tuples and arrays as lists)."""
+    import json
+
+    return json.loads(
+        json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    )
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else repr(_plain(value))
+
+
+def skip_rows(
+    job: Job,
+    target: Path,
+    config: ExtractConfig,
+    dist: Distributed | None,
+    request: dict[str, Any] | None = None,
+) -> int | None:
+    """Rows of the complete copy that makes this job a skip, or None to extract. Every process
+    of a distributed job reaches the same decision: skip when a complete copy exists (the whole
+    file, or a complete shard set of any size) or when every process finds its shard of one set.
+    A complete copy made for another request (`request_attrs`: other data, split, --limit or
+    content) is an OutputError, in every process alike, rather than a silent skip.
+    """
+    if config.overwrite:
+        if dist is not None:
+            dist.gather(None)  # keep the processes in step
+        return None
+    if dist is None:
+        found = _complete_rows_any(job.store)
+        problem = None if found is None or request is None else _other_request(job.store, request)
+        if problem is not None:
+            raise OutputError(problem, path=job.store)
+        return found
+    # Each process looks at what it can see (nodes may not share a file system).
+    mine = _complete_rows_any(job.store)
+    problem = None if mine is None or request is None else _other_request(job.store, request)
+    seen = dist.gather((_shard_id(target, dist.world), mine, problem))
+    problems = [p for _, _, p in seen if p is not None]
+    if problems:
+        raise OutputError(problems[0], path=job.store)
+    rows = [r for _, r, _ in seen if r is not None]
+    if rows:
+        return rows[0]
+    ids = {i for i, _, _ in seen}
+    if len(ids) == 1 and None not in ids:
+        from ncinspect.io.store.reader import open_store
+
+        src = open_store(target)
+        try:
+            return int(src.meta.get("total_rows", src.n))
+        finally:
+            src.close()
+    return None
+
+
+def _complete_rows_any(store: Path) -> int | None:
+    """Rows of a complete copy of `store` (the file itself or a complete shard set of it); None
+    when there is none. OutputError when the file exists but is not a complete store."""
+    if store.exists():
+        return _complete_rows(store)
+    for paths in _shard_sets(store):
+        if _set_rows(paths) is not None:
+            return _set_rows(paths)
+    return None
+
+
+def _complete_rows(path: Path) -> int:
+    """Rows of an existing store; OutputError when the file is not a complete store."""
+    from ncinspect.io.store.reader import open_store
+
+    if path.is_dir():
+        raise OutputError("output path is a directory, expected a store file name", path=path)
+    try:
+        src = open_store(path)
+    except NcInspectError as exc:
+        raise OutputError(
+            f"exists but is not a complete feature store ({exc.message}); pass --overwrite to "
+            "replace it",
+            path=path,
+        ) from None
+    try:
+        return src.n
+    finally:
+        src.close()
+
+
+def _shard_sets(store: Path) -> list[list[Path]]:
+    """The shard files of `store` found beside it, grouped by set (any count, complete or not)."""
+    from ncinspect.io.store.shards import shard_key
+
+    try:
+        entries = sorted(store.parent.iterdir())
+    except OSError:
+        return []
+    sets: dict[int, list[Path]] = {}
+    for p in entries:
+        key = shard_key(p)
+        if key is not None and key[1] == store.stem and key[3] == store.suffix:
+            sets.setdefault(key[2], []).append(p)
+    return list(sets.values())
+
+
+def _set_rows(paths: list[Path]) -> int | None:
+    """Rows of a complete, consistent shard set (any of its files given); None otherwise."""
+    from ncinspect.io.store.shards import open_shard_set, shard_paths
+
+    try:
+        src = open_shard_set(shard_paths(paths[0]))
+    except NcInspectError:
+        return None
+    try:
+        return src.n
+    finally:
+        src.close()
+
+
+def _shard_id(path: Path, world: int) -> str | None:
+    """The extraction id of an existing complete shard file of a `world`-process set."""
+    from ncinspect.io.store.reader import open_store
+
+    if not path.exists():
+        return None
+    try:
+        src = open_store(path)
+    except NcInspectError:
+        return None
+    try:
+        ok = src.meta.get("shard_count") == world
+        value = src.meta.get("extraction_id")
+        return str(value) if ok and value is not None else None
+    finally:
+        src.close()
+
+
+def remove_superseded(store: Path, keep: Path) -> None:
+    """After `keep` (the store, or any shard of the new set) is complete: remove the other copies
+    of `store` (the whole file, shard sets of other sizes); they are stale or were replaced."""
+    from ncinspect.io.store.shards import shard_key
+
+    new = shard_key(keep)
+    victims = [] if new is None else ([store] if store.exists() else [])
+    for paths in _shard_sets(store):
+        victims += [p for p in paths if new is None or shard_key(p) != new]
+    for p in victims:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()

@@ -1,0 +1,155 @@
+"""Stats-only stores: saved statistics in place of rows (`extract --stats-only`).
+
+Owns: `StatsSource` (a source that holds statistics, not rows; `batches` refuses) and reading the
+`/stats` records, the head and the attributes of a stats-only store into `SavedStatistics`. The
+records come back as plain `StatRecord`s: turning them into accumulators and metrics is the
+analysis's job. Never writes a file and never computes statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ncinspect.errors import StoreError
+from ncinspect.io.sources import STAT_SCOPES, Batch, FeatureSource, SavedStatistics, StatRecord
+from ncinspect.io.store.checks import check_claimed_sizes, dataset, dataset_names
+from ncinspect.io.store.layout import plain, source_meta
+from ncinspect.metrics.head import Head
+
+
+class StatsSource(FeatureSource):
+    """A source holding saved statistics instead of rows: a stats-only store or a set of them.
+
+    Nothing stays open. `batches` refuses: there are no rows to read.
+    """
+
+    def _read(
+        self,
+        start: int,
+        stop: int,
+        outputs: bool = True,
+        scratch: dict[str, np.ndarray] | None = None,
+    ) -> Batch:
+        raise StoreError(
+            "holds saved statistics only (written by extract --stats-only), no feature rows; "
+            "the metrics come from the statistics (ncinspect report), rows need a feature store",
+            path=self.path,
+        )
+
+
+def _int_attr(attrs: dict[str, Any], name: str, p: str, minimum: int = 0) -> int:
+    value = attrs.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StoreError(
+            f"attribute '{name}' is {value!r}, expected an integer >= {minimum}", path=p
+        )
+    return value
+
+
+def _head_of(f: h5py.File, p: str) -> Head:
+    weight = dataset(f, p, "head/weight", True)
+    bias = dataset(f, p, "head/bias", False)
+    check_claimed_sizes(p, {"head/weight": weight, "head/bias": bias}, StoreError)
+    if len(weight.shape) != 2 or 0 in weight.shape:
+        raise StoreError(
+            f"'head/weight' has shape {tuple(weight.shape)}, expected 2-D (K or T, D)", path=p
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise StoreError(
+            f"'head/bias' has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)", path=p
+        )
+    return Head(
+        np.asarray(weight[()], dtype=np.float64),
+        None if bias is None else np.asarray(bias[()], dtype=np.float64),
+    )
+
+
+def _read_record(g: h5py.Group, name: str, p: str) -> StatRecord:
+    where = f"stats/{name}"
+    if not isinstance(g, h5py.Group):
+        raise StoreError(f"'{where}' is a dataset, expected a group (one accumulator)", path=p)
+    attrs = {k: plain(v) for k, v in g.attrs.items()}
+    kind, scope = attrs.pop("type", None), attrs.pop("scope", None)
+    if not isinstance(kind, str) or scope not in STAT_SCOPES:
+        raise StoreError(
+            f"group '{where}' has attributes type={kind!r}, scope={scope!r}; expected a class "
+            f"name and one of {', '.join(STAT_SCOPES)}",
+            path=p,
+        )
+    try:
+        nones = json.loads(attrs.pop("none_fields", "[]"))
+    except (TypeError, json.JSONDecodeError):
+        nones = None
+    if not isinstance(nones, list):
+        raise StoreError(f"attribute '{where}/none_fields' is not a JSON list", path=p)
+    fields: dict[str, Any] = {str(k): None for k in nones}
+    fields.update(attrs)
+    datasets = {key: g[key] for key in g}
+    for key, ds in datasets.items():
+        if not isinstance(ds, h5py.Dataset):
+            raise StoreError(f"'{where}/{key}' is a group, expected a dataset", path=p)
+    check_claimed_sizes(p, {f"{where}/{k}": ds for k, ds in datasets.items()}, StoreError)
+    for key, ds in datasets.items():
+        try:
+            fields[key] = np.asarray(ds[()])
+        except OSError as exc:
+            raise StoreError(f"reading '{where}/{key}' failed: {exc}", path=p) from exc
+    return StatRecord(kind=kind, scope=scope, fields=fields)
+
+
+def open_statistics(f: h5py.File, p: str, attrs: dict[str, Any]) -> StatsSource:
+    """A stats-only store: head, attributes and the /stats records (read whole; file closed)."""
+    try:
+        task = attrs.get("task")
+        if task not in ("classification", "regression"):
+            raise StoreError(
+                f"attribute 'task' is {task!r}, expected 'classification' or 'regression'", path=p
+            )
+        n = _int_attr(attrs, "n", p, 1)
+        d = _int_attr(attrs, "d", p, 1)
+        head = _head_of(f, p)
+        if head.weight.shape[1] != d:
+            raise StoreError(
+                f"'head/weight' has shape {head.weight.shape}, expected ({head.width}, {d}) for "
+                f"attribute d = {d}",
+                path=p,
+            )
+        group = f.get("stats")
+        if not isinstance(group, h5py.Group):
+            found = sorted(dataset_names(f))
+            raise StoreError(
+                "attribute 'content' is 'statistics' but group 'stats' is missing; found "
+                f"datasets {found or 'none'}",
+                path=p,
+            )
+        try:
+            parts = {name: _read_record(group[name], name, p) for name in group}
+            group_attrs = {k: plain(v) for k, v in group.attrs.items()}
+        except (KeyError, OSError, RuntimeError, TypeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise StoreError(
+                f"group 'stats' cannot be read ({type(exc).__name__}: {first}); a damaged file, "
+                "re-create it",
+                path=p,
+            ) from None
+        rows = group_attrs.pop("rows", None)
+        if rows != n:
+            raise StoreError(f"attribute 'stats/rows' is {rows!r}, expected n = {n}", path=p)
+        saved = SavedStatistics(path=p, rows=n, parts=parts, attrs=group_attrs)
+        return StatsSource(
+            path=p,
+            task=task,
+            n=n,
+            d=d,
+            head=head,
+            has_outputs=False,
+            meta=source_meta(attrs),
+            origin="store",
+            statistics=(saved,),
+        )
+    finally:
+        f.close()

@@ -1,0 +1,467 @@
+"""How far a trained network is from the UFM optimum of its own regularization.
+
+Owns: `UfmSettings` (the parameters a user gives), `ufm_distance` (the `ufm` block of a
+`Result`: the penalties from the settings or the provenance's weight decay, the label smoothing,
+the samples per class), and its two bodies: `classify_distance` (head and class-mean geometry
+against the classification optimum) and `regress_distance` (W W^T against the regression
+optimum), with `ce_hessian_condition` for the cross-entropy Hessian's condition number.
+Pure functions of a `Result`'s statistics (class means (K, D), counts (K,), weight (K or T, D),
+bias, target covariance (T, T)) and its provenance.
+Never: reads checkpoints or stores, solves numerically, or formats rows (`ncinspect.render.ufm`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ncinspect.errors import UsageError
+from ncinspect.provenance import PER_CLASS_KEYS, TRAIN_SIZE_KEYS, find_sized
+from ncinspect.ufm.classify import classify_formula
+from ncinspect.ufm.regress import check_cov, regress_closed_form
+
+if TYPE_CHECKING:
+    from ncinspect.metrics.results import Result
+
+
+UFM_CAVEAT = (
+    "weight decay on a deep network only approximates the UFM penalties: the features are not "
+    "free parameters, so the UFM optimum is a reference point, not a prediction; absolute "
+    "scales depend on how weight decay maps to lambda_H and lambda_W"
+)
+"""Printed under every distance block and stored in its JSON (`caveat`)."""
+
+
+WEIGHT_DECAY_MAPPING = "lambda_W = lambda_H = weight_decay"
+"""How a run's weight decay becomes the UFM penalties when `--ufm-lambdas` is not given (the
+convention of Zhu et al. 2021's experiments). PyTorch's weight_decay wd adds (wd/2)||theta||^2
+to the loss, which is exactly the UFM's (lambda_W/2)||W||_F^2 for the head; no such identity
+exists for the features, which a deep network does not penalize directly."""
+
+
+@dataclass(frozen=True)
+class UfmSettings:
+    """What the distance-to-the-UFM-optimum block uses where the store's provenance is silent.
+
+    `lambdas`: (lambda_H, lambda_W), overriding the provenance's weight decay; `alpha`: label
+    smoothing (classification), overriding the provenance's `label_smoothing`; `n`: samples per
+    class of the training set (classification; the UFM's n), overriding the provenance's
+    training-set size and the analysed store's N/K; `enabled` False: no block at all.
+    """
+
+    lambdas: tuple[float, float] | None = None
+    alpha: float | None = None
+    n: float | None = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lambdas is not None:
+            lam_h, lam_w = (float(v) for v in self.lambdas)
+            if not (math.isfinite(lam_h) and math.isfinite(lam_w) and lam_h >= 0 and lam_w >= 0):
+                raise UsageError(
+                    f"--ufm-lambdas: found {self.lambdas!r}; expected LAMBDA_H,LAMBDA_W, both "
+                    "finite and >= 0"
+                )
+        if self.alpha is not None and not (0.0 <= float(self.alpha) <= 1.0):
+            raise UsageError(f"--alpha: found {self.alpha}; expected a label smoothing in [0, 1]")
+        if self.n is not None and not (math.isfinite(float(self.n)) and float(self.n) > 0):
+            raise UsageError(f"--ufm-n: found {self.n}; expected samples per class > 0")
+
+
+def check_settings(tasks: Sequence[str], settings: UfmSettings) -> None:
+    """UsageError when a classification-only setting is given but no result can use it."""
+    if "classification" in tasks:
+        return
+    given = [
+        name for name, v in (("--alpha", settings.alpha), ("--ufm-n", settings.n)) if v is not None
+    ]
+    if given and tasks:
+        raise UsageError(
+            f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to "
+            "classification stores only (label smoothing and samples per class of the "
+            "classification UFM); the report holds regression stores only"
+        )
+
+
+def _provenance_labels(result: Result) -> dict[str, Any]:
+    from ncinspect.provenance import labels_from_config
+
+    prov = result.extras.get("meta", {}).get("provenance")
+    return labels_from_config(prov) if isinstance(prov, dict) else {}
+
+
+def _resolve(result: Result, settings: UfmSettings) -> dict[str, Any] | None:
+    """The UFM parameters for one result and where each came from; None when unknown."""
+    labels = _provenance_labels(result)
+    sources: dict[str, str] = {}
+    if settings.lambdas is not None:
+        lam_h, lam_w = (float(v) for v in settings.lambdas)
+        sources["lambdas"] = "--ufm-lambdas (given)"
+    elif labels.get("weight_decay") is not None:
+        wd = float(labels["weight_decay"])
+        if wd < 0:
+            return None
+        lam_h = lam_w = wd
+        sources["lambdas"] = f"provenance weight_decay = {wd:g}, mapped as {WEIGHT_DECAY_MAPPING}"
+    else:
+        return None
+    params: dict[str, Any] = {"lambda_h": lam_h, "lambda_w": lam_w}
+    if result.task == "regression":
+        return {"params": params, "sources": sources}
+    if settings.alpha is not None:
+        params["alpha"] = float(settings.alpha)
+        sources["alpha"] = "--alpha (given)"
+    elif labels.get("label_smoothing") is not None:
+        params["alpha"] = float(labels["label_smoothing"])
+        sources["alpha"] = "provenance label_smoothing"
+    else:
+        params["alpha"] = 0.0
+        sources["alpha"] = "assumed 0 (no label_smoothing in the provenance)"
+    k = int(result.k or 0)
+    prov = result.extras.get("meta", {}).get("provenance")
+    per_class = find_sized(prov, PER_CLASS_KEYS)
+    where = prov.get("n_train_source") if isinstance(prov, dict) else None
+    origin = f" (from {where})" if isinstance(where, str) and where else ""
+    total = find_sized(prov, TRAIN_SIZE_KEYS)
+    if settings.n is not None:
+        params["n"] = float(settings.n)
+        sources["n"] = "--ufm-n (given)"
+    elif per_class is not None:
+        params["n"] = per_class[1]
+        sources["n"] = f"provenance {per_class[0]} = {per_class[1]:g}{origin}"
+    elif total is not None and k:
+        params["n"] = total[1] / k
+        sources["n"] = f"provenance {total[0]} = {total[1]:g} / K{origin}"
+    else:
+        params["n"] = result.n / k if k else math.nan
+        sources["n"] = (
+            f"N/K of the analysed store ({result.n}/{k}); the UFM's n is the training set's "
+            "samples per class: give --ufm-n"
+        )
+    params["k"] = k
+    return {"params": params, "sources": sources}
+
+
+def ufm_distance(result: Result, settings: UfmSettings | None = None) -> dict[str, Any] | None:
+    """How far one analysed checkpoint is from the UFM optimum of its regularization.
+
+    The penalties come from `settings.lambdas`, else the provenance's weight decay (mapped as
+    WEIGHT_DECAY_MAPPING); None (no block) when neither is known, when `settings.enabled` is
+    False, or when the result lacks the statistics (`Result.extras` "weight" and "class_means"
+    or "target_cov"). See `classify_distance` / `regress_distance` for the content; the block
+    adds "task", "params", "sources" (where each parameter came from) and "caveat".
+    """
+    settings = settings or UfmSettings()
+    if not settings.enabled:
+        return None
+    resolved = _resolve(result, settings)
+    if resolved is None:
+        return None
+    params, sources = resolved["params"], resolved["sources"]
+    ex = result.extras
+    if result.task == "classification":
+        if ex.get("class_means") is None or ex.get("weight") is None:
+            return None
+        body = classify_distance(
+            ex["weight"],
+            ex.get("bias"),
+            ex["class_means"],
+            ex["counts"],
+            lambda_w=params["lambda_w"],
+            lambda_h=params["lambda_h"],
+            alpha=params["alpha"],
+            n=params["n"],
+            within_ss=ex.get("within_ss"),
+        )
+    else:
+        if ex.get("target_cov") is None or ex.get("weight") is None:
+            return None
+        body = regress_distance(
+            ex["weight"], ex["target_cov"], params["lambda_h"], params["lambda_w"]
+        )
+        sources["sigma"] = "target covariance of the analysed store (divisor N)"
+    return {
+        "task": result.task,
+        **body,
+        "sources": sources,
+        "caveat": UFM_CAVEAT,
+    }
+
+
+def _rel_distance(measured: np.ndarray, predicted: np.ndarray) -> float:
+    norm = float(np.linalg.norm(predicted))
+    return float(np.linalg.norm(measured - predicted)) / norm if norm > 0 else math.nan
+
+
+def classify_distance(
+    weight: Any,
+    bias: Any,
+    class_means: Any,
+    counts: Any,
+    *,
+    lambda_w: float,
+    lambda_h: float,
+    alpha: float,
+    n: float,
+    within_ss: Any = None,
+) -> dict[str, Any]:
+    """Measured head and class-mean geometry against the classification UFM's optimum.
+
+    weight (K, D), bias (K,) or None, class_means (K, D) (uncentred mu_k), counts (K,) samples
+    per class (classes with none are left out of the mean-based quantities), within_ss (K,)
+    optional sum over class k of ||h_i - mu_k||^2. n: the UFM's samples per class (a real
+    number is accepted: the balanced UFM at the average class size).
+
+    What is compared, and why. At the optimum sum_k w_k = 0 and h_k is proportional to w_k, so
+    the features have zero global mean: the UFM's h_k is the *centred* class mean mu_k - mu_G,
+    and the logits are W(mu_k - mu_G) + (W mu_G + b), whose second part must be a multiple of 1
+    (the cross-entropy ignores such a shift). Logits are linear in h, so the logit margin (true
+    logit minus the mean wrong logit) averaged over samples is exactly its value at the class
+    means: no second pass over the data. Probabilities are not linear: q, p and the Hessian's
+    condition number are evaluated at the class means (equal to the sample averages when
+    NC1 = 0, as at the optimum).
+
+    Returns {"params", "exists", "predicted", "measured", "distance", "notes"}; predicted and
+    measured share the keys q, p, margin, condition_number, w_norm_sq, h_norm_sq, w_h_ratio
+    (= ||w||^2/||h||^2, n lambda_H/lambda_W at any minimizer: the penalty balance), rho
+    (||w_k|| ||h_k||) and bias_offset (||P (W mu_G + b)||, P the projector off 1); measured also
+    has h_norm_sq_samples (mean ||h_i - mu_G||^2, within-class spread included) when within_ss
+    is given. distance: "logits" (||P L - s* P||_F / ||s* P||_F with L the logits at the class
+    means, columns of the present classes), "wwt" and "means_gram" (relative Frobenius distances
+    of W W^T and Mc Mc^T to the optimum's scaled simplex ETF Gram matrices); all 0 at the
+    optimum, NaN when the optimum is W = H = 0.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    k = w.shape[0]
+    b = np.zeros(k) if bias is None else np.asarray(bias, dtype=np.float64).reshape(k)
+    means = np.asarray(class_means, dtype=np.float64)
+    cnt = np.asarray(counts, dtype=np.float64)
+    if not (math.isfinite(n) and n > 0):
+        raise UsageError(f"--ufm-n: found {n}; expected samples per class > 0")
+    notes: list[str] = []
+    present = cnt > 0
+    n_total = float(cnt.sum())
+    weights_c = cnt[present] / n_total
+    mu_g = (cnt[:, None] * means).sum(axis=0) / n_total
+    mc = means[present] - mu_g
+    idx = np.flatnonzero(present)
+    logits = w @ means[present].T + b[:, None]  # (K, K_eff): column c = logits at mu_c
+    proj = np.eye(k) - 1.0 / k
+    centred_logits = logits - logits.mean(axis=0, keepdims=True)
+
+    true = logits[idx, np.arange(idx.size)]
+    wrong_mean = (logits.sum(axis=0) - true) / (k - 1)
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    prob = np.exp(shifted) / np.exp(shifted).sum(axis=0, keepdims=True)
+    p_true = prob[idx, np.arange(idx.size)]
+    q_wrong = (1.0 - p_true) / (k - 1)
+    cond = ce_hessian_condition(prob.T)
+
+    w_sq = (w**2).sum(axis=1)
+    h_sq = (mc**2).sum(axis=1)
+    measured: dict[str, Any] = {
+        "q": float(weights_c @ q_wrong),
+        "p": float(weights_c @ p_true),
+        "margin": float(weights_c @ (true - wrong_mean)),
+        "condition_number": float(weights_c @ cond),
+        "w_norm_sq": float(w_sq.mean()),
+        "h_norm_sq": float(weights_c @ h_sq),
+        "w_h_ratio": math.nan,
+        "rho": float(weights_c @ (np.sqrt(w_sq[idx]) * np.sqrt(h_sq))),
+        "bias_offset": float(np.linalg.norm(proj @ (w @ mu_g + b))),
+    }
+    if measured["h_norm_sq"] > 0:
+        measured["w_h_ratio"] = measured["w_norm_sq"] / measured["h_norm_sq"]
+    if within_ss is not None:
+        within = float(np.asarray(within_ss, dtype=np.float64)[present].sum()) / n_total
+        measured["h_norm_sq_samples"] = measured["h_norm_sq"] + within
+
+    opt = classify_formula(k, n, lambda_w, lambda_h, alpha) if lambda_w * lambda_h > 0 else None
+    predicted: dict[str, Any]
+    distance = {"logits": math.nan, "wwt": math.nan, "means_gram": math.nan}
+    if opt is None:
+        predicted = dict.fromkeys(measured)
+        notes.append(
+            "lambda_W lambda_H = 0: the UFM has no minimizer (the norms grow without bound), so "
+            "there is no optimum to compare with"
+        )
+        exists = False
+    else:
+        exists = opt.exists
+        predicted = {
+            "q": opt.q,
+            "p": opt.p,
+            "margin": opt.margin,
+            "condition_number": opt.condition_number,
+            "w_norm_sq": opt.w_norm_sq,
+            "h_norm_sq": opt.h_norm_sq,
+            "w_h_ratio": n * lambda_h / lambda_w,
+            "rho": opt.rho,
+            "bias_offset": 0.0,
+        }
+        if "h_norm_sq_samples" in measured:
+            predicted["h_norm_sq_samples"] = opt.h_norm_sq
+        if exists:
+            etf = k / (k - 1) * proj
+            distance = {
+                "logits": _rel_distance(centred_logits, opt.margin * proj[:, idx]),
+                "wwt": _rel_distance(w @ w.T, opt.w_norm_sq * etf),
+                "means_gram": _rel_distance(mc @ mc.T, opt.h_norm_sq * etf[np.ix_(idx, idx)]),
+            }
+        else:
+            predicted["w_h_ratio"] = math.nan
+            notes.append(
+                f"q* = alpha/K + sqrt(n lambda_W lambda_H) = {opt.q_star:.6g} >= 1/K: the UFM "
+                "optimum is W = 0, H = 0 (every probability 1/K); relative distances are undefined"
+            )
+    if k - 1 > w.shape[1]:
+        notes.append(
+            f"K - 1 = {k - 1} > D = {w.shape[1]}: the optimum's simplex ETF does not fit; the "
+            "distances have a positive floor"
+        )
+    if idx.size < k:
+        notes.append(f"{k - idx.size} class(es) have no samples; left out of the mean-based rows")
+    return {
+        "params": {
+            "k": k,
+            "n": float(n),
+            "lambda_w": lambda_w,
+            "lambda_h": lambda_h,
+            "alpha": alpha,
+        },
+        "exists": exists,
+        "predicted": predicted,
+        "measured": measured,
+        "distance": distance,
+        "notes": notes,
+    }
+
+
+def ce_hessian_condition(prob: Any) -> np.ndarray:
+    """Condition number of the softmax cross-entropy Hessian diag(p) - p p^T restricted to the
+    complement of the all-ones vector, for each row p of `prob` (M, K) (probabilities > 0).
+
+    The Hessian is a rank-one downdate of diag(p) with 1 in its kernel, so its other eigenvalues
+    interlace the sorted p: the smallest lies in [p_(1), p_(2)], the largest in [p_(K-1), p_(K)],
+    each the root of the secular equation 1 - sum_i p_i^2 / (p_i - x) = 0 (decreasing in x on
+    the interval). Both are found by bisection: O(M K) memory, not O(M K^2), and no K x K
+    eigendecomposition per row. At the UFM optimum (K - 1 equal wrong-class probabilities q) the
+    roots are q and K p q, so the result is K p; 1 for K = 2; inf where p_(1) underflows to 0.
+    """
+    ps = np.sort(np.asarray(prob, dtype=np.float64), axis=1)
+    m, k = ps.shape
+    if k == 2:
+        return np.ones(m)
+    low = _secular_root(ps, ps[:, 0], ps[:, 1])
+    high = _secular_root(ps, ps[:, -2], ps[:, -1])
+    cond = np.full(m, math.inf)
+    np.divide(high, low, out=cond, where=low > 0)
+    return cond
+
+
+def _secular_root(ps: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The root of 1 - sum_i p_i^2/(p_i - x) in [a, b] per row (a == b: a itself)."""
+    a, b = a.copy(), b.copy()
+    sq = ps**2
+    for _ in range(200):
+        mid = 0.5 * (a + b)
+        active = (mid > a) & (mid < b)
+        if not active.any():
+            break
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = 1.0 - (sq / (ps - mid[:, None])).sum(axis=1)
+        right = active & (f > 0)
+        left = active & ~(f > 0)
+        a = np.where(right, mid, a)
+        b = np.where(left, mid, b)
+    return 0.5 * (a + b)
+
+
+def regress_distance(
+    weight: Any, target_cov: Any, lambda_h: float, lambda_w: float
+) -> dict[str, Any]:
+    """Measured W W^T against the regression UFM's optimum for target covariance Sigma.
+
+    weight (T, D), target_cov Sigma (T, T). The optimum (Andriopoulos et al. 2024, Thm 4.1) has
+    W W^T = sqrt(lambda_H/lambda_W) U diag(max(sqrt(lambda_j) - sqrt(c), 0)) U^T, c = lambda_H
+    lambda_W. Returns {"params", "regime", "lambda_min", "lambda_max", "predicted", "measured",
+    "distance", "notes"}: predicted/measured hold "wwt", "wwt_normalized" (W W^T/||W W^T||_F),
+    "wwt_eigenvalues" (descending), "wwt_norm" (||W W^T||_F) and "gamma" (predicted: c;
+    measured: the NRC3 minimizer over [0, lambda_min], searched on these arrays whatever gamma
+    the metrics used) plus measured "nrc3_at_searched_gamma". distance: "normalized" (Frobenius
+    distance of the normalized matrices: scale-free, 0 at the optimum), "relative" (||W W^T -
+    predicted||_F / ||predicted||_F: depends on the lambda mapping) and "nrc3_at_c" (nrc3 at
+    gamma = c, the A_c of docs/metrics.md unclipped; equals "normalized" squared in the collapse
+    regime).
+    """
+    from ncinspect.metrics.regression import nrc3_at, nrc3_search
+
+    w = np.asarray(weight, dtype=np.float64)
+    sigma = check_cov(target_cov, "target covariance")
+    opt = regress_closed_form(sigma, lambda_h, lambda_w)
+    t = w.shape[0]
+    notes: list[str] = []
+    wwt = w @ w.T
+    norm = float(np.linalg.norm(wwt))
+    searched, nrc3_min, _ = nrc3_search(w, sigma) if t > 1 and norm > 0 else (math.nan,) * 3
+    measured = {
+        "wwt": wwt,
+        "wwt_normalized": wwt / norm if norm > 0 else None,
+        "wwt_eigenvalues": np.sort(np.linalg.eigvalsh(wwt))[::-1],
+        "wwt_norm": norm,
+        "gamma": searched,
+        "nrc3_at_searched_gamma": nrc3_min,
+    }
+    distance = {"normalized": math.nan, "relative": math.nan, "nrc3_at_c": math.nan}
+    predicted: dict[str, Any]
+    if opt.wwt is None:
+        predicted = {
+            "wwt": None,
+            "wwt_normalized": None,
+            "wwt_eigenvalues": None,
+            "wwt_norm": None,
+            "gamma": 0.0,
+        }
+        notes.append(
+            "lambda_H = lambda_W = 0: any full-rank W is optimal; the UFM predicts no collapse"
+        )
+    else:
+        p_norm = float(np.linalg.norm(opt.wwt))
+        predicted = {
+            "wwt": opt.wwt,
+            "wwt_normalized": opt.wwt / p_norm if p_norm > 0 else None,
+            "wwt_eigenvalues": np.sort(np.linalg.eigvalsh(opt.wwt))[::-1],
+            "wwt_norm": p_norm,
+            "gamma": opt.c,
+        }
+        if p_norm > 0 and norm > 0:
+            distance["normalized"] = float(np.linalg.norm(wwt / norm - opt.wwt / p_norm))
+            distance["relative"] = _rel_distance(wwt, opt.wwt)
+        if t > 1 and norm > 0:
+            distance["nrc3_at_c"] = nrc3_at(w, sigma, opt.c)
+        if opt.regime == "zero":
+            notes.append(
+                f"c = {opt.c:.6g} > lambda_max = {opt.eigenvalues[0]:.6g}: the optimum is W = 0, "
+                "H = 0; compare ||W W^T||_F with 0"
+            )
+        elif opt.regime == "partial":
+            notes.append(
+                f"lambda_min <= c = {opt.c:.6g} <= lambda_max: only the target directions with "
+                "lambda_j > c survive at the optimum"
+            )
+    if t == 1:
+        notes.append("T = 1: the normalized W W^T is 1 by construction; nrc3 is undefined")
+    return {
+        "params": {"t": t, "lambda_h": lambda_h, "lambda_w": lambda_w, "c": opt.c},
+        "regime": opt.regime,
+        "lambda_min": float(opt.eigenvalues[-1]),
+        "lambda_max": float(opt.eigenvalues[0]),
+        "predicted": predicted,
+        "measured": measured,
+        "distance": distance,
+        "notes": notes,
+    }
