@@ -1,4 +1,4 @@
-"""Rendering results: rich tables, JSON, CSV and Markdown. The only module that imports rich.
+"""Rendering results: rich tables, JSON, CSV and Markdown (rich lives here and in the CLI).
 
 Owns: how results look (headers, number formatting, legends, grouping by task). Never computes a
 metric and never reads a store.
