@@ -1,6 +1,6 @@
 """Extraction throughput against a bare loop of the same forward passes (target: < 10% overhead).
 
-    .venv/bin/python bench/bench_extract.py [--n 16384] [--width 1024] [--batch-size 512]
+    .venv/bin/python -m bench.bench_extract [--n 16384] [--width 1024] [--batch-size 512]
                                             [--device cpu|cuda] [--precision fp32|bf16|fp16]
                                             [--stats-only]
 
@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         code = root / "benchmodel.py"
         code.write_text(MODEL_FILE)
-        sys.path.insert(0, str(root))
-        from benchmodel import wide  # type: ignore[import-not-found]
+        spec = importlib.util.spec_from_file_location("benchmodel", code)
+        assert spec is not None and spec.loader is not None
+        benchmodel = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(benchmodel)
+        wide = benchmodel.wide
 
         torch.manual_seed(0)
         model: nn.Module = wide(args.in_dim, args.width, args.feat_dim, args.classes).eval()

@@ -1,6 +1,6 @@
 """`report`'s library path against a naive implementation and against the I/O + arithmetic floor.
 
-    .venv/bin/python bench/bench_report.py [--quick] [--repeats 3] [--parts a,b,d]
+    .venv/bin/python -m bench.bench_report [--quick] [--repeats 3] [--parts a,b,d]
 
 Issue #7, on seeded data written to temporary stores (float32 features, with outputs, like
 `ncinspect extract` writes them):
@@ -53,13 +53,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import naive_metrics as naive  # noqa: E402  (bench/ is not a package)
-
-from ncinspect.api import analyze  # noqa: E402
-from ncinspect.io.store.reader import open_store  # noqa: E402
-from ncinspect.io.store.writer import StoreWriter  # noqa: E402
-from ncinspect.stats.blocks import thin_matmul  # noqa: E402  (ncinspect's thin products, for the floor)
+from bench import naive_metrics as naive
+from ncinspect.api import analyze
+from ncinspect.io.store.reader import open_store
+from ncinspect.io.store.writer import StoreWriter
+from ncinspect.stats.blocks import thin_matmul  # ncinspect's thin products, for the floor
 
 NAIVE_OVER_REPORT = 5.0  # target: naive / report >= 5
 REPORT_OVER_FLOOR = 1.5  # target: report / floor <= 1.5

@@ -11,7 +11,7 @@
 # pytest and hypothesis, and nothing can be installed there: ncinspect runs from this checkout
 # (PYTHONPATH), not from an install. Steps:
 #   1. the device accumulators of `extract --stats-only` against the host passes, on the GPU
-#      (tests/test_device_stats.py with NCINSPECT_TEST_DEVICE);
+#      (tests/analysis/test_device.py with NCINSPECT_TEST_DEVICE);
 #   2. the whole test suite on that machine (`--device auto` picks the GPU there);
 #   3. extraction throughput against the bare forward loop on the GPU: fp32, bf16 autocast, and
 #      --stats-only (statistics accumulated on the device);
@@ -65,15 +65,15 @@ if torch.cuda.is_available() else \"\")'"
 if [ "$SIZE" != small ]; then
     step "device accumulators vs host passes ($DEVICE)" 120 \
         env NCINSPECT_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider \
-        tests/test_device_stats.py
+        tests/analysis/test_device.py
     step "test suite" 240 "$PY" -m pytest -q -p no:cacheprovider
 fi
 for variant in "" "--precision bf16" "--stats-only"; do
     # shellcheck disable=SC2086  # $variant is zero or more words on purpose
     step "extract vs bare loop ($DEVICE${variant:+ $variant})" 120 \
-        "$PY" bench/bench_extract.py --device "$DEVICE" "${EXTRACT[@]}" $variant
+        "$PY" -m bench.bench_extract --device "$DEVICE" "${EXTRACT[@]}" $variant
 done
-step "report bench (CPU)" 240 "$PY" bench/bench_report.py "${REPORT[@]}"
+step "report bench (CPU)" 240 "$PY" -m bench.bench_report "${REPORT[@]}"
 
 {
     echo

@@ -1,6 +1,6 @@
 """Where `report`'s time goes: read / pass 1 / pass 2 / the rest, per case, against the floor.
 
-    .venv/bin/python bench/profile_report.py [--cases k10,k100,k1000,reg] [--repeats 5] [--cpu]
+    .venv/bin/python -m bench.profile_report [--cases k10,k100,k1000,reg] [--repeats 5] [--cpu]
                                              [--threads 1]
 
 The same seeded stores as `bench_report.py` (issue #7's sizes). Each round times, in this order,
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -40,13 +39,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_report as br  # noqa: E402
-
-from ncinspect.api import analyze  # noqa: E402
-from ncinspect.io.store.reader import open_store  # noqa: E402
-from ncinspect.stats.classification import ClassScatter, ClassSums  # noqa: E402
-from ncinspect.stats.regression import RegressionMoments, UnitProjections  # noqa: E402
+from bench import bench_report as br
+from ncinspect.api import analyze
+from ncinspect.io.store.reader import open_store
+from ncinspect.stats.classification import ClassScatter, ClassSums
+from ncinspect.stats.regression import RegressionMoments, UnitProjections
 
 CASES = {
     "k10": ("classification", 50_000, 512, 10),

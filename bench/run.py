@@ -1,10 +1,10 @@
 """Run every benchmark in bench/ and print one summary table (`make bench` calls this).
 
-    .venv/bin/python bench/run.py [--quick] [--timeout 180]
+    .venv/bin/python -m bench.run [--quick] [--timeout 180]
 
 A module `bench/bench_*.py` that defines `bench_rows(sizes, parts, log)` (as `bench_report` does)
 runs in this process and contributes its rows; any other `bench_*.py` runs as a subprocess
-(`python bench/bench_x.py`), its output is shown as it is, and its summary line (the last line
+(`python -m bench.bench_x`), its output is shown as it is, and its summary line (the last line
 that mentions a target, else a ratio, else its last line) goes into the table. --quick runs the
 in-process benchmarks at tiny sizes and skips the others (a smoke run, seconds long).
 """
@@ -37,7 +37,7 @@ def discover() -> list[Path]:
 
 
 def run_in_process(module_name: str, quick: bool) -> list[Line]:
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(f"bench.{module_name}")
     sizes = module.QUICK if quick else module.Sizes()
     rows = module.bench_rows(sizes, log=lambda text: print(f"  {text}", flush=True))
     return [Line(row.bench, row.case, row.figures(), row.verdict()) for row in rows]
@@ -47,7 +47,11 @@ def run_subprocess(path: Path, timeout: float) -> Line:
     t0 = time.perf_counter()
     try:
         done = subprocess.run(
-            [sys.executable, str(path)], capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-m", f"bench.{path.stem}"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return Line(path.stem, "defaults", f"no result within {timeout:.0f} s", "timed out")
@@ -80,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes; skip subprocess benches")
     parser.add_argument("--timeout", type=float, default=180.0, help="per subprocess bench (s)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE))
     t0 = time.perf_counter()
     lines: list[Line] = []
     for path in discover():

@@ -16,14 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
+from bench import bench_report, naive_metrics
+from bench import run as bench_run
+from ncinspect.api import analyze
+from tests.helpers.paths import ROOT
 
-import bench_report  # noqa: E402
-import naive_metrics  # noqa: E402
-import run as bench_run  # noqa: E402
-
-from ncinspect.api import analyze  # noqa: E402
+BENCH = ROOT / "bench"
 
 RTOL = 1e-6
 

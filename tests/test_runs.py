@@ -1,4 +1,5 @@
-"""Runs: grouping real stores, labels, the runs table, trajectories and the matched comparison."""
+"""Runs (`ncinspect.runs`): grouping real stores, labels, the runs table, trajectories and the
+matched comparison."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synth import classification_set
 
 from ncinspect.api import analyze
 from ncinspect.errors import InputError, UsageError
 from ncinspect.io.store.writer import write_store
 from ncinspect.metrics.results import Result
-from ncinspect.provenance import labels_from_config
 from ncinspect.runs import (
     Run,
     compare_runs,
@@ -28,6 +27,7 @@ from ncinspect.runs import (
     runs_table,
     trajectory,
 )
+from tests.helpers.synth import classification_set
 
 
 def _store(path: Path, seed: int = 0, **attrs: object) -> None:
@@ -172,23 +172,6 @@ def test_label_text_drops_smoothing_for_regression_losses() -> None:
     assert label_text({"loss": "smooth-l1", "label_smoothing": 0.0}) == "smooth-l1"
     assert label_text({"loss": "nll", "label_smoothing": 0.2}) == "nll, LS 0.2"
     assert label_text({}) == ""
-
-
-def test_labels_from_config_aliases() -> None:
-    assert labels_from_config({"criterion": "ce", "ls": "0.2", "weight_decay": 1e-4}) == {
-        "loss": "ce",
-        "label_smoothing": 0.2,
-        "weight_decay": 1e-4,
-    }
-    nested = {"optim": {"wd": 5e-4, "lr": 0.1}, "loss": {"name": "ce", "smoothing": 0.1}}
-    assert labels_from_config(nested) == {
-        "loss": "ce",
-        "weight_decay": 5e-4,
-        "label_smoothing": 0.1,
-    }
-    # the shallowest occurrence wins; non-numbers are not a smoothing value; scalars kept
-    doc = {"alpha": 0.3, "sub": {"alpha": 0.9}, "smoothing": "on", "model": {"x": 1}, "bs": 64}
-    assert labels_from_config(doc) == {"label_smoothing": 0.3, "bs": 64}
 
 
 def test_bad_config_file_is_a_warning(tmp_path: Path) -> None:

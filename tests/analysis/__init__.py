@@ -1,0 +1,1 @@
+"""Tests of `ncinspect.analysis`: the passes, saved statistics and the device passes."""

@@ -1,0 +1,1 @@
+"""Tests of `ncinspect.cli`: each command through Typer's CliRunner."""

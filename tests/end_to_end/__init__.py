@@ -1,0 +1,1 @@
+"""Checks of the whole pipeline through the command line: bad inputs, outputs, determinism."""

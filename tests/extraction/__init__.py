@@ -1,0 +1,1 @@
+"""Tests of `ncinspect.extraction`: checkpoints, models, data, the forward loop, `run_extract`."""

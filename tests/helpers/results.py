@@ -1,0 +1,43 @@
+"""Comparing two analyses of the same checkpoints (stats-only or sharded stores against feature
+stores, the device path against the host path): every metric within a relative tolerance."""
+
+from __future__ import annotations
+
+import math
+
+from ncinspect.metrics.keys import keys_for
+from ncinspect.metrics.results import Result
+
+RTOL = 1e-9
+
+
+def by_checkpoint(results: list[Result]) -> dict[str, Result]:
+    return {str(r.checkpoint): r for r in results}
+
+
+def assert_same_results(expected: list[Result], got: list[Result], rtol: float = RTOL) -> float:
+    """Every metric within rtol (relative); NaN where the other is NaN. Returns the worst."""
+    a, b = by_checkpoint(expected), by_checkpoint(got)
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for key, x in a.items():
+        y = b[key]
+        assert (x.task, x.n, x.d, x.k, x.t, x.epoch, x.run) == (
+            y.task,
+            y.n,
+            y.d,
+            y.k,
+            y.t,
+            y.epoch,
+            y.run,
+        )
+        assert x.metrics.keys() == y.metrics.keys() == set(keys_for(x.task))
+        for metric, v in x.metrics.items():
+            w = y.metrics[metric]
+            if math.isnan(v):
+                assert math.isnan(w), (key, metric, v, w)
+                continue
+            err = abs(v - w) / abs(v) if v else abs(w)
+            worst = max(worst, err)
+            assert err <= rtol, (key, metric, v, w)
+    return worst

@@ -1,0 +1,1 @@
+"""Tests of `ncinspect.io`: stores, dumps, sources, locking, and fuzzing of every reader."""

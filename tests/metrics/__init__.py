@@ -1,0 +1,1 @@
+"""Tests of `ncinspect.metrics`: metrics against the naive oracles, closed forms, invariances."""

@@ -1,0 +1,1 @@
+"""Tests of `ncinspect.render`: golden tables, figures, UFM rows."""

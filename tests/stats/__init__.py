@@ -1,0 +1,1 @@
+"""Tests of `ncinspect.stats`: accumulators, their merges, the certified fast paths, threads."""

@@ -1,0 +1,1 @@
+"""Tests of `ncinspect.ufm`: closed forms, the solver, reports, inputs, the distance."""
