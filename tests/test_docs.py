@@ -115,3 +115,22 @@ def test_nothing_points_outside_the_repository() -> None:
         if _OUTSIDE.search(line)
     ]
     assert found == [], found
+
+
+def test_architecture_lists_every_module_and_where_every_metric_is_computed() -> None:
+    """docs/architecture.md names every module of the package (a subpackage's __init__ by its
+    folder) and every metric key in its "where is X computed" table."""
+    text = (DOCS / "architecture.md").read_text()
+    package = ROOT / "ncinspect"
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.name == "__init__.py" and relative.parent != Path("."):
+            named = f"`{relative.parent.as_posix()}/`"
+        else:
+            named = f"`{relative.as_posix()}`"
+        if named not in text:
+            missing.append(named)
+    where = text[text.index("## Where is X computed") :]
+    missing += [key for key in METRICS if f"`{key}`" not in where]
+    assert missing == [], missing
