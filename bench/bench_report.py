@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_report [--quick] [--repeats 3] [--parts a,b,d]
 
-Issue #7, on seeded data written to temporary stores (float32 features, with outputs, like
+On seeded data written to temporary stores (float32 features, with outputs, like
 `ncinspect extract` writes them):
 
 (a) classification: `ncinspect.api.analyze([path])` on N=50,000 x D=512 with K=10 and K=100, and
@@ -16,10 +16,10 @@ Issue #7, on seeded data written to temporary stores (float32 features, with out
            the same cache-resident sub-blocks ncinspect uses, and the scoring that accuracy and
            NC4 cannot do without, W, b and the means given for free (K < D: from Z, a (K, r)
            product per row; K >= D: two float32 N x K x D GEMMs). "floor (NC1 only)", the sums
-           and the Gram product alone (the floor of earlier rounds), is shown for context.
+           and the Gram product alone (the narrower floor), is shown for context.
     The stores carry the class sums StoreWriter saves, so `report` reads the rows once (pass 2
     on the saved sums, checked). For context: "report (two passes)", `analyze(saved_sums=False)`
-    (a store without saved sums, as before), and "floor (sums given)", the floor without the
+    (a store without saved sums), and "floor (sums given)", the floor without the
     per-class sums (the tighter floor for a store that saved them).
     Targets: naive / report >= 5, report / floor <= 1.5.
 (b) peak memory of a fresh process that imports ncinspect and runs `analyze` (its peak RSS,
@@ -29,7 +29,7 @@ Issue #7, on seeded data written to temporary stores (float32 features, with out
     projectors) and the floor: one chunked read plus X^T X in float64 and the arithmetic of
     nrc1 / nrc2 (row norms and one (m + 1)-column product per row, the joint basis of the PCA
     directions and W's rows and mu_G given for free); "floor (PCA only)", X^T X alone (the
-    floor of earlier rounds), is shown for context.
+    narrower floor), is shown for context.
 
 Timings: the contenders run interleaved, `repeats` rounds (7); in each round every contender
 under a second is called twice in a row and the second call is timed (see `time_interleaved`).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue #7, item 5: the one prepared check for a machine with a GPU (the tool library's `device`
-# entry), about 4 minutes, every step logged to $OUT/gpu_check.log and a summary at the end.
+# The one prepared check for a machine with a GPU
+# (about 4 minutes), every step logged to $OUT/gpu_check.log and a summary at the end.
 #
 #   device run, from the repository root:  PYTHONUNBUFFERED=1 bash bench/gpu_check.sh
 #   a dry run here, on CPU, tiny sizes:    PYTHON=.venv/bin/python DEVICE=cpu SIZE=small \

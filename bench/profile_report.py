@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.profile_report [--cases k10,k100,k1000,reg] [--repeats 5] [--cpu]
                                              [--threads 1]
 
-The same seeded stores as `bench_report.py` (issue #7's sizes). Each round times, in this order,
+The same seeded stores as `bench_report.py` (the same sizes). Each round times, in this order,
 `analyze([path])` (with the per-block statistics calls wrapped in timers), the floor, and one bare
 pass over the store (`batches(reuse=True)`, the read alone), each right after an untimed call of
 itself (as `bench_report.time_interleaved` does); the table shows medians over the rounds and

@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs (issue #8): each through the command line, each held to the contract.
+"""The catalogue of bad inputs: each through the command line, each held to the contract.
 
 The contract for a user error: exit code 1, exactly one line on stderr that starts with
 `ncinspect: error: `, names the file and says what is wrong, no traceback, and the output left

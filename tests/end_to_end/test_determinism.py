@@ -1,4 +1,4 @@
-"""Determinism and the stated tolerances (issue #8, part 4).
+"""Determinism and the stated tolerances.
 
 Same inputs, same machine: `report -f json` is bit-identical, run twice in one process and in two
 separate processes, and extracting twice with the same batch size gives bit-identical features.

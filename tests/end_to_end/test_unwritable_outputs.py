@@ -1,4 +1,4 @@
-"""Outputs that cannot be written (issue #8), through the command line: a parent that is a file,
+"""Outputs that cannot be written, through the command line: a parent that is a file,
 a path that is a directory, a read-only folder, a full disk. Each is one error line naming the
 path, and nothing is left behind: no store, no partial file, no lock, an old report unchanged."""
 

@@ -1,4 +1,4 @@
-"""Fuzzing the readers (issue #8, part 3): damaged files raise `NcInspectError` or nothing.
+"""Fuzzing the readers: damaged files raise `NcInspectError` or nothing.
 
 Seeds are valid files of every format ncinspect reads (feature stores, .npz/.pt/.safetensors
 dumps, checkpoints of every kind, .npz/.h5 data files). Hypothesis damages them (truncation,

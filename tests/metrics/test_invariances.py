@@ -1,4 +1,4 @@
-"""Invariances of the metrics, property-based with hypothesis (issue #8, part 3).
+"""Invariances of the metrics, property-based with hypothesis.
 
 Random shapes (K, D, N) and seeds; each property is a law docs/metrics.md states: rotating
 features and weights together, permuting classes with the rows of W, and scaling change no

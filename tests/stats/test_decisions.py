@@ -25,7 +25,7 @@ from tests.helpers.oracle_nc import classification_oracle
 
 
 def reference_scatter(plan, x: np.ndarray, y: np.ndarray) -> tuple:
-    """The plain float64 pass 2 (the code before issue #7): scatter, m2, pred, nearest."""
+    """The plain float64 pass 2 (without the certified fast paths): scatter, m2, pred, nearest."""
     x = np.asarray(x, dtype=np.float64)
     dev = x - plan.means[y]
     z = dev if plan.basis is None else dev @ plan.basis.T

@@ -1,4 +1,4 @@
-"""Merge laws of the accumulators (`stats`), property-based with hypothesis (issue #8, part 3).
+"""Merge laws of the accumulators (`stats`), property-based with hypothesis.
 
 Random shapes (K, D, N) and seeds: merges are commutative and associative and equal the one-pass
 statistics, for `ClassMoments`, `ClassSums` with `ClassScatter`, and `RegressionMoments`.
