@@ -7,6 +7,7 @@ Never raised for programming errors (those stay ordinary exceptions).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,6 +87,43 @@ def check_interrupt() -> None:
     again, in case Python dropped the first raise. Nothing pending: nothing happens."""
     if _pending is not None:
         raise type(_pending)()
+
+
+# `shielded()` blocks the main thread is in, and the interrupt that arrived inside one.
+_shield_depth = 0
+_deferred: KeyboardInterrupt | None = None
+
+
+def signalled(exc: KeyboardInterrupt) -> None:
+    """For the CLI's signal handlers: record `exc` and raise it, or, inside `shielded()`,
+    keep it for the end of the block."""
+    global _deferred
+    interrupt(exc)
+    if _shield_depth:
+        _deferred = exc
+        return
+    raise exc
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """A short step that must not stop half-way (taking or giving back a store's lock): an
+    interrupt arriving inside is raised when the block ends, not where it arrived. Python code
+    outside ncinspect (filelock's) may not clean up after an exception raised at every line, and
+    an exception raised in its finalizers is dropped. Signal handlers run in the main thread:
+    elsewhere this does nothing."""
+    global _shield_depth, _deferred
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _shield_depth += 1
+    try:
+        yield
+    finally:
+        _shield_depth -= 1
+        if not _shield_depth and _deferred is not None:
+            exc, _deferred = _deferred, None
+            raise exc
 
 
 @contextmanager

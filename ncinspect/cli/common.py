@@ -24,6 +24,7 @@ from ncinspect.errors import (
     Terminated,
     UsageError,
     check_interrupt,
+    pending_interrupt,
 )
 
 T = TypeVar("T")
@@ -99,8 +100,18 @@ def guarded(fn: Callable[[], T]) -> T:
         result = fn()
         check_interrupt()  # one that Python dropped while the work went on to the end
         return result
-    except NcInspectError as exc:
-        raise fail(str(exc), exc.exit_code) from None
+    except Exception as exc:
+        # After a Ctrl-C or SIGTERM, an error is its consequence (library code stopped half-way,
+        # e.g. `threading.Condition.wait` then releases a lock it no longer holds): the interrupt
+        # is what is reported.
+        stop = pending_interrupt()
+        if isinstance(stop, Terminated):
+            raise fail("terminated (SIGTERM)", 143) from None
+        if stop is not None:
+            raise fail("interrupted", 130) from None
+        if isinstance(exc, NcInspectError):
+            raise fail(str(exc), exc.exit_code) from None
+        raise
     except Terminated:
         raise fail("terminated (SIGTERM)", 143) from None
     except KeyboardInterrupt:

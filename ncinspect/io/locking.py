@@ -19,8 +19,12 @@ import os
 from collections.abc import Iterator
 from errno import ELOOP
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ncinspect.errors import OutputError
+from ncinspect.errors import OutputError, shielded
+
+if TYPE_CHECKING:
+    import filelock
 
 
 def lock_name(store: Path) -> Path:
@@ -109,6 +113,36 @@ def _make_parent(parent: Path) -> list[Path]:
     return missing
 
 
+def _take(path: Path, store: Path) -> filelock.BaseFileLock | None:
+    """Take the lock on `path` at once; None where no lock can be taken (see `store_lock`)."""
+    import filelock  # imported here: a slow import that only a writer needs
+
+    while True:
+        if path.is_symlink():
+            raise _symlink_refused(path, store)
+        # on_acquired writes the PID; filelock opens the file with O_NOFOLLOW, so a link
+        # planted after the check above fails the open (ELOOP) instead of being followed.
+        lock = filelock.FileLock(path, blocking=False, on_acquired=_write_pid)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            # The holder may have removed the file between our open and our lock: then the
+            # lock we got is on a file nobody else sees, and filelock gave it up. Try again
+            # when no file is at that name; a file there is another writer's.
+            if not os.path.lexists(path):
+                continue
+            raise OutputError(
+                f"another ncinspect extract (pid {_holder(path)}) is writing this store; "
+                "wait for it or choose another --out",
+                path=store,
+            ) from None
+        except OSError as exc:
+            if exc.errno == ELOOP:
+                raise _symlink_refused(path, store) from None
+            return None  # no lock can be taken here; the store's own write reports why
+        return lock
+
+
 @contextlib.contextmanager
 def store_lock(store: Path) -> Iterator[None]:
     """Hold the lock of one output store; refuse at once when another process holds it.
@@ -117,6 +151,10 @@ def store_lock(store: Path) -> Iterator[None]:
     lock is taken and the caller's own write reports the problem, so the error names the store.
     Directories created only for the lock are removed again if nothing was written into them.
     The lock file is removed on release.
+
+    Taking and giving back the lock are shielded from Ctrl-C and SIGTERM (`errors.shielded`):
+    one arriving there is raised once the lock is held, or once it is released and its file
+    removed, so an interrupt never leaves the lock file behind.
     """
     import filelock  # imported here: a slow import that only a writer needs
 
@@ -131,40 +169,20 @@ def store_lock(store: Path) -> Iterator[None]:
         return
     held: filelock.BaseFileLock | None = None
     try:
-        while held is None:
-            if path.is_symlink():
-                raise _symlink_refused(path, store)
-            # on_acquired writes the PID; filelock opens the file with O_NOFOLLOW, so a link
-            # planted after the check above fails the open (ELOOP) instead of being followed.
-            lock = filelock.FileLock(path, blocking=False, on_acquired=_write_pid)
-            try:
-                lock.acquire()
-            except filelock.Timeout:
-                # The holder may have removed the file between our open and our lock: then the
-                # lock we got is on a file nobody else sees, and filelock gave it up. Try again
-                # when no file is at that name; a file there is another writer's.
-                if not os.path.lexists(path):
-                    continue
-                raise OutputError(
-                    f"another ncinspect extract (pid {_holder(path)}) is writing this store; "
-                    "wait for it or choose another --out",
-                    path=store,
-                ) from None
-            except OSError as exc:
-                if exc.errno == ELOOP:
-                    raise _symlink_refused(path, store) from None
-                break  # no lock can be taken here; the store's own write reports why
-            held = lock
+        with shielded():
+            held = _take(path, store)
         if held is not None:
             remove_stale_partials(store)  # only the lock holder may judge other writers dead
         yield
     finally:
-        if held is not None:
-            try:
+        with shielded():
+            if held is not None:
+                try:
+                    with contextlib.suppress(OSError):
+                        path.unlink()  # while still held: a waiter then opens a fresh file
+                finally:
+                    held.release()
+                    held = None  # filelock's finalizers run here, inside the shield
+            for d in reversed(created):
                 with contextlib.suppress(OSError):
-                    path.unlink()  # while still held: a waiter then opens a fresh file
-            finally:
-                held.release()
-        for d in reversed(created):
-            with contextlib.suppress(OSError):
-                d.rmdir()  # only succeeds when empty
+                    d.rmdir()  # only succeeds when empty

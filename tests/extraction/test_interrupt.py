@@ -7,7 +7,11 @@ one holds a per-store lock and the other is refused with a one-line error naming
 A killed writer's `.NAME.partial-PID` file is removed by the next run.
 
 The extraction runs in a child process on a model whose forward pass sleeps, so there is a
-window to interrupt it mid-checkpoint; the tests wait on files, not on fixed delays.
+window to interrupt it mid-checkpoint; the tests wait on files, not on fixed delays. In the
+SIGKILL, SIGINT and SIGTERM tests the child stalls in the store being written until the signal
+comes, however late; the moments a signal then cannot reach (taking and giving back a store's
+lock, Python dropping the interrupt in a finalizer, library code it breaks) are tested
+deterministically in tests/io/test_locking.py and tests/test_errors.py.
 """
 
 from __future__ import annotations
@@ -30,24 +34,36 @@ from ncinspect.io.store.reader import open_store
 from tests.helpers.cli import runner
 
 SLOW_MODEL = """\
+import os
 import time
 from torch import nn
 
+# In a child started with stall=N: the model of the N-th checkpoint stalls in its second batch
+# (after the probe batch, once the store's temporary file exists) until a signal ends the process,
+# so the extraction cannot get past that store however late the signal comes.
+STALL = int(os.environ.get("SLOWMODEL_STALL", "0"))
+built = 0
+
 
 class Slow(nn.Module):
-    def __init__(self, delay=0.02):
+    def __init__(self, delay=0.02, stall=False):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(6, 8), nn.Tanh())
         self.head = nn.Linear(8, 3)
         self.delay = delay
+        self.stall = stall
+        self.calls = 0
 
     def forward(self, x):
-        time.sleep(self.delay)
+        self.calls += 1
+        time.sleep(60 if self.stall and self.calls == 2 else self.delay)
         return self.head(self.body(x))
 
 
 def slow(delay=0.02):
-    return Slow(delay)
+    global built
+    built += 1
+    return Slow(delay, stall=built == STALL)
 """
 
 CHECKPOINTS = 5
@@ -81,10 +97,16 @@ class Job:
             "--model", self.spec, "--out", str(self.out), "--batch-size", "8", "--quiet",
         ]  # fmt: skip
 
-    def start(self, tag: str) -> subprocess.Popen:
+    def start(self, tag: str, stall: int = 0) -> subprocess.Popen:
+        """The extraction as a child process; `stall`: the checkpoint whose store it stalls in
+        (see SLOW_MODEL). Ctrl-C is at its default in the child, as in a terminal, even where
+        this process was started with SIGINT ignored (a background job of a script)."""
         out = open(self.root / f"{tag}.out", "w")  # noqa: SIM115 - closed with the process
         err = open(self.root / f"{tag}.err", "w")  # noqa: SIM115
-        return subprocess.Popen(self.args(), stdout=out, stderr=err)
+        env = {**os.environ, "SLOWMODEL_STALL": str(stall)}
+        return subprocess.Popen(
+            self.args(), stdout=out, stderr=err, env=env, preexec_fn=_default_sigint
+        )
 
     def finished(self, proc: subprocess.Popen, tag: str) -> tuple[int, str, str]:
         rc = proc.wait(timeout=120)
@@ -117,6 +139,10 @@ class Job:
         raise AssertionError("timed out waiting for the extraction")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def job(tmp_path: Path) -> Job:
     return Job(tmp_path)
@@ -141,7 +167,7 @@ def _rerun_completes_only_the_missing(job: Job, done: list[int]) -> None:
 
 
 def test_sigkill_mid_extraction_then_resume(job: Job) -> None:
-    proc = job.start("first")
+    proc = job.start("first", stall=3)  # killed while store 3 is written, however late
     job.wait_for(proc, stores=2)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
@@ -161,7 +187,7 @@ def test_sigkill_mid_extraction_then_resume(job: Job) -> None:
 def test_sigint_or_sigterm_mid_extraction_cleans_up_then_resume(
     job: Job, sig: signal.Signals, rc: int, message: str
 ) -> None:
-    proc = job.start("first")
+    proc = job.start("first", stall=2)  # the signal cannot come after store 2 is complete
     job.wait_for(proc, stores=1)
     proc.send_signal(sig)
     code, out, err = job.finished(proc, "first")

@@ -4,6 +4,7 @@ is free, dead writers' partial files are removed, and a planted symlink is never
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,66 @@ def test_store_lock_never_follows_a_planted_symlink(
             lock_name(store).unlink()
     with store_lock(store):  # without the link the lock is taken as usual
         assert lock_name(store).read_text().strip().isdigit()
+
+
+@pytest.mark.parametrize("moment", ["taking", "removing", "finalizing"])
+def test_an_interrupt_while_the_lock_is_taken_or_given_back_leaves_no_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """Ctrl-C at the worst moment, deterministically: the CLI's handler runs once filelock holds
+    the lock (in the callback that writes the PID), just before the lock file is removed, or in
+    filelock's finalizer of the released lock. The interrupt is raised once the lock is held, or
+    released and its file removed (not half-way, not dropped), and no lock file is left (one was,
+    in the SIGINT/SIGTERM test of tests/extraction/test_interrupt.py, when a signal came late)."""
+    import filelock
+
+    from ncinspect import errors
+    from ncinspect.cli.app import _interrupt
+    from ncinspect.io import locking
+
+    monkeypatch.setattr(errors, "_pending", None)
+    store = tmp_path / "s.h5"
+    fired: list[bool] = []
+
+    def signal_arrives() -> None:
+        if not fired:
+            fired.append(True)
+            _interrupt(signal.SIGINT, None)  # what Python runs when SIGINT arrives here
+
+    if moment == "taking":
+        write_pid = locking._write_pid
+
+        def writes_pid(fd: int) -> None:
+            write_pid(fd)
+            signal_arrives()
+
+        monkeypatch.setattr(locking, "_write_pid", writes_pid)
+    elif moment == "removing":
+        unlink = Path.unlink
+
+        def unlinks(self: Path, missing_ok: bool = False) -> None:
+            if self == lock_name(store):
+                signal_arrives()
+            unlink(self, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Path, "unlink", unlinks)
+    else:
+        finalize = filelock.BaseFileLock.__del__
+
+        def finalizes(self: filelock.BaseFileLock) -> None:
+            signal_arrives()
+            finalize(self)
+
+        monkeypatch.setattr(filelock.BaseFileLock, "__del__", finalizes)
+    dropped: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    ran: list[bool] = []
+    with pytest.raises(KeyboardInterrupt):
+        with store_lock(store):
+            ran.append(True)
+    assert fired and not dropped
+    assert ran == ([] if moment == "taking" else [True])
+    assert not lock_name(store).exists()
+    with store_lock(store):  # and it is free
+        pass
+    assert not lock_name(store).exists()
