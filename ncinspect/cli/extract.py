@@ -139,11 +139,14 @@ def extract(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing stores (default: skip them).")
     ] = False,
-    unsafe_pickle: Annotated[
+    trust_code: Annotated[
         bool,
         typer.Option(
+            "--trust-code",
             "--unsafe-pickle",
-            help="Allow full unpickling (whole pickled modules). RUNS CODE FROM THE FILE.",
+            help="Run code that a file holds or names: whole pickles, TorchScript, exported "
+            "programs off the operator allowlist, model factories named by a config or a "
+            "checkpoint. RUNS CODE FROM THE FILE. --unsafe-pickle is an alias.",
         ),
     ] = False,
     state_key: Annotated[
@@ -160,8 +163,8 @@ def extract(
         list[Path] | None,
         typer.Option(
             "--code-path",
-            help="Directory to make importable and to trust for model code that a run.json / "
-            "config.json beside a checkpoint names (repeatable).",
+            help="Directory to make importable for --model and --data specs and for the classes "
+            "of a whole pickle (repeatable). Trusts nothing a file names: see --trust-code.",
             exists=True,
             file_okay=False,
         ),
@@ -215,7 +218,7 @@ def extract(
             task=task.value,
             limit=limit,
             overwrite=overwrite,
-            unsafe_pickle=unsafe_pickle,
+            trust_code=trust_code,
             state_key=state_key,
             data_keys=parse_data_keys(data_keys),
             data_args=parse_assignments(data_arg, "--data-arg"),

@@ -2,7 +2,7 @@
 
 Owns: the inspect command's options. Never opens the file itself (`ncinspect.extraction.inspection`
 describes it, `ncinspect.render.describe` writes the text) and never runs code from it unless
-`--unsafe-pickle` is given.
+`--trust-code` is given.
 """
 
 from __future__ import annotations
@@ -30,9 +30,13 @@ def inspect_cmd(
     format: Annotated[
         InspectFormat, typer.Option("--format", "-f", help="Output format.")
     ] = InspectFormat.text,
-    unsafe_pickle: Annotated[
+    trust_code: Annotated[
         bool,
-        typer.Option("--unsafe-pickle", help="Also load full pickles (RUNS CODE FROM THE FILE)."),
+        typer.Option(
+            "--trust-code",
+            "--unsafe-pickle",
+            help="Also load whole pickles (RUNS CODE FROM THE FILE). --unsafe-pickle is an alias.",
+        ),
     ] = False,
     code_path: Annotated[
         list[Path] | None,
@@ -58,7 +62,7 @@ def inspect_cmd(
         from ncinspect.render.describe import format_description
 
         add_code_paths(code_path or ())
-        desc = describe(path, unsafe_pickle=unsafe_pickle)
+        desc = describe(path, trust_code=trust_code)
         if format is InspectFormat.json:
             text = json.dumps(desc, indent=2, allow_nan=False)
         else:

@@ -140,7 +140,7 @@ class Checkpoint:
     """What a checkpoint file holds, ready for a model.
 
     `tensors` is the state dict (prefixes `module.` / `_orig_mod.` stripped) for every format;
-    `module` is set for a pickled `nn.Module` (loaded with `unsafe_pickle`). `metadata` holds the
+    `module` is set for a pickled `nn.Module` (loaded with `trust_code`). `metadata` holds the
     JSON-able scalars of a wrapper dict or a safetensors header's metadata; `labels` the loss
     name, label smoothing and weight decay found in the file.
     """
@@ -192,14 +192,14 @@ def strip_prefixes(tensors: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
 def load_checkpoint(
     path: str | Path,
     *,
-    unsafe_pickle: bool = False,
+    trust_code: bool = False,
     state_key: str | None = None,
 ) -> Checkpoint:
     """Read a checkpoint (format detected from content) into tensors, metadata and an epoch.
 
     Raises `CheckpointError` (one line, naming the file and the fix) for anything that cannot be
     read safely: a missing, empty, truncated or foreign file; a pickle that would run code and
-    `unsafe_pickle` is off; a wrapper dict whose state dict cannot be found.
+    `trust_code` is off; a wrapper dict whose state dict cannot be found.
     """
     p = Path(path)
     if not p.exists():
@@ -207,7 +207,7 @@ def load_checkpoint(
     if p.is_dir():
         raise CheckpointError("is a directory, expected a checkpoint file", path=p)
     with reading(p, CheckpointError, "a checkpoint"):
-        ckpt = _load_any(p, unsafe_pickle=unsafe_pickle, state_key=state_key)
+        ckpt = _load_any(p, trust_code=trust_code, state_key=state_key)
     if ckpt.epoch is None:
         e = epoch_from_name(p.name)
         if e is not None:
@@ -215,7 +215,7 @@ def load_checkpoint(
     return ckpt
 
 
-def _load_any(p: Path, *, unsafe_pickle: bool, state_key: str | None) -> Checkpoint:
+def _load_any(p: Path, *, trust_code: bool, state_key: str | None) -> Checkpoint:
     fmt = sniff(p)
     if fmt == "empty":
         raise CheckpointError(f"file is empty (0 bytes); {hint(p)}", path=p)
@@ -228,7 +228,7 @@ def _load_any(p: Path, *, unsafe_pickle: bool, state_key: str | None) -> Checkpo
     if fmt == "safetensors":
         ckpt = _load_safetensors(p)
     elif fmt in ("torch", "torch_legacy"):
-        ckpt = _load_torch(p, fmt, unsafe_pickle=unsafe_pickle, state_key=state_key)
+        ckpt = _load_torch(p, fmt, trust_code=trust_code, state_key=state_key)
     elif fmt == "torchscript":
         ckpt = _load_torchscript(p)
     elif fmt == "export":
@@ -325,8 +325,8 @@ def _model_config(m: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_torch(p: Path, fmt: Format, *, unsafe_pickle: bool, state_key: str | None) -> Checkpoint:
-    obj = torch_load(p, fmt, unsafe_pickle=unsafe_pickle)
+def _load_torch(p: Path, fmt: Format, *, trust_code: bool, state_key: str | None) -> Checkpoint:
+    obj = torch_load(p, fmt, trust_code=trust_code)
     return _from_object(p, fmt, obj, state_key=state_key)
 
 

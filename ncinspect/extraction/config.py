@@ -49,7 +49,7 @@ class ExtractConfig:
     task: TaskChoice = "auto"
     limit: int | None = None
     overwrite: bool = False
-    unsafe_pickle: bool = False
+    trust_code: bool = False
     state_key: str | None = None
     data_keys: tuple[str, str] | None = None
     data_args: Mapping[str, Any] = field(default_factory=dict)

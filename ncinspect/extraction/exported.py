@@ -2,7 +2,7 @@
 
 Owns `read_export_weights` (parameters and buffers by name, from raw payloads or `weights_only`
 pickles: nothing from the file runs) and `load_exported_module` (`torch.export.load` +
-`unflatten`, only after `trust.audit_exported_program` passes or with `unsafe_pickle`). The
+`unflatten`, only after `trust.audit_exported_program` passes or with `trust_code`). The
 archive layout and the audit live in `trust`. Never runs the module and never writes files.
 """
 
@@ -127,19 +127,19 @@ class ExportedModule:
     input_shape: tuple[int | None, ...] | None
 
 
-def load_exported_module(path: str | Path, *, unsafe_pickle: bool = False) -> ExportedModule:
+def load_exported_module(path: str | Path, *, trust_code: bool = False) -> ExportedModule:
     """`torch.export.load` + `torch.export.unflatten`, after `audit_exported_program` passes
-    (skipped with `unsafe_pickle`). Raises CheckpointError naming what the audit found."""
+    (skipped with `trust_code`). Raises CheckpointError naming what the audit found."""
     import torch
 
     p = Path(path)
-    if not unsafe_pickle:
+    if not trust_code:
         problems = audit_exported_program(p)
         if problems:
             raise CheckpointError(
                 f"running this exported program could run code from the file: "
                 f"{'; '.join(problems[:3])}; pass --model SPEC to use only its weights, or "
-                f"--unsafe-pickle if you trust its source; {hint(p)}",
+                f"--trust-code if you trust its source; {hint(p)}",
                 path=p,
             )
     try:

@@ -5,7 +5,7 @@ store's datasets and provenance; head candidates; whether a checkpoint loads saf
 form is `render.describe.format_description`'s.
 
 Never runs code from the file: pickles that need full unpickling are scanned statically unless
-`unsafe_pickle` is given, exported programs are audited (`trust`), not loaded. Never renders and
+`trust_code` is given, exported programs are audited (`trust`), not loaded. Never renders and
 never writes files.
 """
 
@@ -62,7 +62,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def describe(path: str | Path, unsafe_pickle: bool = False) -> dict[str, Any]:
+def describe(path: str | Path, trust_code: bool = False) -> dict[str, Any]:
     """Describe a file or directory; JSON-able. Raises InputError only for a missing path."""
     p = Path(path)
     if not p.exists():
@@ -81,7 +81,7 @@ def describe(path: str | Path, unsafe_pickle: bool = False) -> dict[str, Any]:
     if fmt in CHECKPOINT_FORMATS or fmt in ("hdf5", "npz", "npy", "pickle"):
         try:  # a damaged file is described as damaged, never a traceback
             with reading(p, InputError, str(FORMAT_NAMES.get(fmt, fmt))):
-                _describe_content(p, fmt, desc, unsafe_pickle)
+                _describe_content(p, fmt, desc, trust_code)
         except NcInspectError as exc:
             desc["notes"].append(f"cannot be read: {exc.message}")
     elif fmt == "corrupt_zip":
@@ -97,9 +97,9 @@ def describe(path: str | Path, unsafe_pickle: bool = False) -> dict[str, Any]:
     return _jsonable(desc)
 
 
-def _describe_content(p: Path, fmt: str, desc: dict[str, Any], unsafe_pickle: bool) -> None:
+def _describe_content(p: Path, fmt: str, desc: dict[str, Any], trust_code: bool) -> None:
     if fmt in CHECKPOINT_FORMATS:
-        _describe_checkpoint(p, fmt, desc, unsafe_pickle)
+        _describe_checkpoint(p, fmt, desc, trust_code)
     elif fmt == "hdf5":
         _describe_hdf5(p, desc)
     elif fmt in ("npz", "npy"):
@@ -119,7 +119,7 @@ def _tensor_rows(tensors: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], unsafe_pickle: bool) -> None:
+def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], trust_code: bool) -> None:
     from ncinspect.extraction.models import head_candidates, weight_pairs
 
     desc["kind"] = "checkpoint"
@@ -129,12 +129,12 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], unsafe_pickle:
         if names:
             desc["unsafe_globals"] = names
     safe_names = desc.get("unsafe_globals")
-    if safe_names and not unsafe_pickle:
+    if safe_names and not trust_code:
         desc["loads_safely"] = False
         desc["contents"] = "pickled objects (a whole nn.Module or other classes)"
         notes.append(
             "loading needs full unpickling, which runs code from the file (the classes above); "
-            "extract needs --unsafe-pickle (trust the source first); nothing was loaded"
+            "extract needs --trust-code (trust the source first); nothing was loaded"
         )
         e = epoch_from_name(p.name)
         if e is not None:
@@ -142,7 +142,7 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], unsafe_pickle:
         _sidecar(p, desc)
         return
     try:
-        ckpt = load_checkpoint(p, unsafe_pickle=unsafe_pickle)
+        ckpt = load_checkpoint(p, trust_code=trust_code)
     except NcInspectError as exc:
         desc["loads_safely"] = False if "pickled object" in exc.message else None
         desc["error"] = exc.message.split("; run `ncinspect inspect")[0]
@@ -156,7 +156,7 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], unsafe_pickle:
             {"name": n, "type": type(m).__name__, "weight": _weight_shape(m)}
             for n, m in head_candidates(ckpt.module)
         ]
-        notes.append("extract uses this module as is (with --unsafe-pickle)")
+        notes.append("extract uses this module as is (with --trust-code)")
     elif fmt == "export":
         desc["contents"] = "a program (graph and weights)"
     elif fmt == "torchscript":
@@ -205,7 +205,7 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], unsafe_pickle:
             notes.append(
                 "running the exported program could run code from the file ("
                 + "; ".join(problems[:3])
-                + "); extract needs --model (weights only) or --unsafe-pickle"
+                + "); extract needs --model (weights only) or --trust-code"
             )
         else:
             notes.append("the program carries its architecture: extract needs no --model")

@@ -24,11 +24,10 @@ from ncinspect.extraction.exported import load_exported_module
 from ncinspect.extraction.messages import hint
 from ncinspect.extraction.trust import (
     call_factory,
-    check_config_code,
-    check_config_factory,
     import_file,
     import_object,
     is_file_spec,
+    refuse_named_code,
     split_spec,
 )
 from ncinspect.provenance import Sidecar, read_sidecar
@@ -79,30 +78,23 @@ def resolve_spec(
     return None
 
 
-def build_model(spec: ModelSpec, code_paths: Sequence[str | Path] = ()) -> nn.Module:
+def build_model(
+    spec: ModelSpec, code_paths: Sequence[str | Path] = (), *, trust_code: bool = False
+) -> nn.Module:
     """Import the factory and call it with the spec's arguments; it must return an nn.Module.
 
-    A spec that did not come from the command line is vetted first (`trust.check_config_code`
-    before the import, `trust.check_config_factory` before the call).
+    A spec that a file named (not `--model`) is refused before anything is imported unless
+    `trust_code` (`--trust-code`) is set (`trust.refuse_named_code`).
     """
     from torch import nn
 
+    from_command_line = spec.source == "--model"
+    if not from_command_line and not trust_code:
+        raise refuse_named_code(spec.spec, source=spec.source)
     bases = [spec.base_dir] if spec.base_dir is not None else []
-    if spec.source != "--model":
-        check_config_code(
-            spec.spec, source=spec.source, base_dir=spec.base_dir, code_paths=code_paths
-        )
-    factory = import_object(
-        spec.spec,
-        what="--model",
-        code_paths=code_paths,
-        base_dirs=bases,
-        extend_path=spec.source == "--model",
-    )
+    factory = import_object(spec.spec, what="--model", code_paths=code_paths, base_dirs=bases)
     if not callable(factory):
         raise ModelError(f"--model {spec.spec!r} names a {type(factory).__name__}, not a factory")
-    if spec.source != "--model":
-        check_config_factory(factory, spec.spec, source=spec.source)
     model = call_factory(factory, spec.args, spec=spec.spec, what="--model")
     if not isinstance(model, nn.Module):
         raise ModelError(
@@ -192,9 +184,9 @@ class BuiltModel:
 
 
 def import_model_classes(config: ExtractConfig) -> None:
-    """With --unsafe-pickle, --model only makes its classes importable (the file's directory on
+    """With --trust-code, --model only makes its classes importable (the file's directory on
     sys.path, the file imported under its stem) so that a pickled module resolves them."""
-    if config.model is None or not config.unsafe_pickle:
+    if config.model is None or not config.trust_code:
         return
     target, _ = split_spec(config.model)
     if is_file_spec(target):
@@ -207,7 +199,7 @@ def import_model_classes(config: ExtractConfig) -> None:
 
 
 def model_for_checkpoint(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
-    """The module for a checkpoint: its pickled module (loaded with --unsafe-pickle), else one
+    """The module for a checkpoint: its pickled module (loaded with --trust-code), else one
     built from the model spec (`resolve_spec`) with the weights loaded strictly, else a
     torch.export program's own (audited) module. ModelError when nothing names a model."""
     p = ckpt.path
@@ -222,7 +214,7 @@ def model_for_checkpoint(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
     if config.model is not None or ckpt.format != "export":
         spec = resolve_spec(ckpt, sidecar, config.model, config.model_args)
     if spec is None and ckpt.format == "export":
-        em = load_exported_module(p, unsafe_pickle=config.unsafe_pickle)
+        em = load_exported_module(p, trust_code=config.trust_code)
         return BuiltModel(
             em.module,
             {"model": "torch.export program", "model_source": "checkpoint"},
@@ -243,7 +235,7 @@ def model_for_checkpoint(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
             f"it; {hint(p)}",
             path=p,
         )
-    model = build_model(spec, config.code_paths)
+    model = build_model(spec, config.code_paths, trust_code=config.trust_code)
     stripped = load_strict(model, ckpt.tensors, p, spec)
     info: dict[str, Any] = {
         "model": spec.spec,

@@ -236,7 +236,7 @@ def _extract_one(
     path = job.checkpoint
     import_model_classes(config)
     digest = _Digest(path)  # hashed in a thread while the model loads and runs
-    ckpt = load_checkpoint(path, unsafe_pickle=config.unsafe_pickle, state_key=config.state_key)
+    ckpt = load_checkpoint(path, trust_code=config.trust_code, state_key=config.state_key)
     built = model_for_checkpoint(ckpt, config)
     model = built.module
     batch_size = built.static_batch or config.batch_size

@@ -10,17 +10,16 @@ beside a checkpoint. So:
 * torch.save archives load with `torch.load(weights_only=True)` (`torch_load`); a pickle naming
   other classes is refused with their names, found by a static scan (`unsafe_globals`,
   `pickle_globals`: nothing runs). Full unpickling, which runs whatever the file names, happens
-  only with `--unsafe-pickle`. safetensors files hold no code; TorchScript archives are read
+  only with `--trust-code`. safetensors files hold no code; TorchScript archives are read
   with `torch.jit.load`, which runs no Python pickle, and their scripted code is never called.
 * torch.export programs: weights are raw payloads or `weights_only` pickles
   (`load_weights_only`). Running the program needs `torch.export.load`, which unpickles with
   weights_only=False and evaluates symbolic-shape strings: allowed only when
-  `audit_exported_program` finds nothing that could run code, or with `--unsafe-pickle`.
+  `audit_exported_program` finds nothing that could run code, or with `--trust-code`.
 * CIFAR batches unpickle through `restricted_load`: plain data and numpy arrays only.
-* A model that a config file names (not the command line): its code is imported only from a
-  `--code-path` directory or an installed module outside the checkpoint's folder
-  (`check_config_code`), and only an nn.Module class or a project function is called
-  (`check_config_factory`).
+* A model factory that a file names (a config beside the checkpoint, or one stored in it) is
+  neither imported nor called without `--trust-code` (`refuse_named_code`): default deny, since
+  no check of the named object can tell a harmless function from one turned against the user.
 * Specs from the command line are imported and called as given (`import_object`,
   `call_factory`); `--code-path` directories go on sys.path (`add_code_paths`).
 
@@ -40,7 +39,6 @@ import pickletools
 import re
 import struct
 import sys
-import sysconfig
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -114,13 +112,12 @@ def import_object(
     code_paths: Sequence[str | Path] = (),
     base_dirs: Sequence[str | Path] = (),
     error: type[NcInspectError] = ModelError,
-    extend_path: bool = True,
 ) -> Any:
     """Resolve `pkg.mod:attr` or `file.py:attr` to the object (attr may be dotted).
 
     Relative file paths are tried against each of `base_dirs`, then the working directory. A
     module that does not import is tried again with `base_dirs` and the working directory on
-    sys.path, unless `extend_path` is False (a spec that a config file chose).
+    sys.path. Called only for specs the user typed, or (with --trust-code) that a file named.
     `what` names the option in messages ("--model", "--data"). Raises `error` (a
     NcInspectError subclass) with the spec and the cause.
     """
@@ -146,7 +143,7 @@ def import_object(
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
             extra = [str(Path(b).resolve()) for b in base_dirs] + [str(Path.cwd())]
-            added = [d for d in extra if d not in sys.path] if extend_path else []
+            added = [d for d in extra if d not in sys.path]
             sys.path[:0] = added
             try:
                 module = importlib.import_module(target)
@@ -208,104 +205,18 @@ def call_factory(
         ) from exc
 
 
-# Packages whose functions read or write files, start processes or load code: a factory named by
-# a config file beside a checkpoint (not typed by the user) must not come from them.
-_NOT_FACTORIES = frozenset(
-    "torch numpy scipy h5py safetensors ncinspect typer rich matplotlib pandas pip setuptools "
-    "pkg_resources dill cloudpickle joblib fsspec requests urllib3 yaml IPython".split()
-)
-
-
-def check_config_factory(factory: Any, spec: str, *, source: str) -> None:
-    """A model named by a run.json / config.json / args.json or inside the checkpoint is chosen
-    by whoever wrote those files, like a pickle's classes. Accept only an nn.Module subclass or a
-    plain Python function outside the standard library and `_NOT_FACTORIES` (no
-    `subprocess:run` with arguments from the file); else ModelError asking for --model."""
-    from torch import nn
-
-    if inspect.isclass(factory) and issubclass(factory, nn.Module):
-        return
-    if inspect.isfunction(factory) and not _library_function(factory):
-        return
-    raise ModelError(
-        f"{source} names model {spec!r}, which is not a model factory ncinspect runs "
-        "on a config file's word (expected an nn.Module class or a Python function of your "
-        "project); pass --model SPEC to choose the factory yourself"
+def refuse_named_code(spec: str, *, source: str) -> ModelError:
+    """The refusal for a model factory that a file (a run.json / config.json / args.json, or
+    the config stored in a checkpoint) names: importing a module runs its top-level code and
+    calling a function runs whatever it does with the file's arguments, so a file's choice of
+    code runs only with --trust-code. No check of the named object could make this safe (any
+    installed function, or a frozen standard-library one, can be turned against the user), so
+    nothing named is looked up, imported or called here."""
+    return ModelError(
+        f"{source} names the model factory {spec!r}, which ncinspect would import and call; "
+        "code that a file names runs only with --trust-code (if you trust its source), or "
+        "choose the factory yourself with --model SPEC"
     )
-
-
-def check_config_code(
-    spec: str, *, source: str, base_dir: Path | None, code_paths: Sequence[str | Path]
-) -> None:
-    """A config file beside a checkpoint (or inside it) that names `file.py:factory` or
-    `package.module:factory` chooses code to import, and importing runs the module's top-level
-    code: a downloaded checkpoint folder shipping `run.json` and `net.py` would run `net.py`.
-    So a file named by a config is imported only from a `--code-path` directory, and a module
-    only if it already imports from the environment (installed, or on the path ncinspect was
-    started with) and does not live in the checkpoint's folder outside a `--code-path`.
-    Else ModelError saying which option trusts it. Nothing is imported here."""
-    trusted = [Path(c).resolve() for c in code_paths]
-
-    def under_code_path(path: Path) -> bool:
-        return any(path.resolve().is_relative_to(t) for t in trusted)
-
-    def refuse(found: str, fix: str) -> ModelError:
-        return ModelError(
-            f"{source} names model {spec!r}, {found}; ncinspect imports code that a "
-            f"config file names only from a --code-path directory (importing runs the file): "
-            f"{fix}, or pass --model SPEC"
-        )
-
-    target, _ = split_spec(spec)
-    if is_file_spec(target):
-        candidates = [Path(target)]
-        if not Path(target).is_absolute() and base_dir is not None:
-            candidates.insert(0, base_dir / target)
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            tried = ", ".join(str(c) for c in candidates)
-            raise ModelError(f"{source} names model {spec!r}: no such file (tried {tried})")
-        if not under_code_path(path):
-            raise refuse(
-                f"code in {path.resolve()}",
-                f"pass --code-path {path.resolve().parent} if you trust it",
-            )
-        return
-    top = target.split(".", 1)[0]
-    try:
-        found = importlib.util.find_spec(top)  # a top-level name: finds, executes nothing
-    except (ImportError, ValueError):
-        found = None
-    if found is None:
-        raise refuse(
-            f"but module {top!r} is not importable",
-            "pass --code-path DIR for the directory that holds it if you trust it",
-        )
-    origins = [Path(found.origin)] if found.origin and found.has_location else []
-    origins += [Path(p) for p in (found.submodule_search_locations or [])]
-    if base_dir is not None:
-        folder = base_dir.resolve()
-        local = [
-            o for o in origins if o.resolve().is_relative_to(folder) and not under_code_path(o)
-        ]
-        if local:
-            raise refuse(
-                f"whose module {top!r} is code in the checkpoint's folder ({local[0]})",
-                f"pass --code-path {local[0].resolve().parent} if you trust it",
-            )
-
-
-def _library_function(function: Any) -> bool:
-    """Whether a Python function lives in the standard library or one of `_NOT_FACTORIES`
-    (judged by its file, so that a project file named like a stdlib module is still a project
-    file)."""
-    filename = Path(function.__code__.co_filename).resolve()
-    installed = any(part in ("site-packages", "dist-packages") for part in filename.parts)
-    stdlib_dir = Path(sysconfig.get_paths()["stdlib"]).resolve()
-    if not installed and filename.is_relative_to(stdlib_dir):
-        return True
-    top = (getattr(function, "__module__", None) or "").split(".", 1)[0]
-    return installed and top in _NOT_FACTORIES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +280,7 @@ def pickle_refusal(p: Path, names: Sequence[str]) -> CheckpointError:
         what += f" of class {_describe_globals(names)}"
     return CheckpointError(
         f"holds {what}: loading it needs full unpickling, which runs arbitrary code from the "
-        f"file; pass --unsafe-pickle only if you trust its source; {hint(p)}",
+        f"file; pass --trust-code only if you trust its source; {hint(p)}",
         path=p,
     )
 
@@ -391,16 +302,16 @@ def load_weights_only(raw: bytes, *, map_location: str | None = None) -> Any:
     return torch.load(io.BytesIO(raw), weights_only=True, map_location=map_location)
 
 
-def torch_load(p: Path, fmt: str, *, unsafe_pickle: bool) -> Any:
+def torch_load(p: Path, fmt: str, *, trust_code: bool) -> Any:
     """The object a torch.save file holds: `torch.load(weights_only=True)` after a static scan
-    that names every class the pickle would import, or full unpickling with `unsafe_pickle`.
+    that names every class the pickle would import, or full unpickling with `trust_code`.
     CheckpointError for a refused, truncated or corrupt file or a class that does not import."""
-    if not unsafe_pickle and fmt == "torch":
+    if not trust_code and fmt == "torch":
         names = unsafe_globals(p)
         if names:
             raise pickle_refusal(p, names)
     try:
-        obj = _torch_load(p, fmt, weights_only=not unsafe_pickle)
+        obj = _torch_load(p, fmt, weights_only=not trust_code)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" in text or "Unsupported global" in text:

@@ -44,7 +44,7 @@ def format_description(desc: dict[str, Any]) -> str:
         add(f"  size: {_size(int(desc['size_bytes']))}")
     if desc.get("kind") == "checkpoint" and "loads_safely" in desc:
         safe = desc["loads_safely"]
-        text = {True: "yes (weights only)", False: "no: needs --unsafe-pickle", None: "no"}[safe]
+        text = {True: "yes (weights only)", False: "no: needs --trust-code", None: "no"}[safe]
         add(f"  loads safely: {text}")
     if desc.get("unsafe_globals"):
         add(f"  pickled classes: {', '.join(desc['unsafe_globals'])}")

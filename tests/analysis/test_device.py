@@ -288,7 +288,7 @@ def test_extract_stats_only_device_path_equals_host_path(
             args = ["extract", str(FIXTURES / "runs" / ckpt)]
             args += ["--data", str(FIXTURES / "data" / data)]
             args += ["--out", str(tmp_path / kind), "--stats-only", "--device", DEVICE.type]
-            args += ["--batch-size", "48", "--code-path", str(FIXTURES), "-q"]
+            args += ["--batch-size", "48", "--trust-code", "-q"]
             res = runner.invoke(app, args)
             assert res.exit_code == 0, res.output
     assert calls == ["classification", "regression"]  # the device path ran, and only when forced

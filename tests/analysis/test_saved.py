@@ -31,7 +31,7 @@ def extract(run: str, data: str, out: Path, **kwargs) -> None:
         checkpoints=(FIXTURES / "runs" / run,),
         data=str(FIXTURES / "data" / data),
         out=out,
-        code_paths=(FIXTURES,),
+        trust_code=True,
         **kwargs,
     )
     run_extract(config)
@@ -226,7 +226,7 @@ def test_nonfinite_rows_refused_or_dropped(tmp_path: Path) -> None:
     data = tmp_path / "nan_test.npz"
     np.savez(data, x=x, y=y)
     ckpt = FIXTURES / "runs" / "digits_ce" / "epoch_300.pt"
-    base = {"checkpoints": (ckpt,), "data": str(data), "code_paths": (FIXTURES,)}
+    base = {"checkpoints": (ckpt,), "data": str(data), "trust_code": True}
     with pytest.raises(InputError, match=r"'features' has 2 row\(s\) with NaN or Inf; pass "):
         run_extract(ExtractConfig(out=tmp_path / "a", stats_only=True, **base))
     assert not list((tmp_path / "a").rglob("*.h5"))

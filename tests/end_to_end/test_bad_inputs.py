@@ -167,7 +167,7 @@ def test_code_running_pickle_refused_everywhere(kit: Kit, tmp_path: Path, varian
     if variant == "raw":  # not a torch.save file at all: refused before any unpickling
         expect_error(kit.extract(evil, out), evil, "plain Python pickle", out=out)
     else:  # the reason: loading would execute code named in the file
-        expect_error(kit.extract(evil, out), evil, "--unsafe-pickle", "code", out=out)
+        expect_error(kit.extract(evil, out), evil, "--trust-code", "code", out=out)
     report = tmp_path / "r.json"
     line = expect_error(["report", evil, "-o", report], evil, out=report)
     assert "code" in line or "not a" in line or "unrecognized" in line
@@ -176,11 +176,11 @@ def test_code_running_pickle_refused_everywhere(kit: Kit, tmp_path: Path, varian
     assert not marker.exists(), "unpickling ran code from the file"
 
 
-def test_unsafe_pickle_flag_really_unpickles(kit: Kit, tmp_path: Path) -> None:
-    """The marker mechanism can fail: with --unsafe-pickle the same file does run its code."""
+def test_trust_code_flag_really_unpickles(kit: Kit, tmp_path: Path) -> None:
+    """The marker mechanism can fail: with --trust-code the same file does run its code."""
     marker = tmp_path / "marker.txt"
     evil = _evil_files(tmp_path, marker)["zip"]
-    res = cli(*kit.extract(evil, tmp_path / "features"), "--unsafe-pickle")
+    res = cli(*kit.extract(evil, tmp_path / "features"), "--trust-code")
     assert res.exit_code == 1  # not a usable checkpoint, but it was unpickled:
     assert marker.read_text() == "code ran\n"
 

@@ -185,7 +185,7 @@ def test_exported_program_audit_refuses_code(tmp_path: Path, tiny: tuple[Path, M
     with pytest.raises(CheckpointError) as err:
         load_exported_module(path)
     message = str(err.value)
-    assert "--model" in message and "--unsafe-pickle" in message and "\n" not in message
+    assert "--model" in message and "--trust-code" in message and "\n" not in message
     # its weights can still be read safely
     assert "head.weight" in load_checkpoint(path).tensors
 
@@ -220,23 +220,23 @@ def test_pickled_module_refused_without_flag_and_nothing_runs(
         load_checkpoint(ckpt_path)
     message = str(err.value)
     assert f"{path.stem}.TinyNet" in message
-    assert "--unsafe-pickle" in message and "arbitrary code" in message
+    assert "--trust-code" in message and "arbitrary code" in message
     assert f"run `ncinspect inspect {ckpt_path}`" in message and "\n" not in message
     assert not marker.exists() and path.stem not in sys.modules
 
     desc = describe(ckpt_path)  # inspect does not load it either
     assert desc["loads_safely"] is False and f"{path.stem}.TinyNet" in desc["unsafe_globals"]
-    assert "needs --unsafe-pickle" in format_description(desc)
+    assert "needs --trust-code" in format_description(desc)
     assert not marker.exists()
 
     # with the flag but without the code, the error says how to make the class importable
     with pytest.raises(CheckpointError, match="--code-path"):
-        load_checkpoint(ckpt_path, unsafe_pickle=True)
+        load_checkpoint(ckpt_path, trust_code=True)
     assert not marker.exists()
 
     # with the flag and the code importable, the module loads (and its import ran)
     sys.path.insert(0, str(path.parent))
-    ckpt = load_checkpoint(ckpt_path, unsafe_pickle=True)
+    ckpt = load_checkpoint(ckpt_path, trust_code=True)
     assert isinstance(ckpt.module, nn.Module) and not ckpt.safe
     assert marker.read_text() == "imported\n"
 
@@ -251,7 +251,7 @@ def test_wrapper_with_code_refused_legacy_too(tmp_path: Path, clean_imports: Non
     torch.save({"state_dict": sd, "extra": boom}, paths[1], _use_new_zipfile_serialization=False)
     _forget(module, marker)
     for p in paths:
-        with pytest.raises(CheckpointError, match="write_marker.*--unsafe-pickle"):
+        with pytest.raises(CheckpointError, match="write_marker.*--trust-code"):
             load_checkpoint(p)
     assert not (tmp_path / "boom.txt").exists() and not marker.exists()
 

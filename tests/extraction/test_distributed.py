@@ -68,7 +68,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, run, data, extra in jobs:
         res = torchrun(
             str(FIXTURES / "runs" / run), "--data", str(data), "--out", str(root / name),
-            "--batch-size", "48", "--code-path", str(FIXTURES), *extra,
+            "--batch-size", "48", "--trust-code", *extra,
         )  # fmt: skip
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"({2} shards)" in res.stdout and res.stdout.count("\n") == 4  # process 0 only
@@ -79,7 +79,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 data=str(data),
                 out=root / "single",
                 batch_size=48,
-                code_paths=(FIXTURES,),
+                trust_code=True,
             )
             run_extract(config)
     return root
@@ -175,7 +175,7 @@ def test_rerun_skips_complete_shard_sets(out: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*.h5")}
     res = torchrun(
         str(FIXTURES / "runs" / "digits_ce"), "--data", str(DIGITS), "--out", str(out / "shards"),
-        "--batch-size", "48", "--code-path", str(FIXTURES),
+        "--batch-size", "48", "--trust-code",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("skipped (exists") == 4
@@ -243,9 +243,9 @@ def test_single_process_skips_a_complete_set_and_overwrite_replaces_it(
     ckpt = FIXTURES / "runs" / "digits_ce" / "epoch_300.pt"
     base = {"checkpoints": (ckpt,), "data": str(DIGITS), "out": tmp_path, "batch_size": 48}
     with one_thread_in(ROOT):
-        (o,) = run_extract(ExtractConfig(code_paths=(FIXTURES,), **base))
+        (o,) = run_extract(ExtractConfig(trust_code=True, **base))
         assert (o.status, o.n) == ("skipped", 360)
-        (o,) = run_extract(ExtractConfig(code_paths=(FIXTURES,), overwrite=True, **base))
+        (o,) = run_extract(ExtractConfig(trust_code=True, overwrite=True, **base))
     assert (o.status, o.n, o.shards) == ("written", 360, 1)
     left = sorted(p.name for p in (tmp_path / "digits_ce").glob("epoch_300*"))
     assert left == ["epoch_300.pt.test.h5"]  # the superseded shards are gone

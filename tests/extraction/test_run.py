@@ -128,10 +128,10 @@ def test_pickled_module_needs_flag(env: Env) -> None:
     marker.unlink()
     with pytest.raises(CheckpointError) as err:
         run_extract(env.config(path))
-    assert "--unsafe-pickle" in str(err.value) and "\n" not in str(err.value)
+    assert "--trust-code" in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists() and env.files() == []
     # with the flag, --model FILE only makes the classes importable; the module is used as is
-    (outcome,) = run_extract(env.config(path, unsafe_pickle=True, model=f"{code}:tiny"))
+    (outcome,) = run_extract(env.config(path, trust_code=True, model=f"{code}:tiny"))
     meta = check_store(outcome.store, model, env.x, env.y)
     assert meta["provenance"]["model_source"] == "pickled module"
     assert marker.read_text() == "imported\n"
@@ -154,7 +154,7 @@ def test_model_from_run_json_and_provenance(env: Env) -> None:
             }
         )
     )
-    config = env.config(run, split="heldout", precision="fp32", code_paths=(env.code.parent,))
+    config = env.config(run, split="heldout", precision="fp32", trust_code=True)
     (outcome,) = run_extract(config)
     assert outcome.store.name == "epoch_009.pt.heldout.h5"
     meta = check_store(outcome.store, model, env.x, env.y)
@@ -182,7 +182,9 @@ def test_config_file_cannot_name_arbitrary_callables(env: Env) -> None:
     (run / "config.json").write_text(
         json.dumps({"model": "subprocess:run", "model_args": {"args": ["touch", str(marker)]}})
     )
-    _fails(env, env.config(run), ModelError, "config.json names model 'subprocess:run'", "--model")
+    _fails(
+        env, env.config(run), ModelError, "names the model factory 'subprocess:run'", "--trust-code"
+    )
     assert not marker.exists()
     # the command line's --model is the user's own choice and is honoured
     (o,) = run_extract(env.config(run, model=env.spec))
@@ -200,10 +202,10 @@ def net(**kw):
 
 
 @pytest.mark.parametrize("layout", ["file", "package", "checkpoint"])
-def test_config_file_cannot_import_code_without_code_path(env: Env, layout: str) -> None:
+def test_config_file_cannot_import_code_without_trust_code(env: Env, layout: str) -> None:
     """A downloaded checkpoint folder that ships code and a run.json naming it: importing runs
-    the code, so nothing is imported unless the user passes --code-path for it (then it is, so
-    this test can fail)."""
+    the code, so nothing is imported unless the user passes --trust-code (--code-path alone is
+    not enough; with --trust-code it is imported, so this test can fail)."""
     run = env.root / "downloaded"
     run.mkdir()
     torch.save(make_model(env.module).state_dict(), run / "epoch_1.pt")
@@ -231,16 +233,18 @@ def test_config_file_cannot_import_code_without_code_path(env: Env, layout: str)
         spec, trusted = f"{target}:net", target.parent
     if layout != "checkpoint":
         (run / "run.json").write_text(json.dumps({"model": spec}))
-    message = _fails(env, env.config(run), ModelError, f"names model {spec!r}", "--code-path")
-    assert f"--code-path {trusted.resolve()}" in message or layout == "package"
+    _fails(env, env.config(run), ModelError, f"names the model factory {spec!r}", "--trust-code")
     assert not marker.exists(), "the config's code ran"
     assert "hostilepkg" not in sys.modules and str(run.resolve()) not in sys.path
+    # --code-path makes the folder importable but trusts nothing a file names
+    _fails(env, env.config(run, code_paths=(trusted,)), ModelError, "--trust-code")
+    assert not marker.exists() and "hostilepkg" not in sys.modules
     # --model still wins over the config, and is the user's own choice
     (o,) = run_extract(env.config(run, model=env.spec, overwrite=True))
     assert o.status == "written" and not marker.exists()
-    # trusted with --code-path: the code is imported (it then fails to load the weights)
+    # with --trust-code the code is imported (it then fails to load the weights)
     with pytest.raises(CheckpointError):
-        run_extract(env.config(run, code_paths=(trusted,), overwrite=True))
+        run_extract(env.config(run, code_paths=(trusted,), trust_code=True, overwrite=True))
     assert marker.read_text() == "imported"
     sys.modules.pop("hostilepkg", None)
     sys.modules.pop("hostilepkg.arch", None)
@@ -266,7 +270,7 @@ def test_training_set_size_is_recorded_for_the_ufm(env: Env) -> None:
     torch.save(model.state_dict(), run / "epoch_2.pt")
     config = {"model": env.spec, "weight_decay": 5e-4, "data": {"train_size": 3000}}
     (run / "run.json").write_text(json.dumps(config))
-    (o,) = run_extract(env.config(run, code_paths=(env.code.parent,)))
+    (o,) = run_extract(env.config(run, trust_code=True))
     prov = _provenance(o.store)
     assert prov["train_size"] == 3000 and prov["n_train_source"] == str(run / "run.json")
     (result,) = analyze_stores([o.store])
