@@ -7,10 +7,31 @@ Never raised for programming errors (those stay ordinary exceptions).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# What a terminal would act on rather than show: C0 controls (newline and tab included), DEL, C1
+# controls, the bidirectional overrides and isolates that reorder what is shown, and the lone
+# surrogates a file name that is not UTF-8 decodes to (which stdout could not even encode).
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    code = ord(ch)
+    return _NAMED.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def visible(text: object) -> str:
+    """`text` with every control character (ESC, BEL, CR, newline, tab, DEL, C1, bidi overrides)
+    written as a visible escape (`\\x1b`, `\\n`, `\\u202e`): names and messages that come from
+    files can then neither drive the terminal nor forge lines. Printable text is unchanged."""
+    s = str(text)
+    return _INVISIBLE.sub(_escape, s) if _INVISIBLE.search(s) else s
 
 
 class NcInspectError(Exception):

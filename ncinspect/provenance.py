@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ncinspect.errors import InputError
+from ncinspect.files import bounded_text, inside
 
 # Training labels recorded as provenance, with the names configs use for them.
 LABEL_ALIASES: dict[str, tuple[str, ...]] = {
@@ -53,6 +57,67 @@ _ALIAS_TO_LABEL = {alias: label for label, names in CONFIG_LABEL_ALIASES.items()
 _SEARCH_DEPTH = 3  # how deep into nested config objects the label aliases are looked for
 
 
+MAX_NESTING = 64
+"""The deepest nesting of objects and arrays a config may have (JSON text, or the dicts and
+lists a checkpoint stores): real configs stay under ten; deeper ones are refused before any
+parser or walk recurses into them."""
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def json_depth_error(text: str) -> json.JSONDecodeError | None:
+    """A JSONDecodeError when `text` nests objects/arrays deeper than MAX_NESTING (counted on
+    the raw text, brackets inside strings skipped), else None. JSON parsers recurse per level:
+    a deep document would end in a RecursionError rather than a parse error."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return None
+    depth = 0
+    for m in _JSON_TOKENS.finditer(text):
+        token = m.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_NESTING:
+                return json.JSONDecodeError(
+                    f"nested deeper than {MAX_NESTING} levels", text, m.start()
+                )
+        elif token in ("]", "}"):
+            depth -= 1
+    return None
+
+
+def load_json(text: str | bytes) -> Any:
+    """`json.loads` that refuses nesting deeper than MAX_NESTING with a `json.JSONDecodeError`
+    (so a caller's `except json.JSONDecodeError` covers it), before parsing."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    error = json_depth_error(text)
+    if error is not None:
+        raise error
+    return json.loads(text)
+
+
+def nesting_deeper_than(value: Any, limit: int = MAX_NESTING, budget: int = 1_000_000) -> bool:
+    """Whether mappings, lists and tuples nest deeper than `limit` in `value` (or hold more than
+    `budget` entries in all, shared ones counted each time they are reached, so that a cycle or
+    an exponentially shared structure also counts as too deep). Iterative: never recurses."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    seen = 0
+    while stack:
+        obj, depth = stack.pop()
+        m = as_mapping(obj)
+        children = m.values() if m is not None else obj if isinstance(obj, list | tuple) else None
+        if children is None:
+            continue
+        if depth >= limit:
+            return True
+        for child in children:
+            seen += 1
+            if seen > budget:
+                return True
+            stack.append((child, depth + 1))
+    return False
+
+
 @dataclass(frozen=True)
 class Sidecar:
     """A run's config file beside a checkpoint: `path` is None when there is none."""
@@ -69,10 +134,12 @@ def read_sidecar(checkpoint: str | Path) -> Sidecar:
     folder = p if p.is_dir() else p.parent
     for name in CONFIG_NAMES:
         cfg = folder / name
-        if cfg.is_file():
+        if inside(folder, cfg):
             try:
-                data = json.loads(cfg.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                data = read_config(cfg)
+            except InputError as exc:
+                return Sidecar(cfg, {}, str(exc))
+            except (OSError, json.JSONDecodeError) as exc:
                 return Sidecar(cfg, {}, f"{cfg}: not valid JSON ({exc})")
             if not isinstance(data, dict):
                 return Sidecar(cfg, {}, f"{cfg}: expected a JSON object, got {type(data).__name__}")
@@ -80,8 +147,9 @@ def read_sidecar(checkpoint: str | Path) -> Sidecar:
     return Sidecar()
 
 
-def plain_value(value: Any) -> Any:
-    """A JSON-able rendering of a scalar-ish value, or None when it is not one."""
+def plain_value(value: Any, _depth: int = 0) -> Any:
+    """A JSON-able rendering of a scalar-ish value, or None when it is not one (lists and tuples
+    of up to 16 such values, nested at most 8 deep)."""
     if isinstance(value, bool | int | float | str) or value is None:
         return value
     item = getattr(value, "item", None)
@@ -92,8 +160,8 @@ def plain_value(value: Any) -> Any:
                 return item()
         except Exception:  # noqa: BLE001 - not a scalar after all
             return None
-    if isinstance(value, list | tuple) and len(value) <= 16:
-        out = [plain_value(v) for v in value]
+    if isinstance(value, list | tuple) and len(value) <= 16 and _depth < 8:
+        out = [plain_value(v, _depth + 1) for v in value]
         if all(v is not None or w is None for v, w in zip(out, value, strict=True)):
             return out
     return None
@@ -189,15 +257,26 @@ def is_tensor_dict(value: Any) -> bool:
     return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
+CONFIG_LIMIT = 16 << 20
+"""The largest config file read (bytes): configs are read whole, real ones are kilobytes."""
+
+
+def read_config(path: Path) -> Any:
+    """The JSON document of a config file: a regular file of at most CONFIG_LIMIT bytes
+    (InputError otherwise), nested at most MAX_NESTING deep (json.JSONDecodeError otherwise)."""
+    return load_json(bounded_text(path, CONFIG_LIMIT))
+
+
 def config_files(sources: Sequence[str]) -> list[Path]:
-    """The config files in the folders of `sources` (feature files) and in their parent folders."""
+    """The config files in the folders of `sources` (feature files) and in their parent folders:
+    regular files whose real path stays in that folder (a link out of it is not followed)."""
     dirs: list[Path] = []
     for source in sources:
         d = Path(source).parent
         for candidate in (d, d.parent):
             if candidate not in dirs:
                 dirs.append(candidate)
-    return [d / name for d in dirs for name in CONFIG_NAMES if (d / name).is_file()]
+    return [d / name for d in dirs for name in CONFIG_NAMES if inside(d, d / name)]
 
 
 def labels_from_config(doc: dict[str, Any]) -> dict[str, Any]:

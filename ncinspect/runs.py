@@ -25,7 +25,7 @@ from ncinspect.errors import InputError, UsageError
 from ncinspect.io.discovery import natural_key
 from ncinspect.metrics.keys import METRICS, keys_for
 from ncinspect.metrics.results import Result, json_number, jsonable, run_key
-from ncinspect.provenance import config_files, labels_from_config
+from ncinspect.provenance import config_files, labels_from_config, read_config
 
 
 @dataclass
@@ -150,8 +150,8 @@ def _labels(results: Sequence[Result]) -> dict[str, Any]:
                 break
     for path in config_files([r.source for r in results]):
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = read_config(path)
+        except (InputError, OSError, json.JSONDecodeError) as exc:
             _warn(results[-1], f"labels: cannot read {path} ({exc}); ignored")
             continue
         if isinstance(doc, dict):

@@ -17,7 +17,7 @@ import numpy as np
 from ncinspect.analysis.classification import classification_from_source
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import regression_from_source
-from ncinspect.analysis.rows import FiniteRows
+from ncinspect.analysis.rows import MAX_FEATURE_ABS, FiniteRows
 from ncinspect.analysis.saved import metrics_from_statistics
 from ncinspect.errors import InputError
 from ncinspect.io.sources import FeatureSource
@@ -38,6 +38,7 @@ def analyze_source(source: FeatureSource, options: AnalysisOptions | None = None
 
 
 def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
+    _epoch_of(source)  # a malformed epoch attribute fails before any pass
     _check_finite_head(source)
     if source.statistics is not None:  # saved by extract --stats-only: no rows to read
         with full_blas(float(source.d) ** 3):  # up to a D x D eigendecomposition
@@ -67,12 +68,47 @@ def _check_finite_head(source: FeatureSource) -> None:
                 "only)",
                 path=source.path,
             )
+        largest = float(np.abs(arr).max()) if arr.size else 0.0
+        if largest > MAX_FEATURE_ABS:
+            raise InputError(
+                f"the head {name} has values up to {largest:.3g} in magnitude; expected |w| <= "
+                f"{MAX_FEATURE_ABS:.0e} (larger values overflow the float64 products W h)",
+                path=source.path,
+            )
+
+
+_INT64 = 2**63
+
+
+def _epoch_of(source: FeatureSource) -> int | None:
+    """The source's `epoch` attribute as an int: a whole number within int64, or InputError."""
+    value = source.meta.get("epoch")
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    number: int | None = None
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if number is None or not -_INT64 <= number < _INT64:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise InputError(
+            f"attribute 'epoch' is {shown} ({type(value).__name__}); expected a whole number "
+            "(the checkpoint's epoch) within the int64 range",
+            path=source.path,
+        )
+    return number
 
 
 def _result(source: FeatureSource, ms: MetricSet, n_used: int, extras: dict[str, Any]) -> Result:
     meta = source.meta
     extras = {**extras, "meta": dict(meta)}
-    epoch = meta.get("epoch")
     return Result(
         source=source.path,
         task=source.task,
@@ -85,7 +121,7 @@ def _result(source: FeatureSource, ms: MetricSet, n_used: int, extras: dict[str,
         warnings=ms.warnings,
         run=_str_or_none(meta.get("run")),
         checkpoint=_str_or_none(meta.get("checkpoint")),
-        epoch=None if epoch is None else int(epoch),
+        epoch=_epoch_of(source),
         split=_str_or_none(meta.get("split")),
         extras=extras,
     )

@@ -54,12 +54,15 @@ def gamma_choice(options: AnalysisOptions) -> GammaChoice | None:
     if options.gamma is not None and options.ufm_lambdas is not None:
         raise UsageError("gamma and ufm_lambdas are alternatives; give one")
     if options.gamma is not None:
+        if not (math.isfinite(float(options.gamma)) and float(options.gamma) >= 0):
+            raise UsageError(f"--gamma: found {options.gamma}; expected a finite number >= 0")
         return GammaChoice(float(options.gamma), "given")
     if options.ufm_lambdas is not None:
         lam_h, lam_w = (float(v) for v in options.ufm_lambdas)
-        if not (lam_h >= 0 and lam_w >= 0):
+        if not (lam_h >= 0 and lam_w >= 0 and math.isfinite(lam_h * lam_w)):
             raise UsageError(
-                f"ufm_lambdas = ({lam_h}, {lam_w}), expected lambda_H >= 0 and lambda_W >= 0"
+                f"ufm_lambdas = ({lam_h}, {lam_w}), expected lambda_H >= 0 and lambda_W >= 0 "
+                "with a finite product"
             )
         return GammaChoice(lam_h * lam_w, "ufm_lambdas")
     return None

@@ -1,8 +1,9 @@
 """How the passes read a source's rows: non-finite feature rows refused or dropped.
 
 Owns `FiniteRows` (a source's batches with NaN/Inf feature rows refused, or dropped and counted
-under `drop_nonfinite`), `finite_row_mask` (the per-block test) and `nonfinite_error` (the one
-refusal message, shared by the device passes). Reads data only through `FeatureSource.batches`;
+under `drop_nonfinite`; features too large for float64 sums of squares always refused),
+`finite_row_mask` (the per-block test), `nonfinite_error` and `magnitude_error` (the refusal
+messages, shared by the device passes). Reads data only through `FeatureSource.batches`;
 computes no statistic. Axes: N samples, B rows of a block, D feature dim.
 """
 
@@ -15,6 +16,12 @@ import numpy as np
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.errors import InputError, check_interrupt
 from ncinspect.io.sources import Batch, FeatureSource
+
+# The largest feature magnitude the statistics accept. Scatter matrices sum N products of two
+# features and the metrics multiply such sums again (Gram matrices, pseudo-inverses), so a value
+# v must keep N^2 v^4 far below the float64 maximum (1.8e308): with 1e50, N up to 1e50 rows.
+# float32 features (at most 3.4e38) always pass: only float64 ones are checked.
+MAX_FEATURE_ABS = 1e50
 
 
 class FiniteRows:
@@ -45,6 +52,7 @@ class FiniteRows:
             if not check:
                 yield batch
                 continue
+            check_magnitude(x, self.source)
             finite = finite_row_mask(x)
             if finite.all():
                 yield batch
@@ -73,6 +81,29 @@ def nonfinite_error(count: int, source: FeatureSource) -> InputError:
         "metrics from the finite rows only",
         path=source.path,
     )
+
+
+def magnitude_error(largest: float, source: FeatureSource) -> InputError:
+    """The refusal of features whose squares and sums would overflow float64."""
+    return InputError(
+        f"'features' has values up to {largest:.3g} in magnitude; expected |x| <= "
+        f"{MAX_FEATURE_ABS:.0e} (larger values overflow the float64 sums of squares the metrics "
+        "need); rescale the features (the collapse metrics do not depend on their scale)",
+        path=source.path,
+    )
+
+
+def check_magnitude(x: np.ndarray, source: FeatureSource) -> None:
+    """Raise `magnitude_error` when a finite entry of float64 x (B, D) exceeds MAX_FEATURE_ABS
+    (NaN and Inf are left to `finite_row_mask`). Other dtypes cannot hold such values."""
+    if x.dtype != np.float64 or x.size == 0:
+        return
+    top, bottom = float(x.max()), float(x.min())
+    if -MAX_FEATURE_ABS <= bottom and top <= MAX_FEATURE_ABS:  # False for NaN and Inf: look closer
+        return
+    finite = np.abs(x[np.isfinite(x)])
+    if finite.size and float(finite.max()) > MAX_FEATURE_ABS:
+        raise magnitude_error(float(finite.max()), source)
 
 
 def finite_row_mask(x: np.ndarray) -> np.ndarray:

@@ -9,9 +9,11 @@ Never imports torch, h5py or rich at import time, does math, or reads a feature 
 
 from __future__ import annotations
 
-import os
+import logging
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -25,6 +27,7 @@ from ncinspect.errors import (
     UsageError,
     check_interrupt,
     pending_interrupt,
+    visible,
 )
 
 T = TypeVar("T")
@@ -87,17 +90,37 @@ PathsArg = Annotated[
 ]
 
 
-def fail(message: str, code: int) -> typer.Exit:
-    # One line, always: a library's multi-line message is joined rather than spilled.
+def fail(message: str, code: int, path: str | None = None) -> typer.Exit:
+    # One line, always: a library's multi-line message is joined rather than spilled, and control
+    # characters (a file name's ESC, CR or newline) are shown as escapes, never sent raw.
     message = "; ".join(part.strip() for part in message.splitlines() if part.strip())
-    print(f"ncinspect: error: {message}", file=sys.stderr)
+    where = "" if path is None else f"{visible(path)}: "
+    print(f"ncinspect: error: {where}{visible(message)}", file=sys.stderr)
     return typer.Exit(code)
 
 
-def guarded(fn: Callable[[], T]) -> T:
-    """Run a command body; user errors become one stderr line and an exit code, never a trace."""
+@contextmanager
+def quiet_libraries() -> Iterator[list[warnings.WarningMessage]]:
+    """Within the block, what libraries print on their own is recorded, not shown: Python
+    warnings (torch's and numpy's, raised while an untrusted file is loaded or analysed) and
+    log records (torch logs tracebacks while it loads some files). ncinspect itself reports only
+    through its errors and its own lines, never through warnings or logging."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
-        result = fn()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")  # each warning once per place: the list stays small
+            yield caught
+    finally:
+        logging.disable(previous)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run a command body; user errors become one stderr line and an exit code, never a trace.
+    Library warnings and log records are kept off stderr (`quiet_libraries`)."""
+    try:
+        with quiet_libraries():
+            result = fn()
         check_interrupt()  # one that Python dropped while the work went on to the end
         return result
     except Exception as exc:
@@ -110,7 +133,7 @@ def guarded(fn: Callable[[], T]) -> T:
         if stop is not None:
             raise fail("interrupted", 130) from None
         if isinstance(exc, NcInspectError):
-            raise fail(str(exc), exc.exit_code) from None
+            raise fail(exc.message, exc.exit_code, exc.path) from None
         raise
     except Terminated:
         raise fail("terminated (SIGTERM)", 143) from None
@@ -160,19 +183,22 @@ def parse_labels(items: list[str] | None) -> dict[str, str]:
 
 
 def write_output(text: str, output: Path | None) -> None:
-    """Print to stdout, or write the file atomically (temporary name, then rename)."""
+    """Print to stdout, or write the file atomically (a new temporary file, then a rename that
+    replaces a symbolic link at `output` instead of writing through it)."""
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     if output.is_dir():
         raise OutputError("output path is a directory, expected a file name", path=output)
-    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    from ncinspect.io.atomic import AtomicFile
+
+    # A new private file (nothing planted at a guessed name is followed or truncated), renamed
+    # over `output`: a symbolic link there is replaced, its target never written.
     try:
-        tmp.write_text(text if text.endswith("\n") else text + "\n")
-        os.replace(tmp, output)
+        with AtomicFile(output) as tmp:
+            assert tmp.fd is not None
+            with open(tmp.fd, "w", encoding="utf-8", closefd=False) as fh:
+                fh.write(text if text.endswith("\n") else text + "\n")
+            tmp.commit()
     except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # e.g. the parent is a regular file: nothing was created
-            pass
         raise OutputError(f"cannot write: {exc.strerror}", path=output) from None

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ncinspect.cli.common import Format, guarded, parse_metrics, write_output
-from ncinspect.errors import UsageError
+from ncinspect.errors import UsageError, visible
 
 app = typer.Typer()
 
@@ -78,7 +78,7 @@ def compare(
             from ncinspect.render.plots import plot_matched
 
             for path in plot_matched(comparison, plot_dir):
-                print(f"wrote {path}", file=sys.stderr)
+                print(f"wrote {visible(path)}", file=sys.stderr)
         grids = rep.comparison_grids(comparison)
         if format is Format.table and output is None:
             rep.print_grids(grids, width=width)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ncinspect.cli.common import Precision, TaskChoice, guarded
+from ncinspect.errors import visible
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -39,7 +40,9 @@ class StderrProgress:
         self._task: TaskID | None = None
 
     def start(self, label: str, total: int | None) -> None:
-        self.label, self.done, self.t0 = label, 0, time.perf_counter()
+        # the label names a run and a checkpoint file: shown with visible control characters,
+        # never read as rich markup
+        self.label, self.done, self.t0 = visible(label), 0, time.perf_counter()
         if not sys.stderr.isatty():
             return
         from rich.console import Console
@@ -53,16 +56,16 @@ class StderrProgress:
         )
 
         self._bar = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("rows"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=Console(file=sys.stderr),
+            console=Console(file=sys.stderr, markup=False, emoji=False, highlight=False),
             transient=True,
         )
-        self._task = self._bar.add_task(label, total=total)
+        self._task = self._bar.add_task(self.label, total=total)
         self._bar.start()
 
     def advance(self, n: int) -> None:
@@ -237,6 +240,6 @@ def extract(
                 note = f"{o.n} rows in {o.seconds:.1f} s"
             if o.shards > 1:
                 note += f" ({o.shards} shards)"
-            print(f"{o.name}  {note}")
+            print(f"{visible(o.name)}  {note}")
 
     guarded(body)

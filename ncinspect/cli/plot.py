@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ncinspect.cli.common import PathsArg, guarded, parse_labels, parse_metrics
-from ncinspect.errors import UsageError
+from ncinspect.errors import UsageError, visible
 
 app = typer.Typer()
 
@@ -61,6 +61,6 @@ def plot(
             comparison = compare_runs(by_name[names[0]], by_name[names[1]], at)
             written += plot_matched(comparison, out, fmts)
         for path in written:
-            print(path)
+            print(visible(path))
 
     guarded(body)

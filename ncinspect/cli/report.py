@@ -24,7 +24,7 @@ from ncinspect.cli.common import (
     parse_pair,
     write_output,
 )
-from ncinspect.errors import NcInspectError, UsageError
+from ncinspect.errors import NcInspectError, UsageError, visible
 
 app = typer.Typer()
 
@@ -145,7 +145,7 @@ def report(
         )
         if not quiet:
             for line in skipped + rep.warning_lines(results):
-                print(line, file=sys.stderr)
+                print(visible(line), file=sys.stderr)
         if not results:
             raise NcInspectError("no feature store or dump found in " + ", ".join(map(str, paths)))
         view = By.epoch if trajectory else by

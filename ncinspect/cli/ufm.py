@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from ncinspect.cli.common import UfmFormat, guarded, write_output
-from ncinspect.errors import UsageError
+from ncinspect.errors import UsageError, visible
 
 app = typer.Typer(
     name="ufm",
@@ -47,7 +47,7 @@ def _emit_ufm(reports: list[dict], format: UfmFormat, width: int | None, quiet: 
     if not quiet:
         for rep in reports:
             for line in rep.get("numerical", {}).get("warnings", []):
-                print(f"warning: {line}", file=sys.stderr)
+                print(visible(f"warning: {line}"), file=sys.stderr)
     if format is UfmFormat.json:
         data = jsonable(reports[0] if len(reports) == 1 else reports)
         write_output(json.dumps(data, indent=2, allow_nan=False), None)

@@ -4,7 +4,10 @@ Owns `array_members(path)` -> name -> `LazyArray` (`shape`, `dtype`, `read(start
 uncompressed .npz member or .npy file is memory-mapped, a compressed member streamed block by
 block, an HDF5 dataset sliced per read, so that data larger than memory works. Handles are
 picklable and reopen their file in whichever process reads them (DataLoader workers). An array
-whose header claims more bytes than the file holds is refused before any row is read.
+whose header claims more bytes than the file holds, an .npz member inflating beyond deflate's
+ratio, and an HDF5 file that is not self-contained (links, external or virtual storage) or whose
+filters inflate beyond the bound of `io.store.checks` are refused before any row is read. Only
+regular files are opened (`sniff.regular_file`: a FIFO or device is refused).
 
 Never unpickles (object arrays are refused), never writes files, knows nothing of models. These
 are *input data* files; feature stores are `io.store`'s.
@@ -23,7 +26,8 @@ import numpy as np
 
 from ncinspect.errors import DataError
 from ncinspect.extraction.messages import hint
-from ncinspect.io.npzheaders import npy_headers
+from ncinspect.files import regular_file
+from ncinspect.io.npzheaders import inflation_problem, npy_headers
 from ncinspect.io.sniff import sniff
 
 
@@ -156,6 +160,10 @@ def _npz_members(path: Path) -> dict[str, LazyArray]:
     out: dict[str, LazyArray] = {}
     try:
         with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+            for info in zf.infolist():
+                why = inflation_problem(info)
+                if why is not None:
+                    raise DataError(f"member '{info.filename}' {why}; {hint(path)}", path=path)
             for member in npy_headers(zf):
                 info, key, shape, dtype = member.info, member.key, member.shape, member.dtype
                 fortran, header = member.fortran, member.header_bytes
@@ -187,24 +195,28 @@ def _npz_members(path: Path) -> dict[str, LazyArray]:
 def _h5_members(path: Path) -> dict[str, LazyArray]:
     import h5py  # noqa: TID251 - reading *input data* files, not feature stores
 
-    from ncinspect.io.store.checks import unstored_claim
+    from ncinspect.io.store.checks import (
+        check_self_contained,
+        decompression_claim,
+        unstored_claim,
+    )
 
     out: dict[str, LazyArray] = {}
     try:
         with h5py.File(path, "r") as f:
+            check_self_contained(f, path, DataError)  # no links, external or virtual storage
 
             def visit(name: str, obj: Any) -> None:
                 if isinstance(obj, h5py.Dataset) and obj.shape:
-                    if not (obj.is_virtual or obj.external):  # those live in other files
-                        why = unstored_claim(obj)
-                        if why is not None:
-                            claimed = obj.dtype.itemsize * math.prod(obj.shape)
-                            raise DataError(
-                                f"array '{name}' claims shape {tuple(obj.shape)} of {obj.dtype} "
-                                f"({claimed} bytes) but {why} (truncated or damaged); "
-                                f"{hint(path)}",
-                                path=path,
-                            )
+                    why = unstored_claim(obj) or decompression_claim(obj)
+                    if why is not None:
+                        claimed = obj.dtype.itemsize * math.prod(obj.shape)
+                        raise DataError(
+                            f"array '{name}' claims shape {tuple(obj.shape)} of {obj.dtype} "
+                            f"({claimed} bytes) but {why} (truncated, damaged or crafted); "
+                            f"{hint(path)}",
+                            path=path,
+                        )
                     out[name] = H5Dataset(path, name, tuple(obj.shape), obj.dtype)
 
             f.visititems(visit)
@@ -216,6 +228,7 @@ def _h5_members(path: Path) -> dict[str, LazyArray]:
 def array_members(path: str | Path) -> dict[str, LazyArray]:
     """The arrays of an .npz or HDF5 file (by content), as lazy handles."""
     p = Path(path)
+    regular_file(p, DataError)  # a FIFO or device would block or never end
     kind = sniff(p)
     if kind == "npz" or (kind == "unknown" and p.suffix == ".npz"):
         return _npz_members(p)
@@ -229,5 +242,11 @@ def array_members(path: str | Path) -> dict[str, LazyArray]:
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             offset = fh.tell()
-        return {p.stem: MemmapMember(p, offset, tuple(shape), dtype, bool(fortran))}
+        if dtype.hasobject:
+            raise DataError(
+                f"array '{p.stem}' has dtype object; ncinspect reads numeric arrays only", path=p
+            )
+        shape = tuple(int(s) for s in shape)
+        _check_claim(p, p.stem, shape, dtype, p.stat().st_size - offset)
+        return {p.stem: MemmapMember(p, offset, shape, dtype, bool(fortran))}
     raise DataError(f"is not an .npz or HDF5 data file (detected: {kind}); {hint(p)}", path=p)

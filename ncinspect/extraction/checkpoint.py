@@ -4,11 +4,13 @@ Owns `load_checkpoint` (safetensors, torch.save archives, TorchScript archives a
 torch.export programs -> a `Checkpoint`: the state dict with the `module.` / `_orig_mod.`
 prefixes stripped, the wrapper dict's metadata, training labels, the epoch), the choice of the
 state dict inside a wrapper dict (`--state-key`), and the checkpoints of a directory in epoch
-order (`list_checkpoints`).
+order (`list_checkpoints`: regular files inside the directory only; a symlink leaving it, a FIFO
+or a device is passed over, while a checkpoint named on the command line is followed).
 
 Never runs a model and never writes files. Whether a torch.save pickle may be loaded is decided
-by `trust.torch_load`, which this module calls; safetensors files and TorchScript archives
-(`torch.jit.load`) hold no Python pickle. The format comes from `io.sniff`.
+by `trust.torch_load`, which this module calls; safetensors files hold no code; TorchScript
+archives are read as data by `scripted.read_scripted` (`torch.jit.load`, which runs the
+archive's code, only with --trust-code). The format comes from `io.sniff`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ncinspect.errors import CheckpointError, reading
-from ncinspect.extraction.exported import read_export_weights
+from ncinspect.extraction.exported import read_export_weights, trusted_export_weights
 from ncinspect.extraction.messages import first_line, hint
+from ncinspect.extraction.scripted import read_scripted
 from ncinspect.extraction.trust import torch_load
 from ncinspect.io.discovery import natural_key
+from ncinspect.io.dumps import check_tensor_storage
 from ncinspect.io.sniff import Format, sniff
-from ncinspect.provenance import as_mapping, find_labels, is_tensor_dict, plain_value
+from ncinspect.provenance import (
+    MAX_NESTING,
+    as_mapping,
+    find_labels,
+    is_tensor_dict,
+    load_json,
+    nesting_deeper_than,
+    plain_value,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +98,8 @@ _EPOCH_WORDS = ("epoch", "epochs", "ep", "e")
 def epoch_from_name(name: str) -> int | None:
     """The epoch (or step) a file name states: epoch_010, ep10, e5, step_1000, 12.pt -> 12.
 
-    An epoch-like word wins over a step-like one; the last match of a kind wins.
+    An epoch-like word wins over a step-like one; the last match of a kind wins. A stated number
+    that does not fit int64 (what a store records) raises `CheckpointError` naming the file.
     """
     stem = name
     for suffix in CHECKPOINT_SUFFIXES:
@@ -94,25 +107,45 @@ def epoch_from_name(name: str) -> int | None:
             stem = stem[: -len(suffix)]
             break
     if stem.isdigit():
-        return int(stem)
-    best: tuple[int, int] | None = None  # (priority, value)
+        return _epoch_in_range(stem, name)
+    best: tuple[int, str] | None = None  # (priority, digits)
     for m in _EPOCH_RE.finditer(stem):
         priority = 1 if m.group(1).lower() in _EPOCH_WORDS else 0
         if best is None or priority >= best[0]:
-            best = (priority, int(m.group(2)))
-    return None if best is None else best[1]
+            best = (priority, m.group(2))
+    return None if best is None else _epoch_in_range(best[1], name)
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _epoch_in_range(digits: str, name: str) -> int:
+    """The epoch a file name's digits state, or CheckpointError when it overflows int64."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 19 or int(digits) > _INT64_MAX:
+        shown = digits if len(digits) <= 40 else digits[:40] + "..."
+        raise CheckpointError(
+            f"the file name states epoch {shown}, which overflows int64; expected an epoch up to "
+            f"{_INT64_MAX} (rename the file)",
+            path=name,
+        )
+    return int(digits)
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
     """Every checkpoint file directly inside `directory`, in epoch order.
 
     Files are recognised by content (hidden files skipped); the order is the epoch their name
-    states (epoch_2 before epoch_10), files without one last, ties by natural name order.
+    states (epoch_2 before epoch_10), files without one last, ties by natural name order. Only
+    regular files whose real path stays in `directory` are taken (`sniff.inside`): a symlink
+    leaving the directory, a dangling one, a FIFO, device or socket is passed over unopened.
     """
+    from ncinspect.files import inside
+
     d = Path(directory)
     found = []
     for p in d.iterdir():
-        if not p.is_file() or p.name.startswith("."):
+        if p.name.startswith(".") or not inside(d, p):
             continue
         kind = sniff(p)
         # Damaged files with a checkpoint's suffix are listed so that loading reports them.
@@ -208,11 +241,25 @@ def load_checkpoint(
         raise CheckpointError("is a directory, expected a checkpoint file", path=p)
     with reading(p, CheckpointError, "a checkpoint"):
         ckpt = _load_any(p, trust_code=trust_code, state_key=state_key)
+    _check_storages(ckpt)
     if ckpt.epoch is None:
         e = epoch_from_name(p.name)
         if e is not None:
             ckpt.epoch, ckpt.epoch_source = e, "file name"
     return ckpt
+
+
+def _check_storages(ckpt: Checkpoint) -> None:
+    """Every dense tensor must hold its own elements: a saved view expanded with stride 0 claims
+    any shape over a few bytes, and copying it into a model, `.float()` or `.numpy()` would
+    allocate the claim. Checked before any copy (quantized and meta tensors have no plain
+    storage to compare and are left to the model's own loading)."""
+    import torch
+
+    for name, tensor in ckpt.tensors.items():
+        plain = _is_tensor(tensor) and tensor.layout == torch.strided
+        if plain and not (tensor.is_quantized or tensor.is_meta):
+            check_tensor_storage(tensor, name, ckpt.path, CheckpointError)
 
 
 def _load_any(p: Path, *, trust_code: bool, state_key: str | None) -> Checkpoint:
@@ -230,9 +277,15 @@ def _load_any(p: Path, *, trust_code: bool, state_key: str | None) -> Checkpoint
     elif fmt in ("torch", "torch_legacy"):
         ckpt = _load_torch(p, fmt, trust_code=trust_code, state_key=state_key)
     elif fmt == "torchscript":
-        ckpt = _load_torchscript(p)
+        ckpt = _load_torchscript(p, trust_code=trust_code)
     elif fmt == "export":
-        tensors, stripped = strip_prefixes(read_export_weights(p))
+        try:
+            weights = read_export_weights(p)
+        except CheckpointError:
+            if not trust_code:
+                raise
+            weights = trusted_export_weights(p)
+        tensors, stripped = strip_prefixes(weights)
         ckpt = Checkpoint(p, "export", tensors, stripped_prefixes=stripped)
     else:
         what = {
@@ -259,7 +312,7 @@ def _load_safetensors(p: Path) -> Checkpoint:
         (n,) = struct.unpack("<Q", fh.read(8))
         raw = fh.read(n)
     try:
-        header = json.loads(raw)
+        header = load_json(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(
             f"is truncated or corrupt: its safetensors header is not valid JSON; {hint(p)}", path=p
@@ -285,7 +338,7 @@ def _load_safetensors(p: Path) -> Checkpoint:
     decoded: dict[str, Any] = {}
     for k, v in metadata.items():
         try:
-            decoded[k] = json.loads(v)
+            decoded[k] = load_json(v)
         except json.JSONDecodeError:
             decoded[k] = v
     stripped_t, stripped = strip_prefixes(tensors)
@@ -303,13 +356,18 @@ def _load_safetensors(p: Path) -> Checkpoint:
 
 
 def _epoch_from_mapping(m: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    """The epoch (or step) a checkpoint's entries state. A value that is not a whole number
+    within int64 (what a store records) is not taken for one: the next key, or the file name,
+    tells the epoch instead."""
     for keys, kind in ((EPOCH_KEYS, "epoch"), (STEP_KEYS, "step")):
         for k in keys:
             if k in m:
                 v = plain_value(m[k])
-                if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+                if isinstance(v, str) and len(v) <= 24 and v.strip().lstrip("-").isdigit():
                     v = int(v)
-                if isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer():
+                if isinstance(v, float) and v.is_integer():
+                    v = int(v)
+                if isinstance(v, int) and not isinstance(v, bool) and abs(v) <= _INT64_MAX:
                     return int(v), f"'{k}' in the checkpoint" + (
                         "" if kind == "epoch" else " (step)"
                     )
@@ -340,6 +398,12 @@ def _from_object(p: Path, fmt: Format, obj: Any, *, state_key: str | None) -> Ch
         raise CheckpointError(
             f"holds a {type(obj).__name__}, expected a state dict, a dict holding one, or an "
             f"nn.Module; {hint(p)}",
+            path=p,
+        )
+    if nesting_deeper_than(obj):  # before any walk of its entries (labels, metadata, config)
+        raise CheckpointError(
+            f"nests dicts and lists deeper than {MAX_NESTING} levels (or holds over a million "
+            "entries); expected a state dict, possibly with a config of a few levels",
             path=p,
         )
     if state_key is None:
@@ -441,7 +505,19 @@ def _select_state(p: Path, obj: Mapping[str, Any], state_key: str | None) -> tup
     )
 
 
-def _load_torchscript(p: Path) -> Checkpoint:
+def _load_torchscript(p: Path, *, trust_code: bool) -> Checkpoint:
+    """The archive's weights read as data (`scripted.read_scripted`: nothing from the file
+    runs); only with `trust_code` through `torch.jit.load`, which runs the archive's code."""
+    if not trust_code:
+        weights = read_scripted(p)
+        tensors, stripped = strip_prefixes(weights.tensors)
+        return Checkpoint(
+            p,
+            "torchscript",
+            tensors,
+            metadata={"scripted_modules": weights.modules},
+            stripped_prefixes=stripped,
+        )
     import torch
 
     try:

@@ -7,6 +7,12 @@ order, in batches (`DataSource.batches`), with `--limit` applied.
 
 Knows nothing of models and never writes files. Axes: N samples, T regression targets.
 
+Paths: a data file or folder named on the command line is followed; inside a CIFAR folder only
+regular files (and `cifar-*` subfolders) whose real path stays in the folder are read
+(`sniff.inside`): a batch file linking elsewhere, a FIFO or a device is passed over. A batch is
+unpickled from memory, bounded by its file size, with its arrays' shapes checked against the
+bytes they hold (`trust.restricted_load`).
+
 Input arrays are passed to the model as float32 when floating (or bool), int64 when integer
 (token ids); CIFAR images become float32 (N, 3, 32, 32) in [0, 1]. Labels are int64 (N,)
 (classification); float targets are float32 (N, T) (regression).
@@ -34,6 +40,7 @@ from ncinspect.extraction.trust import (
     restricted_load,
     split_spec,
 )
+from ncinspect.files import inside, regular_file
 from ncinspect.io.sniff import sniff
 
 if TYPE_CHECKING:
@@ -56,10 +63,15 @@ def cifar_root(path: Path) -> Path | None:
     if not path.is_dir():
         return None
     markers = ("data_batch_1", "test_batch", "train", "test")
-    if any((path / m).is_file() for m in markers):
+    if any(inside(path, path / m) for m in markers):
         return path
-    subs = [d for d in path.iterdir() if d.is_dir() and d.name.startswith("cifar-")]
-    if len(subs) == 1 and any((subs[0] / m).is_file() for m in markers):
+    real = path.resolve()
+    subs = [
+        d
+        for d in path.iterdir()
+        if d.name.startswith("cifar-") and d.is_dir() and d.resolve().is_relative_to(real)
+    ]
+    if len(subs) == 1 and any(inside(path, subs[0] / m) for m in markers):
         return subs[0]
     return None
 
@@ -68,15 +80,17 @@ def cifar_files(root: Path, split: str) -> list[Path]:
     """The batch files of a split: train -> data_batch_1..5 (or `train`), test -> test_batch
     (or `test`), any other name -> the file of that name."""
     if split == "train":
-        batches = sorted(root.glob("data_batch_*"), key=lambda p: p.name)
+        batches = sorted(
+            (p for p in root.glob("data_batch_*") if inside(root, p)), key=lambda p: p.name
+        )
         found = batches or [root / "train"]
     elif split == "test":
-        found = [root / "test_batch"] if (root / "test_batch").is_file() else [root / "test"]
+        found = [root / "test_batch"] if inside(root, root / "test_batch") else [root / "test"]
     else:
         found = [root / split]
-    found = [p for p in found if p.is_file()]
+    found = [p for p in found if inside(root, p)]
     if not found:
-        names = sorted(p.name for p in root.iterdir() if p.is_file())
+        names = sorted(p.name for p in root.iterdir() if inside(root, p))
         raise DataError(
             f"CIFAR folder has no batch file for split {split!r} (train: data_batch_1..5 or "
             f"'train'; test: test_batch or 'test'); it holds {', '.join(names) or 'nothing'}",
@@ -310,7 +324,7 @@ def split_from_name(stem: str) -> str:
 def _open_arrays(
     path: Path, spec: str, keys: tuple[str, str] | None, split: str | None, limit: int | None
 ) -> DataSource:
-    if path.stat().st_size == 0:
+    if regular_file(path, DataError).st_size == 0:  # a FIFO or device: refused unopened
         raise DataError("file is empty (0 bytes)", path=path)
     members = array_members(path)
     if keys is not None:

@@ -1,9 +1,11 @@
 """torch.export programs (.pt2): their weights, and the program itself as a runnable module.
 
 Owns `read_export_weights` (parameters and buffers by name, from raw payloads or `weights_only`
-pickles: nothing from the file runs) and `load_exported_module` (`torch.export.load` +
-`unflatten`, only after `trust.audit_exported_program` passes or with `trust_code`). The
-archive layout and the audit live in `trust`. Never runs the module and never writes files.
+pickles: nothing from the file runs; every tensor's size, stride and offset checked against the
+bytes stored for it before anything is allocated) and `load_exported_module` (torch's
+`load_pt2` + `unflatten`, only after `exportaudit.audit_exported_program` passes, or
+`torch.export.load` with `trust_code`). The archive layout and the audit live in `exportaudit`.
+Never runs the module and never writes files.
 """
 
 from __future__ import annotations
@@ -17,89 +19,58 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ncinspect.errors import CheckpointError
-from ncinspect.extraction.messages import first_line, hint
-from ncinspect.extraction.trust import (
+from ncinspect.extraction.exportaudit import (
     audit_exported_program,
     export_archive,
-    load_weights_only,
-    payload_config,
-    pickle_refusal,
+    payload_entries,
+    read_member,
+    refusal,
 )
+from ncinspect.extraction.messages import first_line, hint
+from ncinspect.extraction.trust import load_weights_only, pickle_refusal
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
-_DTYPES_BY_CODE: dict[int, str] = {
-    1: "uint8",
-    2: "int8",
-    3: "int16",
-    4: "int32",
-    5: "int64",
-    6: "float16",
-    7: "float32",
-    8: "float64",
-    9: "complex32",
-    10: "complex64",
-    11: "complex128",
-    12: "bool",
-    13: "bfloat16",
-    28: "uint16",
-    34: "uint32",
-    35: "uint64",
-}
-
-
 def read_export_weights(p: Path) -> dict[str, torch.Tensor]:
-    """The program's parameters and buffers by name, read without running or unpickling anything
-    unsafe (raw payloads, or `weights_only` pickles)."""
+    """The parameters and buffers of the archive's "model" program by name, read without running
+    or unpickling anything unsafe (raw payloads, or `weights_only` pickles). The archive's layout
+    is checked first (`exportaudit.export_archive`) and every tensor fits in its stored bytes."""
     import torch
 
     try:
         with zipfile.ZipFile(p) as zf:
             arc = export_archive(zf, p)
-            config = payload_config(zf, arc, "weights")
-            legacy = f"{arc.prefix}data/weights/{arc.model}.pt"
             tensors: dict[str, torch.Tensor] = {}
-            if not config and legacy in arc.names:
-                obj = load_weights_only(zf.read(legacy))
-                tensors = {k: v for k, v in dict(obj).items() if isinstance(v, torch.Tensor)}
             flat: dict[str, torch.Tensor] = {}
-            for fqn, meta in config.items():
-                path_name = f"{arc.prefix}data/weights/{meta['path_name']}"
-                raw = zf.read(path_name)
-                if meta.get("use_pickle"):
+            for entry in payload_entries(zf, arc, arc.model, "weights"):
+                limit = arc.members[entry.member].file_size
+                raw = read_member(zf, arc, entry.member[len(arc.prefix) :], limit)
+                if entry.pickled:
                     t = load_weights_only(raw, map_location="cpu")
                     if not isinstance(t, torch.Tensor):
                         raise CheckpointError(
-                            f"weight {fqn!r} is a pickled {type(t).__name__}; {hint(p)}", path=p
+                            f"weight {entry.fqn!r} is a pickled {type(t).__name__}; {hint(p)}",
+                            path=p,
                         )
-                    tensors[fqn] = t
+                    tensors[entry.fqn] = t
                     continue
-                tm = meta["tensor_meta"]
-                dtype_name = _DTYPES_BY_CODE.get(int(tm["dtype"]))
-                if dtype_name is None:
-                    raise CheckpointError(
-                        f"weight {fqn!r} has dtype code {tm['dtype']}, which ncinspect cannot "
-                        f"read; {hint(p)}",
-                        path=p,
-                    )
-                dtype = getattr(torch, dtype_name)
-                if path_name not in flat:
+                dtype = getattr(torch, str(entry.dtype))
+                if entry.member not in flat:
                     buf = bytearray(raw)
-                    if not buf:
-                        flat[path_name] = torch.zeros(0, dtype=dtype)
-                    else:
-                        flat[path_name] = torch.frombuffer(buf, dtype=dtype)
-                sizes = [int(s["as_int"]) for s in tm["sizes"]]
-                strides = [int(s["as_int"]) for s in tm["strides"]]
-                offset = int(tm["storage_offset"]["as_int"])
-                base = flat[path_name]
-                if base.numel() == 0:
-                    tensors[fqn] = torch.zeros(sizes, dtype=dtype)
+                    flat[entry.member] = (
+                        torch.frombuffer(buf, dtype=dtype) if buf else torch.zeros(0, dtype=dtype)
+                    )
+                base = flat[entry.member]
+                if base.numel() == 0:  # payload_entries allows this only for empty tensors
+                    tensors[entry.fqn] = torch.zeros(entry.sizes, dtype=dtype)
                 else:
-                    tensors[fqn] = torch.as_strided(base, sizes, strides, offset).clone()
+                    # a view: memory stays the stored bytes however many entries share them
+                    tensors[entry.fqn] = torch.as_strided(
+                        base, entry.sizes, entry.strides, entry.offset
+                    )
     except CheckpointError:
         raise
     except pickle.UnpicklingError as exc:
@@ -127,25 +98,46 @@ class ExportedModule:
     input_shape: tuple[int | None, ...] | None
 
 
+def trusted_export_weights(p: Path) -> dict[str, torch.Tensor]:
+    """The program's parameters and buffers through `torch.export.load`, which unpickles and
+    runs what the archive holds: only with --trust-code, for an archive the checked reader
+    (`read_export_weights`) refuses (an older layout, pickled payloads)."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(str(p))
+    except Exception as exc:  # noqa: BLE001 - deserialisation raises many types
+        raise CheckpointError(
+            f"the exported program cannot be loaded ({type(exc).__name__}: "
+            f"{first_line(str(exc))}); {hint(p)}",
+            path=p,
+        ) from None
+    return {k: v.detach() for k, v in program.state_dict.items()}
+
+
 def load_exported_module(path: str | Path, *, trust_code: bool = False) -> ExportedModule:
-    """`torch.export.load` + `torch.export.unflatten`, after `audit_exported_program` passes
-    (skipped with `trust_code`). Raises CheckpointError naming what the audit found."""
+    """The "model" program, unflattened. Without `trust_code`: `audit_exported_program` first
+    (CheckpointError naming what it found), then torch's `load_pt2`, which has no legacy fallback
+    (`torch.export.load` retries a failed archive as a 2.7-era one, unpickling it with
+    weights_only=False). With `trust_code`: `torch.export.load`, old formats included."""
     import torch
 
     p = Path(path)
     if not trust_code:
         problems = audit_exported_program(p)
         if problems:
-            raise CheckpointError(
-                f"running this exported program could run code from the file: "
-                f"{'; '.join(problems[:3])}; pass --model SPEC to use only its weights, or "
-                f"--trust-code if you trust its source; {hint(p)}",
-                path=p,
-            )
+            raise refusal(p, problems)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.load(str(p))
+            if trust_code:
+                program = torch.export.load(str(p))
+            else:
+                from torch.export.pt2_archive._package import load_pt2
+
+                program = load_pt2(str(p)).exported_programs["model"]
             module = torch.export.unflatten(program)
     except Exception as exc:  # noqa: BLE001 - deserialisation raises many types
         raise CheckpointError(

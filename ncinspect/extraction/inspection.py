@@ -22,7 +22,8 @@ from ncinspect.extraction.checkpoint import (
     list_checkpoints,
     load_checkpoint,
 )
-from ncinspect.extraction.trust import audit_exported_program, pickle_globals, unsafe_globals
+from ncinspect.extraction.exportaudit import audit_exported_program
+from ncinspect.extraction.trust import pickle_globals, unsafe_globals
 from ncinspect.io.sniff import sniff
 from ncinspect.provenance import read_sidecar
 
@@ -43,12 +44,18 @@ FORMAT_NAMES: dict[str, str] = {
 }
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types only (tensor scalars unwrapped, non-finite floats as strings)."""
+_JSONABLE_DEPTH = 64  # deeper dicts and lists (a crafted config) are cut, not recursed into
+
+
+def _jsonable(value: Any, _depth: int = 0) -> Any:
+    """Plain JSON types only (tensor scalars unwrapped, non-finite floats as strings); dicts and
+    lists nested deeper than 64 levels are replaced by a short note."""
+    if isinstance(value, dict | list | tuple) and _depth >= _JSONABLE_DEPTH:
+        return f"<nested deeper than {_JSONABLE_DEPTH} levels>"
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, _depth + 1) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, bool | int | float | str) or value is None:
@@ -56,7 +63,7 @@ def _jsonable(value: Any) -> Any:
     item = getattr(value, "item", None)
     if callable(item):
         try:
-            return _jsonable(item())
+            return _jsonable(item(), _depth + 1)
         except (TypeError, ValueError):
             pass
     return str(value)
@@ -142,9 +149,11 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], trust_code: bo
         _sidecar(p, desc)
         return
     try:
-        ckpt = load_checkpoint(p, trust_code=trust_code)
+        # A TorchScript archive is always read as data: inspect never runs a scripted module.
+        ckpt = load_checkpoint(p, trust_code=trust_code and fmt != "torchscript")
     except NcInspectError as exc:
-        desc["loads_safely"] = False if "pickled object" in exc.message else None
+        scripted_code = fmt == "torchscript" and "without running its code" in exc.message
+        desc["loads_safely"] = False if "pickled object" in exc.message or scripted_code else None
         desc["error"] = exc.message.split("; run `ncinspect inspect")[0]
         _sidecar(p, desc)
         return
@@ -184,6 +193,7 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], trust_code: bo
         desc["metadata"] = meta
     if ckpt.config:
         desc["model_in_checkpoint"] = ckpt.config
+        _named_factory(ckpt.config, "the checkpoint", desc)
     desc["tensors"] = _tensor_rows(ckpt.tensors)
     desc["n_tensors"] = len(ckpt.tensors)
     desc["n_parameters"] = int(sum(int(v.numel()) for v in ckpt.tensors.values()))
@@ -194,14 +204,16 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], trust_code: bo
             {"name": n, "type": t} for n, t in reversed(list(scripted.items())) if t == "Linear"
         ]
         notes.append(
-            "TorchScript: forward pre-hooks do not work on scripted modules; extract rebuilds "
-            "the architecture with --model and loads these weights into it"
+            "TorchScript: the weights were read as data, the scripted code never ran; forward "
+            "pre-hooks do not work on scripted modules, so extract rebuilds the architecture "
+            "with --model and loads these weights into it"
         )
     if fmt == "export":
-        problems = audit_exported_program(p)
+        problems = audit_exported_program(p)  # the verdict extract applies without --trust-code
         desc["runnable_without_model"] = not problems
         if problems:
             desc["audit"] = problems
+            desc["loads_safely"] = False  # never "yes" for what extract refuses
             notes.append(
                 "running the exported program could run code from the file ("
                 + "; ".join(problems[:3])
@@ -233,7 +245,20 @@ def _sidecar(p: Path, desc: dict[str, Any]) -> None:
         labels = find_labels(side.data)
         if labels:
             info["labels"] = labels
+        _named_factory(side.data, str(side.path), desc)
     desc["config_file"] = info
+
+
+def _named_factory(config: dict[str, Any], source: str, desc: dict[str, Any]) -> None:
+    """Say that a file names a model factory, which extract runs only with --trust-code (the
+    description itself imports nothing)."""
+    spec = config.get("model")
+    if isinstance(spec, str) and ":" in spec:
+        desc.setdefault("names_code", []).append({"source": source, "model": spec})
+        desc["notes"].append(
+            f"{source} names the model factory {spec!r}: extract imports and calls it only "
+            "with --trust-code (or pass --model SPEC to choose your own)"
+        )
 
 
 def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
@@ -337,8 +362,9 @@ def _describe_pickle(p: Path, desc: dict[str, Any]) -> None:
 
 def _describe_dir(p: Path) -> dict[str, Any]:
     from ncinspect.extraction.data import cifar_root
+    from ncinspect.files import inside
 
-    ckpts = list_checkpoints(p)
+    ckpts = list_checkpoints(p)  # regular files inside p only: links out are not followed
     desc: dict[str, Any] = {
         "path": str(p),
         "kind": "directory",
@@ -352,7 +378,7 @@ def _describe_dir(p: Path) -> dict[str, Any]:
     }
     root = cifar_root(p)
     if root is not None:
-        desc["cifar"] = sorted(x.name for x in root.iterdir() if x.is_file())
+        desc["cifar"] = sorted(x.name for x in root.iterdir() if inside(root, x))
         desc["notes"].append("a CIFAR 'python version' batch folder: usable as --data")
     if ckpts:
         desc["notes"].append(f"a run of {len(ckpts)} checkpoints, in extraction (epoch) order")

@@ -61,6 +61,7 @@ def plan_jobs(config: ExtractConfig, split: str) -> list[Job]:
         else:
             found = [path]
             run = config.run or path.resolve().parent.name
+        _check_run_folder(config.out / run, path)
         for ckpt in found:
             jobs.append(Job(ckpt, run, config.out / run / f"{ckpt.name}.{split}.h5"))
     seen: dict[Path, Path] = {}
@@ -76,6 +77,19 @@ def plan_jobs(config: ExtractConfig, split: str) -> list[Job]:
     for job in jobs:
         unique.setdefault(job.store, job)
     return list(unique.values())
+
+
+def _check_run_folder(folder: Path, source: Path) -> None:
+    """The run's folder under --out is named by ncinspect (after the checkpoint's folder), so a
+    symbolic link found there was planted: writing through it would put stores, locks and
+    replacements wherever it points. --out itself is the user's and is followed."""
+    if folder.is_symlink():
+        raise OutputError(
+            f"is a symbolic link inside --out (the run folder for {source}); ncinspect writes a "
+            "run's stores only into a real folder there, never through a link; remove it or "
+            "choose another --out",
+            path=folder,
+        )
 
 
 # Store attributes that say which rows a store holds: a complete store is reused only when the

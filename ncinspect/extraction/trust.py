@@ -10,12 +10,14 @@ beside a checkpoint. So:
 * torch.save archives load with `torch.load(weights_only=True)` (`torch_load`); a pickle naming
   other classes is refused with their names, found by a static scan (`unsafe_globals`,
   `pickle_globals`: nothing runs). Full unpickling, which runs whatever the file names, happens
-  only with `--trust-code`. safetensors files hold no code; TorchScript archives are read
-  with `torch.jit.load`, which runs no Python pickle, and their scripted code is never called.
+  only with `--trust-code`. safetensors files hold no code; TorchScript archives are read as
+  data by `scripted.read_scripted` (a restricted unpickler of their own), `torch.jit.load` only
+  with `--trust-code`.
 * torch.export programs: weights are raw payloads or `weights_only` pickles
-  (`load_weights_only`). Running the program needs `torch.export.load`, which unpickles with
+  (`load_weights_only`). Running the program needs torch's loader, which unpickles with
   weights_only=False and evaluates symbolic-shape strings: allowed only when
-  `audit_exported_program` finds nothing that could run code, or with `--trust-code`.
+  `exportaudit.audit_exported_program` finds every program, member and operator on its
+  allowlists, or with `--trust-code`.
 * CIFAR batches unpickle through `restricted_load`: plain data and numpy arrays only.
 * A model factory that a file names (a config beside the checkpoint, or one stored in it) is
   neither imported nor called without `--trust-code` (`refuse_named_code`): default deny, since
@@ -33,21 +35,18 @@ import importlib
 import importlib.util
 import inspect
 import io
-import json
 import pickle
 import pickletools
 import re
 import struct
 import sys
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ncinspect.errors import CheckpointError, ModelError, NcInspectError, reading
+from ncinspect.errors import CheckpointError, ModelError, NcInspectError
 from ncinspect.extraction.messages import first_line, hint
 
 # ---------------------------------------------------------------------------------------------
@@ -343,21 +342,92 @@ def _numpy_module(name: str) -> Any:
 
 _NP_MULTIARRAY = _numpy_module("multiarray")
 _NP_NUMERIC = _numpy_module("numeric")
+# What `numpy.ndarray` resolves to in a restricted pickle: a token `_reconstruct` accepts, not the
+# class (calling `ndarray(shape)` from a pickle would allocate any shape it names).
+_NDARRAY = object()
+# Opcodes whose argument is a memo index: the C unpickler grows its memo to the index named
+# (8 bytes per slot, zeroed), so a 5-byte LONG_BINPUT could ask for 32 GiB.
+_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _refuse(message: str) -> pickle.UnpicklingError:
+    return pickle.UnpicklingError(message)
+
+
+def _check_shape(shape: Any, dtype: Any, data: Any) -> None:
+    """An array's claimed shape and dtype against the bytes the pickle provides for it."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise _refuse(f"array dtype {dtype!r} is not allowed (plain numbers only)")
+    if not isinstance(shape, tuple) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise _refuse(f"array shape {shape!r} is not a tuple of sizes")
+    if not isinstance(data, bytes | bytearray):
+        raise _refuse(f"array data is a {type(data).__name__}, expected bytes")
+    claimed = dtype.itemsize
+    for extent in shape:
+        claimed *= extent
+    if claimed != len(data):
+        raise _refuse(
+            f"array claims shape {shape} of {dtype} ({claimed} bytes) but the pickle holds "
+            f"{len(data)} bytes for it"
+        )
+
+
+class _CheckedArray(np.ndarray):
+    """The array `_reconstruct` makes: its state (shape, dtype, bytes) is checked before numpy
+    takes it; `_plain` turns it back into a plain ndarray after loading."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _refuse("array state is not (version, shape, dtype, fortran, data)")
+        shape, dtype, _fortran, data = state[-4:]
+        _check_shape(shape, dtype, data)
+        super().__setstate__(state)
+
+
+def _reconstruct(subtype: Any, _shape: Any, typecode: Any) -> np.ndarray:
+    if subtype is not _NDARRAY:
+        raise _refuse("_reconstruct of a class other than numpy.ndarray")
+    # The shape a pickle gives here is a placeholder ((0,)): the real one comes with the state.
+    return _NP_MULTIARRAY._reconstruct(_CheckedArray, (0,), typecode)
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, *rest: Any) -> np.ndarray:
+    _check_shape(shape, dtype, buf)
+    return _NP_NUMERIC._frombuffer(buf, dtype, shape, order, *rest)
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise _refuse(f"scalar dtype {dtype!r} is not allowed (plain numbers only)")
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise _refuse(f"scalar of {dtype} needs {dtype.itemsize} bytes")
+    return _NP_MULTIARRAY.scalar(dtype, data)
+
+
+def _latin1(text: Any, encoding: Any = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _refuse("_codecs.encode is allowed for latin1 text only")
+    return codecs.encode(text, "latin1")
+
+
 _CIFAR_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,
+    ("_codecs", "encode"): _latin1,
 }
 for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _CIFAR_GLOBALS[(_mod, "_reconstruct")] = _NP_MULTIARRAY._reconstruct
-    _CIFAR_GLOBALS[(_mod, "scalar")] = _NP_MULTIARRAY.scalar
+    _CIFAR_GLOBALS[(_mod, "_reconstruct")] = _reconstruct
+    _CIFAR_GLOBALS[(_mod, "scalar")] = _scalar
 for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
-    _CIFAR_GLOBALS[(_mod, "_frombuffer")] = _NP_NUMERIC._frombuffer
+    _CIFAR_GLOBALS[(_mod, "_frombuffer")] = _frombuffer
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles plain dicts, lists, strings, bytes, numbers and numpy arrays; any other global
-    (a class or function the pickle names) is refused before it is imported."""
+    (a class or function the pickle names) is refused before it is imported. Arrays are checked
+    against the bytes they hold (no object dtype, shape x itemsize = the bytes given)."""
 
     def find_class(self, module: str, name: str) -> Any:
         allowed = _CIFAR_GLOBALS.get((module, name))
@@ -371,191 +441,51 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent references are not allowed")
 
 
+def _check_counts(data: bytes) -> None:
+    """Walk the opcodes without building anything: every length an opcode claims (BINBYTES8,
+    LONG4, FRAME, ...) must be present in `data` (pickletools reads what remains, never the
+    claim, and raises ValueError when it is short), and memo indices must not run ahead of the
+    opcodes seen. The C unpickler allocates a claimed length before reading it."""
+    for count, (op, arg, _pos) in enumerate(pickletools.genops(io.BytesIO(data)), start=1):
+        if op.name in _MEMO_OPS and (not isinstance(arg, int) or arg > count):
+            raise _refuse(f"memo index {arg!r} at opcode {count} (a crafted pickle)")
+
+
 def restricted_load(path: str | Path) -> Any:
-    """Load a pickle of plain data and numpy arrays without importing anything else."""
-    with open(path, "rb") as fh:
-        obj = RestrictedUnpickler(fh, encoding="bytes").load()
-    return _str_keys(obj)
+    """Load a pickle of plain data and numpy arrays without importing anything else.
+
+    Only a regular file is read, whole, into memory; its opcodes are checked first
+    (`_check_counts`), so nothing larger than the file is allocated for a claimed length, and
+    each array's shape is checked against its bytes. UnpicklingError / ValueError when refused.
+    """
+    from ncinspect.files import regular_file
+
+    regular_file(path)
+    data = Path(path).read_bytes()
+    _check_counts(data)
+    obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    return _plain(obj)
 
 
-def _str_keys(obj: Any) -> Any:
+def _plain(obj: Any) -> Any:
+    """Dict keys as str (Python 2 pickles give bytes) and checked arrays as plain ndarrays."""
     if isinstance(obj, dict):
         return {
-            (k.decode("latin1") if isinstance(k, bytes) else k): _str_keys(v)
-            for k, v in obj.items()
+            (k.decode("latin1") if isinstance(k, bytes) else k): _plain(v) for k, v in obj.items()
         }
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, _CheckedArray):
+        return obj.view(np.ndarray)
     return obj
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.export programs: the archive layout and the audit
-
-
-@dataclass(frozen=True)
-class ExportArchive:
-    prefix: str  # "name/" or ""
-    names: list[str]
-    model: str  # the model name (usually "model")
-
-
-def export_archive(zf: zipfile.ZipFile, p: Path) -> ExportArchive:
-    names = zf.namelist()
-    fmt = next((n for n in names if n.rsplit("/", 1)[-1] == "archive_format"), None)
-    if fmt is None:
-        raise CheckpointError(f"is not a torch.export archive; {hint(p)}", path=p)
-    prefix = fmt[: -len("archive_format")]
-    models = sorted(
-        n[len(prefix) + len("models/") : -len(".json")]
-        for n in names
-        if n.startswith(prefix + "models/") and n.endswith(".json")
-    )
-    if not models:
-        raise CheckpointError(f"torch.export archive holds no model; {hint(p)}", path=p)
-    model = "model" if "model" in models else models[0]
-    return ExportArchive(prefix, names, model)
-
-
-def payload_config(zf: zipfile.ZipFile, arc: ExportArchive, kind: str) -> dict[str, Any]:
-    """The `config` object of data/{kind}/{model}_{kind}_config.json ({} when absent)."""
-    name = f"{arc.prefix}data/{kind}/{arc.model}_{kind}_config.json"
-    if name not in arc.names:
-        return {}
-    cfg = json.loads(zf.read(name)).get("config", {})
-    return cfg if isinstance(cfg, dict) else {}
-
-
-_SAFE_OPERATOR_FUNCS = frozenset(
-    "getitem add sub mul truediv floordiv mod pow neg pos abs eq ne lt le gt ge and_ or_ xor "
-    "not_ invert lshift rshift".split()
-)
-_SAFE_OP_NAMESPACES = frozenset({"aten", "prims", "higher_order", "quantized_decomposed"})
-_TARGET_RE = re.compile(r"^torch\.ops\.([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z_][A-Za-z0-9_]*){1,2}$")
-_TOKEN_RE = re.compile(
-    r"\s*(?:(?P<num>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)"
-    r"|(?P<str>'[A-Za-z_][A-Za-z0-9_]*')"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<op>\*\*|//|==|!=|<=|>=|[-+*/%<>()\[\],=&|~.]))"
-)
-_GUARD_NAMES = frozenset({"L", "and", "or", "not", "True", "False"})
-_GUARD_METHODS = frozenset({"size", "stride", "storage_offset"})
-
-
-def _expr_ok(expr: str, *, guard: bool = False) -> bool:
-    """Whether a symbolic-shape expression (or, with `guard`, a guard line) is plain arithmetic
-    that `sympify` / `exec` cannot turn into a call of arbitrary Python code.
-
-    Allowed: numbers, operators, parentheses, commas, quoted shape-symbol names ('s77'),
-    shape symbols (s0, u3), capitalised sympy constructors (Symbol, Integer, FloorDiv, ...),
-    lower-case keywords only as `name=` arguments (positive=True); in guards also `L['x']`,
-    `.size()[i]`, `.stride()[i]`, `.storage_offset()` and `and`/`or`/`not`. Never attributes,
-    dunders or other lower-case names.
-    """
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    text = expr.rstrip()
-    while pos < len(text):
-        m = _TOKEN_RE.match(text, pos)
-        if m is None or m.end() == pos:
-            return False
-        kind = m.lastgroup or ""
-        tokens.append((kind, m.group(kind)))
-        pos = m.end()
-    for i, (kind, value) in enumerate(tokens):
-        nxt = tokens[i + 1][1] if i + 1 < len(tokens) else ""
-        prev = tokens[i - 1][1] if i > 0 else ""
-        if kind == "name":
-            if "__" in value:
-                return False
-            if guard and (value in _GUARD_NAMES or (prev == "." and value in _GUARD_METHODS)):
-                continue
-            if value[0].isupper() or re.fullmatch(r"[a-z]+\d+", value) or value in ("oo", "zoo"):
-                continue
-            if value.islower() and nxt == "=" and prev in ("(", ","):
-                continue
-            return False
-        if kind == "op" and value == "." and not (guard and nxt in _GUARD_METHODS):
-            return False
-        if kind == "op" and value in ("[", "]") and not guard:
-            return False
-    return True
+# torch.export programs: the audit lives in `exportaudit` (its allowlists outgrew this module)
 
 
 def audit_exported_program(path: str | Path) -> list[str]:
-    """Reasons why `torch.export.load` might run code from this archive; [] when none were found.
+    """`exportaudit.audit_exported_program` (kept here for callers of the old location)."""
+    from ncinspect.extraction.exportaudit import audit_exported_program as audit
 
-    Checks that every pickled payload is a plain tensor (weights_only scan), that no opaque or
-    custom objects are stored, that every graph node calls an aten/prims/higher-order operator
-    or a plain arithmetic function, and that every symbolic-shape expression is plain arithmetic.
-    """
-    p = Path(path)
-    with reading(p, CheckpointError, "a torch.export program"):
-        return _audit(p)
-
-
-def _audit(p: Path) -> list[str]:
-    from torch.serialization import get_unsafe_globals_in_checkpoint
-
-    problems: list[str] = []
-    with zipfile.ZipFile(p) as zf:
-        arc = export_archive(zf, p)
-        for kind in ("weights", "constants"):
-            for fqn, meta in payload_config(zf, arc, kind).items():
-                name = str(meta.get("path_name", ""))
-                if kind == "constants" and not name.startswith("tensor_"):
-                    problems.append(f"constant {fqn!r} is a stored Python object ({name})")
-                    continue
-                if meta.get("use_pickle"):
-                    raw = io.BytesIO(zf.read(f"{arc.prefix}data/{kind}/{name}"))
-                    unsafe = get_unsafe_globals_in_checkpoint(raw)
-                    if unsafe:
-                        problems.append(f"{kind[:-1]} {fqn!r} pickles {', '.join(unsafe)}")
-        for n in arc.names:
-            pickled = n.startswith(arc.prefix + "data/sample_inputs/") or (
-                n.startswith(arc.prefix + "data/") and n.endswith(".pt")
-            )
-            if pickled:
-                unsafe = get_unsafe_globals_in_checkpoint(io.BytesIO(zf.read(n)))
-                if unsafe:
-                    problems.append(f"{n} pickles {', '.join(unsafe)}")
-            if n.startswith(arc.prefix + "data/aotinductor/"):
-                problems.append("it holds compiled AOTInductor code")
-                break
-        for n in arc.names:
-            if n.startswith(arc.prefix + "models/") and n.endswith(".json"):
-                doc = json.loads(zf.read(n))
-                _audit_graph_json(doc, problems)
-                guards = doc.get("guards_code") if isinstance(doc, dict) else None
-                for g in guards or []:
-                    if not isinstance(g, str) or not _expr_ok(g, guard=True):
-                        problems.append(f"guard code {str(g)[:60]!r} is not a plain shape check")
-    return sorted(set(problems))
-
-
-def _audit_graph_json(doc: Any, problems: list[str]) -> None:
-    def visit(obj: Any, key: str | None) -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                if key == "range_constraints" and isinstance(k, str) and not _expr_ok(k):
-                    problems.append(f"shape expression {k[:60]!r} is not plain arithmetic")
-                visit(v, k)
-        elif isinstance(obj, list):
-            for v in obj:
-                visit(v, key)
-        elif isinstance(obj, str):
-            if key == "target" and not _target_ok(obj):
-                problems.append(f"the graph calls {obj[:80]!r}")
-            elif key == "expr_str" and not _expr_ok(obj):
-                problems.append(f"shape expression {obj[:60]!r} is not plain arithmetic")
-
-    visit(doc, None)
-
-
-def _target_ok(target: str) -> bool:
-    if re.fullmatch(r"torch\.sym_[a-z_]+", target):
-        return True
-    if target.startswith("_operator."):
-        return target[len("_operator.") :] in _SAFE_OPERATOR_FUNCS
-    if target.startswith("math."):
-        return re.fullmatch(r"math\.[a-z][a-z0-9]*", target) is not None
-    m = _TARGET_RE.match(target)
-    return m is not None and m.group(1) in _SAFE_OP_NAMESPACES and "__" not in target
+    return audit(path)

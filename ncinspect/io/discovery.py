@@ -5,15 +5,23 @@ set when given one of its shards), `discover` (paths and directories -> the file
 natural order; the shards of a set listed once, and a name stored both whole and sharded refused)
 and `natural_key`, the one natural sort order. Shard naming lives in `store.shards`. Never
 computes anything.
+
+Paths: a path named on the command line is followed wherever it points (a symlink there is the
+user's choice), but must be a regular file or a directory (`sniff.regular_file`: a FIFO or device
+is refused before it is opened). A directory walk takes only regular files inside the directory:
+it never follows a symlink whose target leaves the directory given (nor descends into linked
+directories), and passes over FIFOs, devices, sockets and dangling links (`sniff.inside`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ncinspect.errors import InputError
+from ncinspect.files import inside, regular_file
 from ncinspect.io.dumps import dump_kind, open_dump
 from ncinspect.io.sniff import sniff
 from ncinspect.io.sources import FeatureSource
@@ -39,7 +47,7 @@ def open_source(path: str | Path) -> FeatureSource:
         raise InputError("no such file or directory", path=p)
     if p.is_dir():
         raise InputError("is a directory, expected a store or dump file", path=p)
-    size = p.stat().st_size
+    size = regular_file(p).st_size
     if size == 0:
         raise InputError("file is empty (0 bytes), expected a store or feature dump", path=p)
     from ncinspect.io.store.reader import open_store  # h5py: only when a store is opened
@@ -57,10 +65,6 @@ class Discovery:
 
     files: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-
-
-def _is_hidden_or_partial(p: Path) -> bool:
-    return any(part.startswith(".") for part in p.parts if part not in (".", ".."))
 
 
 def discover(paths: list[Path]) -> Discovery:
@@ -102,17 +106,38 @@ def _collapse_shards(files: list[Path]) -> list[Path]:
     return kept
 
 
+def _walk(root: Path, folder: Path, skipped: list[str]) -> list[Path]:
+    """Files with a store's or dump's suffix under `folder`, not hidden, and each a regular file
+    inside `root` (`sniff.inside`); subdirectories are entered only when they are real
+    directories, never through a link. What is passed over is noted in `skipped`."""
+    found: list[Path] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(f"{folder}: skipped, cannot be listed ({exc.strerror or exc})")
+        return found
+    for entry in entries:
+        p = Path(entry.path)
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            found.extend(_walk(root, p, skipped))
+        elif p.suffix in STORE_SUFFIXES + DUMP_SUFFIXES:
+            if inside(root, p):
+                found.append(p)
+            else:
+                skipped.append(
+                    f"{p}: skipped, not a regular file inside {root} (a link leaving the "
+                    "folder, a FIFO, device or socket)"
+                )
+    return found
+
+
 def _discover_files(paths: list[Path]) -> Discovery:
     out = Discovery()
     for path in paths:
         if path.is_dir():
-            found = [
-                f
-                for f in path.rglob("*")
-                if f.is_file()
-                and f.suffix in STORE_SUFFIXES + DUMP_SUFFIXES
-                and not _is_hidden_or_partial(f.relative_to(path))
-            ]
+            found = _walk(path, path, out.skipped)
             found.sort(key=lambda f: natural_key(str(f.relative_to(path))))
             if not found:
                 raise InputError("directory holds no .h5 store or feature dump", path=path)

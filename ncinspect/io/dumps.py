@@ -1,8 +1,11 @@
 """Foreign feature dumps: `.npz`, `.pt`/`.pth` (tensors only) and `.safetensors` files.
 
 Owns: reading such files into an in-memory `ArraySource`, with the array names below, and
-refusing anything that would execute code (`torch.load(weights_only=True)` only).
-Never writes files.
+refusing anything that would execute code (`torch.load(weights_only=True)` only) or allocate
+more than the file provides: an .npz member inflating beyond deflate's ratio or claiming more
+than it holds, a tensor viewing more elements than its storage holds (`check_tensor_storage`:
+stride-0 or overlapping views), a safetensors header longer than the file. Arrays must hold plain
+numbers (bool, integer, float). Only regular files are opened. Never writes files.
 
 Array names (aliases in brackets):
     features                  (N, D) float
@@ -22,8 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ncinspect.errors import DumpError, reading
-from ncinspect.io.npzheaders import npy_headers
+from ncinspect.errors import DumpError, InputError, reading
+from ncinspect.files import regular_file
+from ncinspect.io.npzheaders import inflation_problem, npy_headers
 from ncinspect.io.sniff import ZIP_SIGNATURE, Format, file_head, sniff, zip_members
 from ncinspect.io.sources import ArraySource, check_label_range, validate_arrays
 from ncinspect.metrics.head import Head
@@ -79,14 +83,14 @@ def _check_npz_claims(path: str) -> None:
     """Refuse a member whose .npy header claims more bytes than the archive holds for it, before
     anything of that size is allocated (a truncated or crafted header)."""
     with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            why = inflation_problem(info)
+            if why is not None:
+                raise DumpError(f"member '{info.filename}' {why}", path=path)
         for member in npy_headers(zf):
-            if member.claimed > member.available:
-                raise DumpError(
-                    f"array '{member.key}' claims shape {member.shape} of {member.dtype} "
-                    f"({member.claimed} bytes) but the archive holds {member.available} bytes "
-                    "for it (truncated or damaged)",
-                    path=path,
-                )
+            why = member.problem
+            if why is not None:
+                raise DumpError(f"array '{member.key}' {why}", path=path)
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
@@ -102,6 +106,34 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
         raise DumpError(
             f"not a readable .npz file ({type(exc).__name__}: {exc})", path=path
         ) from exc
+
+
+def check_tensor_storage(value: Any, name: str, path: str | Path, error: type[InputError]) -> None:
+    """Refuse a tensor that is not a plain strided array holding its own elements: its
+    numel * itemsize must fit in its storage's bytes. `torch.load(weights_only=True)` rebuilds
+    a saved view as it was, so a few bytes of storage expanded with stride 0 claim any shape,
+    and copying it (`.numpy()` of a float16 view, `.contiguous()`, `.float()`) allocates the
+    claim. Checked before any copy; sparse, quantized, nested and meta tensors are refused."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return
+    if value.layout != torch.strided or value.is_quantized or value.is_meta or value.is_nested:
+        raise error(
+            f"tensor '{name}' is a {value.layout} / {value.dtype} tensor, expected a plain dense "
+            "tensor",
+            path=path,
+        )
+    claimed = int(value.numel()) * int(value.element_size())
+    held = int(value.untyped_storage().nbytes())
+    if claimed > held:
+        raise error(
+            f"tensor '{name}' has shape {tuple(int(s) for s in value.shape)} and strides "
+            f"{tuple(int(s) for s in value.stride())} ({claimed} bytes of {value.dtype}) over a "
+            f"storage of {held} bytes (an expanded or overlapping view); save it with "
+            "tensor.contiguous() or .clone()",
+            path=path,
+        )
 
 
 def _tensor_to_numpy(value: Any) -> Any:
@@ -138,6 +170,8 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
         raise DumpError(
             f"holds a {type(obj).__name__}, expected a dict of named tensors", path=path
         )
+    for k, v in obj.items():
+        check_tensor_storage(v, str(k), path, DumpError)
     return {str(k): np.asarray(_tensor_to_numpy(v)) for k, v in obj.items()}
 
 
@@ -161,7 +195,9 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         with safe_open(path, framework="pt") as f:
             for key in f.keys():
-                out[key] = np.asarray(_tensor_to_numpy(f.get_tensor(key)))
+                tensor = f.get_tensor(key)
+                check_tensor_storage(tensor, key, path, DumpError)
+                out[key] = np.asarray(_tensor_to_numpy(tensor))
         return out
     except DumpError:
         raise
@@ -186,6 +222,7 @@ def open_dump(path: str | Path) -> ArraySource:
 
 
 def _open_dump(p: str) -> ArraySource:
+    regular_file(p, DumpError)  # a FIFO or device would block or never end
     kind = dump_kind(p)
     if kind == "npz":
         arrays = _load_npz(p)
@@ -208,6 +245,12 @@ def _open_dump(p: str) -> ArraySource:
         raise DumpError(
             f"missing array(s) {', '.join(repr(m) for m in missing)}; found {found}", path=p
         )
+    for name, array in picked.values():
+        if array is not None and (array.dtype.kind not in "biuf" or array.dtype.fields):
+            raise DumpError(
+                f"'{name}' has dtype {array.dtype}, expected numbers (bool, integer or float)",
+                path=p,
+            )
     feats = picked["features"][1]
     labels = picked["labels"][1]
     targets = picked["targets"][1]

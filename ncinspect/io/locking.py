@@ -1,14 +1,18 @@
 """One writer per output store: an advisory lock beside it, and clean-up of dead writers' files.
 
 Owns: `store_lock(path)`, a context manager held while one store is checked and written, and the
-removal of temporary `.NAME.partial-PID` files whose process no longer runs (left behind by a
-SIGKILL, a power cut or an out-of-memory kill). Knows nothing of HDF5 or models; never blocks.
+removal of temporary `.NAME.partial-RANDOM-PID` files (`io.atomic`) whose process no longer runs
+(left behind by a SIGKILL, a power cut or an out-of-memory kill): only plain files, by name (a link
+is never followed), never one of a live process. Knows nothing of HDF5 or models; never blocks.
 
 The lock is a `filelock` lock (`flock` on Unix) on `.NAME.lock` in the store's directory, taken
 without waiting: a second `ncinspect extract` writing the same store is refused with an
 `OutputError` naming the holder's PID, which the holder writes into the lock file. The kernel
 releases the lock when its holder exits, however it exits, so a killed run never leaves a stale
 lock. The lock file is never followed through a symbolic link: one planted at its name is refused.
+filelock opens it with O_RDWR | O_NOFOLLOW (O_CREAT | O_EXCL first), never O_TRUNC; the PID is
+written only once the open file proves to be a regular file of this account with no other name
+(`_write_pid`): a hard link planted at the lock name (to a victim's file) is refused unwritten.
 Where `flock` is missing (Windows) no lock is taken.
 """
 
@@ -16,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from errno import ELOOP
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ncinspect.errors import OutputError, shielded
+from ncinspect.io.atomic import partial_pid
 
 if TYPE_CHECKING:
     import filelock
@@ -46,22 +52,22 @@ def pid_alive(pid: int) -> bool:
 
 
 def stale_partials(store: Path) -> list[Path]:
-    """Temporary files of this store (`.NAME.partial-PID`) whose writing process is gone."""
-    prefix = f".{store.name}.partial-"
+    """Temporary files of this store (`.NAME.partial-RANDOM-PID`, or an older ncinspect's
+    `.NAME.partial-PID`) whose writing process is gone: plain files only, never a link."""
     try:
         entries = list(store.parent.iterdir())
     except OSError:
         return []
     stale: list[Path] = []
     for p in entries:
-        if not p.name.startswith(prefix):
+        pid = partial_pid(p.name, store)
+        if pid is None or pid == os.getpid() or pid_alive(pid):
             continue
-        pid_text = p.name[len(prefix) :]
-        if not pid_text.isdigit():
+        try:
+            if stat.S_ISREG(p.lstat().st_mode):  # what a writer leaves; a planted link is not
+                stale.append(p)
+        except OSError:
             continue
-        pid = int(pid_text)
-        if pid != os.getpid() and not pid_alive(pid):
-            stale.append(p)
     return sorted(stale)
 
 
@@ -75,8 +81,22 @@ def remove_stale_partials(store: Path) -> list[Path]:
     return removed
 
 
+class _NotALockFile(Exception):
+    """The file at the lock name is not one this process may write (see `_write_pid`)."""
+
+
 def _write_pid(fd: int) -> None:
-    """Record the holder in the lock file (filelock calls this on the locked descriptor)."""
+    """Record the holder in the lock file (filelock calls this on the locked descriptor).
+
+    Only a regular file of this account with no other name is truncated and written; anything
+    else raises `_NotALockFile` (filelock then gives the lock back) and is left as it is."""
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        raise _NotALockFile("is not a regular file")
+    if found.st_uid != os.geteuid():
+        raise _NotALockFile(f"belongs to another account (uid {found.st_uid})")
+    if found.st_nlink > 1:  # 0: its holder removed it meanwhile; nobody else can see it
+        raise _NotALockFile(f"has {found.st_nlink} names (a hard link)")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
@@ -136,9 +156,20 @@ def _take(path: Path, store: Path) -> filelock.BaseFileLock | None:
                 "wait for it or choose another --out",
                 path=store,
             ) from None
+        except _NotALockFile as exc:
+            raise OutputError(
+                f"lock file '{path}' {exc}, expected a file of its own; remove it (ncinspect "
+                "never writes through a link planted beside its output)",
+                path=store,
+            ) from None
         except OSError as exc:
             if exc.errno == ELOOP:
                 raise _symlink_refused(path, store) from None
+            if os.path.lexists(path):  # e.g. filelock's own refusal of a hard link
+                raise OutputError(
+                    f"lock file '{path}' cannot be used ({exc.strerror or exc}); remove it",
+                    path=store,
+                ) from None
             return None  # no lock can be taken here; the store's own write reports why
         return lock
 

@@ -5,6 +5,10 @@ reader with wider rules of its own (the dump reader) applies them to the same re
 opening the file its own way. Every reader that must tell formats apart (the checkpoint loader,
 the dump reader, discovery, `inspect`) asks here. Opens files read-only, reads at most 16 bytes
 and a zip directory; never parses or loads a payload.
+
+Asks `files.regular_file` (what ncinspect agrees to open at all; every opener calls it before
+opening: a FIFO, device, socket or directory is refused, so nothing blocks or reads forever; a
+symlink named on the command line is followed); walks use `files.inside`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import struct
 import zipfile
 from pathlib import Path
 from typing import Literal
+
+from ncinspect.files import regular_file
 
 Format = Literal[
     "safetensors",  # safetensors file
@@ -37,8 +43,13 @@ _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19
 
 
 def sniff(path: str | Path) -> Format:
-    """The file's format, from its first bytes (and a zip archive's member names)."""
+    """The file's format, from its first bytes (and a zip archive's member names).
+
+    `InputError` for anything but a regular file (`regular_file`), "unknown" for one that
+    cannot be read."""
     p = Path(path)
+    if p.exists():
+        regular_file(p)
     try:
         size = p.stat().st_size
         with open(p, "rb") as fh:

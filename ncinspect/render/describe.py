@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ncinspect.errors import visible
+
 
 def _shape(shape: Any) -> str:
     if shape is None:
@@ -130,4 +132,5 @@ def format_description(desc: dict[str, Any]) -> str:
             add(f"    training labels: {_kv(cfg['labels'])}")
     for note in desc.get("notes", []):
         add(f"  note: {note}")
-    return "\n".join(lines)
+    # names and values come from the file: each line keeps its control characters visible
+    return "\n".join(visible(line) for line in lines)

@@ -10,14 +10,13 @@ change to the caller's backend. Never computes a metric (it reads `Result`s, `Ru
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ncinspect.errors import OutputError, UsageError
+from ncinspect.errors import OutputError, UsageError, visible
 from ncinspect.metrics.keys import METRICS, keys_for
 from ncinspect.runs import Comparison, Run, at_series, label_text
 
@@ -45,10 +44,17 @@ def _figure(**kwargs: Any) -> Figure:
     return Figure(**kwargs)
 
 
+def plain_text(text: str) -> str:
+    """Text from a name (a run, its labels) as matplotlib shows it literally: control characters
+    as visible escapes and every `$` escaped, so that `$...$` is not read as mathtext (which could
+    fail to parse and stop the figure)."""
+    return visible(text).replace("$", "\\$")
+
+
 def run_label(run: Run) -> str:
-    """Legend text: the run's name, then its labels ('ce, LS 0.1')."""
+    """Legend text: the run's name, then its labels ('ce, LS 0.1'), shown literally."""
     extra = label_text(run.labels)
-    return f"{run.name} ({extra})" if extra else run.name
+    return plain_text(f"{run.name} ({extra})" if extra else run.name)
 
 
 def _values(run: Run, key: str) -> np.ndarray:
@@ -193,7 +199,7 @@ def build_matched_figure(c: Comparison) -> Figure:
                 markersize=7,
                 color=line.get_color(),
                 markeredgecolor="black",
-                label=f"{run.name} at matched {at_header}",
+                label=plain_text(f"{run.name} at matched {at_header}"),
             )
         for m in c.levels:
             ax.axvline(m.level, color="grey", linestyle=":", linewidth=0.8)
@@ -203,7 +209,7 @@ def build_matched_figure(c: Comparison) -> Figure:
         ax.set_xlabel(f"{at_header} ({c.at}, log)")
         ax.set_title(f"{_panel_title(key)} vs {at_header}")
         ax.grid(True, alpha=0.3)
-    fig.suptitle(f"{c.a.name} vs {c.b.name} at matched {at_header}")
+    fig.suptitle(plain_text(f"{c.a.name} vs {c.b.name} at matched {at_header}"))
     _legend(fig, axes)
     return fig
 
@@ -222,20 +228,24 @@ def save_figure(fig: Figure, out_dir: str | Path, stem: str, formats: Sequence[s
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create directory: {exc.strerror}", path=out) from None
+    from ncinspect.io.atomic import AtomicFile
+
     written = []
     for fmt in formats:
         path = out / f"{stem}.{fmt}"
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        # A new private file, written through its descriptor (nothing planted at a guessed name
+        # is followed), renamed over `path`: a link planted there is replaced, never followed.
         try:
-            with rc_context({"svg.fonttype": "none", "svg.hashsalt": "ncinspect"}):
-                fig.savefig(tmp, format=fmt)
-            os.replace(tmp, path)
+            with AtomicFile(path) as tmp:
+                assert tmp.fd is not None
+                with (
+                    open(tmp.fd, "wb", closefd=False) as fh,
+                    rc_context({"svg.fonttype": "none", "svg.hashsalt": "ncinspect"}),
+                ):
+                    fig.savefig(fh, format=fmt)
+                tmp.commit()
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise OutputError(f"cannot write plot: {exc.strerror}", path=path) from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         written.append(path)
     return written
 

@@ -1,6 +1,9 @@
 """Rendering results: rich tables, JSON, CSV and Markdown (rich lives here and in the CLI).
 
-Owns: how results look (headers, number formatting, legends, grouping by task). Never computes a
+Owns: how results look (headers, number formatting, legends, grouping by task), and making the
+names that come from files (runs, checkpoints, sources, labels, splits) inert in every format:
+`visible` escapes control characters in text, `md_cell` escapes Markdown, `csv_cell` neutralises
+spreadsheet formulas, and rich never reads them as markup or emoji codes. Never computes a
 metric and never reads a store.
 """
 
@@ -18,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ncinspect._version import __version__
+from ncinspect.errors import visible
 from ncinspect.metrics.keys import METRICS, TABLE_DEFAULT, keys_for
 from ncinspect.metrics.results import Result, jsonable
 from ncinspect.render.ufm import (
@@ -45,6 +49,38 @@ def fmt_number(value: float | None) -> str:
     if abs(value) >= 1e4 or abs(value) < 1e-3:
         return f"{value:.3e}"
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+# What a spreadsheet reads as the start of a formula (CSV injection): such a text cell is
+# prefixed with a quote, which the spreadsheet shows as text; numbers are never altered.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+# Markdown that could break out of a table cell or add markup: the escape character itself, the
+# cell separator, code spans and HTML.
+_MARKDOWN_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "<": "&lt;", ">": "&gt;"})
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell: text with visible control characters and a `'` before a formula start;
+    numbers as they are; None and non-finite floats empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    if isinstance(value, str):
+        text = visible(value)
+        return "'" + text if value.startswith(_FORMULA_START) else text
+    return value
+
+
+def md_cell(text: str) -> str:
+    """Text for one Markdown table cell or title: visible control characters (no new line can
+    start a forged row) and escaped `\\`, `|`, backticks and HTML brackets."""
+    return visible(text).translate(_MARKDOWN_ESCAPES)
+
+
+def _rich_lines(text: str) -> str:
+    """A title or caption whose own line breaks stay (names inside were made visible)."""
+    return "\n".join(visible(line) for line in text.split("\n"))
 
 
 def by_task(results: Sequence[Result]) -> dict[str, list[Result]]:
@@ -89,7 +125,7 @@ def build_tables(results: Sequence[Result], selected: Sequence[str] | None) -> l
             run, ckpt = _labels(r)
             epoch = "-" if r.epoch is None else str(r.epoch)
             values = [fmt_number(r.metrics.get(k)) for k in keys]
-            table.add_row(run, ckpt, epoch, str(r.n), *values)
+            table.add_row(visible(run), visible(ckpt), epoch, str(r.n), *values)
         legend = [_legend(keys)]
         hidden = len(keys_for(task)) - len(keys)
         if hidden and not selected:
@@ -115,6 +151,7 @@ def print_tables(
 def _print_rich(
     tables: Sequence[Table], *, file: IO[str] | None, width: int | None, color: bool | None
 ) -> None:
+    # markup and emoji off: a run named `[red]x[/]` or `:fire:` is shown as it is named.
     def make(w: int | None) -> Console:
         return Console(
             file=file,
@@ -122,12 +159,14 @@ def _print_rich(
             no_color=(color is False),
             force_terminal=None if color is None else color,
             highlight=False,
+            markup=False,
+            emoji=False,
         )
 
     console = make(width)
     if width is None:
         # Never squeeze numbers into ellipses: widen past a narrow terminal instead.
-        ruler = Console(width=10_000, file=io.StringIO())
+        ruler = Console(width=10_000, file=io.StringIO(), markup=False, emoji=False)
         natural = max((ruler.measure(t).maximum for t in tables), default=0)
         if natural > console.width:
             console = make(natural)
@@ -155,12 +194,7 @@ def to_json(results: Sequence[Result], selected: Sequence[str] | None = None) ->
     return json.dumps(doc, indent=2, allow_nan=False)
 
 
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float) and not math.isfinite(value):
-        return ""
-    return value
+_csv_cell = csv_cell
 
 
 def to_csv(results: Sequence[Result], selected: Sequence[str] | None = None) -> str:
@@ -187,7 +221,8 @@ def to_markdown(results: Sequence[Result], selected: Sequence[str] | None = None
         for r in rows:
             run, ckpt = _labels(r)
             epoch = "" if r.epoch is None else str(r.epoch)
-            cells = [run, ckpt, epoch, str(r.n), *(fmt_number(r.metrics.get(k)) for k in keys)]
+            cells = [md_cell(run), md_cell(ckpt), epoch, str(r.n)]
+            cells += [fmt_number(r.metrics.get(k)) for k in keys]
             lines.append("| " + " | ".join(cells) + " |")
         arrows = ", ".join(f"{METRICS[k].header} = `{k}` ({METRICS[k].better})" for k in keys)
         lines += ["", f"Keys (direction of collapse): {arrows}."]
@@ -200,7 +235,7 @@ def warning_lines(results: Sequence[Result]) -> list[str]:
     out = []
     for r in results:
         for w in r.warnings:
-            out.append(f"warning: {r.source}: {w}")
+            out.append(visible(f"warning: {r.source}: {w}"))
     return out
 
 
@@ -221,26 +256,29 @@ class Grid:
         self.caption = caption
 
     def table(self) -> Table:
-        table = Table(title=self.title)
+        table = Table(title=visible(self.title))
         for i, header in enumerate(self.headers):
             numeric = i >= self.numeric_from
-            table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric)
+            table.add_column(
+                visible(header), justify="right" if numeric else "left", no_wrap=numeric
+            )
         for row in self.rows:
-            table.add_row(*row)
+            table.add_row(*(visible(c) for c in row))
         if self.caption:
-            table.caption = self.caption
+            table.caption = _rich_lines(self.caption)
             table.caption_justify = "left"
         return table
 
     def markdown(self) -> str:
         n = len(self.headers)
-        lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |"]
+        head = " | ".join(md_cell(h) for h in self.headers)
+        lines = [f"**{md_cell(self.title)}**", "", "| " + head + " |"]
         lines.append(
             "|" + "|".join("---:" if i >= self.numeric_from else "---" for i in range(n)) + "|"
         )
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows]
+        lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in self.rows]
         if self.caption:
-            lines += ["", self.caption.replace("\n", "  \n")]
+            lines += ["", "  \n".join(md_cell(line) for line in self.caption.split("\n"))]
         return "\n".join(lines)
 
 
@@ -291,7 +329,7 @@ def runs_grids(table: RunsTable) -> list[Grid]:
         headers = ["run", "labels", "epochs", "final", *(METRICS[k].header for k in keys)]
         caption = _legend(keys) + "\n* best value in its column (final checkpoints)"
         if table.baseline is not None:
-            caption += f"\n(xR): ratio to the baseline run {table.baseline}"
+            caption += f"\n(xR): ratio to the baseline run {visible(table.baseline)}"
         grid = Grid(f"{task} runs ({len(rows)})", headers, numeric_from=2, caption=caption)
         for row in rows:
             epochs = [e for e in row.epochs if e is not None]
@@ -324,14 +362,22 @@ def runs_csv(table: RunsTable) -> str:
     label_keys = sorted({k for row in table.rows for k in row.labels})
     ratio_cols = [f"ratio_{k}" for k in table.keys] if table.baseline is not None else []
     writer.writerow(
-        ["run", "task", *label_keys, "checkpoints", "final_epoch", *table.keys, *ratio_cols]
+        [
+            "run",
+            "task",
+            *(csv_cell(k) for k in label_keys),
+            "checkpoints",
+            "final_epoch",
+            *table.keys,
+            *ratio_cols,
+        ]
     )
     for row in table.rows:
         ratios = row.ratio_to_baseline or {}
         writer.writerow(
             [
-                row.run,
-                row.task,
+                csv_cell(row.run),
+                csv_cell(row.task),
                 *(_csv_cell(row.labels.get(k)) for k in label_keys),
                 len(row.epochs),
                 _csv_cell(row.final.epoch),
@@ -401,10 +447,10 @@ def trajectory_csv(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> s
         for r in run.results:
             writer.writerow(
                 [
-                    run.name,
-                    run.task,
+                    csv_cell(run.name),
+                    csv_cell(run.task),
                     _csv_cell(r.epoch),
-                    r.source,
+                    csv_cell(r.source),
                     *(_csv_cell(r.metrics.get(k)) for k in keys),
                 ]
             )
@@ -414,6 +460,7 @@ def trajectory_csv(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> s
 def comparison_grids(c: Comparison) -> list[Grid]:
     """Matched values at each level, then the first epoch each run reaches each level."""
     at = METRICS[c.at].header
+    name_a, name_b = visible(c.a.name), visible(c.b.name)  # one line each, in the caption too
     headers = [at]
     for k in c.metrics:
         h = METRICS[k].header
@@ -421,7 +468,7 @@ def comparison_grids(c: Comparison) -> list[Grid]:
     caption = (
         f"each run's metrics where {c.at} first reaches the level, interpolated in log {c.at} "
         f"between the checkpoints around the crossing (never extrapolated; n/a: not crossed); "
-        f"diff = {c.b.name} - {c.a.name}\n" + _legend(c.metrics)
+        f"diff = {name_b} - {name_a}\n" + _legend(c.metrics)
     )
     matched = Grid(f"{c.a.name} vs {c.b.name} at matched {c.at}", headers, 0, caption)
     for m in c.levels:
@@ -444,7 +491,7 @@ def _reached_text(epoch: int | None) -> str:
 def comparison_csv(c: Comparison) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([c.at, "metric", c.a.name, c.b.name, "diff"])
+    writer.writerow([c.at, "metric", csv_cell(c.a.name), csv_cell(c.b.name), "diff"])
     for m in c.levels:
         for k in c.metrics:
             writer.writerow(

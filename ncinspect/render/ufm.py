@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ncinspect.errors import visible
+
 if TYPE_CHECKING:
     from ncinspect.metrics.results import Result
 
@@ -139,7 +141,7 @@ def _ratio(measured: float, predicted: float) -> float:
 
 def distance_title(result: Result, block: dict[str, Any]) -> str:
     """One line naming the checkpoint and the UFM parameters of a distance block."""
-    name = "/".join(x for x in (result.run, result.checkpoint) if x) or result.source
+    name = visible("/".join(x for x in (result.run, result.checkpoint) if x) or result.source)
     p = block["params"]
     if block["task"] == "classification":
         params = (
@@ -216,7 +218,8 @@ def _short(values: Any) -> str:
 
 def distance_caption(block: dict[str, Any]) -> str:
     """Where each parameter came from, the block's notes (one per line)."""
-    lines = [f"{name}: {text}" for name, text in block["sources"].items()]
+    # one line per entry: a source or note naming a file keeps its control characters visible
+    lines = [visible(f"{name}: {text}") for name, text in block["sources"].items()]
     if block["task"] == "regression":
         lines.append(
             f"Sigma eigenvalues: lambda_min = {block['lambda_min']:.6g}, "
@@ -227,7 +230,7 @@ def distance_caption(block: dict[str, Any]) -> str:
             "h = the centred class means (the optimum's features have zero global mean); "
             "margin, rho and the logit distance do not change when scale moves between W and h"
         )
-    lines += [f"note: {n}" for n in block["notes"]]
+    lines += [visible(f"note: {n}") for n in block["notes"]]
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ncinspect.errors import UsageError
+from ncinspect.errors import InputError, UsageError
 from ncinspect.provenance import PER_CLASS_KEYS, TRAIN_SIZE_KEYS, find_sized
 from ncinspect.ufm.classify import classify_formula
 from ncinspect.ufm.regress import check_cov, regress_closed_form
@@ -42,6 +42,10 @@ convention of Zhu et al. 2021's experiments). PyTorch's weight_decay wd adds (wd
 to the loss, which is exactly the UFM's (lambda_W/2)||W||_F^2 for the head; no such identity
 exists for the features, which a deep network does not penalize directly."""
 
+MAX_WEIGHT_DECAY = 1e6
+"""The largest provenance weight decay the block accepts: far above any trained network's, and
+small enough that lambda_H * lambda_W * n stays finite in every closed form."""
+
 
 @dataclass(frozen=True)
 class UfmSettings:
@@ -61,10 +65,11 @@ class UfmSettings:
     def __post_init__(self) -> None:
         if self.lambdas is not None:
             lam_h, lam_w = (float(v) for v in self.lambdas)
-            if not (math.isfinite(lam_h) and math.isfinite(lam_w) and lam_h >= 0 and lam_w >= 0):
+            finite = math.isfinite(lam_h) and math.isfinite(lam_w)
+            if not (finite and lam_h >= 0 and lam_w >= 0 and math.isfinite(lam_h * lam_w)):
                 raise UsageError(
                     f"--ufm-lambdas: found {self.lambdas!r}; expected LAMBDA_H,LAMBDA_W, both "
-                    "finite and >= 0"
+                    ">= 0 and with a finite product"
                 )
         if self.alpha is not None and not (0.0 <= float(self.alpha) <= 1.0):
             raise UsageError(f"--alpha: found {self.alpha}; expected a label smoothing in [0, 1]")
@@ -94,6 +99,17 @@ def _provenance_labels(result: Result) -> dict[str, Any]:
     return labels_from_config(prov) if isinstance(prov, dict) else {}
 
 
+def _provenance_error(
+    result: Result, key: str, value: float, expected: str, option: str
+) -> InputError:
+    """A provenance value the UFM block cannot use, naming the store, the key and the fix."""
+    return InputError(
+        f"provenance {key} = {value:g}; expected {expected} for the distance-to-the-UFM-optimum "
+        f"block; give {option}, or --no-ufm to leave the block out",
+        path=result.source,
+    )
+
+
 def _resolve(result: Result, settings: UfmSettings) -> dict[str, Any] | None:
     """The UFM parameters for one result and where each came from; None when unknown."""
     labels = _provenance_labels(result)
@@ -103,8 +119,14 @@ def _resolve(result: Result, settings: UfmSettings) -> dict[str, Any] | None:
         sources["lambdas"] = "--ufm-lambdas (given)"
     elif labels.get("weight_decay") is not None:
         wd = float(labels["weight_decay"])
-        if wd < 0:
-            return None
+        if not 0.0 <= wd <= MAX_WEIGHT_DECAY:
+            raise _provenance_error(
+                result,
+                "weight_decay",
+                wd,
+                f"a weight decay in [0, {MAX_WEIGHT_DECAY:g}]",
+                "--ufm-lambdas",
+            )
         lam_h = lam_w = wd
         sources["lambdas"] = f"provenance weight_decay = {wd:g}, mapped as {WEIGHT_DECAY_MAPPING}"
     else:
@@ -116,7 +138,12 @@ def _resolve(result: Result, settings: UfmSettings) -> dict[str, Any] | None:
         params["alpha"] = float(settings.alpha)
         sources["alpha"] = "--alpha (given)"
     elif labels.get("label_smoothing") is not None:
-        params["alpha"] = float(labels["label_smoothing"])
+        alpha = float(labels["label_smoothing"])
+        if not 0.0 <= alpha <= 1.0:
+            raise _provenance_error(
+                result, "label_smoothing", alpha, "a label smoothing in [0, 1]", "--alpha"
+            )
+        params["alpha"] = alpha
         sources["alpha"] = "provenance label_smoothing"
     else:
         params["alpha"] = 0.0

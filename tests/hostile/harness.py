@@ -4,8 +4,9 @@ child process under an address-space limit and a time limit, and the contract is
 The contract, for every attack and command: the expected exit code; no traceback; exactly one
 stderr line, `ncinspect: error: ...`, naming the file and the expected fragments; no marker file
 (which the attack's code would write) appears; every victim file keeps its bytes; the output folder
-holds nothing afterwards; the crafted folder is unchanged. An attack that proves the test can fail
-also runs once with `--trust-code` and expects its marker to appear.
+holds nothing afterwards (but what `Crafted.plant` put there); the crafted folder is unchanged. An
+attack that proves the test can fail also runs once with `--trust-code` and expects its marker to
+appear.
 
 Each `tests/hostile/test_<class>.py` module holds one table of `Attack`s (at least three per
 class) and calls `check_attack` for each (attack, command) pair; the files are built in the test,
@@ -39,6 +40,9 @@ class Crafted:
     markers: list[Path] = field(default_factory=list)  # must never exist
     victims: list[Path] = field(default_factory=list)  # bytes must not change
     extra: dict[str, list[str]] = field(default_factory=dict)  # per-command extra arguments
+    # plants entries in the output folder (work/out) before the run, e.g. links at the names
+    # ncinspect will write; a refused run must leave that folder as planted
+    plant: Callable[[Path], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,9 @@ def check_attack(attack: Attack, command: str, tmp: Path) -> None:
     crafted = attack.build(crafted_dir)
     before = _tree(crafted_dir)
     victims = {v: _digest(v) for v in crafted.victims}
+    if crafted.plant is not None:
+        crafted.plant(work / "out")
+    planted = _tree(work / "out")
     res = run_limited(argv(command, crafted, work), work)
     stderr = res.stderr
     if command in attack.succeeds:
@@ -168,7 +175,7 @@ def check_attack(attack: Attack, command: str, tmp: Path) -> None:
         assert fragment in line, (fragment, line)
     assert res.returncode == attack.exit_code, (res.returncode, line)
     _untouched(crafted, victims)
-    assert _tree(work / "out") == {}, f"left in the output: {_tree(work / 'out')}"
+    assert _tree(work / "out") == planted, f"left in the output: {_tree(work / 'out')}"
     assert _tree(crafted_dir) == before, "the crafted folder changed"
 
 

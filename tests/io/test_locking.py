@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,61 @@ def test_an_interrupt_while_the_lock_is_taken_or_given_back_leaves_no_lock_file(
     with store_lock(store):  # and it is free
         pass
     assert not lock_name(store).exists()
+
+
+def test_stale_partials_are_plain_files_of_dead_writers_never_links(tmp_path: Path) -> None:
+    """Today's temporary names (`.NAME.partial-RANDOM-PID`) and an older ncinspect's
+    (`.NAME.partial-PID`) of a dead writer are removed; a live writer's file, another store's, and
+    a link planted at a stale name are left as they are (the link neither followed nor removed)."""
+    store = tmp_path / "s.h5"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [
+            tmp_path / f".s.h5.partial-abc_1234-{dead.pid}",
+            tmp_path / f".s.h5.partial-{dead.pid}",
+        ]
+        kept = [
+            tmp_path / f".s.h5.partial-abc_1234-{alive.pid}",  # a live writer's
+            tmp_path / f".s.h5.partial-x.partial-abc_1234-{dead.pid}",  # store `s.h5.partial-x`'s
+            tmp_path / f".s.h5.partial-ABC-1234-{dead.pid}",  # not a name ncinspect makes
+        ]
+        for p in stale + kept:
+            p.write_bytes(b"half a store")
+        link = tmp_path / f".s.h5.partial-zzz_9999-{dead.pid}"
+        link.symlink_to(victim)
+        assert stale_partials(store) == sorted(stale)
+        with store_lock(store):
+            pass
+        assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+        assert link.is_symlink() and victim.read_text() == "precious\n"
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_store_lock_never_writes_a_planted_hard_link_or_foreign_file(tmp_path: Path) -> None:
+    """A hard link at `.NAME.lock` is no symbolic link (O_NOFOLLOW opens it): writing the PID
+    into it would truncate the victim. It is refused, unwritten, and so is anything that is not a
+    regular file (a FIFO); once removed, the lock is taken as usual."""
+    store = tmp_path / "s.h5"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.link(victim, lock_name(store))
+    with pytest.raises(OutputError, match=r"has 2 names \(a hard link\).*remove it") as err:
+        with store_lock(store):
+            raise AssertionError("the lock was taken on a hard link")
+    assert str(err.value).startswith(str(store))
+    assert victim.read_text() == "precious\n" and victim.stat().st_nlink == 2
+    lock_name(store).unlink()
+    os.mkfifo(lock_name(store))
+    with pytest.raises(OutputError, match="not a regular file|cannot be used"):
+        with store_lock(store):
+            raise AssertionError("the lock was taken on a FIFO")
+    assert stat.S_ISFIFO(lock_name(store).lstat().st_mode)
+    lock_name(store).unlink()
+    with store_lock(store):
+        assert lock_name(store).read_text() == f"{os.getpid()}\n"

@@ -155,7 +155,7 @@ def test_an_interrupt_while_the_store_is_being_created_leaves_no_file(
     `tests/extraction/test_interrupt.py`)."""
 
     def interrupted(self: StoreWriter, f: object) -> None:
-        assert self._tmp.exists()  # the file was created: the case under test
+        assert self._tmp is not None and self._tmp.path.exists()  # created: the case under test
         raise KeyboardInterrupt
 
     monkeypatch.setattr(StoreWriter, "_create_datasets", interrupted)

@@ -1,24 +1,127 @@
 """Refusing HDF5 datasets that cannot be read safely, before any row is read.
 
-Owns: finding a required dataset (naming what the file holds when it is missing), and refusing
-datasets whose header claims more data than the file stores (truncated or crafted headers) or whose
-data lives in other files (external or virtual storage). Used by the store readers and by the
-extraction's HDF5 data-file reader. Never reads a dataset's values and never allocates its claimed
+Owns: finding a required dataset (naming what the file holds when it is missing), refusing a
+file whose link tree leaves it (`check_self_contained`: only hard links to groups and to datasets
+stored contiguous, chunked or compact in this file; no soft, external or user-defined links, no
+external or virtual storage, no named datatypes), and refusing datasets whose header claims more
+data than the file stores (truncated or crafted headers), whose filters would expand beyond what
+deflate can (`decompression_claim`), or whose dtype is not a plain number or bool (`dtype_problem`).
+Used by every HDF5 reader: the store readers, the extraction's HDF5 data-file reader and
+`inspect`. Never reads a dataset's values, never follows a link, and never allocates a claimed
 size.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 
-from ncinspect.errors import StoreError
+from ncinspect.errors import InputError, StoreError
 
 # Deflate, the strongest filter h5py ships, compresses at most about 1032:1: the bound used when
-# HDF5 cannot count a dataset's chunks (before 1.10.5).
+# HDF5 cannot count a dataset's chunks (before 1.10.5), and the most a filtered dataset may claim
+# per byte of the file (`decompression_claim`).
 _MAX_FILTER_RATIO = 1100
+# The most one filtered chunk may decompress to: HDF5 inflates a whole chunk to read any row.
+MAX_CHUNK_BYTES = 256 << 20
+# Dataset storage layouts that keep the data in this file (not virtual).
+_LAYOUTS = {
+    h5py.h5d.CONTIGUOUS: "contiguous",
+    h5py.h5d.CHUNKED: "chunked",
+    h5py.h5d.COMPACT: "compact",
+}
+# Element kinds ncinspect reads: bool, signed and unsigned integers, floats.
+NUMERIC_KINDS = "biuf"
+
+
+def check_self_contained(
+    f: h5py.File, path: str | Path, error: type[InputError] = StoreError
+) -> None:
+    """Refuse a file that refers to anything outside itself, before any dataset is read.
+
+    An allowlist over every link, walked without following any (`visititems_links` descends
+    hard links only): each must be a hard link to a group or to a dataset whose storage is
+    contiguous, chunked or compact in this file. A soft link (which can point anywhere, or out
+    of the file through an external link), an external link, a user-defined link, external raw
+    storage (`/dev/zero`, another file), a virtual dataset, or a committed datatype is refused
+    with `error` naming it.
+    """
+
+    def visit(name: str, link: Any) -> tuple[str, str] | None:
+        # Returning a value stops the walk (raising inside an h5py callback is not clean).
+        if isinstance(link, h5py.ExternalLink):
+            return name, f"is an external link to '{link.path}' in {link.filename!r}"
+        if isinstance(link, h5py.SoftLink):
+            return name, f"is a soft link to '{link.path}'"
+        if not isinstance(link, h5py.HardLink):
+            return name, f"is a {type(link).__name__} (a user-defined link)"
+        why = _object_problem(f[name])
+        return None if why is None else (name, why)
+
+    found = f.visititems_links(visit)
+    if found is not None:
+        name, why = found
+        raise error(
+            f"'{name}' {why}; ncinspect reads self-contained HDF5 files only (hard links to "
+            "groups and datasets stored in the file)",
+            path=path,
+        )
+
+
+def _object_problem(obj: Any) -> str | None:
+    if isinstance(obj, h5py.Group):
+        return None
+    if not isinstance(obj, h5py.Dataset):
+        return f"is a {type(obj).__name__}, not a group or dataset"
+    if obj.is_virtual:
+        return "refers to data in other files (virtual storage)"
+    if obj.external:
+        return f"refers to data in other files (external storage) such as {obj.external[0][0]!r}"
+    layout = obj.id.get_create_plist().get_layout()
+    if layout not in _LAYOUTS:
+        return f"has storage layout {layout} (not contiguous, chunked or compact)"
+    return None
+
+
+def dtype_problem(dtype: np.dtype) -> str | None:
+    """Why `dtype` is not a plain number (bool, integer, float), or None when it is: strings,
+    complex numbers, object references, compounds, subarrays and opaque bytes are refused."""
+    if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        return f"has dtype {dtype}, expected numbers (bool, integer or float)"
+    if h5py.check_dtype(ref=dtype) is not None or h5py.check_dtype(vlen=dtype) is not None:
+        return f"has dtype {dtype} (references or variable length), expected numbers"
+    return None
+
+
+def decompression_claim(ds: h5py.Dataset) -> str | None:
+    """Why `ds`'s filters would expand it beyond what can be allowed, or None.
+
+    Filtered (compressed) chunks are inflated whole, so each may hold at most `MAX_CHUNK_BYTES`,
+    and the dataset may claim at most deflate's ratio (1100:1) times the bytes of the whole file
+    (the file, not the dataset: scale-offset stores a constant chunk in a few bytes, and a store
+    of exactly collapsed features is legitimate, but its labels or targets occupy the file). A
+    few kilobytes claiming gigabytes is refused before anything is inflated.
+    """
+    if ds.chunks is None or ds.id.get_create_plist().get_nfilters() == 0:
+        return None
+    chunk = ds.dtype.itemsize * math.prod(int(c) for c in ds.chunks)
+    if chunk > MAX_CHUNK_BYTES:
+        return (
+            f"its compressed chunks {tuple(int(c) for c in ds.chunks)} inflate to {chunk} bytes "
+            f"each (at most {MAX_CHUNK_BYTES} are read)"
+        )
+    claimed = ds.dtype.itemsize * math.prod(int(s) for s in ds.shape)
+    size = max(int(ds.file.id.get_filesize()), int(ds.id.get_storage_size()))
+    if claimed > size * _MAX_FILTER_RATIO:
+        return (
+            f"it is compressed to {size} bytes of file or less, more than {_MAX_FILTER_RATIO}:1 "
+            "(a decompression bomb)"
+        )
+    return None
 
 
 def dataset_names(f: h5py.File) -> list[str]:
@@ -82,11 +185,12 @@ def unstored_claim(ds: h5py.Dataset) -> str | None:
 
 
 def check_claimed_sizes(
-    path: str, datasets: dict[str, Any], error: type[StoreError] = StoreError
+    path: str | Path, datasets: dict[str, Any], error: type[InputError] = StoreError
 ) -> None:
     """Refuse datasets whose shape claims more data than the file holds (truncated or crafted
-    headers; `unstored_claim`), and datasets stored in other files (external or virtual), before
-    reading any rows."""
+    headers; `unstored_claim`) or than its filters may inflate to (`decompression_claim`),
+    datasets stored in other files (external or virtual), and datasets of other than plain
+    numbers (`dtype_problem`), before reading any rows."""
     for name, ds in datasets.items():
         if ds is None:
             continue
@@ -95,6 +199,17 @@ def check_claimed_sizes(
             raise error(
                 f"dataset '{name}' refers to data in other files ({kind} storage); ncinspect "
                 "reads self-contained files only",
+                path=path,
+            )
+        bad_dtype = dtype_problem(ds.dtype)
+        if bad_dtype is not None:
+            raise error(f"dataset '{name}' {bad_dtype}", path=path)
+        bomb = decompression_claim(ds)
+        if bomb is not None:
+            claimed = ds.dtype.itemsize * math.prod(int(s) for s in ds.shape)
+            raise error(
+                f"dataset '{name}' claims shape {tuple(int(s) for s in ds.shape)} ({claimed} "
+                f"bytes of {ds.dtype}) but {bomb}; re-create it with less compression",
                 path=path,
             )
         why = unstored_claim(ds)

@@ -1,7 +1,7 @@
 """The on-disk layout of a feature store (format version 1) and the names it uses.
 
-Owns: the format's constants, the temporary name a store is written under, and turning root
-attributes into a source's `meta`. Imports no h5py and opens no file.
+Owns: the format's constants and turning root attributes into a source's `meta` (the temporary
+names a store is written under belong to `io.atomic`). Imports no h5py and opens no file.
 
 Layout of one store (one checkpoint x one data split):
     /features      (N, D) float32 (or float16/float64 on request), chunked by rows
@@ -30,14 +30,13 @@ content) and has root attributes shard_index, shard_count, extraction_id (shared
 total_rows (N of the whole set) and shard_layout ("blocks": contiguous whole batches in rank order;
 "strided": every P-th batch). See `shards`.
 
-A store is written under `.NAME.partial-PID` beside its final name and renamed when complete.
+A store is written under a new temporary name beside its final name, `.NAME.partial-RANDOM-PID`,
+and renamed when complete (`io.atomic`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,11 +58,6 @@ CORE_ATTRS = (
     "total_rows",
     "shard_layout",
 )
-
-
-def partial_name(path: Path) -> Path:
-    """The temporary name a store is written under until it is complete."""
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
 def plain(value: Any) -> Any:

@@ -16,8 +16,9 @@ import numpy as np
 
 from ncinspect._version import __version__
 from ncinspect.errors import StoreError, reading
+from ncinspect.files import regular_file
 from ncinspect.io.sources import Batch, FeatureSource, Task, check_label_range, validate_arrays
-from ncinspect.io.store.checks import check_claimed_sizes, dataset
+from ncinspect.io.store.checks import check_claimed_sizes, check_self_contained, dataset
 from ncinspect.io.store.layout import (
     CLASS_SUMS,
     CONTENTS,
@@ -64,6 +65,9 @@ class StoreSource(FeatureSource):
             return None
         if counts.ndim != 1 or sums.ndim != 2 or counts.size * max(1, self.d) > 1 << 28:
             return None
+        check_claimed_sizes(
+            self.path, {f"{CLASS_SUMS}/counts": counts, f"{CLASS_SUMS}/sums": sums}, StoreError
+        )
         try:
             return np.asarray(counts[()], dtype=np.int64), np.asarray(sums[()])
         except (OSError, KeyError, RuntimeError, ValueError) as exc:
@@ -121,8 +125,19 @@ def open_store(path: str | Path) -> StoreSource | StatsSource:
         return _open_store(path)
 
 
+def _check_epoch(attrs: dict[str, Any], p: str) -> None:
+    epoch = attrs.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise StoreError(
+            f"attribute 'epoch' is {epoch!r}, expected an integer (or no attribute when the "
+            "epoch is unknown)",
+            path=p,
+        )
+
+
 def _open_store(path: str | Path) -> StoreSource | StatsSource:
     p = str(path)
+    regular_file(p, StoreError)  # a FIFO or device would block or never end
     try:
         # No chunk cache: reads are whole, aligned chunks (`chunk_rows`), each read once, and
         # HDF5 then copies them straight into the result instead of through the cache.
@@ -130,6 +145,7 @@ def _open_store(path: str | Path) -> StoreSource | StatsSource:
     except (OSError, ValueError) as exc:
         raise StoreError(f"not a readable HDF5 file ({exc})", path=p) from exc
     try:
+        check_self_contained(f, p, StoreError)  # nothing is read from other files
         attrs = {k: plain(v) for k, v in f.attrs.items()}
         fmt = attrs.get("format")
         if fmt != FORMAT:
@@ -150,6 +166,7 @@ def _open_store(path: str | Path) -> StoreSource | StatsSource:
                 f"attribute 'content' is {content!r}, expected one of {', '.join(CONTENTS)}",
                 path=p,
             )
+        _check_epoch(attrs, p)
         if content == "statistics":
             return open_statistics(f, p, attrs)
         feats = dataset(f, p, "features", True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ncinspect.errors import InputError, StoreError
+from ncinspect.files import inside
 from ncinspect.io.sources import Batch, FeatureSource, StatRecord
 
 if TYPE_CHECKING:
@@ -53,7 +54,9 @@ def shard_paths(path: Path) -> list[Path]:
     if count < 1:
         raise InputError("names a set of 0 shards", path=path)
     paths = [folder / shard_name(base, i, count, suffix) for i in range(count)]
-    missing = [p for p in paths if not p.is_file()]
+    # The shard named is followed wherever it points; the others were found beside it and must
+    # be regular files inside its folder (a link leaving the folder counts as missing).
+    missing = [p for p in paths if p != path and not inside(folder, p)]
     if missing:
         shown = ", ".join(p.name for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise InputError(

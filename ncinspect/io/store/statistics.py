@@ -8,7 +8,11 @@ analysis's job. Never writes a file and never computes statistics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import typing
+from functools import cache
 from typing import Any
 
 import h5py
@@ -68,6 +72,54 @@ def _head_of(f: h5py.File, p: str) -> Head:
     )
 
 
+# ClassScatter's routes (`stats.classification.plan_scatter`).
+_ROUTES = ("dxd", "class_span")
+
+
+@cache
+def _stat_classes() -> dict[str, type]:
+    """The accumulator dataclasses of `ncinspect.stats`, by class name."""
+    from ncinspect.stats import classification, regression
+
+    return {
+        name: cls
+        for module in (classification, regression)
+        for name, cls in vars(module).items()
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls)
+    }
+
+
+def _check_scalars(kind: str, fields: dict[str, Any], where: str, p: str) -> None:
+    """A record's scalar fields (attributes) against the types its class declares: counts are
+    integers >= 0, floats finite numbers, strings text (a route one of `_ROUTES`). Arrays and
+    unknown classes are the analysis's to check."""
+    cls = _stat_classes().get(kind)
+    if cls is None:
+        return
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name not in fields or fields[f.name] is None:
+            continue
+        value, hint = fields[f.name], hints.get(f.name)
+        expected = None
+        if hint is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            expected = "an integer >= 0"
+        elif hint is float and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            expected = "a finite number"
+        elif hint is str and not isinstance(value, str):
+            expected = "text"
+        elif f.name == "route" and value not in _ROUTES:
+            expected = f"one of {', '.join(_ROUTES)}"
+        if expected is not None:
+            raise StoreError(
+                f"attribute '{where}/{f.name}' is {value!r}, expected {expected}", path=p
+            )
+
+
 def _read_record(g: h5py.Group, name: str, p: str) -> StatRecord:
     where = f"stats/{name}"
     if not isinstance(g, h5py.Group):
@@ -88,6 +140,7 @@ def _read_record(g: h5py.Group, name: str, p: str) -> StatRecord:
         raise StoreError(f"attribute '{where}/none_fields' is not a JSON list", path=p)
     fields: dict[str, Any] = {str(k): None for k in nones}
     fields.update(attrs)
+    _check_scalars(kind, fields, where, p)
     datasets = {key: g[key] for key in g}
     for key, ds in datasets.items():
         if not isinstance(ds, h5py.Dataset):

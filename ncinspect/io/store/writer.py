@@ -22,8 +22,9 @@ import numpy as np
 
 from ncinspect._version import __version__
 from ncinspect.errors import OutputError
+from ncinspect.io.atomic import AtomicFile
 from ncinspect.io.sources import StatRecord, Task
-from ncinspect.io.store.layout import CLASS_SUMS, CORE_ATTRS, FORMAT, FORMAT_VERSION, partial_name
+from ncinspect.io.store.layout import CLASS_SUMS, CORE_ATTRS, FORMAT, FORMAT_VERSION
 from ncinspect.metrics.head import Head
 from ncinspect.stats.classification import ClassSums
 
@@ -73,7 +74,8 @@ class StoreWriter:
         self.n = 0
         self._head: Head | None = None
         self._file: h5py.File | None = None
-        self._tmp = partial_name(self.path)
+        # the temporary file (`io.atomic`): new, private, under an unpredictable name
+        self._tmp: AtomicFile | None = None
         # a classification store saves its rows' class sums (`report` then reads the rows once);
         # None once a block's labels are outside [0, width) (the store is refused on opening)
         self._class_sums: ClassSums | None = None
@@ -83,6 +85,12 @@ class StoreWriter:
     def _check_destination(self) -> None:
         if self.path.is_dir():
             raise OutputError("output path is a directory, expected a file name", path=self.path)
+        if self.path.is_symlink() and not self.overwrite:  # planted, maybe dangling
+            raise OutputError(
+                "output is a symbolic link; pass --overwrite to replace the link (its target is "
+                "never written)",
+                path=self.path,
+            )
         if self.path.exists() and not self.overwrite:
             raise OutputError("output exists; pass --overwrite to replace it", path=self.path)
         parent = self.path.parent
@@ -101,10 +109,12 @@ class StoreWriter:
         f: h5py.File | None = None
         try:
             try:
+                self._tmp = AtomicFile(self.path)
                 # No chunk cache: appends are large blocks written through, and a failed write
                 # (disk full) then fails at once; with a cache HDF5 defers it to close, and a
                 # close after a failed cache flush can crash the process (h5py 3.16 / HDF5 2.0).
-                f = h5py.File(self._tmp, "w", rdcc_nbytes=0)
+                # h5py opens by name: `opener_path` names the file created above, never another.
+                f = h5py.File(self._tmp.opener_path(), "w", rdcc_nbytes=0)
             except OSError as exc:
                 raise OutputError(f"cannot create store: {exc}", path=self.path) from exc
             self._create_datasets(f)
@@ -113,7 +123,7 @@ class StoreWriter:
                 if f is not None:
                     f.close()
             finally:
-                self._tmp.unlink(missing_ok=True)  # this process's own temporary name
+                self._discard()
             raise
         self._file = f
         return self
@@ -299,9 +309,13 @@ class StoreWriter:
                     f.close()
                 except (OSError, RuntimeError) as err:  # h5py reports failed flushes as either
                     raise write_failure(err, self.path) from err
-                os.replace(self._tmp, self.path)
+                assert self._tmp is not None
+                try:
+                    self._tmp.commit()  # replaces a link at the final name, never follows it
+                except OSError as err:
+                    raise OutputError(f"cannot write: {err.strerror}", path=self.path) from err
         except BaseException:
-            self._tmp.unlink(missing_ok=True)
+            self._discard()
             raise
         finally:
             if f is not None:
@@ -310,7 +324,13 @@ class StoreWriter:
                 except Exception:  # noqa: BLE001 - the original error matters more
                     pass
             if exc_type is not None:
-                self._tmp.unlink(missing_ok=True)
+                self._discard()
+
+    def _discard(self) -> None:
+        """Remove this writer's temporary file (only while it is still the one it created)."""
+        tmp, self._tmp = self._tmp, None
+        if tmp is not None:
+            tmp.discard()
 
 
 def write_failure(err: BaseException, path: Path) -> OutputError:

@@ -1,0 +1,188 @@
+"""Hostile corpus, attack class 3: exported programs (.pt2). Each archive is written by
+torch.export.save for a small MLP (input dim 4, 3 outputs, the harness's data) and edited with
+zipfile; `inspect` describes it without running anything, `extract` (no --model) refuses it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from tests.extraction.test_exported import (
+    MLP,
+    Exec,
+    Members,
+    _node,
+    _stride0,
+    add,
+    edit,
+    edit_json,
+    export,
+    torch_pickle,
+)
+from tests.hostile.harness import Attack, Crafted, case_ids, cases, check_attack, check_trusted
+
+D = 4
+
+
+def _write_marker(marker: Path) -> Exec:
+    return Exec(f"open({str(marker)!r}, 'w').write('ran')")
+
+
+def second_program(folder: Path) -> Crafted:
+    """The audit used to check only "model"; torch loads every models/*.json, so a second
+    program's pickled weight ran code."""
+    marker = folder / "marker"
+
+    def change(members: Members, root: str) -> Members:
+        out = list(members)
+        for info, data in members:
+            rel = info.filename[len(root) + 1 :]
+            renamed = rel.replace("/model.", "/extra.").replace("/model_", "/extra_")
+            if renamed == rel:
+                continue
+            if rel.endswith("model_weights_config.json"):
+                doc = json.loads(data)
+                next(iter(doc["config"].values())).update(use_pickle=True, path_name="weight_99")
+                data = json.dumps(doc).encode()
+                evil = torch_pickle(_write_marker(marker))
+                out.append((type(info)(f"{root}/data/weights/weight_99"), evil))
+            out.append((type(info)(f"{root}/{renamed}"), data))
+        return out
+
+    path = edit(export(MLP(D), folder / "two.pt2", D), change)
+    return Crafted(path, markers=[marker])
+
+
+def opaque_constant(folder: Path) -> Crafted:
+    marker = folder / "marker"
+    path = export(MLP(D), folder / "opaque.pt2", D)
+    edit(
+        path,
+        edit_json(
+            "constants_config.json",
+            lambda d: d["config"].update(
+                obj={"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True}
+            ),
+        ),
+    )
+    edit(path, add("data/constants/opaque_obj_0", pickle.dumps(_write_marker(marker))))
+    return Crafted(path, markers=[marker])
+
+
+def duplicated_member(folder: Path) -> Crafted:
+    """models/model.json twice: Python's zipfile reads the last copy, torch's reader may read
+    the first (here one calling os.system through a torch attribute)."""
+    path = export(MLP(D), folder / "twice.pt2", D)
+
+    def change(members: Members, root: str) -> Members:
+        info, data = next((i, d) for i, d in members if i.filename.endswith("models/model.json"))
+        doc = json.loads(data)
+        _node(doc, "torch.os.system")
+        evil = (type(info)(info.filename), json.dumps(doc).encode())
+        return [evil, *members]  # the evil copy first, the clean one last
+
+    return Crafted(edit(path, change))
+
+
+def from_file(folder: Path) -> Crafted:
+    victim = folder / "victim.txt"
+    victim.write_text("keep me\n")
+    path = export(MLP(D), folder / "fromfile.pt2", D)
+    args = [
+        {"name": "filename", "arg": {"as_string": str(victim)}, "kind": 1},
+        {"name": "shared", "arg": {"as_bool": True}, "kind": 1},
+        {"name": "size", "arg": {"as_int": 8}, "kind": 1},
+    ]
+    edit(
+        path,
+        edit_json(
+            "models/model.json", lambda d: _node(d, "torch.ops.aten.from_file.default", args)
+        ),
+    )
+    return Crafted(path, victims=[victim])
+
+
+def stride_zero(folder: Path) -> Crafted:
+    path = export(MLP(D), folder / "bomb.pt2", D)
+    return Crafted(edit(path, edit_json("weights_config.json", _stride0)))
+
+
+def legacy_fallback(folder: Path) -> Crafted:
+    """torch.export.load retries an archive it cannot read as a 2.7-era one, whose constants
+    it unpickles with weights_only=False: a top-level `version` and serialized_*.pt members."""
+    marker = folder / "marker"
+    path = export(MLP(D), folder / "legacy.pt2", D)
+
+    def change(members: Members, root: str) -> Members:
+        program = next(d for i, d in members if i.filename.endswith("models/model.json"))
+        kinds = {
+            "version": b"8.20",
+            "serialized_exported_program.json": program,
+            "serialized_state_dict.pt": torch_pickle({}),
+            "serialized_constants.pt": torch_pickle(_write_marker(marker)),
+            "serialized_example_inputs.pt": torch_pickle(((), {})),
+        }
+        top = [(type(members[0][0])(name), data) for name, data in kinds.items()]
+        return [*members, *top]
+
+    return Crafted(edit(path, change), markers=[marker])
+
+
+ATTACKS = [
+    Attack(
+        "second-program-pickled-weight",
+        second_program,
+        ("extract", "inspect"),
+        ("of program 'extra' is a pickle", "--trust-code"),
+        trusted_marker=True,
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "opaque-constant",
+        opaque_constant,
+        ("extract", "inspect"),
+        ("opaque_obj_0", "stored Python object", "--trust-code"),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "duplicated-member",
+        duplicated_member,
+        ("extract", "inspect"),
+        ("stored twice", "--trust-code"),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "aten-from-file",
+        from_file,
+        ("extract", "inspect"),
+        ("torch.ops.aten.from_file.default", "--trust-code"),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "stride-zero-bomb",
+        stride_zero,
+        ("extract", "inspect"),
+        ("head.weight", "bytes stored"),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "legacy-fallback",
+        legacy_fallback,
+        ("extract", "inspect"),
+        ("'version' is outside the archive's folder", "--trust-code"),
+        succeeds=("inspect",),
+    ),
+]
+
+
+@pytest.mark.parametrize(("attack", "command"), cases(ATTACKS), ids=case_ids(ATTACKS))
+def test_exported_program_attack(attack: Attack, command: str, tmp_path: Path) -> None:
+    check_attack(attack, command, tmp_path)
+
+
+@pytest.mark.parametrize("attack", [a for a in ATTACKS if a.trusted_marker], ids=str)
+def test_trusted_code_does_run(attack: Attack, tmp_path: Path) -> None:
+    check_trusted(attack, tmp_path)
