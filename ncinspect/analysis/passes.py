@@ -10,6 +10,8 @@ Memory is independent of N: one read block (about 8 MiB of features) and the sta
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import regression_from_source
 from ncinspect.analysis.rows import MAX_FEATURE_ABS, FiniteRows
 from ncinspect.analysis.saved import metrics_from_statistics
-from ncinspect.errors import InputError
+from ncinspect.errors import InputError, UsageError
 from ncinspect.io.sources import FeatureSource
 from ncinspect.metrics.results import MetricSet, Result
 from ncinspect.stats.parallel import full_blas, release_scratch, worker_pass
@@ -39,6 +41,7 @@ def analyze_source(source: FeatureSource, options: AnalysisOptions | None = None
 
 def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
     _epoch_of(source)  # a malformed epoch attribute fails before any pass
+    _check_dense_size(source)
     _check_finite_head(source)
     if source.statistics is not None:  # saved by extract --stats-only: no rows to read
         with full_blas(float(source.d) ** 3):  # up to a D x D eigendecomposition
@@ -52,6 +55,54 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
         metric_set.info["nonfinite_rows_dropped"] = dropped
         metric_set.warn(f"{dropped} row(s) with NaN or Inf features were dropped")
     return _result(source, metric_set, n_used, extras)
+
+
+# The largest dense float64 matrix the statistics and metrics may build (4 GiB by default): K x K
+# head Gram and K x D means for classification (D x D only when D <= K_eff <= K), D x D scatters,
+# T x T and T x D for regression. A few kilobytes of compressed head or features can claim K or
+# D = 10^5, i.e. matrices of 80 GB; the environment (trusted) may raise the bound for a genuinely
+# wide model (4 GiB is D or K up to about 23,000).
+MAX_DENSE_ENV = "NCINSPECT_MAX_DENSE_GIB"
+_DENSE_DEFAULT_BYTES = 4 << 30
+
+
+def max_dense_bytes() -> int:
+    """The bound on one dense float64 statistic: `NCINSPECT_MAX_DENSE_GIB` GiB, else 4 GiB.
+    UsageError for a value that is not a positive number."""
+    text = os.environ.get(MAX_DENSE_ENV, "").strip()
+    if not text:
+        return _DENSE_DEFAULT_BYTES
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = math.nan
+    if not (math.isfinite(gib) and gib > 0):
+        raise UsageError(f"{MAX_DENSE_ENV}={text!r}: expected a positive number of GiB")
+    return int(gib * (1 << 30))
+
+
+def _check_dense_size(source: FeatureSource) -> None:
+    """Refuse a source whose K, T or D would make the statistics allocate a dense matrix above
+    `max_dense_bytes`, before anything is allocated (the sizes are the head's shape). Arrays
+    the caller holds in memory (`ncinspect.analyze_arrays`) are its own: not bounded."""
+    if source.origin == "array":
+        return
+    rows, d = (int(s) for s in source.head.weight.shape)
+    if source.task == "classification":
+        shapes = {"K x K": rows * rows, "K x D": rows * d}
+    else:
+        shapes = {"D x D": d * d, "T x T": rows * rows, "T x D": rows * d}
+    name, elements = max(shapes.items(), key=lambda item: item[1])
+    limit = max_dense_bytes()
+    if elements * 8 > limit:
+        what = "K" if source.task == "classification" else "T"
+        raise InputError(
+            f"the head is {what} = {rows} by D = {d}: the statistics need a {name} float64 "
+            f"matrix of {elements * 8 / (1 << 30):.3g} GiB, more than the "
+            f"{limit / (1 << 30):.3g} GiB allowed (set {MAX_DENSE_ENV} to allow more for a file "
+            "you trust)",
+            path=source.path,
+        )
 
 
 def _check_finite_head(source: FeatureSource) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,7 +100,8 @@ def metrics_from_statistics(
     merged: dict[str, Any] = dict(built[0])
     for name, (_, scope) in PARTS[source.task].items():
         if scope == "shard":
-            for other in built[1:]:
+            for s, other in zip(saved[1:], built[1:], strict=True):
+                _check_mergeable(name, merged[name], other[name], s.path, saved[0].path)
                 merged[name] = merged[name].merge(other[name])
     dropped = sum(_int(s, "nonfinite_rows_dropped") for s in saved)
     where = saved[0].path if len(saved) == 1 else source.path
@@ -117,6 +119,28 @@ def metrics_from_statistics(
         moments, merged["uncentred"], merged["centred"], source.head, predictions, options
     )
     return metric_set, moments.n, dropped, extras
+
+
+def _check_mergeable(part: str, first: Any, other: Any, path: str, first_path: str) -> None:
+    """The shard record `other` (of file `path`) adds to `first` (the first shard's): the same
+    route and the same shape of every array (a crafted or foreign shard is one error line)."""
+    for f in fields(first):
+        a, b = getattr(first, f.name), getattr(other, f.name)
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            same = isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+            found = getattr(b, "shape", b)
+            expected = getattr(a, "shape", a)
+        elif f.name == "route":
+            same, found, expected = a == b, b, a
+        else:
+            continue
+        if not same:
+            raise StoreError(
+                f"'stats/{part}/{f.name}' is {found!r} but {Path(first_path).name} has "
+                f"{expected!r}: the shards cannot be added up (shards of different extractions?); "
+                "re-run extract --stats-only",
+                path=path,
+            )
 
 
 def _int(saved: SavedStatistics, key: str) -> int:
@@ -182,9 +206,11 @@ def _check_shapes(parts: dict[str, Any], source: FeatureSource, p: str) -> None:
     checks: list[tuple[str, Any, tuple[int | None, ...]]]
     if source.task == "classification":
         sums, scatter = parts["sums"], parts["scatter"]
-        r = d if scatter.route == "dxd" else None
+        _check_arrays([("sums/counts", sums.counts, (width,))], width, d, p)
+        # the class-span route's scatter is r x r for the r = K_eff classes present (the
+        # plan's basis); a larger one is a crafted eigenproblem
+        r = d if scatter.route == "dxd" else int(np.count_nonzero(sums.counts > 0))
         checks = [
-            ("sums/counts", sums.counts, (width,)),
             ("sums/sums", sums.sums, (width, d)),
             ("scatter/scatter", scatter.scatter, (r, r)),
             ("scatter/within", scatter.within, (width,)),
@@ -202,6 +228,12 @@ def _check_shapes(parts: dict[str, Any], source: FeatureSource, p: str) -> None:
             checks.append((f"{name}/basis", u.basis, (d, None)))
             k = u.basis.shape[1] if isinstance(u.basis, np.ndarray) and u.basis.ndim == 2 else -1
             checks.append((f"{name}/gram", u.gram, (k, k)))
+    _check_arrays(checks, width, d, p)
+
+
+def _check_arrays(
+    checks: list[tuple[str, Any, tuple[int | None, ...]]], width: int, d: int, p: str
+) -> None:
     for key, arr, shape in checks:
         ok = (
             isinstance(arr, np.ndarray)

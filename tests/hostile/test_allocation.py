@@ -160,6 +160,66 @@ def stride0_checkpoint(folder: Path) -> Crafted:
     return Crafted(folder / "epoch_1.pt", extra={"extract": ["--model", f"{model}:net"]})
 
 
+def _deflated(f: h5py.File, name: str, shape: tuple[int, ...]) -> None:
+    """Replace dataset `name` by zeros of `shape`, chunked and deflated (a few kilobytes)."""
+    if name in f:
+        del f[name]
+    f.create_dataset(name, shape, "f4", chunks=True, compression="gzip", fillvalue=0.0)
+    f[name][...] = 0.0  # every chunk stored (a chunk never written reads as unstored)
+
+
+def wide_head_classes(folder: Path) -> Crafted:
+    """A classification store whose head claims K = 60000 classes (deflated zeros, a few KB):
+    the K x K head Gram alone would be 27 GiB."""
+    target = folder / "wide_k.h5"
+    ones = np.ones((4, 2), np.float32)
+    write_store(target, features=ones, labels=np.arange(4), weight=ones)
+    with h5py.File(target, "a") as f:
+        _deflated(f, "head/weight", (60000, 2))
+    assert target.stat().st_size < 100 << 10
+    return Crafted(target)
+
+
+def wide_regression(folder: Path) -> Crafted:
+    """A regression store of D = 60000 deflated zero features: the D x D scatter would be
+    27 GiB, from a file of a few kilobytes."""
+    target = folder / "wide_d.h5"
+    ones = np.ones((4, 2), np.float32)
+    write_store(target, features=ones, targets=ones[:, :1], weight=ones[:1])
+    with h5py.File(target, "a") as f:
+        _deflated(f, "features", (4, 60000))
+        _deflated(f, "head/weight", (1, 60000))
+        f.attrs["d"] = 60000
+    assert target.stat().st_size < 100 << 10
+    return Crafted(target)
+
+
+def stats_records_bomb(folder: Path) -> Crafted:
+    """A stats-only store of about 130 KB with 20 extra records, each a 96 MiB dataset deflated
+    twice (6 chunks of a few hundred bytes): each within 1100:1 of the file, 1.9 GiB together,
+    all read whole before the record names were checked."""
+    from tests.hostile.test_output import _stats_shard
+
+    target = folder / "stats.h5"
+    _stats_shard(target, 0, np.eye(3), "class_span")
+    rows = 1 << 21  # 16 MiB of float64 per chunk
+    chunk = _twice_deflated_zeros(rows * 8)
+    with h5py.File(target, "a") as f:
+        for i in range(20):
+            g = f.create_group(f"stats/extra{i}")
+            g.attrs.update({"type": "ClassSums", "scope": "global"})
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_chunk((rows,))
+            dcpl.set_deflate(9)
+            dcpl.set_deflate(9)
+            space = h5py.h5s.create_simple((6 * rows,))
+            h5py.h5d.create(g.id, b"sums", h5py.h5t.IEEE_F64LE, space, dcpl=dcpl)
+            for c in range(6):
+                g["sums"].id.write_direct_chunk((c * rows,), chunk)
+    assert target.stat().st_size < 140 << 10  # each claim within 1100:1 of it
+    return Crafted(target)
+
+
 ATTACKS = [
     Attack("pt-stride0-checkpoint", stride0_checkpoint, ("inspect", "extract"),
            ("expanded or overlapping view",), succeeds=("inspect",)),
@@ -170,6 +230,12 @@ ATTACKS = [
            ("decompression bomb",), succeeds=("inspect",)),
     Attack("npz-member-bomb", npz_member_bomb, ("inspect", "report", "plot"), ("zip bomb",),
            succeeds=("inspect",)),
+    Attack("store-head-claims-60000-classes", wide_head_classes, ("inspect", "report", "plot"),
+           ("K x K", "GiB"), succeeds=("inspect",)),
+    Attack("stats-records-bomb", stats_records_bomb, ("inspect", "report", "plot"),
+           ("datasets claim", "together", "decompression bomb"), succeeds=("inspect",)),
+    Attack("store-regression-d-60000", wide_regression, ("inspect", "report", "plot"),
+           ("D x D", "GiB"), succeeds=("inspect",)),
 ]  # fmt: skip
 
 

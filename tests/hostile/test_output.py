@@ -15,10 +15,12 @@ import io
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
+from ncinspect.io.store.layout import FORMAT, FORMAT_VERSION
 from ncinspect.io.store.writer import write_store
 from tests.helpers.cli import cli
 from tests.hostile.harness import Attack, Crafted, case_ids, cases, check_attack
@@ -86,6 +88,42 @@ def _string_epoch(folder: Path) -> Crafted:
     return Crafted(_store(folder / "epoch.h5", epoch="abc"))
 
 
+def _stats_shard(path: Path, index: int, scatter: np.ndarray, route: str) -> None:
+    """Shard `index` of 2 of a stats-only classification store (K = 3, D = 4, 10 rows each),
+    written as `extract --stats-only --nproc-per-node 2` would, its pass-2 scatter given."""
+    x, y, means = _features()
+    with h5py.File(path, "w") as f:
+        f.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "content": "statistics",
+            "task": "classification", "n": 10, "d": 4, "k": 3, "shard_index": index,
+            "shard_count": 2, "extraction_id": "x", "total_rows": 20, "shard_layout": "rows",
+        })  # fmt: skip
+        f["head/weight"] = means
+        g = f.create_group("stats")
+        g.attrs["rows"] = 10
+        sums = g.create_group("sums")
+        sums.attrs.update({"type": "ClassSums", "scope": "global", "none_fields": "[]"})
+        sums["counts"] = np.bincount(y, minlength=3)
+        sums["sums"] = np.stack([x[y == k].sum(0) for k in range(3)])
+        part = g.create_group("scatter")
+        part.attrs.update({
+            "type": "ClassScatter", "scope": "shard", "n": 10, "correct": 10, "ncc_mismatch": 0,
+            "route": route, "none_fields": '["counts", "check_sum", "check_scale"]',
+        })  # fmt: skip
+        part["scatter"] = scatter
+        part["within"] = np.ones(3)
+
+
+def _stats_shards_that_do_not_add_up(folder: Path) -> Crafted:
+    """Two stats-only shards, each valid alone, whose pass-2 scatters differ in route and
+    shape (3 x 3 class span, 4 x 4 D x D): adding them up used to end in a traceback."""
+    target = folder / "set"
+    target.mkdir()
+    _stats_shard(target / "e.h5.shard-00000-of-00002.h5", 0, np.eye(3), "class_span")
+    _stats_shard(target / "e.h5.shard-00001-of-00002.h5", 1, np.eye(4), "dxd")
+    return Crafted(target)
+
+
 ONE_LINE = [
     Attack(
         "negative-label-smoothing",
@@ -111,6 +149,12 @@ ONE_LINE = [
     Attack("epoch-overflows-int64", _epoch_overflow, ("extract",), ("overflows int64",)),
     Attack("features-1e300", _huge_features, ("report", "plot"), ("magnitude", "rescale")),
     Attack("store-epoch-string", _string_epoch, ("report",), ("epoch",)),
+    Attack(
+        "stats-shards-do-not-add-up",
+        _stats_shards_that_do_not_add_up,
+        ("report", "plot"),
+        ("shard-00001", "stats/scatter/scatter", "cannot be added up"),
+    ),
 ]
 
 

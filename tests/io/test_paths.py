@@ -65,3 +65,32 @@ def test_walks_stay_inside_the_directory(tmp_path: Path) -> None:
     assert sum("skipped" in s for s in found.skipped) == 5  # c, dangling, d, epoch_1, epoch_2
     assert list_checkpoints(run) == []
     assert inside(run, run / "b.h5") and not inside(run, run / "c.h5")
+
+
+def test_deeply_nested_groups_are_refused_before_the_walk_costs_time(tmp_path: Path) -> None:
+    """800 nested groups fit in about 100 KB (libver latest); checking them object by object
+    by path took over 10 s (quadratic). Stores and data files alike are refused at depth 32,
+    before any deeper object is opened."""
+    import time
+
+    import h5py
+
+    from ncinspect.errors import DataError
+    from ncinspect.extraction.arrays import array_members
+    from ncinspect.io.store.checks import MAX_DEPTH
+
+    store = _store(tmp_path / "deep.h5")
+    data = tmp_path / "deep_test.h5"
+    with h5py.File(data, "w") as f:
+        f["x"], f["y"] = np.zeros((4, 2), np.float32), np.arange(4)
+    for path in (store, data):
+        with h5py.File(path, "a", libver="latest") as f:
+            g = f
+            for _ in range(800):
+                g = g.create_group("g")
+    start = time.perf_counter()
+    with pytest.raises(StoreError, match=f"nested more than {MAX_DEPTH} groups deep"):
+        open_store(store)
+    with pytest.raises(DataError, match=f"nested more than {MAX_DEPTH} groups deep"):
+        array_members(data)
+    assert time.perf_counter() - start < 5

@@ -3,7 +3,8 @@
 Owns: finding a required dataset (naming what the file holds when it is missing), refusing a
 file whose link tree leaves it (`check_self_contained`: only hard links to groups and to datasets
 stored contiguous, chunked or compact in this file; no soft, external or user-defined links, no
-external or virtual storage, no named datatypes), and refusing datasets whose header claims more
+external or virtual storage, no named datatypes, at most `MAX_DEPTH` groups deep and
+`MAX_LINKS` links), and refusing datasets whose header claims more
 data than the file stores (truncated or crafted headers), whose filters would expand beyond what
 deflate can (`decompression_claim`), or whose dtype is not a plain number or bool (`dtype_problem`).
 Used by every HDF5 reader: the store readers, the extraction's HDF5 data-file reader and
@@ -34,6 +35,12 @@ _LAYOUTS = {
     h5py.h5d.CHUNKED: "chunked",
     h5py.h5d.COMPACT: "compact",
 }
+# How deep groups may nest (a store uses 3 levels): each object is opened by its path from the
+# root, so a chain of N nested groups (about 130 bytes each) costs N^2 lookups to walk: 800 in
+# 100 KB took over 10 s to check.
+MAX_DEPTH = 32
+# How many links the walk looks at: each opens an object (about 20 bytes of link in the file).
+MAX_LINKS = 1 << 16
 # Element kinds ncinspect reads: bool, signed and unsigned integers, floats.
 NUMERIC_KINDS = "biuf"
 
@@ -48,11 +55,20 @@ def check_self_contained(
     contiguous, chunked or compact in this file. A soft link (which can point anywhere, or out
     of the file through an external link), an external link, a user-defined link, external raw
     storage (`/dev/zero`, another file), a virtual dataset, or a committed datatype is refused
-    with `error` naming it.
+    with `error` naming it; so is a file nested deeper than `MAX_DEPTH` groups or holding more
+    than `MAX_LINKS` links (the walk opens each object by its path: a time bomb otherwise).
     """
+
+    seen = 0
 
     def visit(name: str, link: Any) -> tuple[str, str] | None:
         # Returning a value stops the walk (raising inside an h5py callback is not clean).
+        nonlocal seen
+        seen += 1
+        if seen > MAX_LINKS:
+            return name, f"is link number {seen}: the file holds more than {MAX_LINKS} links"
+        if name.count("/") >= MAX_DEPTH:
+            return name[:200] + "...", f"is nested more than {MAX_DEPTH} groups deep"
         if isinstance(link, h5py.ExternalLink):
             return name, f"is an external link to '{link.path}' in {link.filename!r}"
         if isinstance(link, h5py.SoftLink):
@@ -122,6 +138,26 @@ def decompression_claim(ds: h5py.Dataset) -> str | None:
             "(a decompression bomb)"
         )
     return None
+
+
+def check_total_claim(
+    f: h5py.File, path: str | Path, datasets: dict[str, Any], error: type[InputError] = StoreError
+) -> None:
+    """Refuse `datasets`, all read whole, when together they claim more than deflate's ratio
+    times the file's bytes: each compressed byte of the file belongs to one dataset, so the ratio
+    bounds their sum, not only each one (`decompression_claim`). Twenty datasets of 100 MB each,
+    every one within 1100:1 of a 100 KB file, would otherwise inflate to 2 GB."""
+    total = 0
+    for ds in datasets.values():
+        if ds is not None:
+            total += ds.dtype.itemsize * math.prod(int(s) for s in ds.shape)
+    size = int(f.id.get_filesize())
+    if total > size * _MAX_FILTER_RATIO:
+        raise error(
+            f"its {len(datasets)} datasets claim {total} bytes together, more than "
+            f"{_MAX_FILTER_RATIO} times the file's {size} bytes (a decompression bomb)",
+            path=path,
+        )
 
 
 def dataset_names(f: h5py.File) -> list[str]:

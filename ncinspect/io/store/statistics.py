@@ -20,7 +20,12 @@ import numpy as np
 
 from ncinspect.errors import StoreError
 from ncinspect.io.sources import STAT_SCOPES, Batch, FeatureSource, SavedStatistics, StatRecord
-from ncinspect.io.store.checks import check_claimed_sizes, dataset, dataset_names
+from ncinspect.io.store.checks import (
+    check_claimed_sizes,
+    check_total_claim,
+    dataset,
+    dataset_names,
+)
 from ncinspect.io.store.layout import plain, source_meta
 from ncinspect.metrics.head import Head
 
@@ -154,6 +159,22 @@ def _read_record(g: h5py.Group, name: str, p: str) -> StatRecord:
     return StatRecord(kind=kind, scope=scope, fields=fields)
 
 
+def _check_record_claims(f: h5py.File, group: h5py.Group, p: str) -> None:
+    """Before any record is read (each is read whole): their datasets, with the head's, may not
+    together claim more than the file can inflate to (`check_total_claim`)."""
+    datasets: dict[str, Any] = {
+        "head/weight": f.get("head/weight"),
+        "head/bias": f.get("head/bias"),
+    }
+    for name in group:
+        record = group[name]
+        if isinstance(record, h5py.Group):
+            for key in record:
+                if isinstance(record[key], h5py.Dataset):
+                    datasets[f"stats/{name}/{key}"] = record[key]
+    check_total_claim(f, p, datasets, StoreError)
+
+
 def open_statistics(f: h5py.File, p: str, attrs: dict[str, Any]) -> StatsSource:
     """A stats-only store: head, attributes and the /stats records (read whole; file closed)."""
     try:
@@ -179,6 +200,7 @@ def open_statistics(f: h5py.File, p: str, attrs: dict[str, Any]) -> StatsSource:
                 f"datasets {found or 'none'}",
                 path=p,
             )
+        _check_record_claims(f, group, p)
         try:
             parts = {name: _read_record(group[name], name, p) for name in group}
             group_attrs = {k: plain(v) for k, v in group.attrs.items()}
