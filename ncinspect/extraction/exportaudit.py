@@ -188,11 +188,13 @@ _SYMBOL = re.compile(r"[a-z]+\d+")
 # sympy constructors a shape expression may call: those torch's deserializer passes to sympify
 # and sympy's own arithmetic (exports write srepr: "Mul(Integer(8), Symbol('s77', ...))"); not
 # the powers and shifts (Pow, PowByNatural, FloatPow, LShift), which an 18-digit exponent turns
-# into an unbounded computation.
+# into an unbounded computation, nor Float, whose second argument is a precision in digits
+# (`Float(Rational(1, 3), 100000000)` computes a third to 10^8 digits; exports write floats as
+# plain numbers, srepr's `Float('1.5', precision=53)` has a quoted number, never allowed).
 _SYMPY_FUNCS = frozenset(
     """FloorDiv ModularIndexing Where PythonMod Mod CleanDiv CeilToInt FloorToInt CeilDiv RShift
     FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat TruncToInt
-    RoundToInt RoundDecimal ToFloat Identity Max Min Abs Integer Rational Float Symbol Add Mul
+    RoundToInt RoundDecimal ToFloat Identity Max Min Abs Integer Rational Symbol Add Mul
     Eq Ne Lt Le Gt Ge And Or Not""".split()
 )
 _TOKEN_RE = re.compile(
@@ -564,12 +566,8 @@ def audit_program_json(doc: Any) -> list[str]:
         unknown = sorted(set(meta) - _META_KEYS) if isinstance(meta, dict) else ["?"]
         if unknown:
             problems.append(f"node metadata {unknown[0]!r} is not one torch.export.save writes")
-        for entry in str(meta.get("source_fn_stack", "") if isinstance(meta, dict) else "").split(
-            ";"
-        ):
-            fn = entry.rsplit(",", 1)[-1]
-            if fn and not _fqn_ok(fn):
-                problems.append(f"node metadata names {fn[:60]!r}")
+        if isinstance(meta, dict):
+            problems += _meta_problems(meta)
     signature = gm.get("signature") if isinstance(gm.get("signature"), dict) else {}
     for key, allowed in (("input_specs", _INPUT_KINDS), ("output_specs", _OUTPUT_KINDS)):
         for spec in signature.get(key) or []:
@@ -584,6 +582,54 @@ def audit_program_json(doc: Any) -> list[str]:
                 problems.append(f"its {spec_key} names types beyond tuple, list and dict")
     _walk_names(gm, None, problems)
     return problems
+
+
+# nn_module_stack entries, "key,path,type": torch.export.unflatten makes each path a submodule
+# and writes it into the Python source of its parent's GraphModule (`getattr(self, "<part>")`
+# for a part that is not an identifier, unescaped), which it compiles; so paths are dotted
+# identifiers, keys and type names plain dotted names.
+_STACK_KEY = re.compile(r"[A-Za-z0-9_.]{1,1000}")
+_STACK_TYPE = re.compile(r"[A-Za-z0-9_.<>]{1,1000}")
+# source_fn_stack targets torch resolves by getattr on torch, torch.nn, operator and math (a
+# `torch.<name>` lookup can import torch submodules or call deprecated-attribute functions):
+# only operators on the allowlists, or torch.nn modules and functions by their public names.
+_SOURCE_FN = re.compile(
+    r"torch\.nn\.(modules\.[a-z0-9_]+\.[A-Z][A-Za-z0-9]*|functional\.[a-z0-9_]+)"
+)
+_RESOLVED_PREFIXES = ("torch", "_operator", "math", "#")
+
+
+def _meta_problems(meta: dict[str, Any]) -> list[str]:
+    """The node metadata torch's deserializer resolves or turns into source: nn_module_stack
+    (module paths that become submodule names and source text) and source_fn_stack (targets
+    looked up by getattr)."""
+    problems: list[str] = []
+    stack = meta.get("nn_module_stack")
+    if stack is not None:
+        for entry in str(stack).split(";"):
+            parts = entry.split(",")
+            if len(parts) != 3 or not (
+                _STACK_KEY.fullmatch(parts[0])
+                and (parts[1] == "" or _fqn_ok(parts[1]))
+                and _STACK_TYPE.fullmatch(parts[2])
+            ):
+                problems.append(f"node metadata has a module stack entry {entry[:60]!r}")
+                break
+    source = meta.get("source_fn_stack")
+    if source is not None:
+        for entry in str(source).split(";"):
+            parts = entry.split(",")
+            fn = parts[-1]
+            if len(parts) != 2 or not _ident_ok(parts[0]) or not _source_fn_ok(fn):
+                problems.append(f"node metadata names {fn[:60]!r}")
+                break
+    return problems
+
+
+def _source_fn_ok(fn: str) -> bool:
+    if not fn.startswith(_RESOLVED_PREFIXES):
+        return _fqn_ok(fn)  # kept as text by torch, never looked up
+    return _target_ok(fn) or _SOURCE_FN.fullmatch(fn) is not None
 
 
 def _walk_names(obj: Any, key: str | None, problems: list[str]) -> None:
@@ -647,8 +693,9 @@ def expr_ok(expr: str) -> bool:
     """Whether a symbolic-shape expression is plain arithmetic that torch's `sympify` cannot turn
     into a call of arbitrary Python code or an unbounded computation: numbers (at most 18
     digits), shape symbols (s0, u3, also quoted), the sympy functions of `_SYMPY_FUNCS` called
-    with parentheses, `name=` keyword arguments, + - * / // % comparisons, and `**` only with an
-    exponent of at most 64. Never attributes, subscripts, dunders or other names."""
+    with parentheses, `name=` keyword arguments, + - * / // % comparisons, and `**` only between
+    a number or symbol and an exponent of at most 64, never chained (`9**9**9` is 9^387420489,
+    `((9**64)**64)**64...` as bad). Never attributes, subscripts, dunders or other names."""
     if len(expr) > 2000:
         return False
     tokens: list[tuple[str, str]] = []
@@ -672,10 +719,11 @@ def expr_ok(expr: str) -> bool:
             if value.islower() and nxt[1] == "=" and prev in ("(", ","):
                 continue
             return False
-        if (
-            kind == "op"
-            and value == "**"
-            and not (nxt[0] == "num" and nxt[1].isdigit() and int(nxt[1]) <= 64)
-        ):
-            return False
+        if kind == "op" and value == "**":
+            base = tokens[i - 1] if i > 0 else ("", "")
+            after = tokens[i + 2][1] if i + 2 < len(tokens) else ""
+            if not (base[0] == "num" or (base[0] == "name" and _SYMBOL.fullmatch(base[1]))) or not (
+                nxt[0] == "num" and nxt[1].isdigit() and int(nxt[1]) <= 64 and after != "**"
+            ):
+                return False
     return True

@@ -27,6 +27,7 @@ import collections
 import io
 import math
 import pickle
+import pickletools
 import re
 import zipfile
 from collections.abc import Callable, Iterator
@@ -45,6 +46,9 @@ MAX_CODE_BYTES = 16 << 20  # one scripted source file
 MAX_CODE_TOTAL = 64 << 20  # all the source files read for one archive
 MAX_DEPTH = 256  # nesting of modules
 MAX_VISITS = 1 << 17  # modules walked (a shared child is walked once per name, as state_dict does)
+MAX_ENTRIES = 1 << 21  # state entries looked at over the whole walk (a shared child's each time)
+MAX_CLASSES = 1 << 14  # classes one scripted source file defines
+MAX_NAME_BYTES = 64 << 20  # the state dict's names (and module paths) built over the walk
 _CHUNK = 16 << 20  # bounded reads of storage members
 
 # `torch <Name>Storage` as the TorchScript pickler writes it -> the torch dtype attribute.
@@ -74,6 +78,8 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _TORCH_MODULE_RE = re.compile(rf"__torch__(\.{_IDENT})*")
 _IDENT_RE = re.compile(_IDENT)
 _KEY_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
+# an attribute holding a weight or a submodule: an identifier, or a container's index ("0")
+_ATTR_RE = re.compile(r"[A-Za-z0-9_]{1,256}")
 _LOCATION_RE = re.compile(r"[a-z_]{1,32}(:[0-9]{1,6})?")
 
 
@@ -103,10 +109,32 @@ class _Refused(Exception):
 # What the unpickler builds: records, never torch objects or the archive's classes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _StorageType:
+    """`torch.<Name>Storage` as a record. Slotted and frozen, and BUILD is refused: a pickle
+    cannot rewrite which dtype (a name looked up on torch) it stands for."""
+
     name: str  # "FloatStorage"
     dtype: str  # "float32"
+
+    def __setstate__(self, state: Any) -> NoReturn:
+        raise _Refused("the pickle sets state on a storage type", code=False)
+
+
+class _Builder:
+    """One allowlisted callable as the unpickler hands it out: callable, nothing else (BUILD on
+    it is refused, so a pickle cannot set attributes of the function it wraps)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __setstate__(self, state: Any) -> NoReturn:
+        raise _Refused("the pickle sets state on a builder function", code=False)
 
 
 @dataclass(eq=False)
@@ -296,7 +324,7 @@ class _Archive:
             )
         self.prefix = roots[0]
         self.code_read = 0
-        self.sources: dict[str, str | None] = {}
+        self.sources: dict[str, dict[str, tuple[str, str]] | None] = {}
         self.stored_bytes = 0
 
     def read(self, name: str, limit: int) -> bytes:
@@ -340,10 +368,10 @@ class _Archive:
     def class_info(self, module: str, name: str) -> _ClassInfo:
         """What the source file `code/<module path>.py` says of `class <name>`."""
         qualified = f"{module}.{name}"
-        text = self._source(module)
-        if text is None:
+        classes = self._source(module)
+        if classes is None:
             raise _Refused(f"the class {qualified} has no scripted source in the archive")
-        body = _class_body(text, name)
+        body = classes.get(name)
         if body is None:
             raise _Refused(f"the class {qualified} is not defined in its scripted source")
         header, lines = body
@@ -359,11 +387,13 @@ class _Archive:
         buffers = _name_list(lines, "__buffers__", qualified)
         return _ClassInfo(qualified, name, True, params, buffers)
 
-    def _source(self, module: str) -> str | None:
+    def _source(self, module: str) -> dict[str, tuple[str, str]] | None:
+        """The classes of `code/<module path>.py`, parsed once (one linear pass: looking each
+        class up in the text would cost the text's length per class)."""
         if module in self.sources:
             return self.sources[module]
         name = f"{self.prefix}/code/{module.replace('.', '/')}.py"
-        text: str | None = None
+        classes: dict[str, tuple[str, str]] | None = None
         if name in self.members:
             data = self.read(name, MAX_CODE_BYTES)
             self.code_read += len(data)
@@ -372,19 +402,26 @@ class _Archive:
                     f"the scripted sources exceed the {MAX_CODE_TOTAL} bytes ncinspect reads",
                     code=False,
                 )
-            text = data.decode("utf-8")
-        self.sources[module] = text
-        return text
+            classes = _class_bodies(data.decode("utf-8"))
+        self.sources[module] = classes
+        return classes
 
 
-def _class_body(text: str, name: str) -> tuple[str, str] | None:
-    """(the base-class text, the class body) of the top-level `class <name>(...)`."""
-    m = re.search(rf"^class {re.escape(name)}\(([^)\n]*)\):[ \t]*\n", text, re.MULTILINE)
-    if m is None:
-        return None
-    end = re.search(r"^\S", text[m.end() :], re.MULTILINE)
-    body = text[m.end() :] if end is None else text[m.end() : m.end() + end.start()]
-    return m.group(1), body
+_CLASS_RE = re.compile(rf"^class ({_IDENT})\(([^)\n]*)\):[ \t]*\n", re.MULTILINE)
+_TOP_LEVEL_RE = re.compile(r"^\S", re.MULTILINE)
+
+
+def _class_bodies(text: str) -> dict[str, tuple[str, str]]:
+    """Each top-level `class <name>(<bases>):` -> (the base-class text, the class body), the
+    first definition of a name winning (as the old per-name search found it)."""
+    out: dict[str, tuple[str, str]] = {}
+    for count, m in enumerate(_CLASS_RE.finditer(text), start=1):
+        if count > MAX_CLASSES:
+            raise _Refused(f"a scripted source defines more than {MAX_CLASSES} classes", code=False)
+        end = _TOP_LEVEL_RE.search(text, m.end())
+        body = text[m.end() :] if end is None else text[m.end() : end.start()]
+        out.setdefault(m.group(1), (m.group(2), body))
+    return out
 
 
 def _name_list(body: str, attr: str, qualified: str) -> tuple[str, ...]:
@@ -418,7 +455,7 @@ class _ArchiveUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         allowed = _ALLOWED.get((module, name))
         if allowed is not None:
-            return allowed
+            return _Builder(allowed)
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name, _STORAGE_DTYPES[name])
         if _TORCH_MODULE_RE.fullmatch(module) and _IDENT_RE.fullmatch(name):
@@ -462,6 +499,8 @@ class _ArchiveUnpickler(pickle.Unpickler):
             return known
         import torch
 
+        if _STORAGE_DTYPES.get(kind.name) != kind.dtype:
+            raise _Refused(f"a storage type record {kind.name} altered by the pickle", code=False)
         dtype = getattr(torch, kind.dtype, None)
         if dtype is None:
             raise _Refused(f"a storage of type {kind.name}, which this torch lacks", code=False)
@@ -488,6 +527,8 @@ class _Tree:
     modules: dict[str, str] = field(default_factory=dict)
     seen: set[int] = field(default_factory=set)  # modules already named (named_modules)
     visits: int = 0
+    entries: int = 0  # state entries looked at, each visit of a shared module counted again
+    name_bytes: int = 0  # length of the module paths built, each visit counted again
 
 
 def _walk(obj: _ScriptObject, prefix: str, tree: _Tree, path: tuple[int, ...]) -> None:
@@ -503,6 +544,18 @@ def _walk(obj: _ScriptObject, prefix: str, tree: _Tree, path: tuple[int, ...]) -
         )
     if not isinstance(obj.state, dict):
         raise _Refused(f"the state of module {prefix or '(root)'} ({info.qualified}) is not a dict")
+    tree.entries += len(obj.state)
+    if tree.entries > MAX_ENTRIES:
+        raise _Refused(
+            f"its modules' states hold more than {MAX_ENTRIES} entries in all (shared modules "
+            "count once per name they are reached by)",
+            code=False,
+        )
+    tree.name_bytes += len(prefix)
+    if tree.name_bytes > MAX_NAME_BYTES:
+        raise _Refused(
+            f"its module paths add up to more than {MAX_NAME_BYTES} bytes of names", code=False
+        )
     if id(obj) not in tree.seen:
         tree.seen.add(id(obj))
         tree.modules[prefix.rstrip(".")] = info.name
@@ -512,6 +565,7 @@ def _walk(obj: _ScriptObject, prefix: str, tree: _Tree, path: tuple[int, ...]) -
         for key, value in state.items():
             if key not in wanted or value is None:
                 continue
+            _check_attr(key, info)
             if not isinstance(value, _TensorRef):
                 raise _Refused(
                     f"the weight {prefix}{key} of {info.qualified} is a "
@@ -521,7 +575,19 @@ def _walk(obj: _ScriptObject, prefix: str, tree: _Tree, path: tuple[int, ...]) -
             tree.refs[f"{prefix}{key}"] = value
     for key, value in state.items():
         if isinstance(value, _ScriptObject) and value.info.is_module:
+            _check_attr(key, info)
             _walk(value, f"{prefix}{key}.", tree, (*path, id(obj)))
+
+
+def _check_attr(key: Any, info: _ClassInfo) -> None:
+    """A weight's or submodule's attribute name: what TorchScript allows (identifiers, and the
+    indices of Sequential and ModuleList), at most 256 characters."""
+    if not isinstance(key, str) or not _ATTR_RE.fullmatch(key):
+        raise _Refused(
+            f"a module of {info.qualified} holds a weight or submodule under the name "
+            f"{str(key)[:60]!r}, not an attribute name",
+            code=False,
+        )
 
 
 def _materialize(archive: _Archive, refs: dict[str, _TensorRef]) -> dict[str, torch.Tensor]:
@@ -569,6 +635,28 @@ def _chunks(total: int) -> Iterator[int]:
         total -= step
 
 
+# Opcodes whose argument is a memo index: the C unpickler grows its memo to twice the index named
+# (8 zeroed bytes per slot), so a 5-byte LONG_BINPUT could ask for 32 GiB.
+_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Walk data.pkl's opcodes without building anything, before the C unpickler sees it: every
+    length an opcode claims (BINBYTES8, LONG4, FRAME, ...) must be present (pickletools reads
+    what is there, never the claim, and raises ValueError when it is short; the C unpickler
+    allocates the claim first), and memo indices must not run ahead of the opcodes seen."""
+    try:
+        for count, (op, arg, _pos) in enumerate(pickletools.genops(io.BytesIO(data)), start=1):
+            if op.name in _MEMO_OPS and (not isinstance(arg, int) or arg > count):
+                raise _Refused(
+                    f"its data.pkl names memo slot {arg!r} at opcode {count} (a crafted pickle "
+                    "asking for memory it does not hold)",
+                    code=False,
+                )
+    except ValueError as exc:
+        raise _Refused(f"its data.pkl is damaged ({str(exc)[:200]})", code=False) from None
+
+
 def read_scripted(path: str | Path) -> ScriptedWeights:
     """The weights of a TorchScript archive, read as data (nothing from the file runs).
 
@@ -586,6 +674,7 @@ def read_scripted(path: str | Path) -> ScriptedWeights:
             if byteorder in archive.members and archive.read(byteorder, 16).strip() != b"little":
                 raise _Refused("its tensors are stored big-endian", code=False)
             data = archive.read(f"{archive.prefix}/data.pkl", MAX_PICKLE_BYTES)
+            _check_opcodes(data)
             root = _ArchiveUnpickler(data, archive).load()
             if not isinstance(root, _ScriptObject) or not root.info.is_module:
                 raise _Refused("its data.pkl does not hold a scripted module", code=False)

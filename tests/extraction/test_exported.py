@@ -238,7 +238,42 @@ def _node_name(doc: dict) -> None:
     doc["graph_module"]["graph"]["inputs"][0]["as_tensor"]["name"] = "x=__import__('os')"
 
 
+def _meta(key: str, value: str) -> Callable[[dict], None]:
+    def change(doc: dict) -> None:
+        doc["graph_module"]["graph"]["nodes"][0].setdefault("metadata", {})[key] = value
+
+    return change
+
+
 REFUSALS: dict[str, tuple[Callable[[Members, str], Members], str]] = {
+    # torch resolves source_fn_stack targets by getattr on torch: `torch.has_cudnn` calls a
+    # function, `torch._dynamo` imports a package
+    "source_fn_stack calls a torch attribute": (
+        edit_json("models/model.json", _meta("source_fn_stack", "linear,torch.has_cudnn")),
+        "node metadata names 'torch.has_cudnn'",
+    ),
+    "source_fn_stack imports a torch package": (
+        edit_json("models/model.json", _meta("source_fn_stack", "x,torch._dynamo.config")),
+        "node metadata names 'torch._dynamo.config'",
+    ),
+    # unflatten writes module paths into GraphModule source
+    # sympify evaluates 9**9**9 (a 369-million-digit integer): hours
+    "shape expression bomb": (
+        lambda m, r: [
+            (i, d.replace(b"Symbol('s77', positive=True, integer=True)", b"9**9**9", 1))
+            if i.filename.endswith("models/model.json")
+            else (i, d)
+            for i, d in m
+        ],
+        "shape expression '9**9**9'",
+    ),
+    "module path that is code": (
+        edit_json(
+            "models/model.json",
+            _meta("nn_module_stack", 'L__self__x,x")\nexec(b"1")#,torch.nn.modules.linear.Linear'),
+        ),
+        "module stack entry",
+    ),
     "second program pickles a weight": (
         second_program_pickled_weight,
         "weight 'body.0.weight' of program 'extra' is a pickle",
@@ -344,6 +379,8 @@ def test_shape_expressions() -> None:
         "Min(Integer(8), Max(1, s0))",
         "FloorDiv(s0, 2) + 3*s1",
         "s0**2",
+        "2**10*s0 + s1**3",
+        "Rational(1, 3)*s0",
     ]
     bad = [
         "__import__('os').system('x')",
@@ -353,6 +390,11 @@ def test_shape_expressions() -> None:
         "open('x')",
         "Symbol('s0')[0]",
         "lambda: 0",
+        # each of these took sympify minutes (or forever) from a few bytes
+        "9**9**9",
+        "64**64**64",
+        "((((9**64)**64)**64)**64)**64",
+        "Float(Rational(1, 3), 100000000)",
     ]
     assert all(expr_ok(e) for e in good)
     assert not any(expr_ok(e) for e in bad)

