@@ -5,7 +5,10 @@ pickles: nothing from the file runs; every tensor's size, stride and offset chec
 bytes stored for it before anything is allocated) and `load_exported_module` (torch's
 `load_pt2` + `unflatten`, only after `exportaudit.audit_exported_program` passes, or
 `torch.export.load` with `trust_code`). The archive layout and the audit live in `exportaudit`.
-Never runs the module and never writes files.
+`check_sizes` runs an audited program once on fake tensors (shapes only, nothing allocated) and
+refuses it when an operator would create a tensor above the dense bound: the allowlisted
+operators are pure, but their sizes come from the file (`repeat` by 2*10^7 is one node).
+Never runs the module on data and never writes files.
 """
 
 from __future__ import annotations
@@ -158,3 +161,56 @@ def load_exported_module(path: str | Path, *, trust_code: bool = False) -> Expor
                     batch = shape[0]
             break
     return ExportedModule(module, batch, shape)
+
+
+def check_sizes(module: nn.Module, inputs: torch.Tensor, path: Path) -> None:
+    """Run `module` on a fake copy of `inputs` (FakeTensorMode: shapes and dtypes propagate,
+    nothing is allocated) and refuse, with CheckpointError, an operator output above
+    `analysis.passes.max_dense_bytes()` (4 GiB unless NCINSPECT_MAX_DENSE_GIB says otherwise), or a
+    program that fails on these inputs. For an exported program from a file without
+    --trust-code, before its first real batch."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from ncinspect.analysis.passes import MAX_DENSE_ENV, max_dense_bytes
+
+    limit = max_dense_bytes()
+
+    class TooBig(Exception):
+        pass
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    nbytes = int(t.numel()) * int(t.element_size())
+                    if nbytes > limit:
+                        raise TooBig(
+                            f"{func} would create a {tuple(t.shape)} tensor of {nbytes} bytes"
+                        )
+            return out
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+                x = fake.from_tensor(inputs)
+                with Sizes(), torch.no_grad():
+                    module(x)
+    except TooBig as exc:
+        raise CheckpointError(
+            f"the exported program is refused: {first_line(str(exc))}, more than the {limit / (1 << 30):.3g} GiB "
+            f"allowed (set {MAX_DENSE_ENV} for a file you trust, or pass --model SPEC to use "
+            f"only its weights); {hint(path)}",
+            path=path,
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - whatever the program raises on these inputs
+        raise CheckpointError(
+            f"the exported program fails on inputs of shape {tuple(inputs.shape)} "
+            f"({type(exc).__name__}: {first_line(str(exc))[:300]}); check --data, or pass "
+            f"--model SPEC to use only its weights; {hint(path)}",
+            path=path,
+        ) from None

@@ -77,10 +77,12 @@ def find_head(
     cuda: bool,
     head: str | None,
     path: Path,
+    check_sizes: bool = False,
 ) -> HeadProbe:
     """Run the first batch with a pre-hook on every Linear-like module, choose the head among the
     modules that ran (`--head`, else `models.choose_head`) and check that it ran once, on (B, D)
-    features, with a weight that fits them. DataError when the data yields no rows."""
+    features, with a weight that fits them. DataError when the data yields no rows. With
+    `check_sizes` (an exported program from a file), `exported.check_sizes` runs first."""
     stream = data.batches(batch_size, workers=workers, pin_memory=cuda)
     first = next(stream, None)
     if first is None:
@@ -90,6 +92,10 @@ def find_head(
     xin = xb.to(device, non_blocking=True)
     if static_batch:
         xin = _pad(xin, static_batch)
+    if check_sizes:  # an exported program from a file: its sizes, on fake tensors, first
+        from ncinspect.extraction.exported import check_sizes as check_program_sizes
+
+        check_program_sizes(model, xin, path)
     out, calls, inputs = _probe(model, xin, path)
     out_t = _output_tensor(out, path)
     if out_t.dim() == 1:

@@ -181,6 +181,7 @@ class BuiltModel:
     module: nn.Module
     info: dict[str, Any]
     static_batch: int | None = None
+    check_sizes: bool = False  # a file's program: sizes checked on fake tensors before data
 
 
 def import_model_classes(config: ExtractConfig) -> None:
@@ -219,6 +220,7 @@ def model_for_checkpoint(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
             em.module,
             {"model": "torch.export program", "model_source": "checkpoint"},
             em.batch,
+            check_sizes=not config.trust_code,
         )
     if spec is None:
         if ckpt.format == "torchscript":

@@ -310,6 +310,7 @@ def _extract_one(
                 cuda=cuda,
                 head=config.head,
                 path=path,
+                check_sizes=built.check_sizes,
             )
             task = _task(config, data, probe.labels)
             forward = ForwardPass(

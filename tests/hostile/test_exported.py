@@ -164,7 +164,30 @@ def shape_expression_bomb(folder: Path) -> Crafted:
     return Crafted(edit(export(MLP(D), folder / "sympy.pt2", D), change))
 
 
+def repeat_bomb(folder: Path) -> Crafted:
+    """Every node an allowlisted pure operator, but one `repeat` by 2*10^7: running the program
+    would allocate 7.7 GB. Its sizes are checked on fake tensors before the first batch."""
+
+    def change(doc: dict) -> None:
+        for node in doc["graph_module"]["graph"]["nodes"]:
+            if node["target"] == "torch.ops.aten.gelu.default":
+                node["target"] = "torch.ops.aten.repeat.default"
+                repeats = {"name": "repeats", "arg": {"as_ints": [1, 20_000_000]}, "kind": 1}
+                node["inputs"] = [node["inputs"][0], repeats]
+
+    return Crafted(
+        edit(export(MLP(D), folder / "rep.pt2", D), edit_json("models/model.json", change))
+    )
+
+
 ATTACKS = [
+    Attack(
+        "repeat-bomb",
+        repeat_bomb,
+        ("extract", "inspect"),
+        ("aten.repeat.default would create a (12, 160000000) tensor", "NCINSPECT_MAX_DENSE_GIB"),
+        succeeds=("inspect",),
+    ),
     Attack(
         "shape-expression-bomb",
         shape_expression_bomb,
