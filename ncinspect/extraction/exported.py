@@ -202,7 +202,8 @@ def check_sizes(module: nn.Module, inputs: torch.Tensor, path: Path) -> None:
                     module(x)
     except TooBig as exc:
         raise CheckpointError(
-            f"the exported program is refused: {first_line(str(exc))}, more than the {limit / (1 << 30):.3g} GiB "
+            f"the exported program is refused: {first_line(str(exc))}, more than the "
+            f"{limit / (1 << 30):.3g} GiB "
             f"allowed (set {MAX_DENSE_ENV} for a file you trust, or pass --model SPEC to use "
             f"only its weights); {hint(path)}",
             path=path,

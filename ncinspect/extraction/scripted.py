@@ -14,7 +14,12 @@ parameters and buffers comes from the `__parameters__` / `__buffers__` lines of 
 source, read as text (`ast.literal_eval` of a list literal). Any other global, persistent id,
 class with a `__setstate__`, class without source, compressed or oversized storage, duplicate
 member or inconsistent size is refused with a `CheckpointError` naming the file and
-`--trust-code` where loading it for real would run code.
+`--trust-code` where loading it for real would run code. Before the unpickler sees data.pkl,
+`trust.pickle_opcode_problem` walks its opcodes (claimed lengths present, memo indices in range).
+
+Sections, in reading order: the records the unpickler builds; the allowlisted callables (data in,
+data out); the archive (members, scripted source, `_ArchiveUnpickler`); the module tree -> the
+state dict, tensors materialized from their storages, and `read_scripted`, the entry point.
 
 Never imports, calls or looks up anything the archive names, never runs its scripted code, never
 calls `torch.jit.load`, and never writes files.
@@ -27,7 +32,6 @@ import collections
 import io
 import math
 import pickle
-import pickletools
 import re
 import zipfile
 from collections.abc import Callable, Iterator
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ncinspect.errors import CheckpointError
 from ncinspect.extraction.messages import hint
+from ncinspect.extraction.trust import pickle_opcode_problem
 
 if TYPE_CHECKING:
     import torch
@@ -635,26 +640,18 @@ def _chunks(total: int) -> Iterator[int]:
         total -= step
 
 
-# Opcodes whose argument is a memo index: the C unpickler grows its memo to twice the index named
-# (8 zeroed bytes per slot), so a 5-byte LONG_BINPUT could ask for 32 GiB.
-_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
-
-
 def _check_opcodes(data: bytes) -> None:
-    """Walk data.pkl's opcodes without building anything, before the C unpickler sees it: every
-    length an opcode claims (BINBYTES8, LONG4, FRAME, ...) must be present (pickletools reads
-    what is there, never the claim, and raises ValueError when it is short; the C unpickler
-    allocates the claim first), and memo indices must not run ahead of the opcodes seen."""
-    try:
-        for count, (op, arg, _pos) in enumerate(pickletools.genops(io.BytesIO(data)), start=1):
-            if op.name in _MEMO_OPS and (not isinstance(arg, int) or arg > count):
-                raise _Refused(
-                    f"its data.pkl names memo slot {arg!r} at opcode {count} (a crafted pickle "
-                    "asking for memory it does not hold)",
-                    code=False,
-                )
-    except ValueError as exc:
-        raise _Refused(f"its data.pkl is damaged ({str(exc)[:200]})", code=False) from None
+    """data.pkl's opcodes walked before the C unpickler sees them (`trust.pickle_opcode_problem`:
+    claimed lengths present, memo indices not ahead of the opcodes), a problem refused."""
+    problem = pickle_opcode_problem(data)
+    if problem is not None and problem.damage is not None:
+        raise _Refused(f"its data.pkl is damaged ({problem.damage[:200]})", code=False)
+    if problem is not None:
+        raise _Refused(
+            f"its data.pkl names memo slot {problem.memo!r} at opcode {problem.opcode} (a crafted "
+            "pickle asking for memory it does not hold)",
+            code=False,
+        )
 
 
 def read_scripted(path: str | Path) -> ScriptedWeights:

@@ -1,7 +1,7 @@
 """The trust boundary: every decision whether something named by a file may be unpickled,
 imported or executed. The only code that imports user code, and the only `torch.load` of
 extraction (`io.dumps` reads feature dumps with weights_only=True itself, below this layer);
-`exported.load_exported_module` runs `torch.export.load` only after this module's audit passes.
+`exported.load_exported_module` runs `torch.export.load` only after `exportaudit`'s audit passes.
 
 Trust model: the command line and the environment are trusted (the user typed `--model`,
 `--data`, `--code-path`; torchrun set RANK and WORLD_SIZE); every file is untrusted: checkpoints,
@@ -18,7 +18,9 @@ beside a checkpoint. So:
   weights_only=False and evaluates symbolic-shape strings: allowed only when
   `exportaudit.audit_exported_program` finds every program, member and operator on its
   allowlists, or with `--trust-code`.
-* CIFAR batches unpickle through `restricted_load`: plain data and numpy arrays only.
+* CIFAR batches unpickle through `restricted_load`: plain data and numpy arrays only, after
+  `pickle_opcode_problem` walks the opcodes (claimed lengths present, memo indices in range;
+  `scripted.read_scripted` walks data.pkl with it too).
 * A model factory that a file names (a config beside the checkpoint, or one stored in it) is
   neither imported nor called without `--trust-code` (`refuse_named_code`): default deny, since
   no check of the named object can tell a harmless function from one turned against the user.
@@ -41,6 +43,7 @@ import re
 import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -345,8 +348,8 @@ _NP_NUMERIC = _numpy_module("numeric")
 # What `numpy.ndarray` resolves to in a restricted pickle: a token `_reconstruct` accepts, not the
 # class (calling `ndarray(shape)` from a pickle would allocate any shape it names).
 _NDARRAY = object()
-# Opcodes whose argument is a memo index: the C unpickler grows its memo to the index named
-# (8 bytes per slot, zeroed), so a 5-byte LONG_BINPUT could ask for 32 GiB.
+# Opcodes whose argument is a memo index: the C unpickler grows its memo to twice the index named
+# (8 zeroed bytes per slot), so a 5-byte LONG_BINPUT could ask for 32 GiB.
 _MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
 
 
@@ -441,28 +444,49 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent references are not allowed")
 
 
-def _check_counts(data: bytes) -> None:
-    """Walk the opcodes without building anything: every length an opcode claims (BINBYTES8,
+@dataclass(frozen=True)
+class OpcodeProblem:
+    """Why a pickle's opcodes are refused before it is unpickled: `damage`, pickletools' words for
+    a claimed length that is not present (or an opcode it does not know); else the memo index
+    `memo` named at opcode number `opcode` (from 1), ahead of the opcodes seen."""
+
+    damage: str | None = None
+    memo: object = None
+    opcode: int = 0
+
+
+def pickle_opcode_problem(data: bytes) -> OpcodeProblem | None:
+    """Walk a pickle's opcodes without building anything, before the C unpickler sees it (it
+    allocates a claimed length before reading it): every length an opcode claims (BINBYTES8,
     LONG4, FRAME, ...) must be present in `data` (pickletools reads what remains, never the
     claim, and raises ValueError when it is short), and memo indices must not run ahead of the
-    opcodes seen. The C unpickler allocates a claimed length before reading it."""
-    for count, (op, arg, _pos) in enumerate(pickletools.genops(io.BytesIO(data)), start=1):
-        if op.name in _MEMO_OPS and (not isinstance(arg, int) or arg > count):
-            raise _refuse(f"memo index {arg!r} at opcode {count} (a crafted pickle)")
+    opcodes seen. The first problem found, or None; each caller words it in its own error."""
+    try:
+        for count, (op, arg, _pos) in enumerate(pickletools.genops(io.BytesIO(data)), start=1):
+            if op.name in _MEMO_OPS and (not isinstance(arg, int) or arg > count):
+                return OpcodeProblem(memo=arg, opcode=count)
+    except ValueError as exc:
+        return OpcodeProblem(damage=str(exc))
+    return None
 
 
 def restricted_load(path: str | Path) -> Any:
     """Load a pickle of plain data and numpy arrays without importing anything else.
 
     Only a regular file is read, whole, into memory; its opcodes are checked first
-    (`_check_counts`), so nothing larger than the file is allocated for a claimed length, and
-    each array's shape is checked against its bytes. UnpicklingError / ValueError when refused.
+    (`pickle_opcode_problem`), so nothing larger than the file is allocated for a claimed
+    length, and each array's shape is checked against its bytes. UnpicklingError / ValueError
+    when refused.
     """
     from ncinspect.files import regular_file
 
     regular_file(path)
     data = Path(path).read_bytes()
-    _check_counts(data)
+    problem = pickle_opcode_problem(data)
+    if problem is not None and problem.damage is not None:
+        raise ValueError(problem.damage)
+    if problem is not None:
+        raise _refuse(f"memo index {problem.memo!r} at opcode {problem.opcode} (a crafted pickle)")
     obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     return _plain(obj)
 
@@ -478,14 +502,3 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, _CheckedArray):
         return obj.view(np.ndarray)
     return obj
-
-
-# ---------------------------------------------------------------------------------------------
-# torch.export programs: the audit lives in `exportaudit` (its allowlists outgrew this module)
-
-
-def audit_exported_program(path: str | Path) -> list[str]:
-    """`exportaudit.audit_exported_program` (kept here for callers of the old location)."""
-    from ncinspect.extraction.exportaudit import audit_exported_program as audit
-
-    return audit(path)

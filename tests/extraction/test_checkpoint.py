@@ -22,9 +22,9 @@ from ncinspect.extraction.checkpoint import (
     load_checkpoint,
     strip_prefixes,
 )
+from ncinspect.extraction.exportaudit import audit_exported_program
 from ncinspect.extraction.exported import load_exported_module
 from ncinspect.extraction.inspection import describe
-from ncinspect.extraction.trust import audit_exported_program
 from ncinspect.io.sniff import sniff
 from ncinspect.render.describe import format_description
 from tests.helpers.models import load_module, make_model, write_model_file

@@ -1,6 +1,7 @@
-"""torch.export programs (`extraction.exported`, `extraction.exportaudit`): plain exports of
-common models pass the audit and extract what the eager module computes; every reason the audit
-refuses an archive, each on an archive written by torch.export.save and edited with zipfile."""
+"""torch.export programs (`extraction.exported`, `extraction.exportaudit`,
+`extraction.exportgraph`): plain exports of common models pass the audit and extract what the
+eager module computes; every reason the audit refuses an archive, each on an archive written by
+torch.export.save and edited with zipfile."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import torch
 from torch import nn
 
 from ncinspect.errors import CheckpointError
-from ncinspect.extraction.exportaudit import ATEN_OPS, audit_exported_program, expr_ok
+from ncinspect.extraction.exportaudit import audit_exported_program
 from ncinspect.extraction.exported import load_exported_module, read_export_weights
+from ncinspect.extraction.exportgraph import ATEN_OPS, expr_ok
 from ncinspect.extraction.inspection import describe
 from ncinspect.extraction.run import run_extract
 from tests.helpers.models import Env

@@ -27,8 +27,8 @@ from ncinspect.analysis.passes import analyze_source
 from ncinspect.errors import NcInspectError
 from ncinspect.extraction.checkpoint import load_checkpoint
 from ncinspect.extraction.data import open_data
+from ncinspect.extraction.exportaudit import audit_exported_program
 from ncinspect.extraction.inspection import describe
-from ncinspect.extraction.trust import audit_exported_program
 from ncinspect.io.discovery import open_source
 from ncinspect.io.store.writer import write_store
 from tests.helpers.models import load_module, make_model, write_model_file
