@@ -118,6 +118,8 @@ def build_run_figure(runs: Sequence[Run], metrics: Sequence[str] | None = None) 
     tasks = sorted({r.task for r in runs})
     if len(tasks) > 1:
         raise UsageError(f"one figure holds runs of one task, got {', '.join(tasks)}")
+    from matplotlib.ticker import MaxNLocator
+
     keys = list(metrics if metrics is not None else DEFAULT_PLOT[tasks[0]])
     fig = _figure(figsize=_size(len(keys)), dpi=_DPI, layout="constrained")
     axes = _panel_grid(fig, len(keys))
@@ -133,6 +135,7 @@ def build_run_figure(runs: Sequence[Run], metrics: Sequence[str] | None = None) 
             ax.set_yscale("log")
         ax.set_title(_panel_title(key))
         ax.set_xlabel("checkpoint (epoch where known)" if by_order else "epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"{tasks[0]} runs")
     _legend(fig, axes)

@@ -162,6 +162,19 @@ def test_real_regression_stores_end_to_end(tmp_path: Path) -> None:
     assert _lines(fig.axes[0])[0] == "reg (mse, WD 0.001)"
 
 
+def test_epoch_axes_have_whole_number_ticks() -> None:
+    """Epochs 1..4 would get ticks 1.0, 1.5, 2.0, ... by default."""
+    run = _classification_run("r", 1.0)
+    for i, res in enumerate(run.results):
+        res.epoch = i + 1
+    fig = build_run_figure([run], ["nc1"])
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_unknown_epochs_plot_against_checkpoint_order() -> None:
     run = _classification_run("r", 1.0)
     for res in run.results:
