@@ -32,8 +32,8 @@ from ncinspect.provenance import config_files, labels_from_config, read_config
 class Run:
     """One run: its checkpoints' results in epoch order (unknown epochs last, then by file name).
 
-    `name` is what tables show and `--label` / `--baseline` refer to; `key` is `run_key`
-    (the run attribute, else the stores' directory); `split` is set when the run was split by it.
+    `name` is what tables show and `--label` / `--baseline` refer to; `key` is `run_key` (the
+    stores' folder and run attribute, one per run folder); `split` is the stores' split.
     """
 
     name: str
@@ -66,11 +66,12 @@ def group_runs(
 ) -> list[Run]:
     """Group results into runs by `run_key` (and by split and task when a run has several).
 
-    A run with several splits becomes one `Run` per split named `run[split]` (likewise
-    `run[task]` for mixed tasks). Directory-keyed runs are named by the shortest trailing part
-    of the directory that is unique. Two checkpoints of one run at the same epoch are both kept
-    and both get a warning. `label_overrides` maps a run's name (or its key) to free text,
-    stored as `labels["label"]`; naming an unknown run is a `UsageError`.
+    A run is one folder's stores of one run attribute (or, without one, one folder's stores):
+    runs of one name in two folders stay two runs, named by `run_names`. A run with several
+    splits becomes one `Run` per split named `run[split]` (likewise `run[task]` for mixed
+    tasks). Two checkpoints of one run at the same epoch are both kept and both get a warning.
+    `label_overrides` maps a run's name (or its key) to free text, stored as `labels["label"]`;
+    naming an unknown run is a `UsageError`.
     """
     groups: dict[tuple[str, str | None, str], list[Result]] = defaultdict(list)
     for r in results:
@@ -80,7 +81,7 @@ def group_runs(
     for key, split, task in groups:
         splits[key].add(split)
         tasks[key].add(task)
-    base_names = _base_names(set(splits), {r.run for g in groups.values() for r in g})
+    base_names = run_names(splits)
 
     runs: list[Run] = []
     for (key, split, task), members in groups.items():
@@ -101,11 +102,49 @@ def group_runs(
     return runs
 
 
-def _base_names(keys: set[str], attribute_runs: set[str | None]) -> dict[str, str]:
-    """Run attributes name themselves; a directory key is named by its shortest unique tail."""
-    names = {k: k for k in keys if k in attribute_runs}
-    dirs = sorted(k for k in keys if k not in names)
-    taken = set(names.values())
+def _key_parts(key: str) -> tuple[str, str | None]:
+    """A `run_key` as (directory, run attribute or None)."""
+    directory, nul, attribute = key.partition("\0")
+    return directory, (attribute if nul else None)
+
+
+def run_names(keys: Iterable[str]) -> dict[str, str]:
+    """Each `run_key` -> the name tables show (before any `[split]` suffix).
+
+    A run attribute names its run when no other folder holds a run of that name. Runs of one
+    name in several folders are each named by their folder's path relative to the common root
+    of those folders (`seed0/ce`, `seed1/ce`; one level higher when a folder is the root
+    itself), or by the whole folder where that name is taken. A run without the attribute is
+    named by the shortest trailing part of its folder that is unique.
+    """
+    by_name: dict[str, list[str]] = defaultdict(list)
+    dirs: list[str] = []
+    for key in sorted(set(keys)):
+        directory, attribute = _key_parts(key)
+        if attribute is None:
+            dirs.append(key)
+        else:
+            by_name[attribute].append(key)
+    names = {ks[0]: name for name, ks in by_name.items() if len(ks) == 1}
+    for ks in (ks for ks in by_name.values() if len(ks) > 1):
+        folders = [_key_parts(k)[0] for k in ks]
+        for key, folder, rel in zip(ks, folders, _relative_to_common_root(folders), strict=True):
+            names[key] = folder if rel in names.values() else rel
+    return {**names, **_directory_names(dirs, set(names.values()))}
+
+
+def _relative_to_common_root(folders: Sequence[str]) -> list[str]:
+    parts = [Path(f).parts for f in folders]
+    common = 0
+    while all(len(p) > common and p[common] == parts[0][common] for p in parts):
+        common += 1
+    if common and any(len(p) == common for p in parts):
+        common -= 1
+    return ["/".join(p[common:]) or f for p, f in zip(parts, folders, strict=True)]
+
+
+def _directory_names(dirs: list[str], taken: set[str]) -> dict[str, str]:
+    """A directory key is named by its shortest unique tail not already taken (else in full)."""
     depth = dict.fromkeys(dirs, 1)
 
     def tail(k: str) -> str:
@@ -123,9 +162,9 @@ def _base_names(keys: set[str], attribute_runs: set[str | None]) -> dict[str, st
         for k in growable:
             depth[k] += 1
     tails = [tail(k) for k in dirs]
-    for k, t in zip(dirs, tails, strict=True):
-        names[k] = k if t in taken or tails.count(t) > 1 else t
-    return names
+    return {
+        k: k if t in taken or tails.count(t) > 1 else t for k, t in zip(dirs, tails, strict=True)
+    }
 
 
 def _apply_overrides(runs: list[Run], overrides: dict[str, str], base: dict[str, str]) -> None:
@@ -231,16 +270,25 @@ class RunRow:
     epochs: list[int | None]
     final: Result
     ratio_to_baseline: dict[str, float | None] | None
+    split: str | None = None
 
 
 @dataclass
 class RunsTable:
-    """Rows in run order; `best` maps a metric key to the run holding its best final value."""
+    """Rows in run order. `best_in_split` maps each split to {metric key: the run holding its
+    best final value among that split's runs}; `best` is that map when every run has one split,
+    and empty when splits are mixed (a train value is never ranked against a test value)."""
 
     keys: list[str]
     rows: list[RunRow]
     best: dict[str, str]
     baseline: str | None = None
+    best_in_split: dict[str | None, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def splits(self) -> list[str | None]:
+        """The rows' splits in row order, each once (None: a store without a split)."""
+        return list(dict.fromkeys(row.split for row in self.rows))
 
 
 def runs_table(runs: Sequence[Run], keys: Sequence[str], baseline: str | None = None) -> RunsTable:
@@ -248,8 +296,9 @@ def runs_table(runs: Sequence[Run], keys: Sequence[str], baseline: str | None = 
 
     `best[key]` is the run with the lowest (or highest, per `keys.METRICS`) finite final value,
     set only when at least two runs have one (first run wins ties; parameters such as
-    `nrc3_gamma` get none). With `baseline`, each row gets value / baseline value per key
-    (None where either is undefined or the baseline is 0); every run must share its task.
+    `nrc3_gamma` get none); runs are ranked within their split (`best_in_split`). With
+    `baseline`, each row gets value / baseline value per key (None where either is undefined or
+    the baseline is 0); every run must share its task.
     """
     keys = list(keys)
     names = ", ".join(r.name for r in runs) or "none"
@@ -268,8 +317,15 @@ def runs_table(runs: Sequence[Run], keys: Sequence[str], baseline: str | None = 
     rows = []
     for run in runs:
         ratio = None if base is None else _ratios(run.final, base.final, keys)
-        rows.append(RunRow(run.name, run.task, dict(run.labels), run.epochs, run.final, ratio))
-    return RunsTable(keys=keys, rows=rows, best=_best(runs, keys), baseline=baseline)
+        rows.append(
+            RunRow(run.name, run.task, dict(run.labels), run.epochs, run.final, ratio, run.split)
+        )
+    in_split = {
+        split: _best([r for r in runs if r.split == split], keys)
+        for split in dict.fromkeys(r.split for r in runs)
+    }
+    best = next(iter(in_split.values())) if len(in_split) == 1 else {}
+    return RunsTable(keys, rows, best, baseline, in_split)
 
 
 def _value(result: Result, key: str) -> float:

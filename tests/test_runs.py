@@ -13,7 +13,7 @@ import pytest
 from ncinspect.api import analyze
 from ncinspect.errors import InputError, UsageError
 from ncinspect.io.store.writer import write_store
-from ncinspect.metrics.results import Result
+from ncinspect.metrics.results import Result, run_key
 from ncinspect.runs import (
     Run,
     compare_runs,
@@ -23,6 +23,7 @@ from ncinspect.runs import (
     group_runs,
     label_text,
     matched_values,
+    run_names,
     runs_json,
     runs_table,
     trajectory,
@@ -381,3 +382,61 @@ def test_compare_runs_defaults_and_usage_errors() -> None:
     reg = Run("r", "regression", [_result("/r/e.h5", 1, "r", "regression", nrc1=1.0)])
     with pytest.raises(UsageError, match="cannot compare a classification run"):
         compare_runs(a, reg)
+
+
+def test_runs_of_one_name_in_two_folders_stay_two_runs(tmp_path: Path) -> None:
+    # seed0/ce and seed1/ce: one run name, two run folders; "ls" is unique and keeps its name.
+    for seed in (0, 1):
+        for epoch in (1, 2):
+            _store(tmp_path / f"seed{seed}" / "ce" / f"e{epoch}.h5", seed, run="ce", epoch=epoch)
+    _store(tmp_path / "seed0" / "ls" / "e1.h5", run="ls", epoch=1)
+    runs = group_runs(analyze([tmp_path]))
+    assert [r.name for r in runs] == ["ls", "seed0/ce", "seed1/ce"]
+    assert [r.epochs for r in runs] == [[1], [1, 2], [1, 2]]
+    assert all(Path(s.source).parent.parent.name == "seed1" for s in runs[2].results)
+    with pytest.raises(UsageError, match="no run named 'ce'; runs: ls, seed0/ce, seed1/ce"):
+        group_runs(runs[1].results + runs[2].results + runs[0].results, {"ce": "x"})
+
+
+def test_run_names_for_colliding_run_attributes() -> None:
+    def key(source: str, run: str | None) -> str:
+        return run_key(_result(source, 1, run))
+
+    keys = {
+        "a0": key("/w/seed0/ce/e.h5", "ce"),
+        "a1": key("/w/seed1/ce/e.h5", "ce"),
+        "b0": key("/v/x/e.h5", "x"),  # one folder is the others' common root: one level up
+        "b1": key("/v/x/sub/e.h5", "x"),
+        "c": key("/u/only/e.h5", "only"),
+        "d": key("/t/seed0/e.h5", None),  # a directory run named like a collision's folder
+    }
+    names = run_names(keys.values())
+    assert {k: names[v] for k, v in keys.items()} == {
+        "a0": "seed0/ce",
+        "a1": "seed1/ce",
+        "b0": "x",
+        "b1": "x/sub",
+        "c": "only",
+        "d": "seed0",
+    }
+    assert key("/w/ce/e.h5", "ce") != key("/w/ce/f.h5", None)  # an attribute is not a folder
+    # A collision's relative name that another run holds: the whole folder.
+    clash = [key("/p/a/e.h5", "r"), key("/p/b/e.h5", "r"), key("/q/e.h5", "a")]
+    assert [run_names(clash)[k] for k in clash] == ["/p/a", "b", "a"]
+
+
+def test_best_is_ranked_within_a_split() -> None:
+    def run(name: str, split: str, nc1: float) -> Run:
+        result = _result(f"/{name}/e1.{split}.h5", 1, name, split=split, nc1=nc1)
+        return Run(f"{name}[{split}]", "classification", [result], key=name, split=split)
+
+    # Train values are far lower than test values: ranking across splits would pick a train run
+    # in both.
+    runs = [run("a", "test", 0.5), run("a", "train", 0.01), run("b", "test", 0.4)]
+    runs.append(run("b", "train", 0.02))
+    table = runs_table(runs, ["nc1"])
+    assert table.best == {}
+    assert table.best_in_split == {"test": {"nc1": "b[test]"}, "train": {"nc1": "a[train]"}}
+    assert [row.split for row in table.rows] == ["test", "train", "test", "train"]
+    one = runs_table([runs[0], runs[2]], ["nc1"])
+    assert one.best == {"nc1": "b[test]"} == one.best_in_split["test"]

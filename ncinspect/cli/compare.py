@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ncinspect.cli.common import Format, guarded, parse_metrics, write_output
 from ncinspect.errors import UsageError, visible
+
+if TYPE_CHECKING:
+    from ncinspect.metrics.results import Result
 
 app = typer.Typer()
 
@@ -36,6 +39,13 @@ def compare(
         typer.Option(help="Comma-separated levels of --at (default: 5 inside both runs' range)."),
     ] = None,
     n_levels: Annotated[int, typer.Option(help="How many default levels.", min=1)] = 5,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="The split to compare (e.g. test); needed when a run holds more than one, "
+            "else that run's only split.",
+        ),
+    ] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
@@ -53,7 +63,7 @@ def compare(
 
         from ncinspect.api import analyze
         from ncinspect.render import tables as rep
-        from ncinspect.runs import compare_runs, comparison_json, group_runs
+        from ncinspect.runs import compare_runs, comparison_json, group_runs, run_names
 
         chosen = parse_metrics(metric)
         level_values = None
@@ -66,14 +76,18 @@ def compare(
                 ) from None
         pair = []
         for path in (run_a, run_b):
-            runs = group_runs(analyze([path]))
+            runs = group_runs(_one_split(path, analyze([path]), split))
             if len(runs) != 1:
                 names = ", ".join(r.name for r in runs)
                 raise UsageError(f"{path}: expected one run, found {len(runs)} ({names})")
             pair.append(runs[0])
-        if pair[0].name == pair[1].name and run_a.resolve() != run_b.resolve():
-            pair[1].name = str(run_b)
-        comparison = compare_runs(pair[0], pair[1], at, chosen, level_values, n_levels)
+        a, b = pair
+        if a.name == b.name and a.key != b.key:  # e.g. seed0/ce and seed1/ce
+            distinct = run_names([a.key, b.key])
+            a.name, b.name = distinct[a.key], distinct[b.key]
+        if a.name == b.name and run_a.resolve() != run_b.resolve():
+            b.name = str(run_b)
+        comparison = compare_runs(a, b, at, chosen, level_values, n_levels)
         if plot_dir is not None:
             from ncinspect.render.plots import plot_matched
 
@@ -92,3 +106,17 @@ def compare(
         write_output(render[format](), output)
 
     guarded(body)
+
+
+def _one_split(path: Path, results: list[Result], split: str | None) -> list[Result]:
+    """The results of `split`, or of the only split there is; never two splits mixed."""
+    present = list(dict.fromkeys(r.split for r in results))
+    names = ", ".join("(none)" if s is None else s for s in present)
+    if split is not None:
+        chosen = [r for r in results if r.split == split]
+        if results and not chosen:
+            raise UsageError(f"{path}: no stores of split {split!r}; its splits: {names}")
+        return chosen
+    if len(present) > 1:
+        raise UsageError(f"{path}: holds more than one split ({names}); choose one with --split")
+    return results

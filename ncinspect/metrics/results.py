@@ -98,5 +98,9 @@ def jsonable(value: Any) -> Any:
 
 
 def run_key(result: Result) -> str:
-    """The run a result belongs to: its `run` attribute, else its directory."""
-    return result.run if result.run is not None else str(Path(result.source).parent)
+    """The run a result belongs to, one per run folder: its directory, then a NUL and its `run`
+    attribute when it has one. A path never holds a NUL, so runs of one name in two folders
+    (`seed0/ce`, `seed1/ce`) never share a key, nor does a run attribute with a directory.
+    An identity only, never shown: `ncinspect.runs.run_names` names runs."""
+    directory = str(Path(result.source).parent)
+    return directory if result.run is None else f"{directory}\0{result.run}"

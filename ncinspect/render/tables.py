@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from rich.table import Table
 from ncinspect._version import __version__
 from ncinspect.errors import visible
 from ncinspect.metrics.keys import METRICS, TABLE_DEFAULT, keys_for
-from ncinspect.metrics.results import Result, jsonable
+from ncinspect.metrics.results import Result, jsonable, run_key
 from ncinspect.render.ufm import (
     distance_caption,
     distance_rows,
@@ -100,15 +100,37 @@ def columns_for(task: str, selected: Sequence[str] | None, *, table: bool) -> li
     return list(TABLE_DEFAULT[task] if table else every)
 
 
-def _labels(r: Result) -> tuple[str, str]:
+def _labels(r: Result, names: dict[str, str] | None = None) -> tuple[str, str]:
+    """(run, checkpoint) as a row shows them; `names` from `_run_names` tells runs of one name
+    in two folders apart."""
     src = Path(r.source)
-    run = r.run if r.run is not None else src.parent.name or "."
+    if names is not None:
+        run = names[run_key(r)]
+    else:
+        run = r.run if r.run is not None else src.parent.name or "."
     ckpt = r.checkpoint if r.checkpoint is not None else src.name
     return run, ckpt
 
 
+def _run_names(results: Sequence[Result]) -> dict[str, str]:
+    from ncinspect.runs import run_names
+
+    return run_names(run_key(r) for r in results)
+
+
+def _split_text(split: str | None) -> str:
+    return "-" if split is None else split
+
+
+def mixed_splits(splits: Iterable[str | None]) -> bool:
+    """True when more than one split is present (a store without one counts as its own)."""
+    return len(set(splits)) > 1
+
+
 def build_tables(results: Sequence[Result], selected: Sequence[str] | None) -> list[Table]:
+    """One table per task; a split column when the task's rows hold more than one split."""
     tables = []
+    names = _run_names(results)
     for task, rows in by_task(results).items():
         keys = columns_for(task, selected, table=True)
         if not keys:
@@ -116,16 +138,20 @@ def build_tables(results: Sequence[Result], selected: Sequence[str] | None) -> l
         table = Table(title=f"{task} ({len(rows)} source{'s' if len(rows) != 1 else ''})")
         table.add_column("run", no_wrap=True)
         table.add_column("checkpoint", overflow="fold", min_width=10)
+        with_split = mixed_splits(r.split for r in rows)
+        if with_split:
+            table.add_column("split", no_wrap=True)
         table.add_column("epoch", justify="right", no_wrap=True)
         table.add_column("N", justify="right", no_wrap=True)
         for key in keys:
             header = METRICS[key].header
             table.add_column(header, justify="right", no_wrap=True)
         for r in rows:
-            run, ckpt = _labels(r)
+            run, ckpt = _labels(r, names)
             epoch = "-" if r.epoch is None else str(r.epoch)
             values = [fmt_number(r.metrics.get(k)) for k in keys]
-            table.add_row(visible(run), visible(ckpt), epoch, str(r.n), *values)
+            split = [visible(_split_text(r.split))] if with_split else []
+            table.add_row(visible(run), visible(ckpt), *split, epoch, str(r.n), *values)
         legend = [_legend(keys)]
         hidden = len(keys_for(task)) - len(keys)
         if hidden and not selected:
@@ -213,15 +239,19 @@ def to_csv(results: Sequence[Result], selected: Sequence[str] | None = None) -> 
 
 def to_markdown(results: Sequence[Result], selected: Sequence[str] | None = None) -> str:
     parts = []
+    names = _run_names(results)
     for task, rows in by_task(results).items():
         keys = columns_for(task, selected, table=False if selected else True)
-        head = ["run", "checkpoint", "epoch", "N", *(f"{METRICS[k].header}" for k in keys)]
+        with_split = mixed_splits(r.split for r in rows)
+        ids = ["run", "checkpoint", *(["split"] if with_split else [])]
+        head = [*ids, "epoch", "N", *(f"{METRICS[k].header}" for k in keys)]
         lines = [f"**{task}**", "", "| " + " | ".join(head) + " |"]
-        lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+        lines.append("|" + "|".join(["---"] * len(ids) + ["---:"] * (len(head) - len(ids))) + "|")
         for r in rows:
-            run, ckpt = _labels(r)
+            run, ckpt = _labels(r, names)
             epoch = "" if r.epoch is None else str(r.epoch)
-            cells = [md_cell(run), md_cell(ckpt), epoch, str(r.n)]
+            split = [md_cell(_split_text(r.split))] if with_split else []
+            cells = [md_cell(run), md_cell(ckpt), *split, epoch, str(r.n)]
             cells += [fmt_number(r.metrics.get(k)) for k in keys]
             lines.append("| " + " | ".join(cells) + " |")
         arrows = ", ".join(f"{METRICS[k].header} = `{k}` ({METRICS[k].better})" for k in keys)
@@ -317,7 +347,8 @@ def _legend(keys: Sequence[str]) -> str:
 
 
 def runs_grids(table: RunsTable) -> list[Grid]:
-    """One grid per task: a row per run at its final checkpoint; '*' marks each column's best."""
+    """One grid per task: a row per run at its final checkpoint; '*' marks each column's best
+    (within a split, and a split column, when the rows hold more than one split)."""
     from ncinspect.runs import label_text
 
     grids = []
@@ -326,17 +357,21 @@ def runs_grids(table: RunsTable) -> list[Grid]:
         if not rows:
             continue
         keys = [k for k in table.keys if k in keys_for(task)]
-        headers = ["run", "labels", "epochs", "final", *(METRICS[k].header for k in keys)]
-        caption = _legend(keys) + "\n* best value in its column (final checkpoints)"
+        with_split = mixed_splits(row.split for row in rows)
+        ids = ["run", *(["split"] if with_split else []), "labels"]
+        headers = [*ids, "epochs", "final", *(METRICS[k].header for k in keys)]
+        among = " among runs of its split" if with_split else ""
+        caption = _legend(keys) + f"\n* best value in its column{among} (final checkpoints)"
         if table.baseline is not None:
             caption += f"\n(xR): ratio to the baseline run {visible(table.baseline)}"
-        grid = Grid(f"{task} runs ({len(rows)})", headers, numeric_from=2, caption=caption)
+        grid = Grid(f"{task} runs ({len(rows)})", headers, numeric_from=len(ids), caption=caption)
         for row in rows:
             epochs = [e for e in row.epochs if e is not None]
+            best = table.best_in_split.get(row.split, {}) if table.best_in_split else table.best
             cells = []
             for k in keys:
                 cell = fmt_number(row.final.metrics.get(k))
-                if table.best.get(k) == row.run:
+                if best.get(k) == row.run:
                     cell += "*"
                 if row.ratio_to_baseline is not None:
                     ratio = row.ratio_to_baseline.get(k)
@@ -346,6 +381,7 @@ def runs_grids(table: RunsTable) -> list[Grid]:
             grid.rows.append(
                 [
                     row.run,
+                    *([_split_text(row.split)] if with_split else []),
                     label_text(row.labels) or "-",
                     str(len(epochs) or len(row.epochs)),
                     final,
@@ -361,10 +397,12 @@ def runs_csv(table: RunsTable) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     label_keys = sorted({k for row in table.rows for k in row.labels})
     ratio_cols = [f"ratio_{k}" for k in table.keys] if table.baseline is not None else []
+    with_split = mixed_splits(row.split for row in table.rows)
     writer.writerow(
         [
             "run",
             "task",
+            *(["split"] if with_split else []),
             *(csv_cell(k) for k in label_keys),
             "checkpoints",
             "final_epoch",
@@ -378,6 +416,7 @@ def runs_csv(table: RunsTable) -> str:
             [
                 csv_cell(row.run),
                 csv_cell(row.task),
+                *([csv_cell(row.split)] if with_split else []),
                 *(_csv_cell(row.labels.get(k)) for k in label_keys),
                 len(row.epochs),
                 _csv_cell(row.final.epoch),
@@ -392,10 +431,13 @@ def trajectory_grids(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) ->
     from ncinspect.runs import label_text
 
     grids = []
+    with_split = mixed_splits(run.split for run in runs)
     for run in runs:
         keys = keys_by_task[run.task]
         labels = label_text(run.labels)
         title = f"{run.name}" + (f" ({labels})" if labels else "") + f": {run.task}"
+        if with_split:
+            title += f", split {_split_text(run.split)}"
         grid = Grid(
             title,
             ["epoch", "checkpoint", "N", *(METRICS[k].header for k in keys)],
@@ -424,6 +466,7 @@ def trajectory_json(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> 
             {
                 "run": run.name,
                 "task": run.task,
+                "split": run.split,
                 "labels": jsonable(run.labels),
                 "trajectory": [
                     {**entry, **({"ufm": jsonable(r.ufm)} if r.ufm is not None else {})}
@@ -440,15 +483,17 @@ def trajectory_json(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> 
 
 def trajectory_csv(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> str:
     keys = [k for task in TASK_ORDER for k in keys_by_task.get(task, [])]
+    with_split = mixed_splits(run.split for run in runs)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["run", "task", "epoch", "source", *keys])
+    writer.writerow(["run", "task", *(["split"] if with_split else []), "epoch", "source", *keys])
     for run in runs:
         for r in run.results:
             writer.writerow(
                 [
                     csv_cell(run.name),
                     csv_cell(run.task),
+                    *([csv_cell(run.split)] if with_split else []),
                     _csv_cell(r.epoch),
                     csv_cell(r.source),
                     *(_csv_cell(r.metrics.get(k)) for k in keys),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
 from ncinspect.metrics.results import Result
-from ncinspect.render.tables import grids_text, runs_grids, table_text
+from ncinspect.render.tables import grids_text, runs_grids, table_text, to_markdown
 from ncinspect.runs import group_runs, runs_table
 from tests.helpers.paths import GOLDEN
 
@@ -74,3 +74,59 @@ def test_golden_runs_table() -> None:
     keys = ["nc1", "nc2_etf_means", "nc3", "accuracy"]
     text = grids_text(runs_grids(runs_table(runs, keys, baseline="digits_ce")), width=140)
     assert text == (GOLDEN / "runs_table.txt").read_text()
+
+
+def _two_splits() -> list[Result]:
+    # One checkpoint's test and train stores (hand-chosen numbers), and a run in two folders.
+    out = []
+    for split, nc1 in (("test", 0.5), ("train", 0.01)):
+        for r in _golden_results()[1:]:
+            r.split, r.source = split, r.source.replace(".test.", f".{split}.")
+            r.metrics["nc1"] = nc1 * (2 if r.run == "digits_ce" else 1)
+            out.append(r)
+    return out
+
+
+def test_split_column_when_splits_mix() -> None:
+    text = table_text(_two_splits(), ["nc1"], width=120)
+    lines = [ln.split("│")[1:-1] for ln in text.splitlines() if ln.startswith("│")]
+    rows = [[c.strip() for c in ln] for ln in lines]
+    assert [c.strip() for c in text.splitlines()[2].split("┃")[1:-1]] == [
+        "run", "checkpoint", "split", "epoch", "N", "NC1",
+    ]  # fmt: skip
+    assert [(r[0], r[2], r[5]) for r in rows] == [
+        ("digits_ce", "test", "1.0000"),
+        ("digits_ls", "test", "0.5000"),
+        ("digits_ce", "train", "0.0200"),
+        ("digits_ls", "train", "0.0100"),
+    ]
+    md = to_markdown(_two_splits(), ["nc1"])
+    assert "| run | checkpoint | split | epoch | N | NC1 |\n|---|---|---|---:|---:|---:|" in md
+    assert "| digits_ls | epoch_300.pt | train | 300 | 360 | 0.0100 |" in md
+    assert "split" not in table_text(_golden_results(), ["nc1"], width=120)
+
+
+def test_runs_grid_ranks_within_a_split() -> None:
+    runs = group_runs(_two_splits())
+    assert [r.name for r in runs] == [
+        "digits_ce[test]", "digits_ce[train]", "digits_ls[test]", "digits_ls[train]",
+    ]  # fmt: skip
+    (grid,) = runs_grids(runs_table(runs, ["nc1"]))
+    assert grid.headers[:3] == ["run", "split", "labels"]
+    assert [(row[0], row[1], row[-1]) for row in grid.rows] == [
+        ("digits_ce[test]", "test", "1.0000"),
+        ("digits_ce[train]", "train", "0.0200"),
+        ("digits_ls[test]", "test", "0.5000*"),
+        ("digits_ls[train]", "train", "0.0100*"),
+    ]
+    assert "* best value in its column among runs of its split" in grid.caption
+
+
+def test_checkpoint_rows_tell_runs_of_one_name_apart() -> None:
+    results = _golden_results()[:2]
+    results[1].source = "features/seed1/digits_ce/epoch_300.pt.test.h5"
+    results[0].source = "features/seed0/digits_ce/epoch_10.pt.test.h5"
+    md = to_markdown(results, ["nc1"])
+    assert "| seed0/digits_ce | epoch_10.pt | 10 |" in md
+    assert "| seed1/digits_ce | epoch_300.pt | 300 |" in md
+    assert "split" not in md
