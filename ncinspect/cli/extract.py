@@ -1,9 +1,10 @@
 """`ncinspect extract`: penultimate features of checkpoints into HDF5 feature stores.
 
 Owns: the extract command's options (turned into one `ExtractConfig`), the progress shown on
-stderr (a rich.progress bar with an ETA on a terminal, one summary line per checkpoint always)
-and the one-line outcome per store on stdout. Never loads a checkpoint or runs a model itself
-(`ncinspect.extraction.run` does); torch and rich are imported only when the command runs.
+stderr (a rich.progress bar with an ETA on a terminal, one summary line per checkpoint always,
+and `warning:` lines) and the one-line outcome per store on stdout. Never loads a checkpoint or
+runs a model itself (`ncinspect.extraction.run` does); torch and rich are imported only when the
+command runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ app = typer.Typer()
 
 
 class StderrProgress:
-    """Progress per checkpoint on stderr (implements `extraction.config.ProgressHook`).
+    """Progress per checkpoint on stderr (implements `extraction.config.ProgressHook`), and
+    its warning lines (`warning: MESSAGE`).
 
     On a terminal: a live rich.progress bar (rows done of the total, elapsed time, ETA), removed
     when the checkpoint ends. Always: one line per checkpoint, `LABEL: ROWS rows in S s`, which
@@ -79,6 +81,9 @@ class StderrProgress:
             self._bar.stop()
             self._bar, self._task = None, None
         print(f"{self.label}: {self.done} rows in {seconds:.1f} s", file=sys.stderr)
+
+    def warn(self, message: str) -> None:
+        print(f"warning: {visible(message)}", file=sys.stderr)
 
 
 @app.command()
@@ -175,7 +180,17 @@ def extract(
     run: Annotated[
         str | None, typer.Option(help="Run name (default: the checkpoint's directory name).")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr.")
+    ] = False,
+    no_strict: Annotated[
+        bool,
+        typer.Option(
+            "--no-strict",
+            help="Ignore checkpoint tensors the model has no place for (listed in a warning and "
+            "the store's provenance); every model parameter and buffer must still be loaded.",
+        ),
+    ] = False,
     stats_only: Annotated[
         bool,
         typer.Option(
@@ -229,6 +244,7 @@ def extract(
             run=run,
             stats_only=stats_only,
             drop_nonfinite=drop_nonfinite,
+            strict=not no_strict,
         )
         outcomes = run_extract(config, None if quiet else StderrProgress())
         for o in outcomes:

@@ -22,13 +22,17 @@ TASKS: tuple[str, ...] = ("auto", "classification", "regression")
 
 
 class ProgressHook(Protocol):
-    """Progress callbacks: one start/finish per checkpoint, advance per batch (rows)."""
+    """Progress callbacks: one start/finish per checkpoint, advance per batch (rows), and a
+    warning line when a checkpoint loaded with a caveat."""
 
     def start(self, label: str, total: int | None) -> None: ...
 
     def advance(self, n: int) -> None: ...
 
     def finish(self) -> None: ...
+
+    def warn(self, message: str) -> None:
+        """One warning line about a checkpoint (the keys --no-strict ignored)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class ExtractConfig:
     with_outputs: bool = True
     stats_only: bool = False
     drop_nonfinite: bool = False
+    strict: bool = True  # False (--no-strict): unexpected checkpoint keys are ignored
 
     def __post_init__(self) -> None:
         if not self.checkpoints:

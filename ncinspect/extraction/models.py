@@ -2,9 +2,11 @@
 
 Owns: which model spec applies to a checkpoint (`--model`, else `model` / `model_args` in a
 run.json / config.json / args.json beside it, else in the checkpoint itself), building the
-`nn.Module` for a checkpoint (`model_for_checkpoint`), loading a state dict strictly with ONE
-error listing every missing, unexpected and misshapen key, the head candidates (Linear layers;
-weight pairs in a state dict) and the choice of the head among the layers a forward pass called.
+`nn.Module` for a checkpoint (`model_for_checkpoint`), loading a state dict strictly (after the
+key prefix change that fits it: a wrapper's `model.` removed or added; unexpected keys ignored
+only with --no-strict) with ONE short error summarising the missing, unexpected and misshapen
+keys, the head candidates (Linear layers; weight pairs in a state dict) and the choice of the
+head among the layers a forward pass called.
 
 Never runs a forward pass (`forward` does) and never decides what may be imported or unpickled
 (`trust` does: a spec from a config file is vetted there before anything is imported).
@@ -13,6 +15,7 @@ Axes: N samples, D feature dim, K classes, T regression targets.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,10 +110,68 @@ def _shape(t: Any) -> str:
     return str(tuple(int(s) for s in t.shape))
 
 
-def _listing(keys: Sequence[str], limit: int = 0) -> str:
-    if limit and len(keys) > limit:
-        return ", ".join(keys[:limit]) + f" (and {len(keys) - limit} more)"
-    return ", ".join(keys)
+def _short(text: str, width: int) -> str:
+    """`text` cut to `width` characters in the middle (both ends of a key say the most)."""
+    if len(text) <= width:
+        return text
+    head = (width - 3) // 2
+    return text[:head] + "..." + text[len(text) - (width - 3 - head) :]
+
+
+def _listing(keys: Sequence[str], limit: int = 0, width: int = 0) -> str:
+    """`keys` joined by commas: the first `limit` of them (0: all), each cut to `width`
+    characters (0: whole), then `(and N more)`."""
+    shown = keys[:limit] if limit else keys
+    text = ", ".join(_short(k, width) if width else k for k in shown)
+    if len(keys) > len(shown):
+        text += f" (and {len(keys) - len(shown)} more)"
+    return text
+
+
+# Prefixes that wrappers put in front of every key: Lightning (`model.`, `net.`), DDP
+# (`module.`), torch.compile (`_orig_mod.`), a feature extractor held as `backbone.`.
+KEY_PREFIXES = ("model.", "module.", "net.", "_orig_mod.", "backbone.")
+# A mismatch error's summary (the text before the `ncinspect inspect` pointer) stays under this
+# many characters whatever the file: fewer and shorter example keys, at worst counts only.
+MESSAGE_BUDGET = 300
+# --no-strict: the keys left out are counted in the provenance and listed up to this many.
+MAX_IGNORED_LISTED = 256
+
+
+@dataclass(frozen=True)
+class KeyRename:
+    """A prefix change applied to every checkpoint key: `strip` removed where a key starts with
+    it, then `add` put in front. The identity when both are empty."""
+
+    strip: str = ""
+    add: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.strip or self.add)
+
+    def apply(self, key: str) -> str:
+        if self.strip and key.startswith(self.strip):
+            key = key[len(self.strip) :]
+        return self.add + key
+
+    def describe(self) -> str:
+        """What the change does, for an error (prefixes from the file cut to 32 characters)."""
+        strip, add = repr(_short(self.strip, 32)), repr(_short(self.add, 32))
+        if self.strip and self.add:
+            return f"the prefix {strip} replaced by {add} in the checkpoint's keys"
+        if self.strip:
+            return f"the prefix {strip} removed from the checkpoint's keys"
+        return f"the prefix {add} added to the checkpoint's keys"
+
+
+@dataclass(frozen=True)
+class KeyFit:
+    """How the checkpoint's keys were made to fit the model: the prefix removed from and the
+    one added to every key (None: none), and the unexpected keys left out under --no-strict."""
+
+    stripped: str | None = None
+    added: str | None = None
+    ignored: tuple[str, ...] = ()
 
 
 def load_strict(
@@ -118,70 +179,128 @@ def load_strict(
     tensors: Mapping[str, torch.Tensor],
     path: str | Path,
     spec: ModelSpec | None = None,
-) -> str | None:
-    """Load `tensors` into `model`, strictly. Returns a prefix stripped to make the keys fit
-    (a wrapper like Lightning's `model.`), or None.
+    *,
+    strict: bool = True,
+) -> KeyFit:
+    """Load `tensors` into `model`; every model parameter and buffer must be loaded.
 
-    On any mismatch raises ONE `CheckpointError` listing all missing keys, all unexpected keys
-    and every shape that differs (checkpoint vs model).
+    The checkpoint's keys are first renamed by the prefix change that matches most model keys
+    (`_common_prefix_fix`: a wrapper's `model.` removed, a missing `model.` added, ...); it is
+    applied only when it leaves no key missing and, if `strict`, no key unexpected. With
+    `strict=False` (`--no-strict`) unexpected keys are left out and returned in `ignored`.
+
+    Otherwise raises ONE short `CheckpointError`: the counts of missing, unexpected and
+    misshapen keys (checkpoint vs model) with a few examples of each, and the prefix change
+    they were counted after.
     """
     expected = model.state_dict()
-    prefix = _common_prefix_fix(set(tensors), set(expected))
-    if prefix:
-        tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    rename = _common_prefix_fix(set(tensors), set(expected))
+    if rename:
+        tensors = {rename.apply(k): v for k, v in tensors.items()}
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     shapes = [
-        f"{k} checkpoint {_shape(tensors[k])} vs model {_shape(v)}"
+        (k, f"checkpoint {_shape(tensors[k])} vs model {_shape(v)}")
         for k, v in expected.items()
         if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        if shapes:
-            parts.append(f"shapes differ ({len(shapes)}): {_listing(shapes)}")
-        what = f"model {spec.spec}" if spec else "the model"
-        if spec and spec.args:
-            what += "(" + ", ".join(f"{k}={v!r}" for k, v in spec.args.items()) + ")"
-        raise CheckpointError(
-            f"does not fit {what}: {'; '.join(parts)}; check --model / --model-arg; {hint(path)}",
-            path=path,
-        )
+    if missing or shapes or (unexpected and strict):
+        raise _mismatch(missing, unexpected, shapes, rename, path, spec)
     try:
-        model.load_state_dict(dict(tensors), strict=True)
+        model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
         raise CheckpointError(
             f"loading into the model failed: {first}; {hint(path)}", path=path
         ) from None
-    return prefix or None
+    return KeyFit(rename.strip or None, rename.add or None, tuple(unexpected))
 
 
-def _common_prefix_fix(got: set[str], want: set[str]) -> str:
-    """A first key component every checkpoint key carries and whose removal makes the key sets
-    equal (e.g. `model.` from a LightningModule wrapper); "" when there is none."""
+def _mismatch(
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    shapes: Sequence[tuple[str, str]],
+    rename: KeyRename,
+    path: str | Path,
+    spec: ModelSpec | None,
+) -> CheckpointError:
+    """One short line: counts, a few examples (fewer and shorter until the summary fits
+    MESSAGE_BUDGET, at worst none), the prefix change, and what to do."""
+    what = f"model {spec.spec}" if spec else "the model"
+    if spec and spec.args:
+        what += "(" + ", ".join(f"{k}={v!r}" for k, v in spec.args.items()) + ")"
+    what = _short(what, 80)
+    where = f"with {rename.describe()}, " if rename else ""
+    if missing or shapes:
+        advice = "check --model / --model-arg"
+    else:
+        advice = "every model key is present: --no-strict ignores unexpected keys"
+    body = ""
+    for limit, width in ((3, 48), (2, 40), (1, 32), (1, 24), (0, 0)):
+        parts = []
+        for label, keys, cut in (
+            ("missing keys", missing, width),
+            ("unexpected keys", unexpected, width),
+            ("shapes differ", [f"{_short(k, width)} {s}" for k, s in shapes], 2 * width),
+        ):
+            if keys and limit:
+                parts.append(f"{label} ({len(keys)}): {_listing(keys, limit, cut)}")
+            elif keys:
+                parts.append(f"{label} ({len(keys)})")
+        body = f"does not fit {what}: {where}{'; '.join(parts)}; {advice}"
+        if len(body) <= MESSAGE_BUDGET:
+            break
+    return CheckpointError(f"{body}; {hint(path)}", path=path)
+
+
+def _common_prefix_fix(got: set[str], want: set[str]) -> KeyRename:
+    """The prefix change of the checkpoint's keys `got` that makes them match most of the
+    model's keys `want` (then the fewest left unexpected; the identity, a removal, an addition
+    and a replacement are tried in that order, the first best wins). Prefixes tried: the usual
+    wrappers' (KEY_PREFIXES) and a first key component that at least half the keys share (on
+    the checkpoint's side to remove, on the model's side to add). A change that would merge two
+    keys into one is never taken."""
+    best, score = KeyRename(), (len(got & want), -len(got - want))
     if not got or got == want:
-        return ""
-    firsts = {k.split(".", 1)[0] for k in got}
-    if len(firsts) != 1 or not all("." in k for k in got):
-        return ""
-    prefix = next(iter(firsts)) + "."
-    return prefix if {k[len(prefix) :] for k in got} == want else ""
+        return best
+    strips = [""] + _prefixes(got)
+    adds = [""] + _prefixes(want)
+    renames = [KeyRename(s, a) for a in adds for s in strips if s != a]
+    renames.sort(key=lambda r: (bool(r.add), bool(r.strip and r.add)))
+    for rename in renames:
+        mapped = {rename.apply(k) for k in got}
+        if len(mapped) != len(got):
+            continue
+        matched = len(mapped & want)
+        candidate = (matched, matched - len(mapped))
+        if candidate > score:
+            best, score = rename, candidate
+            if matched == len(want) == len(mapped):
+                break
+    return best
+
+
+def _prefixes(keys: set[str]) -> list[str]:
+    """KEY_PREFIXES that some key starts with, then a first component (`encoder.`) shared by at
+    least half of the keys."""
+    out = [p for p in KEY_PREFIXES if any(k.startswith(p) for k in keys)]
+    firsts = Counter(k.split(".", 1)[0] + "." for k in keys if "." in k)
+    out += [p for p, n in firsts.most_common(2) if 2 * n >= len(keys) and p not in out]
+    return out
 
 
 @dataclass
 class BuiltModel:
     """The module to run for a checkpoint, with its provenance (`info`: model, model_args,
-    model_source) and the batch size a torch.export program was exported with, when static."""
+    model_source, a key prefix stripped or added, the keys --no-strict ignored), a warning line
+    when keys were ignored, and the batch size a torch.export program was exported with, when
+    static."""
 
     module: nn.Module
     info: dict[str, Any]
     static_batch: int | None = None
     check_sizes: bool = False  # a file's program: sizes checked on fake tensors before data
+    warning: str | None = None  # one line for stderr: the keys --no-strict left out
 
 
 def import_model_classes(config: ExtractConfig) -> None:
@@ -238,15 +357,26 @@ def model_for_checkpoint(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
             path=p,
         )
     model = build_model(spec, config.code_paths, trust_code=config.trust_code)
-    stripped = load_strict(model, ckpt.tensors, p, spec)
+    fit = load_strict(model, ckpt.tensors, p, spec, strict=config.strict)
     info: dict[str, Any] = {
         "model": spec.spec,
         "model_args": dict(spec.args),
         "model_source": spec.source,
     }
-    if stripped:
-        info["stripped_key_prefix"] = stripped
-    return BuiltModel(model, info)
+    if fit.stripped:
+        info["stripped_key_prefix"] = fit.stripped
+    if fit.added:
+        info["added_key_prefix"] = fit.added
+    warning = None
+    if fit.ignored:
+        info["ignored_keys"] = list(fit.ignored[:MAX_IGNORED_LISTED])
+        info["ignored_key_count"] = len(fit.ignored)
+        n = len(fit.ignored)
+        warning = (
+            f"{p}: ignored {n} unexpected key{'s' if n != 1 else ''} (--no-strict): "
+            f"{_listing(fit.ignored, 3, 48)}"
+        )
+    return BuiltModel(model, info, warning=warning)
 
 
 # ---------------------------------------------------------------------------------------------
