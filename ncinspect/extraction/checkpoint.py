@@ -55,22 +55,6 @@ CHECKPOINT_FORMATS: tuple[str, ...] = (
     "export",
 )
 
-# Keys under which wrapper dicts keep the model's state dict, in the order they are tried.
-STATE_KEYS: tuple[str, ...] = (
-    "state_dict",
-    "model_state_dict",
-    "model_state",
-    "model",
-    "net",
-    "network",
-    "module",
-    "weights",
-    "params",
-    "ema",
-    "model_ema",
-    "ema_state_dict",
-    "state_dict_ema",
-)
 EPOCH_KEYS: tuple[str, ...] = ("epoch", "current_epoch", "cur_epoch")
 STEP_KEYS: tuple[str, ...] = ("global_step", "step", "iteration", "iter")
 PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
@@ -463,7 +447,9 @@ def _is_state(value: Any) -> bool:
 
 
 def _select_state(p: Path, obj: Mapping[str, Any], state_key: str | None) -> tuple[str, Any]:
-    """The wrapper dict's entry that holds the model's weights."""
+    """The wrapper dict's entry that holds the model's weights: `state_key`, else the one entry
+    that is a state dict or an nn.Module (`_is_state`; an optimizer's state is neither). Several
+    such entries (model and ema, ...) are a CheckpointError listing them: never a guess."""
     holders = [k for k, v in obj.items() if isinstance(k, str) and _is_state(v)]
     if state_key is not None:
         value: Any = obj
@@ -487,14 +473,13 @@ def _select_state(p: Path, obj: Mapping[str, Any], state_key: str | None) -> tup
                 path=p,
             )
         return state_key, value
-    for k in STATE_KEYS:
-        if k in obj and _is_state(obj[k]):
-            return k, obj[k]
     if len(holders) == 1:
         return holders[0], obj[holders[0]]
     if holders:
+        # model + ema, state_dict + ema_state_dict, student + teacher: never guessed.
         raise CheckpointError(
-            f"several entries hold weights ({', '.join(holders)}); choose one with --state-key; "
+            f"several entries hold weights ({', '.join(holders)}); ncinspect does not guess "
+            f"which to use: choose one with --state-key (e.g. --state-key {holders[0]}); "
             f"{hint(p)}",
             path=p,
         )

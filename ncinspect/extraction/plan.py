@@ -3,11 +3,12 @@
 Owns the jobs (`plan_jobs`: checkpoints in run and epoch order, each with its store path
 `out/<run>/<checkpoint file name>.<split>.h5`), resuming (`skip_rows`: a complete copy of a store,
 the whole file or a complete shard set of any size, is skipped unless --overwrite; one made for
-another request, `request_attrs`, is an error rather than a silent skip) and the removal of
-copies a newly completed store supersedes (`remove_superseded`).
+another request, `request_attrs` and the checkpoint's bytes, is an error rather than a silent
+skip) and the removal of copies a newly completed store supersedes (`remove_superseded`).
 
-Opens existing stores only to read their row counts and attributes, and deletes superseded
-ones; never writes a store and never runs a model.
+Opens existing stores only to read their row counts and attributes, hashes a checkpoint whose
+size or mtime differs from the store's record, and deletes superseded ones; never writes a store
+and never runs a model.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from ncinspect.extraction.config import ExtractConfig
     from ncinspect.extraction.data import DataSource
     from ncinspect.extraction.distributed import Distributed
-    from ncinspect.io.sources import FeatureSource
 
 
 @dataclass(frozen=True)
@@ -96,34 +96,55 @@ def _check_run_folder(folder: Path, source: Path) -> None:
 # request matches them (an absent attribute reads as None; content as "features").
 _REQUEST_KEYS = ("content", "split", "limit", "data", "data_kind", "data_keys", "data_args",
                  "data_rows", "data_files")  # fmt: skip
+# The options that decide how the checkpoint becomes a model, as given (None / {} when left at
+# their default); new stores record them in provenance under `requested`.
+_OPTION_KEYS = ("model", "model_args", "state_key", "head", "strict")
+_DEFAULTS: dict[str, Any] = {"model_args": {}, "strict": True, "precision": "fp32"}
 
 
 def request_attrs(config: ExtractConfig, data: DataSource) -> dict[str, Any]:
-    """What this extraction would record under `_REQUEST_KEYS`."""
+    """What this extraction would record under `_REQUEST_KEYS`, with `requested` (the options
+    of `_OPTION_KEYS` as given) and `precision`."""
     wanted = {
         **data.provenance,
         "content": "statistics" if config.stats_only else "features",
         "split": data.split,
         "limit": config.limit,
     }
-    return {key: wanted.get(key) for key in _REQUEST_KEYS}
+    return {
+        **{key: wanted.get(key) for key in _REQUEST_KEYS},
+        "requested": requested_options(config),
+        "precision": config.precision,
+    }
 
 
-def _other_request(store: Path, request: dict[str, Any]) -> str | None:
+def requested_options(config: ExtractConfig) -> dict[str, Any]:
+    """The model options as the request states them (recorded in a store as `requested`)."""
+    return {
+        "model": config.model,
+        "model_args": dict(config.model_args),
+        "state_key": config.state_key,
+        "head": config.head,
+        "strict": config.strict,  # --no-strict loads a checkpoint with extra tensors
+    }
+
+
+def _other_request(
+    store: Path, request: dict[str, Any], checkpoint: Path | None = None
+) -> str | None:
     """Why the complete copy of `store` (file or shard set) does not hold what `request` asks
-    for, or None when it does (or when there is no readable copy)."""
+    for (of `checkpoint`, when given), or None when it does (or when there is no readable
+    copy)."""
     from ncinspect.io.store.reader import open_store
-    from ncinspect.io.store.shards import open_shard_set, shard_paths
+    from ncinspect.io.store.shards import shard_paths
 
-    src: FeatureSource
     try:
-        if store.exists():
-            src = open_store(store)
-        else:
+        if not store.exists():
             complete = [p for p in _shard_sets(store) if _set_rows(p) is not None]
             if not complete:
                 return None
-            src = open_shard_set(shard_paths(complete[0][0]))
+            store = shard_paths(complete[0][0])[0]  # shard 0 keeps the set's own attributes
+        src = open_store(store)
     except NcInspectError:
         return None
     try:
@@ -138,12 +159,68 @@ def _other_request(store: Path, request: dict[str, Any]) -> str | None:
         for key in _REQUEST_KEYS
         if _plain(found[key]) != _plain(request[key])
     ]
+    if checkpoint is not None:
+        diffs += _checkpoint_diffs(recorded, checkpoint)
+    diffs += _option_diffs(recorded, request)
     if not diffs:
         return None
     return (
         f"exists but was extracted for another request: {'; '.join(diffs)}; pass --overwrite to "
         "replace it, or choose another --out"
     )
+
+
+def _checkpoint_diffs(recorded: dict[str, Any], checkpoint: Path) -> list[str]:
+    """The checkpoint is the one the store was made from: the same size and mtime as recorded,
+    else the same sha256 (a copy, a touched file); [] when it is, else the hashes."""
+    from ncinspect.extraction.checkpoint import file_sha256
+
+    try:
+        st = checkpoint.stat()
+    except OSError:
+        return []  # gone: loading it reports the problem
+    if (recorded.get("checkpoint_size"), recorded.get("checkpoint_mtime_ns")) == (
+        st.st_size,
+        st.st_mtime_ns,
+    ):
+        return []
+    try:
+        now: str | None = file_sha256(checkpoint)
+    except OSError:
+        now = None
+    was = recorded.get("checkpoint_sha256")
+    if was is not None and was == now:
+        return []
+    return [f"checkpoint_sha256 {_shown(was)} (now {_shown(now)})"]
+
+
+def _option_diffs(recorded: dict[str, Any], request: dict[str, Any]) -> list[str]:
+    """The model options and the precision. A store records the options as given
+    (`requested`); one written before that was recorded (ncinspect 0.1) matches an option left
+    at its default, and an option given must equal the value it recorded (the model of a
+    pickled module is the checkpoint's own). An absent `precision` is unknown: it matches only
+    the default (fp32)."""
+    diffs: list[str] = []
+    given = recorded.get("requested")
+    wanted = request.get("requested") or {}
+    for key in _OPTION_KEYS:
+        default = _DEFAULTS.get(key)
+        now = wanted.get(key, default)
+        if isinstance(given, dict):
+            was = given.get(key, default)
+        elif _plain(now) == _plain(default):
+            continue
+        elif key.startswith("model") and recorded.get("model_source") == "pickled module":
+            continue
+        else:
+            was = recorded.get(key)
+        if _plain(was) != _plain(now):
+            diffs.append(f"{key} {_shown(was)} (now {_shown(now)})")
+    if "precision" in request:
+        was = recorded.get("precision")
+        if (was or _DEFAULTS["precision"]) != request["precision"]:
+            diffs.append(f"precision {_shown(was)} (now {_shown(request['precision'])})")
+    return diffs
 
 
 def _plain(value: Any) -> Any:
@@ -169,8 +246,9 @@ def skip_rows(
     """Rows of the complete copy that makes this job a skip, or None to extract. Every process
     of a distributed job reaches the same decision: skip when a complete copy exists (the whole
     file, or a complete shard set of any size) or when every process finds its shard of one set.
-    A complete copy made for another request (`request_attrs`: other data, split, --limit or
-    content) is an OutputError, in every process alike, rather than a silent skip.
+    A complete copy made for another request (`request_attrs`: other data, split, --limit,
+    content, model options or precision) or from other checkpoint bytes is an OutputError, in
+    every process alike, rather than a silent skip.
     """
     if config.overwrite:
         if dist is not None:
@@ -178,13 +256,21 @@ def skip_rows(
         return None
     if dist is None:
         found = _complete_rows_any(job.store)
-        problem = None if found is None or request is None else _other_request(job.store, request)
+        problem = (
+            None
+            if found is None or request is None
+            else _other_request(job.store, request, job.checkpoint)
+        )
         if problem is not None:
             raise OutputError(problem, path=job.store)
         return found
     # Each process looks at what it can see (nodes may not share a file system).
     mine = _complete_rows_any(job.store)
-    problem = None if mine is None or request is None else _other_request(job.store, request)
+    problem = (
+        None
+        if mine is None or request is None
+        else _other_request(job.store, request, job.checkpoint)
+    )
     seen = dist.gather((_shard_id(target, dist.world), mine, problem))
     problems = [p for _, _, p in seen if p is not None]
     if problems:

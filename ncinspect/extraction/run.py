@@ -64,6 +64,7 @@ from ncinspect.extraction.plan import (
     plan_jobs,
     remove_superseded,
     request_attrs,
+    requested_options,
     skip_rows,
 )
 from ncinspect.extraction.trust import add_code_paths
@@ -174,25 +175,39 @@ def _run_jobs(
 
 
 class _Digest:
-    """sha256 of a file, computed in a background thread (hashlib releases the GIL)."""
+    """sha256 of a file, computed in a background thread (hashlib releases the GIL), with its
+    size and mtime when they did not change while it was read (resuming compares them first)."""
 
     def __init__(self, path: Path) -> None:
         self._value: str | None = None
+        self._stat: tuple[int, int] | None = None
         self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
         self._thread.start()
 
     def _run(self, path: Path) -> None:
         try:
+            before = path.stat()
             self._value = file_sha256(path)
+            after = path.stat()
         except OSError as exc:
             self._error = exc
+            return
+        if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
+            self._stat = (after.st_size, after.st_mtime_ns)
 
     def result(self) -> str:
         self._thread.join()
         if self._error is not None or self._value is None:
             raise CheckpointError(f"cannot be read for hashing ({self._error})")
         return self._value
+
+    def attrs(self) -> dict[str, Any]:
+        """The store attributes: checkpoint_sha256, checkpoint_size, checkpoint_mtime_ns."""
+        out: dict[str, Any] = {"checkpoint_sha256": self.result()}
+        if self._stat is not None:
+            out["checkpoint_size"], out["checkpoint_mtime_ns"] = self._stat
+        return out
 
 
 def _train_size(
@@ -238,6 +253,8 @@ def _extract_one(
     digest = _Digest(path)  # hashed in a thread while the model loads and runs
     ckpt = load_checkpoint(path, trust_code=config.trust_code, state_key=config.state_key)
     built = model_for_checkpoint(ckpt, config)
+    if built.warning is not None and progress is not None:
+        progress.warn(built.warning)  # provenance: built.info's ignored_keys
     model = built.module
     batch_size = built.static_batch or config.batch_size
     cuda = device.type == "cuda"
@@ -264,6 +281,7 @@ def _extract_one(
         **data.provenance,
         "device": str(device),
         "precision": config.precision,
+        "requested": requested_options(config),  # the model options as given (resuming)
         "batch_size": batch_size,
         "limit": config.limit,
         "torch_version": torch.__version__,
@@ -382,7 +400,7 @@ def _write_features(
             if not ok:
                 bg.abort()
         writer.set_head(probe.weight, probe.bias)
-        writer.update_attrs(checkpoint_sha256=digest.result(), **output.finish(total))
+        writer.update_attrs(**digest.attrs(), **output.finish(total))
     return total
 
 
@@ -434,5 +452,5 @@ def _write_statistics(
     ) as writer:
         writer.set_statistics(parts, forward.rows, stats_attrs)
         writer.set_head(weight, bias)
-        writer.update_attrs(checkpoint_sha256=digest.result(), **output.finish(forward.rows))
+        writer.update_attrs(**digest.attrs(), **output.finish(forward.rows))
     return forward.rows

@@ -79,9 +79,10 @@ def test_state_key_chooses_and_ambiguity_is_an_error(
         load_checkpoint(path)
     assert "student, teacher" in str(err.value) and "--state-key" in str(err.value)
     assert same_tensors(load_checkpoint(path, state_key="teacher").tensors, b.state_dict())
-    # the common key wins over others when both are present
+    # model and ema: no key is preferred, the choice is the user's
     torch.save({"model": a.state_dict(), "ema": b.state_dict()}, path)
-    assert load_checkpoint(path).state_key == "model"
+    with pytest.raises(CheckpointError, match=r"\(model, ema\); ncinspect does not guess"):
+        load_checkpoint(path)
     assert same_tensors(load_checkpoint(path, state_key="ema").tensors, b.state_dict())
     with pytest.raises(CheckpointError, match="--state-key 'nope' is not in the checkpoint"):
         load_checkpoint(path, state_key="nope")

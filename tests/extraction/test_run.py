@@ -438,6 +438,37 @@ def test_errors_leave_no_file(env: Env) -> None:
     )
 
 
+def test_lightning_checkpoint_with_a_loss_buffer_needs_no_strict(env: Env) -> None:
+    model = make_model(env.module, seed=4)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["criterion.weight"] = torch.tensor([1.0, 2.0, 0.5])  # the loss's class weights
+    ckpt = env.root / "lightning.ckpt"
+    hparams = {"lr": 0.1, "label_smoothing": 0.0}
+    torch.save({"state_dict": state, "epoch": 7, "hyper_parameters": hparams}, ckpt)
+    args = ["extract", str(ckpt), "--data", str(env.data), "--model", env.spec,
+            "--out", str(env.out), "--batch-size", "8"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and res.stdout == ""
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"ncinspect: error: {ckpt}: does not fit model "), line
+    assert "the prefix 'model.' removed from the checkpoint's keys" in line
+    assert "unexpected keys (1): criterion.weight" in line and "--no-strict" in line
+    assert "missing" not in line and len(line.replace(str(ckpt), "P")) < 400, line
+    assert env.files() == []
+    res = runner.invoke(app, [*args, "--no-strict"])
+    assert res.exit_code == 0, res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings == [
+        f"warning: {ckpt}: ignored 1 unexpected key (--no-strict): criterion.weight"
+    ]
+    (store,) = env.files()
+    meta = check_store(store, model, env.x, env.y)
+    prov = meta["provenance"]
+    assert prov["ignored_keys"] == ["criterion.weight"] and prov["ignored_key_count"] == 1
+    assert prov["stripped_key_prefix"] == "model." and "added_key_prefix" not in prov
+    assert meta["epoch"] == 7
+
+
 def test_head_not_found_lists_candidates(env: Env) -> None:
     (env.code.parent / "nohead.py").write_text(
         "import torch\nfrom torch import nn\n"
@@ -560,3 +591,128 @@ def test_a_store_made_for_another_request_is_refused_not_reused(env: Env) -> Non
         f"ncinspect: error: {store}: exists but was extracted for another request: limit none "
         "(now 5); pass --overwrite to replace it, or choose another --out"
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume: a store is reused only for the same checkpoint bytes and the same options
+
+
+def _refused(config: ExtractConfig, store: Path, *diffs: str) -> None:
+    """The request is refused with exactly the mismatch line naming `diffs`; the store stays."""
+    before = store.stat().st_mtime_ns
+    with pytest.raises(OutputError) as err:
+        run_extract(config)
+    assert err.value.message == (
+        f"exists but was extracted for another request: {'; '.join(diffs)}; pass --overwrite "
+        "to replace it, or choose another --out"
+    )
+    assert store.stat().st_mtime_ns == before
+
+
+def test_a_replaced_checkpoint_is_not_reused(env: Env) -> None:
+    import os
+
+    ckpt = env.root / "epoch_3.pt"
+    torch.save(make_model(env.module, seed=0).state_dict(), ckpt)
+    old = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    config = env.config(ckpt, model=env.spec, run="root")
+    (o,) = run_extract(config)
+    prov = _provenance(o.store)
+    st = ckpt.stat()
+    assert (prov["checkpoint_size"], prov["checkpoint_mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+    # the same bytes with another mtime (touched, copied): the sha256 decides, reused
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert [r.status for r in run_extract(config)] == ["skipped"]
+    # other weights under the same name (the same size): refused, naming both hashes
+    new_model = make_model(env.module, seed=1)
+    torch.save(new_model.state_dict(), ckpt)
+    assert ckpt.stat().st_size == st.st_size
+    new = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    _refused(config, o.store, f"checkpoint_sha256 '{old}' (now '{new}')")
+    (w,) = run_extract(replace(config, overwrite=True))
+    assert w.status == "written"
+    check_store(w.store, new_model, env.x, env.y)
+    assert [r.status for r in run_extract(config)] == ["skipped"]
+
+
+def test_changed_model_options_are_not_reused(env: Env) -> None:
+    ckpt = env.root / "epoch_3.pt"
+    torch.save(make_model(env.module).state_dict(), ckpt)
+    config = env.config(ckpt, model=env.spec, run="root")
+    (o,) = run_extract(config)
+    assert _provenance(o.store)["requested"] == {
+        "model": env.spec, "model_args": {}, "state_key": None, "head": None, "strict": True,
+    }  # fmt: skip
+    other = env.root / "other.py"
+    other.write_text(env.code.read_text())
+    cases = [
+        ({"precision": "bf16"}, ["precision 'fp32' (now 'bf16')"]),
+        ({"model_args": {"hidden": 8}}, ["model_args {} (now {'hidden': 8})"]),
+        ({"head": "body.2"}, ["head none (now 'body.2')"]),
+        ({"state_key": "model"}, ["state_key none (now 'model')"]),
+        ({"strict": False}, ["strict True (now False)"]),
+        (
+            {"model": f"{other}:tiny", "precision": "fp16"},
+            [f"model '{env.spec}' (now '{other}:tiny')", "precision 'fp32' (now 'fp16')"],
+        ),
+    ]
+    for change, diffs in cases:
+        _refused(replace(config, **change), o.store, *diffs)
+    # an explicit head is part of the identity too: a store made with it is not the default's
+    (h,) = run_extract(replace(config, head="head", overwrite=True))
+    assert h.status == "written" and _provenance(h.store)["requested"]["head"] == "head"
+    assert [r.status for r in run_extract(replace(config, head="head"))] == ["skipped"]
+    _refused(config, o.store, "head 'head' (now none)")
+
+
+def test_model_and_ema_need_state_key_and_each_is_its_own_request(env: Env) -> None:
+    a, b = make_model(env.module, seed=0), make_model(env.module, seed=1)
+    opt = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9)
+    a(torch.randn(4, 6)).sum().backward()
+    opt.step()  # the optimizer's state holds tensors; it is not a module state dict
+    ckpt = env.root / "epoch_3.pt"
+    torch.save({"model": a.state_dict(), "ema": b.state_dict(), "optimizer": opt.state_dict(),
+                "epoch": 3}, ckpt)  # fmt: skip
+    res = runner.invoke(
+        app, ["extract", str(ckpt), "--data", str(env.data), "--model", env.spec, "--out",
+              str(env.out), "--run", "root"],
+    )  # fmt: skip
+    assert res.exit_code == 1 and env.files() == []
+    assert res.stderr.strip().splitlines() == [
+        f"ncinspect: error: {ckpt}: several entries hold weights (model, ema); ncinspect does "
+        "not guess which to use: choose one with --state-key (e.g. --state-key model); run "
+        f"`ncinspect inspect {ckpt}` to see what it holds"
+    ]
+    config = env.config(ckpt, model=env.spec, run="root")
+    (m,) = run_extract(replace(config, state_key="model"))
+    check_store(m.store, a, env.x, env.y)
+    # --state-key ema into the same output is not the model's store: refused, not skipped
+    _refused(replace(config, state_key="ema"), m.store, "state_key 'model' (now 'ema')")
+    _refused(config, m.store, "state_key 'model' (now none)")
+    (e,) = run_extract(replace(config, state_key="ema", overwrite=True))
+    assert e.status == "written" and _provenance(e.store)["state_key"] == "ema"
+    check_store(e.store, b, env.x, env.y)
+
+
+def test_stores_without_the_new_attributes_match_default_options(env: Env) -> None:
+    """A store written before the options and the checkpoint's stat were recorded: an option
+    left at its default matches, one given must equal what the store recorded, and the sha256
+    decides about the checkpoint."""
+    ckpt = env.root / "epoch_3.pt"
+    torch.save(make_model(env.module).state_dict(), ckpt)
+    config = env.config(ckpt, model=env.spec, run="root")
+    (o,) = run_extract(config)
+    with h5py.File(o.store, "r+") as f:
+        prov = json.loads(f.attrs["provenance"])
+        for key in ("requested", "checkpoint_size", "checkpoint_mtime_ns", "precision"):
+            del prov[key]
+        f.attrs["provenance"] = json.dumps(prov)
+    for same in (config, replace(config, head="head"), replace(config, precision="fp32")):
+        assert [r.status for r in run_extract(same)] == ["skipped"]
+    _refused(replace(config, head="body.2"), o.store, "head 'head' (now 'body.2')")
+    _refused(replace(config, precision="bf16"), o.store, "precision none (now 'bf16')")
+    _refused(replace(config, state_key="model"), o.store, "state_key none (now 'model')")
+    old = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    torch.save(make_model(env.module, seed=5).state_dict(), ckpt)
+    new = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    _refused(config, o.store, f"checkpoint_sha256 '{old}' (now '{new}')")
