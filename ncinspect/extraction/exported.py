@@ -105,19 +105,30 @@ def trusted_export_weights(p: Path) -> dict[str, torch.Tensor]:
     """The program's parameters and buffers through `torch.export.load`, which unpickles and
     runs what the archive holds: only with --trust-code, for an archive the checked reader
     (`read_export_weights`) refuses (an older layout, pickled payloads)."""
+    program = _load_program(p, trust_code=True, fix="")
+    return {k: v.detach() for k, v in program.state_dict.items()}
+
+
+def _load_program(p: Path, *, trust_code: bool, fix: str) -> torch.export.ExportedProgram:
+    """The "model" program: `torch.export.load` with `trust_code`, else torch's `load_pt2`
+    (no legacy fallback; call it only after the audit passed). CheckpointError, ending with
+    `fix`, when deserialisation fails."""
     import torch
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.load(str(p))
+            if trust_code:
+                return torch.export.load(str(p))
+            from torch.export.pt2_archive._package import load_pt2
+
+            return load_pt2(str(p)).exported_programs["model"]
     except Exception as exc:  # noqa: BLE001 - deserialisation raises many types
         raise CheckpointError(
             f"the exported program cannot be loaded ({type(exc).__name__}: "
-            f"{first_line(str(exc))}); {hint(p)}",
+            f"{first_line(str(exc))}); {fix}{hint(p)}",
             path=p,
         ) from None
-    return {k: v.detach() for k, v in program.state_dict.items()}
 
 
 def load_exported_module(path: str | Path, *, trust_code: bool = False) -> ExportedModule:
@@ -132,20 +143,16 @@ def load_exported_module(path: str | Path, *, trust_code: bool = False) -> Expor
         problems = audit_exported_program(p)
         if problems:
             raise refusal(p, problems)
+    fix = "pass --model SPEC to use only its weights; "
+    program = _load_program(p, trust_code=trust_code, fix=fix)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if trust_code:
-                program = torch.export.load(str(p))
-            else:
-                from torch.export.pt2_archive._package import load_pt2
-
-                program = load_pt2(str(p)).exported_programs["model"]
             module = torch.export.unflatten(program)
-    except Exception as exc:  # noqa: BLE001 - deserialisation raises many types
+    except Exception as exc:  # noqa: BLE001 - unflattening raises many types
         raise CheckpointError(
             f"the exported program cannot be loaded ({type(exc).__name__}: "
-            f"{first_line(str(exc))}); pass --model SPEC to use only its weights; {hint(p)}",
+            f"{first_line(str(exc))}); {fix}{hint(p)}",
             path=p,
         ) from None
     shape: tuple[int | None, ...] | None = None

@@ -163,23 +163,28 @@ def torch_pickle(obj: object) -> bytes:
     return buf.getvalue()
 
 
-def second_program_pickled_weight(members: Members, root: str) -> Members:
-    """A copy of every "model" member as program "extra", whose first weight is a pickle."""
-    out = list(members)
-    for info, data in members:
-        rel = info.filename[len(root) + 1 :]
-        renamed = rel.replace("/model.", "/extra.").replace("/model_", "/extra_")
-        if renamed == rel:
-            continue
-        new = zipfile.ZipInfo(f"{root}/{renamed}")
-        if rel.endswith("model_weights_config.json"):
-            doc = json.loads(data)
-            first = next(iter(doc["config"].values()))
-            first.update(use_pickle=True, path_name="weight_99")
-            data = json.dumps(doc).encode()
-            out.append((zipfile.ZipInfo(f"{root}/data/weights/weight_99"), torch_pickle(Exec("1"))))
-        out.append((new, data))
-    return out
+def second_program(payload: object) -> Callable[[Members, str], Members]:
+    """An edit: a copy of every "model" member as program "extra", whose first weight is a
+    pickle of `payload`."""
+
+    def apply(members: Members, root: str) -> Members:
+        out = list(members)
+        for info, data in members:
+            rel = info.filename[len(root) + 1 :]
+            renamed = rel.replace("/model.", "/extra.").replace("/model_", "/extra_")
+            if renamed == rel:
+                continue
+            if rel.endswith("model_weights_config.json"):
+                doc = json.loads(data)
+                first = next(iter(doc["config"].values()))
+                first.update(use_pickle=True, path_name="weight_99")
+                data = json.dumps(doc).encode()
+                weight = zipfile.ZipInfo(f"{root}/data/weights/weight_99")
+                out.append((weight, torch_pickle(payload)))
+            out.append((zipfile.ZipInfo(f"{root}/{renamed}"), data))
+        return out
+
+    return apply
 
 
 def _node(doc: dict, target: str, inputs: list | None = None) -> None:
@@ -277,7 +282,7 @@ REFUSALS: dict[str, tuple[Callable[[Members, str], Members], str]] = {
         "module stack entry",
     ),
     "second program pickles a weight": (
-        second_program_pickled_weight,
+        second_program(Exec("1")),
         "weight 'body.0.weight' of program 'extra' is a pickle",
     ),
     "opaque constant": (add("data/constants/opaque_obj_0", pickle.dumps(1)), "stored Python"),

@@ -20,6 +20,7 @@ from tests.extraction.test_exported import (
     edit,
     edit_json,
     export,
+    second_program,
     torch_pickle,
 )
 from tests.hostile.harness import Attack, Crafted, case_ids, cases, check_attack, check_trusted
@@ -31,28 +32,12 @@ def _write_marker(marker: Path) -> Exec:
     return Exec(f"open({str(marker)!r}, 'w').write('ran')")
 
 
-def second_program(folder: Path) -> Crafted:
+def second_program_weight(folder: Path) -> Crafted:
     """The audit used to check only "model"; torch loads every models/*.json, so a second
     program's pickled weight ran code."""
     marker = folder / "marker"
 
-    def change(members: Members, root: str) -> Members:
-        out = list(members)
-        for info, data in members:
-            rel = info.filename[len(root) + 1 :]
-            renamed = rel.replace("/model.", "/extra.").replace("/model_", "/extra_")
-            if renamed == rel:
-                continue
-            if rel.endswith("model_weights_config.json"):
-                doc = json.loads(data)
-                next(iter(doc["config"].values())).update(use_pickle=True, path_name="weight_99")
-                data = json.dumps(doc).encode()
-                evil = torch_pickle(_write_marker(marker))
-                out.append((type(info)(f"{root}/data/weights/weight_99"), evil))
-            out.append((type(info)(f"{root}/{renamed}"), data))
-        return out
-
-    path = edit(export(MLP(D), folder / "two.pt2", D), change)
+    path = edit(export(MLP(D), folder / "two.pt2", D), second_program(_write_marker(marker)))
     return Crafted(path, markers=[marker])
 
 
@@ -204,7 +189,7 @@ ATTACKS = [
     ),
     Attack(
         "second-program-pickled-weight",
-        second_program,
+        second_program_weight,
         ("extract", "inspect"),
         ("of program 'extra' is a pickle", "--trust-code"),
         trusted_marker=True,
