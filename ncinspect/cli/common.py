@@ -34,8 +34,11 @@ T = TypeVar("T")
 
 
 class By(str, Enum):
-    """`report --by`: a row per store, a row per run, or each run's checkpoints."""
+    """`report --by`: a row per store, a row per run, each run's checkpoints, or `auto` (a row
+    per run plus its first-to-final change when a run has several checkpoints and the output is
+    a table; a row per store otherwise)."""
 
+    auto = "auto"
     checkpoint = "checkpoint"
     run = "run"
     epoch = "epoch"

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer()
 
+# The metric two runs are matched at when --at is not given: each task's first collapse measure.
+DEFAULT_AT: dict[str, str] = {"classification": "nc1", "regression": "nrc1"}
+
 
 @app.command()
 def compare(
@@ -27,7 +30,13 @@ def compare(
         Path, typer.Argument(help="A run: a directory of stores (as extract writes).")
     ],
     run_b: Annotated[Path, typer.Argument(help="The run to compare with it.")],
-    at: Annotated[str, typer.Option(help="The metric to match the runs at.")] = "nc1",
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="The metric to match the runs at (default: nc1 for classification runs, nrc1 "
+            "for regression runs)."
+        ),
+    ] = None,
     metric: Annotated[
         str | None,
         typer.Option(
@@ -62,6 +71,7 @@ def compare(
         import json
 
         from ncinspect.api import analyze
+        from ncinspect.render import runviews as views
         from ncinspect.render import tables as rep
         from ncinspect.runs import compare_runs, comparison_json, group_runs, run_names
 
@@ -87,19 +97,20 @@ def compare(
             a.name, b.name = distinct[a.key], distinct[b.key]
         if a.name == b.name and run_a.resolve() != run_b.resolve():
             b.name = str(run_b)
-        comparison = compare_runs(a, b, at, chosen, level_values, n_levels)
+        matched_at = at or DEFAULT_AT.get(a.task, "nc1")
+        comparison = compare_runs(a, b, matched_at, chosen, level_values, n_levels)
         if plot_dir is not None:
             from ncinspect.render.plots import plot_matched
 
             for path in plot_matched(comparison, plot_dir):
                 print(f"wrote {visible(path)}", file=sys.stderr)
-        grids = rep.comparison_grids(comparison)
+        grids = views.comparison_grids(comparison)
         if format is Format.table and output is None:
             rep.print_grids(grids, width=width)
             return
         render = {
             Format.json: lambda: json.dumps(comparison_json(comparison), indent=2, allow_nan=False),
-            Format.csv: lambda: rep.comparison_csv(comparison),
+            Format.csv: lambda: views.comparison_csv(comparison),
             Format.markdown: lambda: rep.grids_markdown(grids),
             Format.table: lambda: rep.grids_text(grids, width or 160),
         }

@@ -105,9 +105,11 @@ def report(
         typer.Option(
             "--by",
             help="checkpoint: a row per store; run: a row per run at its final checkpoint; "
-            "epoch: each run's metrics across its checkpoints.",
+            "epoch: each run's metrics across its checkpoints; auto: for tables and Markdown, "
+            "a row per run with its first-to-final change when some run has several "
+            "checkpoints (else a row per store); for json and csv, a row per store.",
         ),
-    ] = By.checkpoint,
+    ] = By.auto,
     trajectory: Annotated[
         bool, typer.Option("--trajectory", help="Same as --by epoch.", show_default=False)
     ] = False,
@@ -148,7 +150,7 @@ def report(
                 print(visible(line), file=sys.stderr)
         if not results:
             raise NcInspectError("no feature store or dump found in " + ", ".join(map(str, paths)))
-        view = By.epoch if trajectory else by
+        view = _view(By.epoch if trajectory else by, results, format, baseline)
         if baseline is not None and view is not By.run:
             raise UsageError("--baseline needs --by run")
         if view is not By.checkpoint:
@@ -170,6 +172,21 @@ def report(
     guarded(body)
 
 
+def _view(by: By, results: list[Any], format: Format, baseline: str | None) -> By:
+    """`--by auto`: the summary of each run for tables (a screenful, not one row per
+    checkpoint), every store for json and csv, the run view when --baseline asks for it."""
+    if by is not By.auto:
+        return by
+    if baseline is not None:
+        return By.run
+    if format in (Format.json, Format.csv):
+        return By.checkpoint
+    from ncinspect.metrics.results import run_key
+
+    keys = [(run_key(r), r.split) for r in results]
+    return By.auto if len(set(keys)) < len(keys) else By.checkpoint
+
+
 def _render_runs(
     results: list[Any],
     view: By,
@@ -183,6 +200,7 @@ def _render_runs(
     import json
 
     from ncinspect.metrics.keys import TABLE_DEFAULT, keys_for
+    from ncinspect.render import runviews as views
     from ncinspect.render import tables as rep
     from ncinspect.runs import group_runs, runs_json, runs_table
 
@@ -196,7 +214,7 @@ def _render_runs(
         return list(TABLE_DEFAULT[task] if table else every)
 
     table_like = format in (Format.table, Format.markdown)
-    if view is By.run:
+    if view in (By.run, By.auto):
         chosen = [
             k
             for task in ("classification", "regression")
@@ -204,17 +222,21 @@ def _render_runs(
             for k in keys(task, table_like)
         ]
         table = runs_table(runs, chosen, baseline)
-        grids = rep.runs_grids(table)
+        grids = (
+            views.runs_grids(table)
+            if view is By.run
+            else views.summary_grids(runs, table, selected)
+        )
         render = {
             Format.json: lambda: json.dumps(runs_json(table), indent=2, allow_nan=False),
-            Format.csv: lambda: rep.runs_csv(table),
+            Format.csv: lambda: views.runs_csv(table),
         }
     else:
         by_task = {task: keys(task, table_like) for task in tasks}
-        grids = rep.trajectory_grids(runs, by_task)
+        grids = views.trajectory_grids(runs, by_task)
         render = {
-            Format.json: lambda: rep.trajectory_json(runs, by_task),
-            Format.csv: lambda: rep.trajectory_csv(runs, by_task),
+            Format.json: lambda: views.trajectory_json(runs, by_task),
+            Format.csv: lambda: views.trajectory_csv(runs, by_task),
         }
     render[Format.markdown] = lambda: rep.grids_markdown(grids)
     render[Format.table] = lambda: rep.grids_text(grids, width or 160)

@@ -23,19 +23,18 @@ from rich.table import Table
 from ncinspect._version import __version__
 from ncinspect.errors import visible
 from ncinspect.metrics.keys import METRICS, TABLE_DEFAULT, keys_for
-from ncinspect.metrics.results import Result, jsonable, run_key
+from ncinspect.metrics.results import Result, run_key
 from ncinspect.render.ufm import (
     distance_caption,
     distance_rows,
     distance_title,
-    distance_trajectory,
     report_rows,
     report_title,
 )
 from ncinspect.ufm.distance import UFM_CAVEAT
 
 if TYPE_CHECKING:
-    from ncinspect.runs import Comparison, Run, RunsTable
+    pass
 
 TASK_ORDER = ("classification", "regression")
 ID_COLUMNS = ("source", "run", "checkpoint", "epoch", "task", "split", "n", "d", "k", "t")
@@ -100,7 +99,7 @@ def columns_for(task: str, selected: Sequence[str] | None, *, table: bool) -> li
     return list(TABLE_DEFAULT[task] if table else every)
 
 
-def _labels(r: Result, names: dict[str, str] | None = None) -> tuple[str, str]:
+def result_labels(r: Result, names: dict[str, str] | None = None) -> tuple[str, str]:
     """(run, checkpoint) as a row shows them; `names` from `_run_names` tells runs of one name
     in two folders apart."""
     src = Path(r.source)
@@ -118,7 +117,7 @@ def _run_names(results: Sequence[Result]) -> dict[str, str]:
     return run_names(run_key(r) for r in results)
 
 
-def _split_text(split: str | None) -> str:
+def split_text(split: str | None) -> str:
     return "-" if split is None else split
 
 
@@ -147,16 +146,16 @@ def build_tables(results: Sequence[Result], selected: Sequence[str] | None) -> l
             header = METRICS[key].header
             table.add_column(header, justify="right", no_wrap=True)
         for r in rows:
-            run, ckpt = _labels(r, names)
+            run, ckpt = result_labels(r, names)
             epoch = "-" if r.epoch is None else str(r.epoch)
             values = [fmt_number(r.metrics.get(k)) for k in keys]
-            split = [visible(_split_text(r.split))] if with_split else []
+            split = [visible(split_text(r.split))] if with_split else []
             table.add_row(visible(run), visible(ckpt), *split, epoch, str(r.n), *values)
-        legend = [_legend(keys)]
+        caption = [legend(keys)]
         hidden = len(keys_for(task)) - len(keys)
         if hidden and not selected:
-            legend.append(f"{hidden} more keys with --metrics all or --format json")
-        table.caption = "\n".join(legend)
+            caption.append(f"{hidden} more keys with --metrics all or --format json")
+        table.caption = "\n".join(caption)
         table.caption_justify = "left"
         tables.append(table)
     return tables
@@ -220,9 +219,6 @@ def to_json(results: Sequence[Result], selected: Sequence[str] | None = None) ->
     return json.dumps(doc, indent=2, allow_nan=False)
 
 
-_csv_cell = csv_cell
-
-
 def to_csv(results: Sequence[Result], selected: Sequence[str] | None = None) -> str:
     keys: list[str] = []
     for task, _ in by_task(results).items():
@@ -232,8 +228,8 @@ def to_csv(results: Sequence[Result], selected: Sequence[str] | None = None) -> 
     writer.writerow([*ID_COLUMNS, *keys])
     for r in results:
         rec = r.to_json()
-        ids = [_csv_cell(rec[c]) for c in ID_COLUMNS]
-        writer.writerow([*ids, *(_csv_cell(r.metrics.get(k)) for k in keys)])
+        ids = [csv_cell(rec[c]) for c in ID_COLUMNS]
+        writer.writerow([*ids, *(csv_cell(r.metrics.get(k)) for k in keys)])
     return buf.getvalue()
 
 
@@ -248,9 +244,9 @@ def to_markdown(results: Sequence[Result], selected: Sequence[str] | None = None
         lines = [f"**{task}**", "", "| " + " | ".join(head) + " |"]
         lines.append("|" + "|".join(["---"] * len(ids) + ["---:"] * (len(head) - len(ids))) + "|")
         for r in rows:
-            run, ckpt = _labels(r, names)
+            run, ckpt = result_labels(r, names)
             epoch = "" if r.epoch is None else str(r.epoch)
-            split = [md_cell(_split_text(r.split))] if with_split else []
+            split = [md_cell(split_text(r.split))] if with_split else []
             cells = [md_cell(run), md_cell(ckpt), *split, epoch, str(r.n)]
             cells += [fmt_number(r.metrics.get(k)) for k in keys]
             lines.append("| " + " | ".join(cells) + " |")
@@ -332,7 +328,7 @@ def grids_markdown(grids: Sequence[Grid]) -> str:
     return "\n\n".join(g.markdown() for g in grids) + "\n"
 
 
-def _legend(keys: Sequence[str]) -> str:
+def legend(keys: Sequence[str]) -> str:
     lower = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "lower"]
     higher = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "higher"]
     other = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "-"]
@@ -344,205 +340,6 @@ def _legend(keys: Sequence[str]) -> str:
     if other:
         parts.append("parameters: " + ", ".join(other))
     return "\n".join(parts)
-
-
-def runs_grids(table: RunsTable) -> list[Grid]:
-    """One grid per task: a row per run at its final checkpoint; '*' marks each column's best
-    (within a split, and a split column, when the rows hold more than one split)."""
-    from ncinspect.runs import label_text
-
-    grids = []
-    for task in TASK_ORDER:
-        rows = [row for row in table.rows if row.task == task]
-        if not rows:
-            continue
-        keys = [k for k in table.keys if k in keys_for(task)]
-        with_split = mixed_splits(row.split for row in rows)
-        ids = ["run", *(["split"] if with_split else []), "labels"]
-        headers = [*ids, "epochs", "final", *(METRICS[k].header for k in keys)]
-        among = " among runs of its split" if with_split else ""
-        caption = _legend(keys) + f"\n* best value in its column{among} (final checkpoints)"
-        if table.baseline is not None:
-            caption += f"\n(xR): ratio to the baseline run {visible(table.baseline)}"
-        grid = Grid(f"{task} runs ({len(rows)})", headers, numeric_from=len(ids), caption=caption)
-        for row in rows:
-            epochs = [e for e in row.epochs if e is not None]
-            best = table.best_in_split.get(row.split, {}) if table.best_in_split else table.best
-            cells = []
-            for k in keys:
-                cell = fmt_number(row.final.metrics.get(k))
-                if best.get(k) == row.run:
-                    cell += "*"
-                if row.ratio_to_baseline is not None:
-                    ratio = row.ratio_to_baseline.get(k)
-                    cell += f" (x{ratio:.3g})" if ratio is not None else " (x-)"
-                cells.append(cell)
-            final = "-" if row.final.epoch is None else str(row.final.epoch)
-            grid.rows.append(
-                [
-                    row.run,
-                    *([_split_text(row.split)] if with_split else []),
-                    label_text(row.labels) or "-",
-                    str(len(epochs) or len(row.epochs)),
-                    final,
-                    *cells,
-                ]
-            )
-        grids.append(grid)
-    return grids + ufm_grids([row.final for row in table.rows])
-
-
-def runs_csv(table: RunsTable) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    label_keys = sorted({k for row in table.rows for k in row.labels})
-    ratio_cols = [f"ratio_{k}" for k in table.keys] if table.baseline is not None else []
-    with_split = mixed_splits(row.split for row in table.rows)
-    writer.writerow(
-        [
-            "run",
-            "task",
-            *(["split"] if with_split else []),
-            *(csv_cell(k) for k in label_keys),
-            "checkpoints",
-            "final_epoch",
-            *table.keys,
-            *ratio_cols,
-        ]
-    )
-    for row in table.rows:
-        ratios = row.ratio_to_baseline or {}
-        writer.writerow(
-            [
-                csv_cell(row.run),
-                csv_cell(row.task),
-                *([csv_cell(row.split)] if with_split else []),
-                *(_csv_cell(row.labels.get(k)) for k in label_keys),
-                len(row.epochs),
-                _csv_cell(row.final.epoch),
-                *(_csv_cell(row.final.metrics.get(k)) for k in table.keys),
-                *(_csv_cell(ratios.get(k)) for k in table.keys if ratio_cols),
-            ]
-        )
-    return buf.getvalue()
-
-
-def trajectory_grids(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> list[Grid]:
-    from ncinspect.runs import label_text
-
-    grids = []
-    with_split = mixed_splits(run.split for run in runs)
-    for run in runs:
-        keys = keys_by_task[run.task]
-        labels = label_text(run.labels)
-        title = f"{run.name}" + (f" ({labels})" if labels else "") + f": {run.task}"
-        if with_split:
-            title += f", split {_split_text(run.split)}"
-        grid = Grid(
-            title,
-            ["epoch", "checkpoint", "N", *(METRICS[k].header for k in keys)],
-            numeric_from=2,
-            caption=_legend(keys),
-        )
-        for r in run.results:
-            grid.rows.append(
-                [
-                    "-" if r.epoch is None else str(r.epoch),
-                    _labels(r)[1],
-                    str(r.n),
-                    *(fmt_number(r.metrics.get(k)) for k in keys),
-                ]
-            )
-        grids.append(grid)
-    return grids + ufm_trajectory_grids(runs)
-
-
-def trajectory_json(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> str:
-    from ncinspect.runs import trajectory
-
-    doc = {
-        "ncinspect_version": __version__,
-        "runs": [
-            {
-                "run": run.name,
-                "task": run.task,
-                "split": run.split,
-                "labels": jsonable(run.labels),
-                "trajectory": [
-                    {**entry, **({"ufm": jsonable(r.ufm)} if r.ufm is not None else {})}
-                    for entry, r in zip(
-                        trajectory(run, keys_by_task[run.task]), run.results, strict=True
-                    )
-                ],
-            }
-            for run in runs
-        ],
-    }
-    return json.dumps(doc, indent=2, allow_nan=False)
-
-
-def trajectory_csv(runs: Sequence[Run], keys_by_task: dict[str, list[str]]) -> str:
-    keys = [k for task in TASK_ORDER for k in keys_by_task.get(task, [])]
-    with_split = mixed_splits(run.split for run in runs)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["run", "task", *(["split"] if with_split else []), "epoch", "source", *keys])
-    for run in runs:
-        for r in run.results:
-            writer.writerow(
-                [
-                    csv_cell(run.name),
-                    csv_cell(run.task),
-                    *([csv_cell(run.split)] if with_split else []),
-                    _csv_cell(r.epoch),
-                    csv_cell(r.source),
-                    *(_csv_cell(r.metrics.get(k)) for k in keys),
-                ]
-            )
-    return buf.getvalue()
-
-
-def comparison_grids(c: Comparison) -> list[Grid]:
-    """Matched values at each level, then the first epoch each run reaches each level."""
-    at = METRICS[c.at].header
-    name_a, name_b = visible(c.a.name), visible(c.b.name)  # one line each, in the caption too
-    headers = [at]
-    for k in c.metrics:
-        h = METRICS[k].header
-        headers += [f"{h} {c.a.name}", f"{h} {c.b.name}", f"{h} diff"]
-    caption = (
-        f"each run's metrics where {c.at} first reaches the level, interpolated in log {c.at} "
-        f"between the checkpoints around the crossing (never extrapolated; n/a: not crossed); "
-        f"diff = {name_b} - {name_a}\n" + _legend(c.metrics)
-    )
-    matched = Grid(f"{c.a.name} vs {c.b.name} at matched {c.at}", headers, 0, caption)
-    for m in c.levels:
-        row = [fmt_number(m.level)]
-        for k in c.metrics:
-            row += [fmt_number(m.a[k]), fmt_number(m.b[k]), fmt_number(m.diff[k])]
-        matched.rows.append(row)
-    speed = Grid(f"first epoch reaching each {c.at} level", [at, c.a.name, c.b.name], 0)
-    for m in c.levels:
-        ea = c.first_epoch_reaching["a"].get(m.level)
-        eb = c.first_epoch_reaching["b"].get(m.level)
-        speed.rows.append([fmt_number(m.level), _reached_text(ea), _reached_text(eb)])
-    return [matched, speed]
-
-
-def _reached_text(epoch: int | None) -> str:
-    return "not reached" if epoch is None else str(epoch)
-
-
-def comparison_csv(c: Comparison) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([c.at, "metric", csv_cell(c.a.name), csv_cell(c.b.name), "diff"])
-    for m in c.levels:
-        for k in c.metrics:
-            writer.writerow(
-                [m.level, k, _csv_cell(m.a[k]), _csv_cell(m.b[k]), _csv_cell(m.diff[k])]
-            )
-    return buf.getvalue()
 
 
 def print_ufm(reports: Sequence[dict[str, Any]], width: int | None = None) -> None:
@@ -579,30 +376,6 @@ def ufm_grids(results: Sequence[Result]) -> list[Grid]:
             caption=distance_caption(r.ufm),
         )
         grid.rows = [list(row) for row in distance_rows(r.ufm)]
-        grids.append(grid)
-    if grids:
-        grids[-1].caption += f"\ncaveat: {UFM_CAVEAT}"
-    return grids
-
-
-def ufm_trajectory_grids(runs: Sequence[Run]) -> list[Grid]:
-    """Per run with UFM blocks: the optimum, then each checkpoint's measured values."""
-    from ncinspect.runs import label_text
-
-    grids = []
-    for run in runs:
-        blocks = [
-            ("-" if r.epoch is None else str(r.epoch), _labels(r)[1], r.ufm)
-            for r in run.results
-            if r.ufm is not None
-        ]
-        if not blocks:
-            continue
-        headers, rows = distance_trajectory(run.task, blocks)
-        labels = label_text(run.labels)
-        title = f"{run.name}" + (f" ({labels})" if labels else "") + ": distance to the UFM optimum"
-        grid = Grid(title, headers, numeric_from=2, caption=distance_caption(blocks[-1][2]))
-        grid.rows = rows
         grids.append(grid)
     if grids:
         grids[-1].caption += f"\ncaveat: {UFM_CAVEAT}"

@@ -102,7 +102,7 @@ def test_report_seeds_and_splits(tmp_path: Path) -> None:
         ("seed1/ce[test]", "test", [2, 10, 30]),
         ("seed1/ce[train]", "train", [2, 10, 30]),
     ]
-    res = cli("report", root, "-f", "markdown", "-m", "nc1", "-q")
+    res = cli("report", root, "--by", "checkpoint", "-f", "markdown", "-m", "nc1", "-q")
     assert "| run | checkpoint | split | epoch | N | NC1 |" in res.stdout
     rows = [ln.split(" | ")[:3] for ln in res.stdout.splitlines() if ln.startswith("| seed")]
     assert len(rows) == 12 and len({tuple(r) for r in rows}) == 12
@@ -110,3 +110,31 @@ def test_report_seeds_and_splits(tmp_path: Path) -> None:
     res = cli("report", root, "--by", "epoch", "-f", "csv", "-m", "nc1", "-q")
     header, *lines = res.stdout.splitlines()
     assert header == "run,task,split,epoch,source,nc1" and len(lines) == 12
+
+
+def _regression_run(folder: Path, decay: float, seed: int) -> Path:
+    """Epochs whose features approach a 2-D subspace (NRC1 falls) with a head on that subspace."""
+    rng = np.random.default_rng(seed)
+    n, d, t = 200, 8, 2
+    basis = np.linalg.qr(rng.normal(size=(d, t)))[0]
+    targets = rng.normal(size=(n, t))
+    for i, epoch in enumerate((1, 5, 20)):
+        x = targets @ basis.T + decay**i * rng.normal(size=(n, d))
+        write_store(
+            folder / f"epoch_{epoch}.pt.train.h5",
+            features=x,
+            targets=targets,
+            weight=basis.T,
+            attrs={"run": folder.name, "epoch": epoch, "split": "train"},
+        )
+    return folder
+
+
+def test_compare_defaults_to_a_metric_of_the_runs_task(tmp_path: Path) -> None:
+    a = _regression_run(tmp_path / "mse", 0.3, 0)
+    b = _regression_run(tmp_path / "mse_wd", 0.2, 1)
+    res = cli("compare", a, b, "-f", "json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["at"] == "nrc1"
+    assert "nrc1" not in doc["levels"][0]["a"]  # the matched metric is not compared with itself

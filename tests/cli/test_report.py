@@ -199,8 +199,50 @@ def test_by_run_baseline_ratio(runs_dir: Path) -> None:
 
 
 def test_baseline_needs_by_run(runs_dir: Path) -> None:
-    res = runner.invoke(app, ["report", str(runs_dir), "--baseline", "ce"])
+    res = runner.invoke(app, ["report", str(runs_dir), "--by", "epoch", "--baseline", "ce"])
     assert res.exit_code == 2 and "--baseline needs --by run" in res.stderr
+    res = runner.invoke(app, ["report", str(runs_dir), "--baseline", "ce", "-f", "json"])
+    assert res.exit_code == 0, res.stderr
+    assert [r["run"] for r in json.loads(res.stdout)["runs"]] == ["ce", "ls"]
+
+
+def _long_run(root: Path, epochs: int = 15) -> Path:
+    """One run of `epochs` checkpoints whose within-class spread shrinks by 0.8 an epoch."""
+    rng = np.random.default_rng(5)
+    k, d, n = 5, 10, 20
+    means = rng.normal(size=(k, d)) * 3
+    y = np.repeat(np.arange(k), n)
+    for i in range(epochs):
+        x = means[y] + 0.8**i * rng.normal(size=(k * n, d))
+        write_store(
+            root / "ce" / f"epoch_{i + 1}.pt.train.h5",
+            features=x,
+            labels=y,
+            weight=means,
+            attrs={"run": "ce", "epoch": i + 1, "split": "train"},
+        )
+    return root
+
+
+def test_default_view_of_a_long_run_fits_a_screen(tmp_path: Path) -> None:
+    root = _long_run(tmp_path)
+    table = cli("report", root, "--width", "200", "-q")
+    assert table.exit_code == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert len(lines) < 40, table.stdout  # one row per checkpoint took 15 x 2 lines + UFM blocks
+    assert "from the first to the final checkpoint" in table.stdout
+    assert "--by checkpoint" in table.stdout and "1-15" in table.stdout
+    every = cli("report", root, "--by", "checkpoint", "-f", "markdown", "-q")
+    assert sum(ln.startswith("| ce |") for ln in every.stdout.splitlines()) == 15
+    # scripts keep one record per store
+    doc = json.loads(cli("report", root, "-f", "json", "-q").stdout)
+    assert len(doc["results"]) == 15
+    first, final = doc["results"][0]["metrics"], doc["results"][-1]["metrics"]
+    md = cli("report", root, "-f", "markdown", "-m", "nc1", "-q").stdout
+    row = next(ln for ln in md.splitlines() if ln.startswith("| ce | 15 | 1-15 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[3]) == pytest.approx(first["nc1"], rel=1e-3)
+    assert float(cells[4]) == pytest.approx(final["nc1"], rel=1e-3)
 
 
 def test_by_epoch_csv_is_in_epoch_order(runs_dir: Path) -> None:

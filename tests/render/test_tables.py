@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
 from ncinspect.metrics.results import Result
-from ncinspect.render.tables import grids_text, runs_grids, table_text, to_markdown
+from ncinspect.render.runviews import runs_grids
+from ncinspect.render.tables import grids_text, table_text, to_markdown
 from ncinspect.runs import group_runs, runs_table
 from tests.helpers.paths import GOLDEN
 
