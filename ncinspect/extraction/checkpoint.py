@@ -446,6 +446,15 @@ def _is_state(value: Any) -> bool:
     return isinstance(value, nn.Module)
 
 
+class AmbiguousStateError(CheckpointError):
+    """A wrapper dict with several state dicts (`candidates`, in file order): --state-key
+    chooses."""
+
+    def __init__(self, candidates: list[str], message: str, path: Path) -> None:
+        super().__init__(message, path=path)
+        self.candidates = candidates
+
+
 def _select_state(p: Path, obj: Mapping[str, Any], state_key: str | None) -> tuple[str, Any]:
     """The wrapper dict's entry that holds the model's weights: `state_key`, else the one entry
     that is a state dict or an nn.Module (`_is_state`; an optimizer's state is neither). Several
@@ -477,7 +486,8 @@ def _select_state(p: Path, obj: Mapping[str, Any], state_key: str | None) -> tup
         return holders[0], obj[holders[0]]
     if holders:
         # model + ema, state_dict + ema_state_dict, student + teacher: never guessed.
-        raise CheckpointError(
+        raise AmbiguousStateError(
+            holders,
             f"several entries hold weights ({', '.join(holders)}); ncinspect does not guess "
             f"which to use: choose one with --state-key (e.g. --state-key {holders[0]}); "
             f"{hint(p)}",

@@ -18,6 +18,7 @@ from typing import Any
 from ncinspect.errors import InputError, NcInspectError, reading
 from ncinspect.extraction.checkpoint import (
     CHECKPOINT_FORMATS,
+    AmbiguousStateError,
     epoch_from_name,
     list_checkpoints,
     load_checkpoint,
@@ -148,9 +149,18 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], trust_code: bo
             desc["epoch"], desc["epoch_source"] = e, "file name"
         _sidecar(p, desc)
         return
+    candidates: list[str] = []
     try:
         # A TorchScript archive is always read as data: inspect never runs a scripted module.
         ckpt = load_checkpoint(p, trust_code=trust_code and fmt != "torchscript")
+    except AmbiguousStateError as exc:
+        # model + ema: described through the first, with every candidate named
+        candidates = exc.candidates
+        ckpt = load_checkpoint(p, trust_code=trust_code, state_key=candidates[0])
+        notes.append(
+            f"several entries hold weights ({', '.join(candidates)}): extract needs "
+            f"--state-key NAME; the tensors below are {candidates[0]!r}'s"
+        )
     except NcInspectError as exc:
         scripted_code = fmt == "torchscript" and "without running its code" in exc.message
         desc["loads_safely"] = False if "pickled object" in exc.message or scripted_code else None
@@ -170,12 +180,16 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], trust_code: bo
         desc["contents"] = "a program (graph and weights)"
     elif fmt == "torchscript":
         desc["contents"] = "a scripted module (code and weights)"
+    elif candidates:
+        desc["contents"] = f"a dict holding {len(candidates)} state dicts: {', '.join(candidates)}"
     elif ckpt.state_key:
         desc["contents"] = f"a dict holding the state dict under '{ckpt.state_key}'"
     else:
         desc["contents"] = "a state dict (name -> tensor)"
-    desc["state_key"] = ckpt.state_key
-    if ckpt.other_state_keys:
+    desc["state_key"] = None if candidates else ckpt.state_key
+    if candidates:
+        desc["state_key_candidates"] = candidates
+    elif ckpt.other_state_keys:
         desc["other_state_keys"] = ckpt.other_state_keys
         notes.append(
             "other entries also hold weights: "

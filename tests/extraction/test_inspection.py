@@ -67,3 +67,20 @@ def test_inspect_store_after_extraction(env: Env) -> None:
     assert desc["kind"] == "store" and desc["n"] == N and desc["provenance"]["head"] == "head"
     assert desc["attributes"]["epoch"] == 5
     assert "provenance:" in format_description(desc)
+
+
+def test_describe_a_model_and_ema_wrapper_lists_the_candidates(
+    tmp_path: Path, tiny: tuple[Path, ModuleType]
+) -> None:
+    """inspect is where a user learns what to pass to --state-key: it describes the file (it
+    loads safely) and names every candidate, instead of failing like extract does."""
+    model, ema = make_model(tiny[1], seed=0), make_model(tiny[1], seed=1)
+    path = tmp_path / "last.pt"
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "epoch": 9}, path)
+    desc = describe(path)
+    assert desc["loads_safely"] is True and "error" not in desc
+    assert desc["state_key"] is None and desc["state_key_candidates"] == ["model", "ema"]
+    assert desc["epoch"] == 9
+    text = format_description(desc)
+    assert "a dict holding 2 state dicts: model, ema" in text
+    assert "extract needs --state-key NAME" in text and "state dict key:" not in text
