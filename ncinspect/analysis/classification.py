@@ -3,7 +3,9 @@
 Owns: the two passes over a source's rows (`classification_statistics`: pass 1 `ClassSums`,
 then, with the means fixed by `plan_class_scatter`, pass 2 `ClassScatter`), the one-pass route
 on class sums a store saved (checked against the rows, `STALE_SUMS` when they do not match), and
-`classification_from_source`, which turns either into the metrics of `metrics.classification`.
+`classification_from_source`, which turns either into the metrics of `metrics.classification`,
+and the near-chance warning (`warn_near_chance`). A source without a head gets the head-free
+metrics, and its accuracy from the stored logits when it has them.
 The worker threads and the BLAS thread count of every pass are `stats.parallel`'s.
 Reads rows only through `FeatureSource.batches`; the arithmetic lives in `stats` and `metrics`.
 Axes: N samples, D feature dim, K classes.
@@ -11,8 +13,9 @@ Axes: N samples, D feature dim, K classes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -53,7 +56,8 @@ def plan_class_scatter(
     if sums.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
     head = source.head
-    plan = plan_scatter(sums.moments(), head.weight, head.bias_or_zeros(), options.nc1_route, check)
+    weight, bias = (None, None) if head is None else (head.weight, head.bias_or_zeros())
+    plan = plan_scatter(sums.moments(), weight, bias, options.nc1_route, check)
     return sums, plan
 
 
@@ -71,7 +75,7 @@ def _saved_pass1(source: FeatureSource) -> ClassSums | None:
     if saved is None:
         return None
     counts, sums = saved
-    k = source.head.width
+    k = source.width
     if counts.shape != (k,) or sums.shape != (k, source.d) or int(counts.sum()) != source.n:
         return None
     if np.any(counts < 0) or not np.isfinite(sums).all():
@@ -91,7 +95,7 @@ def _one_pass(
 ) -> ClassScatter | None:
     """Pass 2 alone, on saved class sums; None when the rows read do not have those sums
     (`ClassScatter.means_match`; NaN/Inf rows fail it too, so no separate finite check)."""
-    k = source.head.width
+    k = source.width
     with worker_pass():
         with full_blas(float(source.d) * k * k):
             sums, plan = plan_class_scatter(sums, source, options, check=_check_direction(source.d))
@@ -149,10 +153,14 @@ def classification_statistics(
 
     `combine`, when given, turns this pass-1 result into the one over every row of a distributed
     extraction (each process sees its shard) before pass 2 uses the means.
+    The metrics use W h + b, not stored logits; a source without a head but with logits has its
+    scatter's `correct` count rows whose logits' argmax is the label (`outputs_correct`).
     """
-    rows = FiniteRows(source, options, outputs=False)  # the metrics use W h + b, not stored logits
-    k = source.head.width
+    from_logits = source.head is None and source.has_outputs
+    rows = FiniteRows(source, options, outputs=from_logits)
+    k = source.width
     sums = ClassSums.empty(k, source.d)
+    correct = 0
     # one worker pass over both passes and the plan between them: a small plan's BLAS calls on
     # one thread, so no BLAS thread is left spinning when pass 2's workers start (a large plan
     # gets the BLAS threads back: `full_blas`)
@@ -163,6 +171,7 @@ def classification_statistics(
             if x.shape[0]:
                 parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
                 sums = sums.merge(merged(parts, ClassSums.merge))
+                correct += outputs_correct(batch.outputs, y) if from_logits else 0
         # the plan's largest product: W's least squares on the K_eff means, D K^2
         with full_blas(float(source.d) * k * k):
             sums, plan = plan_class_scatter(sums, source, options, combine)
@@ -173,7 +182,39 @@ def classification_statistics(
             if x.shape[0]:
                 scattered = map_parts(lambda xs, ys: ClassScatter.from_batch(plan, xs, ys), x, y)
                 scatter = scatter.merge(merged(scattered, ClassScatter.merge))
+    if from_logits:
+        scatter = replace(scatter, correct=correct)
     return sums, scatter, rows.dropped
+
+
+def outputs_correct(outputs: np.ndarray | None, labels: np.ndarray) -> int:
+    """Rows whose stored logits (B, K) have their argmax at the label; a row with a NaN or Inf
+    logit counts as wrong."""
+    assert outputs is not None
+    logits = np.asarray(outputs)
+    right = np.argmax(logits, axis=1) == labels
+    return int(np.count_nonzero(right & np.isfinite(logits).all(axis=1)))
+
+
+def near_chance_threshold(k: int) -> float:
+    """The accuracy below which a K-class result is near chance: 1/K + min(2/K, (1 - 1/K)/2)
+    (0.30 for K = 10, 0.75 for K = 2; the margin never reaches past halfway to 1)."""
+    chance = 1.0 / k
+    return chance + min(2.0 / k, (1.0 - chance) / 2.0)
+
+
+def warn_near_chance(metric_set: MetricSet, k: int) -> None:
+    """Warn when the accuracy is defined and below `near_chance_threshold`: the usual causes are
+    the input preprocessing, a wrong head, a wrong split or shuffled labels."""
+    accuracy = metric_set.metrics.get("accuracy", math.nan)
+    threshold = near_chance_threshold(k)
+    if not (math.isfinite(accuracy) and accuracy < threshold):
+        return
+    metric_set.warn(
+        f"accuracy {accuracy:.3f} is near chance (1/K = {1.0 / k:.3f} for K = {k}; warned below "
+        f"{threshold:.3f}): check the input preprocessing (--normalize), the head, the split "
+        "and whether the labels are shuffled"
+    )
 
 
 def classification_from_source(
@@ -184,9 +225,13 @@ def classification_from_source(
     the store's saved sums or from the rows."""
     stats = _source_statistics(source, options)
     moments, dropped = stats.moments, stats.dropped
-    with full_blas(float(min(source.d, source.head.width)) ** 3):  # Sigma_B's eigenpairs
-        metric_set = classification_metrics(moments, stats.scatter, source.head)
+    from_logits = source.head is None and source.has_outputs
+    with full_blas(float(min(source.d, source.width)) ** 3):  # Sigma_B's eigenpairs
+        metric_set = classification_metrics(
+            moments, stats.scatter, source.head, stats.scatter.correct if from_logits else None
+        )
     metric_set.info["class_sums"] = stats.sums_from
     if stats.stale:
         metric_set.warn(STALE_SUMS)
+    warn_near_chance(metric_set, source.width)
     return metric_set, moments.n, dropped, classification_extras(moments, source.head)

@@ -106,7 +106,7 @@ def classification_statistics(
     """`analysis.classification.classification_statistics` on the device: (pass-1 sums, pass-2
     scatter, rows dropped as non-finite)."""
     rows = _Pass(source, options)
-    k, d = source.head.width, source.d
+    k, d = source.width, source.d
     acc = DeviceClassSums(k, d, device)
     for batch, x, keep in rows.rows(batches(False)):
         assert batch.labels is not None
@@ -131,10 +131,11 @@ def regression_statistics(
     """`analysis.regression.regression_statistics` on the device: (pass-1 moments, pass-2
     uncentred and centred unit projections, rows dropped as non-finite). Predictions are the
     stored outputs when the source has them, else h @ W^T + b in float64."""
-    weight_np = np.asarray(source.head.weight, dtype=np.float64)
+    head = source.require_head()  # extraction: the model's own head
+    weight_np = np.asarray(head.weight, dtype=np.float64)
     t, d = weight_np.shape
     weight = torch.as_tensor(weight_np, device=device)
-    bias = torch.as_tensor(source.head.bias_or_zeros(), device=device)
+    bias = torch.as_tensor(head.bias_or_zeros(), device=device)
     rows = _Pass(source, options)
     acc = DeviceRegressionMoments(d, t, device)
     for batch, x, keep in rows.rows(batches(source.has_outputs)):

@@ -2,10 +2,11 @@
 
 Owns `analyze_source`, the entry every analysis goes through (stores, dumps, in-memory arrays),
 and the parts common to both tasks: refusing a head with NaN/Inf, the non-finite-row warning,
-and assembling the result record. The task's own passes and metrics are
-`analysis.classification` and `analysis.regression`; a stats-only store's saved statistics are
-`analysis.saved`'s. Reads data only through `FeatureSource`; computes no statistic itself.
-Memory is independent of N: one read block (about 8 MiB of features) and the statistics.
+the reader's notes as warnings, and assembling the result record. The task's own passes and
+metrics are `analysis.classification` and `analysis.regression`; a stats-only store's saved
+statistics are `analysis.saved`'s. Reads data only through `FeatureSource`; computes no
+statistic itself. Memory is independent of N: one read block (about 8 MiB of features) and the
+statistics.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
     if dropped:
         metric_set.info["nonfinite_rows_dropped"] = dropped
         metric_set.warn(f"{dropped} row(s) with NaN or Inf features were dropped")
+    for note in source.notes:  # what the reader assumed (e.g. integer targets read as labels)
+        metric_set.warn(note)
     return _result(source, metric_set, n_used, extras)
 
 
@@ -83,11 +86,12 @@ def max_dense_bytes() -> int:
 
 def _check_dense_size(source: FeatureSource) -> None:
     """Refuse a source whose K, T or D would make the statistics allocate a dense matrix above
-    `max_dense_bytes`, before anything is allocated (the sizes are the head's shape). Arrays
+    `max_dense_bytes`, before anything is allocated (the sizes are the head's shape, or without
+    a head K from the labels or outputs, T from the targets: `FeatureSource.width`). Arrays
     the caller holds in memory (`ncinspect.analyze_arrays`) are its own: not bounded."""
     if source.origin == "array":
         return
-    rows, d = (int(s) for s in source.head.weight.shape)
+    rows, d = source.width, source.d
     if source.task == "classification":
         shapes = {"K x K": rows * rows, "K x D": rows * d}
     else:
@@ -96,8 +100,9 @@ def _check_dense_size(source: FeatureSource) -> None:
     limit = max_dense_bytes()
     if elements * 8 > limit:
         what = "K" if source.task == "classification" else "T"
+        shape = "the head is" if source.head is not None else "without a head, the data give"
         raise InputError(
-            f"the head is {what} = {rows} by D = {d}: the statistics need a {name} float64 "
+            f"{shape} {what} = {rows} by D = {d}: the statistics need a {name} float64 "
             f"matrix of {elements * 8 / (1 << 30):.3g} GiB, more than the "
             f"{limit / (1 << 30):.3g} GiB allowed (set {MAX_DENSE_ENV} to allow more for a file "
             "you trust)",
@@ -108,6 +113,8 @@ def _check_dense_size(source: FeatureSource) -> None:
 def _check_finite_head(source: FeatureSource) -> None:
     """A head weight or bias with NaN/Inf makes every head metric meaningless: refuse it."""
     head = source.head
+    if head is None:
+        return
     for name, arr in (("weight", head.weight), ("bias", head.bias)):
         if arr is None:
             continue

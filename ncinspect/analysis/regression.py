@@ -6,7 +6,9 @@ Owns: the two passes over a source's rows (`regression_statistics`: pass 1
 `regression_from_source` / `regression_from_statistics` (those statistics -> the metrics of
 `metrics.regression`), which gamma NRC3 uses (`gamma_choice`), and the run-level protocol that
 holds the gamma searched on a run's final checkpoint fixed for its earlier checkpoints
-(`apply_run_gamma`). The worker threads and the BLAS thread count are `stats.parallel`'s.
+(`apply_run_gamma`; results without a head have no gamma and are left out). A source without a
+head gets nrc1, nrc1_centered and evr, and mse and r2 when it stores outputs. The worker
+threads and the BLAS thread count are `stats.parallel`'s.
 Reads rows only through the batches it is handed; the arithmetic lives in `stats` and `metrics`.
 Axes: N samples, D feature dim, T regression targets.
 
@@ -27,7 +29,7 @@ import numpy as np
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.errors import InputError, UsageError
 from ncinspect.io.sources import Batch, FeatureSource
-from ncinspect.metrics.head import Head
+from ncinspect.metrics.head import HEAD_ABSENT, Head
 from ncinspect.metrics.regression import (
     ENDPOINT_WARNING,
     GammaChoice,
@@ -68,14 +70,22 @@ def gamma_choice(options: AnalysisOptions) -> GammaChoice | None:
     return None
 
 
+# What the RSS compared the targets with, when a source has neither outputs nor a head (mse and
+# r2 are then undefined: `metrics.regression.NO_PREDICTIONS`).
+NO_PREDICTIONS = "none"
+
+
 def _predictions(
-    source: FeatureSource, batch: Batch, weight: np.ndarray, bias: np.ndarray
+    source: FeatureSource, batch: Batch, weight: np.ndarray | None, bias: np.ndarray | None
 ) -> np.ndarray:
-    """The stored outputs when the source has them, else h @ W^T + b in float64 (B, T)."""
+    """The stored outputs when the source has them, else h @ W^T + b in float64 (B, T); with
+    neither, zeros (B, T), which only fill the RSS that the metrics then leave unused."""
+    x = batch.features
     if source.has_outputs:
         assert batch.outputs is not None
         return np.asarray(batch.outputs, dtype=np.float64)
-    x = batch.features
+    if weight is None or bias is None:
+        return np.zeros((x.shape[0], source.width))
     pred = np.empty((x.shape[0], weight.shape[0]))
     for sl in sub_blocks(x.shape[0], x.shape[1]):  # no (B, D) float64 copy
         pred[sl] = np.asarray(x[sl], dtype=np.float64) @ weight.T + bias
@@ -104,6 +114,8 @@ def regression_from_source(
     gamma_choice(options)  # conflicting options fail before the passes
     moments, uncentred, centred = regression_statistics(source, rows)
     predictions = "outputs" if source.has_outputs else "W h + b"
+    if source.head is None and not source.has_outputs:
+        predictions = NO_PREDICTIONS
     metric_set, extras = regression_from_statistics(
         moments, uncentred, centred, source.head, predictions, options
     )
@@ -118,9 +130,10 @@ def regression_statistics(
     """The two passes of `regression_from_source`: (pass-1 moments, pass-2 uncentred and centred
     unit projections). `combine`, when given, turns this pass-1 result into the one over every
     row of a distributed extraction (each process sees its shard) before pass 2 uses it."""
-    weight = np.asarray(source.head.weight, dtype=np.float64)
-    bias = source.head.bias_or_zeros()
-    t, d = weight.shape
+    head = source.head
+    weight = None if head is None else np.asarray(head.weight, dtype=np.float64)
+    bias = None if head is None else head.bias_or_zeros()
+    t, d = source.width, source.d
     moments = RegressionMoments.empty(d, t)
     bad = {"targets": 0, "outputs": 0}
     # one worker pass over both passes and the plan between them (as `analysis.classification`)
@@ -177,7 +190,7 @@ def plan_unit_projections(
         moments = combine(moments)
     if moments.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
-    weight = np.asarray(source.head.weight, dtype=np.float64)
+    weight = None if source.head is None else np.asarray(source.head.weight, dtype=np.float64)
     return moments, Subspaces.of(moments, weight).joint_basis()
 
 
@@ -185,17 +198,21 @@ def regression_from_statistics(
     moments: RegressionMoments,
     uncentred: UnitProjections,
     centred: UnitProjections,
-    head: Head,
+    head: Head | None,
     predictions: str,
     options: AnalysisOptions,
 ) -> tuple[MetricSet, dict[str, Any]]:
     """The metrics from the two passes' statistics (gathered here or saved by
-    `extract --stats-only`). predictions: what the RSS compared the targets with ("outputs" or
-    "W h + b"). Returns (metrics, extras for `apply_run_gamma`)."""
+    `extract --stats-only`). predictions: what the RSS compared the targets with ("outputs",
+    "W h + b", or NO_PREDICTIONS for a source with neither). head None: no head (the nrc2 and
+    nrc3 keys undefined). Returns (metrics, extras for `apply_run_gamma`; "weight" None without
+    a head)."""
     gamma = gamma_choice(options)
-    weight = np.asarray(head.weight, dtype=np.float64)
+    weight = None if head is None else np.asarray(head.weight, dtype=np.float64)
     spaces = Subspaces.of(moments, weight)
-    metric_set = metrics_from_subspaces(moments, spaces, uncentred, centred, head, gamma)
+    metric_set = metrics_from_subspaces(
+        moments, spaces, uncentred, centred, head, gamma, predictions != NO_PREDICTIONS
+    )
     metric_set.info["predictions"] = predictions
     extras: dict[str, Any] = {"weight": weight, "target_cov": moments.target_cov()}
     return metric_set, extras
@@ -219,15 +236,24 @@ def apply_run_gamma(results: list[Result]) -> None:
     nrc3_gamma_ratio = final gamma / its lambda_min, info "nrc3_gamma_source" = "final_checkpoint"
     and "nrc3_gamma_from" = the final checkpoint's name; its own search moves to info
     "nrc3_own_search". No-op for a single result or when gamma was given / from UFM lambdas.
+    Results without a head have no gamma: they are skipped, and when the final checkpoint is
+    one, the earlier ones keep their own gamma (with a warning saying why).
     """
     if len(results) < 2:
         return
     final = results[-1]
+    name = final.checkpoint if final.checkpoint is not None else final.source
+    earlier = [r for r in results[:-1] if r.info.get("nrc3_gamma_source") == "searched"]
+    if final.info.get("head") == HEAD_ABSENT:
+        for r in earlier:
+            r.warnings.append(
+                f"nrc3: the final checkpoint {name} has no head (so no gamma); this checkpoint "
+                "keeps its own"
+            )
+        return
     if final.info.get("nrc3_gamma_source") != "searched":
         return
     g = final.metrics.get("nrc3_gamma", math.nan)
-    name = final.checkpoint if final.checkpoint is not None else final.source
-    earlier = [r for r in results[:-1] if r.info.get("nrc3_gamma_source") == "searched"]
     if not math.isfinite(g):
         for r in earlier:
             r.warnings.append(

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ncinspect.analysis.classification import classification_statistics
+from ncinspect.analysis.classification import classification_statistics, warn_near_chance
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import (
     gamma_choice,
@@ -110,6 +110,7 @@ def metrics_from_statistics(
         _expect_rows(where, "scatter", scatter.n, sums.n)
         moments = sums.moments(scatter.within)
         metric_set = classification_metrics(moments, scatter, source.head)
+        warn_near_chance(metric_set, source.width)
         return metric_set, moments.n, dropped, classification_extras(moments, source.head)
     moments = merged["moments"]
     for name in ("uncentred", "centred"):
@@ -202,7 +203,7 @@ def _objects(saved: SavedStatistics, source: FeatureSource) -> dict[str, Any]:
 
 
 def _check_shapes(parts: dict[str, Any], source: FeatureSource, p: str) -> None:
-    width, d = source.head.width, source.d
+    width, d = source.width, source.d
     checks: list[tuple[str, Any, tuple[int | None, ...]]]
     if source.task == "classification":
         sums, scatter = parts["sums"], parts["scatter"]

@@ -286,17 +286,18 @@ def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
         return
     try:
         desc["kind"] = "store"
+        head = src.require_head()  # a store always has one
         desc["task"] = src.task
         desc["n"], desc["d"] = src.n, src.d
-        desc["width"] = src.head.width
+        desc["width"] = head.width
         desc["datasets"] = [
             {"name": "features", "shape": [src.n, src.d]},
             {"name": "labels" if src.task == "classification" else "targets"},
-            {"name": "head/weight", "shape": [int(s) for s in src.head.weight.shape]},
+            {"name": "head/weight", "shape": [int(s) for s in head.weight.shape]},
         ]
         if src.statistics is not None:  # a stats-only store: statistics instead of rows
             desc["datasets"] = [
-                {"name": "head/weight", "shape": [int(s) for s in src.head.weight.shape]},
+                {"name": "head/weight", "shape": [int(s) for s in head.weight.shape]},
                 *(
                     {"name": f"stats/{part}/{key}", "shape": [int(x) for x in value.shape]}
                     for saved in src.statistics[:1]
@@ -305,10 +306,10 @@ def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
                     if hasattr(value, "shape")
                 ),
             ]
-        if src.head.bias is not None:
-            desc["datasets"].append({"name": "head/bias", "shape": [src.head.width]})
+        if head.bias is not None:
+            desc["datasets"].append({"name": "head/bias", "shape": [head.width]})
         if src.has_outputs:
-            desc["datasets"].append({"name": "outputs", "shape": [src.n, src.head.width]})
+            desc["datasets"].append({"name": "outputs", "shape": [src.n, head.width]})
         saved = src.saved_class_sums() if src.statistics is None else None
         if saved is not None:  # the class sums written with the rows (report's first pass)
             for name, arr in zip(("counts", "sums"), saved, strict=True):

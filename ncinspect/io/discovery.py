@@ -1,10 +1,10 @@
 """Finding and opening feature sources: stores and foreign dumps, by content, not by name.
 
-Owns: `open_source` (one file -> a validated `FeatureSource`: a store, a dump, or a whole shard
-set when given one of its shards), `discover` (paths and directories -> the files to analyse, in
-natural order; the shards of a set listed once, and a name stored both whole and sharded refused)
-and `natural_key`, the one natural sort order. Shard naming lives in `store.shards`. Never
-computes anything.
+Owns: `open_source` (one file -> a validated `FeatureSource`: a store, a dump (its arrays named
+by an optional key mapping), or a whole shard set when given one of its shards), `discover`
+(paths and directories -> the files to analyse, in natural order; the shards of a set listed
+once, and a name stored both whole and sharded refused) and `natural_key`, the one natural sort
+order. Shard naming lives in `store.shards`. Never computes anything.
 
 Paths: a path named on the command line is followed wherever it points (a symlink there is the
 user's choice), but must be a regular file or a directory (`sniff.regular_file`: a FIFO or device
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ncinspect.errors import InputError
 from ncinspect.files import inside, regular_file
-from ncinspect.io.dumps import dump_kind, open_dump
+from ncinspect.io.dumps import check_keys, dump_kind, open_dump
 from ncinspect.io.sniff import sniff
 from ncinspect.io.sources import FeatureSource
 from ncinspect.io.store.shards import open_shard_set, shard_key, shard_name, shard_paths
@@ -38,9 +39,14 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     )
 
 
-def open_source(path: str | Path) -> FeatureSource:
-    """Open a store or dump after checking that the file exists and is not empty."""
+def open_source(path: str | Path, keys: Mapping[str, str] | None = None) -> FeatureSource:
+    """Open a store or dump after checking that the file exists and is not empty.
+
+    keys: {role: array name} for a dump's arrays (`dumps.open_dump`, `dumps.parse_keys`);
+    stores have fixed names and ignore it.
+    """
     p = Path(path)
+    check_keys(keys or {})  # a bad mapping fails whatever the file
     if shard_key(p) is not None:
         return open_shard_set(shard_paths(p))
     if not p.exists():
@@ -56,7 +62,7 @@ def open_source(path: str | Path) -> FeatureSource:
     # store reader then says why it is not a readable store).
     if sniff(p) == "hdf5" or (p.suffix in STORE_SUFFIXES and dump_kind(p) is None):
         return open_store(p)
-    return open_dump(p)
+    return open_dump(p, keys)
 
 
 @dataclass

@@ -1,31 +1,37 @@
 """Foreign feature dumps: `.npz`, `.pt`/`.pth` (tensors only) and `.safetensors` files.
 
-Owns: reading such files into an in-memory `ArraySource`, with the array names below, and
-refusing anything that would execute code (`torch.load(weights_only=True)` only) or allocate
-more than the file provides: an .npz member inflating beyond deflate's ratio or claiming more
-than it holds, a tensor viewing more elements than its storage holds (`check_tensor_storage`:
-stride-0 or overlapping views), a safetensors header longer than the file. Arrays must hold plain
-numbers (bool, integer, float). Only regular files are opened. Never writes files.
+Owns: reading such files into an in-memory `ArraySource`, with the array names below or those a
+key mapping gives (`parse_keys`, `open_dump(keys=...)`), and refusing anything that would
+execute code (`torch.load(weights_only=True)` only) or allocate more than the file provides: an
+.npz member inflating beyond deflate's ratio or claiming more than it holds, a tensor viewing
+more elements than its storage holds (`check_tensor_storage`: stride-0 or overlapping views), a
+safetensors header longer than the file. Arrays must hold plain numbers (bool, integer, float).
+Only regular files are opened. Never writes files.
 
-Array names (aliases in brackets):
+Array names by role (aliases in brackets):
     features                  (N, D) float
     labels                    (N,) integer           classification
-    targets                   (N, T) or (N,) float   regression
-    weight [head.weight, head/weight]   (K or T, D)
+    targets                   (N, T) or (N,) float   regression; (N,) integer: read as labels
+    weight [head.weight, head/weight]   (K or T, D)  optional: without it, no head
     bias   [head.bias, head/bias]       (K or T,)    optional
     outputs [logits, predictions]       (N, K or T)  optional
+    epoch                     () or (1,) integer     optional: the checkpoint's epoch
+
+Without a head, K is the outputs' columns when the dump has outputs, else the largest label + 1;
+T is the targets' columns.
 """
 
 from __future__ import annotations
 
 import struct
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from ncinspect.errors import DumpError, InputError, reading
+from ncinspect.errors import DumpError, InputError, UsageError, reading
 from ncinspect.files import regular_file
 from ncinspect.io.npzheaders import inflation_problem, npy_headers
 from ncinspect.io.sniff import ZIP_SIGNATURE, Format, file_head, sniff, zip_members
@@ -39,7 +45,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "weight": ("weight", "head.weight", "head/weight"),
     "bias": ("bias", "head.bias", "head/bias"),
     "outputs": ("outputs", "logits", "predictions"),
+    "epoch": ("epoch",),
 }
+ROLES = tuple(ALIASES)
 
 
 DumpKind = Literal["npz", "torch", "safetensors"]
@@ -207,38 +215,104 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
         ) from exc
 
 
-def _pick(arrays: dict[str, np.ndarray], role: str) -> tuple[str, np.ndarray | None]:
+def parse_keys(text: str) -> dict[str, str]:
+    """The `--keys` option, "features=feats,labels=y,weight=W", as {role: array name}.
+
+    UsageError (one line) for an empty or malformed pair, an unknown role, a role given twice or
+    one array named for two roles.
+    """
+    keys: dict[str, str] = {}
+    for pair in text.split(","):
+        role, sep, name = (part.strip() for part in pair.partition("="))
+        if not (sep and role and name) or "=" in name:
+            raise UsageError(
+                f"--keys: {pair.strip()!r} in {text!r} is not ROLE=NAME; expected e.g. "
+                "features=feats,labels=y,weight=W"
+            )
+        if role in keys:
+            raise UsageError(f"--keys: role '{role}' is given twice in {text!r}")
+        keys[role] = name
+    return check_keys(keys, "--keys")
+
+
+def check_keys(keys: Mapping[str, str], option: str = "keys") -> dict[str, str]:
+    """A key mapping {role: array name} checked: known roles, non-empty names, no array named for
+    two roles. UsageError naming `option` otherwise."""
+    unknown = sorted(str(role) for role in keys if role not in ROLES)
+    if unknown:
+        raise UsageError(
+            f"{option}: unknown role(s) {', '.join(repr(r) for r in unknown)}; expected roles "
+            f"{', '.join(ROLES)}"
+        )
+    roles_of: dict[str, str] = {}
+    for role, name in keys.items():
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"{option}: role '{role}' maps to {name!r}, expected an array name")
+        if name in roles_of:
+            raise UsageError(
+                f"{option}: array '{name}' is named for both '{roles_of[name]}' and '{role}'"
+            )
+        roles_of[name] = role
+    return dict(keys)
+
+
+def _pick(
+    arrays: dict[str, np.ndarray], role: str, keys: Mapping[str, str]
+) -> tuple[str, np.ndarray | None]:
+    """(name, array or None) for a role: the mapped name when `keys` has the role, else the first
+    alias present that no mapped role claims."""
+    if role in keys:
+        return keys[role], arrays.get(keys[role])
+    claimed = set(keys.values())
     for name in ALIASES[role]:
-        if name in arrays:
+        if name in arrays and name not in claimed:
             return name, arrays[name]
     return ALIASES[role][0], None
 
 
-def open_dump(path: str | Path) -> ArraySource:
-    """Read a dump into memory and validate it; raise `DumpError` listing what was found."""
+def open_dump(path: str | Path, keys: Mapping[str, str] | None = None) -> ArraySource:
+    """Read a dump into memory and validate it; raise `DumpError` listing what was found.
+
+    keys: {role: array name} for arrays not stored under the names above (roles: `ROLES`); a
+    mapped role takes only its mapped name. UsageError for an unknown role (`check_keys`).
+    """
     p = str(path)
+    mapping = check_keys(keys or {})
     with reading(p, DumpError, "a feature dump"):
-        return _open_dump(p)
+        return _open_dump(p, mapping)
 
 
-def _open_dump(p: str) -> ArraySource:
+def _load(p: str) -> tuple[DumpKind, dict[str, np.ndarray]]:
     regular_file(p, DumpError)  # a FIFO or device would block or never end
     kind = dump_kind(p)
     if kind == "npz":
-        arrays = _load_npz(p)
-    elif kind == "torch":
-        arrays = _load_torch(p)
-    elif kind == "safetensors":
-        arrays = _load_safetensors(p)
-    else:
-        raise DumpError(
-            "unrecognized file content, expected an ncinspect store (.h5), .npz, .pt or "
-            ".safetensors feature dump",
-            path=p,
-        )
+        return kind, _load_npz(p)
+    if kind == "torch":
+        return kind, _load_torch(p)
+    if kind == "safetensors":
+        return kind, _load_safetensors(p)
+    raise DumpError(
+        "unrecognized file content, expected an ncinspect store (.h5), .npz, .pt or "
+        ".safetensors feature dump",
+        path=p,
+    )
+
+
+def _picked(
+    p: str, arrays: dict[str, np.ndarray], keys: Mapping[str, str]
+) -> dict[str, tuple[str, np.ndarray | None]]:
+    """Every role's (name, array), checked: mapped names present, features and labels or
+    targets present, plain numbers."""
     found = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(arrays.items())) or "nothing"
-    picked = {role: _pick(arrays, role) for role in ALIASES}
-    missing = [role for role in ("features", "weight") if picked[role][1] is None]
+    picked = {role: _pick(arrays, role, keys) for role in ROLES}
+    for role, name in keys.items():
+        if name not in arrays:
+            raise DumpError(
+                f"the key mapping asks for array '{name}' as '{role}', but the file has no such "
+                f"array; found {found}",
+                path=p,
+            )
+    missing = [] if picked["features"][1] is not None else ["features"]
     if picked["labels"][1] is None and picked["targets"][1] is None:
         missing.append("labels or targets")
     if missing:
@@ -251,23 +325,57 @@ def _open_dump(p: str) -> ArraySource:
                 f"'{name}' has dtype {array.dtype}, expected numbers (bool, integer or float)",
                 path=p,
             )
-    feats = picked["features"][1]
-    labels = picked["labels"][1]
-    targets = picked["targets"][1]
-    weight = picked["weight"][1]
-    bias = picked["bias"][1]
-    outputs = picked["outputs"][1]
-    assert feats is not None and weight is not None
+    return picked
+
+
+def _integer_targets_as_labels(
+    picked: dict[str, tuple[str, np.ndarray | None]], notes: list[str]
+) -> None:
+    """1-D integer `targets` and no `labels`: class ids, read as labels (with a note)."""
+    name, targets = picked["targets"]
+    if picked["labels"][1] is not None or targets is None:
+        return
+    if targets.ndim == 1 and targets.dtype.kind in "iu":
+        picked["labels"], picked["targets"] = (name, targets), (name, None)
+        notes.append(f"'{name}' holds integer class ids: read as labels (classification)")
+
+
+def _dump_epoch(p: str, name: str, value: np.ndarray | None) -> int | None:
+    """The epoch a dump stores: one integer (a 0-d or 1-element array), else DumpError."""
+    if value is None:
+        return None
+    if value.dtype.kind not in "iu" or value.ndim > 1 or value.size != 1:
+        raise DumpError(
+            f"'{name}' has shape {tuple(value.shape)} and dtype {value.dtype}, expected one "
+            "integer (the checkpoint's epoch): a 0-d or 1-element integer array",
+            path=p,
+        )
+    return int(value.reshape(()))
+
+
+def _open_dump(p: str, keys: Mapping[str, str]) -> ArraySource:
+    kind, arrays = _load(p)
+    picked = _picked(p, arrays, keys)
+    notes: list[str] = []
+    _integer_targets_as_labels(picked, notes)
+    epoch = _dump_epoch(p, *picked["epoch"])
+    if picked["weight"][1] is None and picked["bias"][1] is not None:
+        notes.append(f"'{picked['bias'][0]}' is ignored: the dump has no weight (no head)")
+        picked["bias"] = (picked["bias"][0], None)
+    feats, labels, targets, weight, bias, outputs = (
+        picked[role][1] for role in ("features", "labels", "targets", "weight", "bias", "outputs")
+    )
+    assert feats is not None
     if targets is not None and targets.ndim == 1:
         targets = targets.reshape(-1, 1)
     if outputs is not None and outputs.ndim == 1 and targets is not None:
         outputs = outputs.reshape(-1, 1)
-    names = {role: picked[role][0] for role in ALIASES}
+    names = {role: picked[role][0] for role in ROLES}
     task = validate_arrays(
         p,
         features_shape=feats.shape,
         features_dtype=feats.dtype,
-        weight_shape=weight.shape,
+        weight_shape=None if weight is None else weight.shape,
         bias_shape=None if bias is None else bias.shape,
         labels_shape=None if labels is None else labels.shape,
         labels_dtype=None if labels is None else labels.dtype,
@@ -276,13 +384,24 @@ def _open_dump(p: str) -> ArraySource:
         names=names,
         error=DumpError,
     )
+    try:
+        width = _width(p, names, labels, weight, outputs, targets)
+    except DumpError as exc:
+        if names["labels"] != names["targets"]:  # not integer targets read as labels
+            raise
+        raise DumpError(
+            f"{exc.message} ('{names['labels']}' holds integers, read as class ids; store "
+            "regression targets as floats)",
+            path=p,
+        ) from None
     if labels is not None:
-        check_label_range(p, names["labels"], labels, weight.shape[0], DumpError)
         labels = labels.astype(np.int64, copy=False)
-    head = Head(
-        np.asarray(weight, dtype=np.float64),
-        None if bias is None else np.asarray(bias, dtype=np.float64),
-    )
+    head = None
+    if weight is not None:
+        head = Head(
+            np.asarray(weight, dtype=np.float64),
+            None if bias is None else np.asarray(bias, dtype=np.float64),
+        )
     return ArraySource(
         path=p,
         task=task,
@@ -290,10 +409,36 @@ def _open_dump(p: str) -> ArraySource:
         d=int(feats.shape[1]),
         head=head,
         has_outputs=outputs is not None,
-        meta={},
+        meta={} if epoch is None else {"epoch": epoch},
         origin=kind,
+        width_without_head=None if head is not None else width,
+        notes=notes,
         features=feats,
         labels=labels,
         targets=None if targets is None else np.asarray(targets, dtype=np.float64),
         outputs=outputs,
     )
+
+
+def _width(
+    p: str,
+    names: dict[str, str],
+    labels: np.ndarray | None,
+    weight: np.ndarray | None,
+    outputs: np.ndarray | None,
+    targets: np.ndarray | None,
+) -> int:
+    """K or T (shapes already validated), with the labels checked against K: the head's rows,
+    else the outputs' columns, else (classification) the largest label + 1, else T."""
+    if weight is not None:
+        width, k_from = int(weight.shape[0]), "rows in the head weight"
+    elif outputs is not None:
+        width, k_from = int(outputs.shape[1]), f"columns of '{names['outputs']}'; no head"
+    elif labels is not None:
+        width, k_from = int(labels.max()) + 1, "= the largest label + 1; no head"
+    else:
+        assert targets is not None
+        return int(targets.shape[1])
+    if labels is not None:
+        check_label_range(p, names["labels"], labels, width, DumpError, k_from)
+    return width

@@ -1,4 +1,4 @@
-"""What every feature source looks like to the statistics: a head and batches of rows.
+"""What every feature source looks like to the statistics: a head (if any) and batches of rows.
 
 Owns: `Batch`, the `FeatureSource` interface, the in-memory `ArraySource`, the plain-data
 form of saved statistics (`StatRecord`, `SavedStatistics`: what a stats-only store or shard holds
@@ -86,25 +86,48 @@ class FeatureSource:
     `meta` holds provenance (run, checkpoint, epoch, split, ...), `origin` names the format.
     `statistics` is set, one entry per file (a stats-only store, or every shard of a set), when
     the source holds saved statistics instead of rows; the analysis then finalizes those.
+    `head` is None for a dump saved without one (stores always have it); `width_without_head`
+    then gives K or T (`width`). `notes`: what the reader changed or assumed, for the result's
+    warnings (e.g. integer targets read as labels).
     """
 
     path: str
     task: Task
     n: int
     d: int
-    head: Head
+    head: Head | None
     has_outputs: bool
     meta: dict[str, Any] = field(default_factory=dict)
     origin: str = "array"
     statistics: tuple[SavedStatistics, ...] | None = None
+    width_without_head: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.head is None and self.width_without_head is None:
+            raise ValueError("a source without a head needs width_without_head (K or T)")
+
+    @property
+    def width(self) -> int:
+        """K (classification) or T (regression): the head's rows, else `width_without_head`."""
+        if self.head is not None:
+            return self.head.width
+        assert self.width_without_head is not None  # __post_init__
+        return self.width_without_head
 
     @property
     def k(self) -> int | None:
-        return self.head.width if self.task == "classification" else None
+        return self.width if self.task == "classification" else None
 
     @property
     def t(self) -> int | None:
-        return self.head.width if self.task == "regression" else None
+        return self.width if self.task == "regression" else None
+
+    def require_head(self) -> Head:
+        """The head, for the steps that cannot run without one; InputError naming the file."""
+        if self.head is None:
+            raise InputError("needs the head (weight); the file has none", path=self.path)
+        return self.head
 
     def _read(
         self,
@@ -180,7 +203,7 @@ def validate_arrays(
     *,
     features_shape: tuple[int, ...],
     features_dtype: np.dtype,
-    weight_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...] | None,
     bias_shape: tuple[int, ...] | None,
     labels_shape: tuple[int, ...] | None,
     labels_dtype: np.dtype | None,
@@ -193,23 +216,12 @@ def validate_arrays(
 
     `names` maps the roles (features, labels, targets, weight, bias, outputs) to the names the
     file uses, so messages speak the file's language (`head/weight` in a store, `weight` in a dump).
+    weight_shape None: no head (a dump without one); K or T then comes from the outputs or the
+    targets, and K without outputs from the labels' values (`check_label_range`).
     Returns the task implied by the arrays present.
     """
-    if len(features_shape) != 2:
-        raise error(
-            f"'{names['features']}' has shape {shape_str(features_shape)}, expected 2-D (N, D)",
-            path=path,
-        )
-    if not np.issubdtype(features_dtype, np.floating):
-        raise error(
-            f"'{names['features']}' has dtype {features_dtype}, expected a floating dtype",
-            path=path,
-        )
+    _check_features(path, features_shape, features_dtype, names, error)
     n, d = features_shape
-    if n == 0:
-        raise error(f"'{names['features']}' has 0 rows, expected at least 1", path=path)
-    if d == 0:
-        raise error(f"'{names['features']}' has 0 columns, expected D >= 1", path=path)
     if labels_shape is not None and targets_shape is not None:
         raise error(
             f"has both '{names['labels']}' and '{names['targets']}', expected exactly one",
@@ -221,6 +233,77 @@ def validate_arrays(
             "(regression), expected one of them",
             path=path,
         )
+    if weight_shape is None:
+        width, width_from = _width_without_head(labels_shape, targets_shape, outputs_shape, names)
+    else:
+        width = _check_head(path, weight_shape, bias_shape, features_shape, names, error)
+        width_from = f", T rows of '{names['weight']}'"
+    task: Task
+    if labels_shape is not None:
+        task = "classification"
+        assert labels_dtype is not None
+        _check_labels(path, labels_shape, labels_dtype, features_shape, names, error)
+    else:
+        task = "regression"
+        assert targets_shape is not None
+        _check_targets(path, targets_shape, (n, width), d, width_from, names, error)
+    if outputs_shape is not None and (width is None or tuple(outputs_shape) != (n, width)):
+        expected = f"({n}, K)" if width is None else shape_str((n, width))
+        raise error(
+            f"'{names['outputs']}' has shape {shape_str(outputs_shape)}, expected {expected}",
+            path=path,
+        )
+    return task
+
+
+def _check_features(
+    path: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    names: dict[str, str],
+    error: type[InputError],
+) -> None:
+    if len(shape) != 2:
+        raise error(
+            f"'{names['features']}' has shape {shape_str(shape)}, expected 2-D (N, D)", path=path
+        )
+    if not np.issubdtype(dtype, np.floating):
+        raise error(
+            f"'{names['features']}' has dtype {dtype}, expected a floating dtype", path=path
+        )
+    n, d = shape
+    if n == 0:
+        raise error(f"'{names['features']}' has 0 rows, expected at least 1", path=path)
+    if d == 0:
+        raise error(f"'{names['features']}' has 0 columns, expected D >= 1", path=path)
+
+
+def _width_without_head(
+    labels_shape: tuple[int, ...] | None,
+    targets_shape: tuple[int, ...] | None,
+    outputs_shape: tuple[int, ...] | None,
+    names: dict[str, str],
+) -> tuple[int | None, str]:
+    """K or T of a source without a head where the shapes tell, and whence (for messages): the
+    outputs' columns, else the targets' (regression); None when only the labels' values can
+    (classification)."""
+    if outputs_shape is not None and len(outputs_shape) == 2:
+        return int(outputs_shape[1]), f", T columns of '{names['outputs']}'"
+    if labels_shape is None and targets_shape is not None and len(targets_shape) == 2:
+        return int(targets_shape[1]), ""
+    return None, ""
+
+
+def _check_head(
+    path: str,
+    weight_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...] | None,
+    features_shape: tuple[int, ...],
+    names: dict[str, str],
+    error: type[InputError],
+) -> int:
+    """The head's shapes against the features'; returns its width (K or T)."""
+    d = features_shape[1]
     if len(weight_shape) != 2:
         raise error(
             f"'{names['weight']}' has shape {shape_str(weight_shape)}, expected 2-D (K or T, D)",
@@ -239,59 +322,71 @@ def validate_arrays(
         raise error(
             f"'{names['bias']}' has shape {shape_str(bias_shape)}, expected ({width},)", path=path
         )
-    task: Task
-    if labels_shape is not None:
-        task = "classification"
-        if tuple(labels_shape) != (n,):
-            raise error(
-                f"'{names['labels']}' has shape {shape_str(labels_shape)}, expected ({n},) "
-                f"to match '{names['features']}' of shape {shape_str(features_shape)}",
-                path=path,
-            )
-        assert labels_dtype is not None
-        if not np.issubdtype(labels_dtype, np.integer):
-            raise error(
-                f"'{names['labels']}' has dtype {labels_dtype}, expected integer class indices",
-                path=path,
-            )
-        expected_out = (n, width)
-    else:
-        task = "regression"
-        assert targets_shape is not None
-        if tuple(targets_shape) != (n, width):
-            raise error(
-                f"'{names['targets']}' has shape {shape_str(targets_shape)}, "
-                f"expected ({n}, {width}) "
-                f"(N rows of '{names['features']}', T rows of '{names['weight']}')",
-                path=path,
-            )
-        if width > d:
-            raise error(
-                f"regression with T = {width} targets > D = {d} features is not supported "
-                "(the collapse metrics need T <= D)",
-                path=path,
-            )
-        expected_out = (n, width)
-    if outputs_shape is not None and tuple(outputs_shape) != expected_out:
+    return int(width)
+
+
+def _check_labels(
+    path: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    features_shape: tuple[int, ...],
+    names: dict[str, str],
+    error: type[InputError],
+) -> None:
+    n = features_shape[0]
+    if tuple(shape) != (n,):
         raise error(
-            f"'{names['outputs']}' has shape {shape_str(outputs_shape)}, "
-            f"expected {shape_str(expected_out)}",
+            f"'{names['labels']}' has shape {shape_str(shape)}, expected ({n},) "
+            f"to match '{names['features']}' of shape {shape_str(features_shape)}",
             path=path,
         )
-    return task
+    if not np.issubdtype(dtype, np.integer):
+        raise error(
+            f"'{names['labels']}' has dtype {dtype}, expected integer class indices", path=path
+        )
+
+
+def _check_targets(
+    path: str,
+    shape: tuple[int, ...],
+    expected: tuple[int, int | None],
+    d: int,
+    width_from: str,
+    names: dict[str, str],
+    error: type[InputError],
+) -> None:
+    """Targets (N, T) with T <= D; width_from: where T came from, for the message."""
+    n, width = expected
+    if width is None or tuple(shape) != (n, width):
+        wanted = f"({n}, T)" if width is None else f"({n}, {width})"
+        raise error(
+            f"'{names['targets']}' has shape {shape_str(shape)}, expected {wanted} "
+            f"(N rows of '{names['features']}'{width_from})",
+            path=path,
+        )
+    if width > d:
+        raise error(
+            f"regression with T = {width} targets > D = {d} features is not supported "
+            "(the collapse metrics need T <= D)",
+            path=path,
+        )
 
 
 def check_label_range(
-    path: str, name: str, labels: np.ndarray, k: int, error: type[InputError] = InputError
+    path: str,
+    name: str,
+    labels: np.ndarray,
+    k: int,
+    error: type[InputError] = InputError,
+    k_from: str = "rows in the head weight",
 ) -> None:
-    """Labels must index rows of the head: 0 <= y < K."""
+    """Labels must index rows of the head: 0 <= y < K. k_from: where K came from (messages)."""
     if labels.size == 0:
         return
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= k:
         bad = lo if lo < 0 else hi
         raise error(
-            f"'{name}' contains label {bad}, expected labels in [0, {k - 1}] "
-            f"(K = {k} rows in the head weight)",
+            f"'{name}' contains label {bad}, expected labels in [0, {k - 1}] (K = {k} {k_from})",
             path=path,
         )

@@ -4,8 +4,9 @@ Owns every classification key (definitions and edge cases in docs/metrics.md): n
 (within- vs between-class variability), the nc2 equinorm / equiangle / maxangle / ETF errors of
 the centred class means and of the classifier rows, nc3 and nc3_etf (self-duality), nc4 (the
 classifier's disagreement with the nearest class mean), accuracy and bias_gap, with their edge
-cases (empty classes -> K_eff, K - 1 > D floors, undefined -> NaN with a reason).
-Never reads data: it takes `stats.classification`'s `ClassMoments` and `ClassScatter` and the head.
+cases (empty classes -> K_eff, K - 1 > D floors, undefined -> NaN with a reason; without a head,
+`HEAD_KEYS` undefined). Never reads data: it takes `stats.classification`'s `ClassMoments` and
+`ClassScatter` and the head.
 
 Direction: every metric here is lower-is-more-collapsed (0 at exact collapse; bias_gap 0 when
 W mu_G + b = 0) except `accuracy`, which is higher-is-better.
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 
-from ncinspect.metrics.head import Head
+from ncinspect.metrics.head import HEAD_ABSENT, NO_CLASSIFIER, Head
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
 from ncinspect.metrics.results import MetricSet
 from ncinspect.stats.classification import ClassMoments, ClassScatter
@@ -198,19 +200,53 @@ def _etf_distance(gram: np.ndarray, key: str, out: MetricSet) -> None:
     out.metrics[key] = float(np.linalg.norm(diff))
 
 
-def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: Head) -> MetricSet:
-    """All classification keys from pass-1 and pass-2 statistics and the head."""
+# The keys that need the classifier: its rows (nc2_*_weights, nc3, nc3_etf), its decisions
+# (nc4, accuracy) or its bias (bias_gap).
+HEAD_KEYS = (
+    "nc2_equinorm_weights",
+    "nc2_equiangle_weights",
+    "nc2_maxangle_weights",
+    "nc2_etf_weights",
+    "nc3",
+    "nc3_etf",
+    "nc4",
+    "accuracy",
+    "bias_gap",
+)
+
+
+def classification_metrics(
+    moments: ClassMoments,
+    scatter: ClassScatter,
+    head: Head | None,
+    outputs_correct: int | None = None,
+) -> MetricSet:
+    """All classification keys from pass-1 and pass-2 statistics and the head.
+
+    head None (a dump without one): the head-free keys (nc1, nc1_cdnv, nc2_*_means) as usual,
+    `HEAD_KEYS` undefined with the reason `NO_CLASSIFIER`, except accuracy when the stored
+    logits gave `outputs_correct` (rows whose logits' argmax is the label).
+    """
     out = MetricSet()
+    k_eff = _class_warnings(moments, head, out)
+    mc = centred_means(moments)
+    gram_means = mc @ mc.T  # (K_eff, K_eff), shared by nc1_cdnv, the angles and the ETF error
+    nc1(moments, scatter, out)
+    nc1_cdnv(moments, out, gram_means)
+    _mean_geometry(mc, gram_means, k_eff, out)
+    if head is None:
+        _without_head(moments, out, outputs_correct)
+    else:
+        _head_metrics(moments, scatter, head, mc, out)
+    out.metrics = {key: out.metrics[key] for key in CLASSIFICATION_KEYS}
+    return out
+
+
+def _class_warnings(moments: ClassMoments, head: Head | None, out: MetricSet) -> int:
+    """Empty and single-sample classes, and the ETF floors when K - 1 > D; returns K_eff."""
     k, d = moments.k, moments.d
-    n = moments.n
     present = moments.counts > 0
     k_eff = int(present.sum())
-    w = np.asarray(head.weight, dtype=np.float64)
-    b = head.bias_or_zeros()
-    mu_g = moments.global_mean()
-    mc = centred_means(moments)
-    w_p = w[present]
-
     out.info["k_eff"] = k_eff
     if k_eff < k:
         missing = np.flatnonzero(~present).tolist()
@@ -229,31 +265,40 @@ def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: H
             "nc2 angle/ETF errors of the means have a positive floor"
         )
         out.info["etf_floor_means"] = True
-    if k - 1 > d:
+    if k - 1 > d and head is not None:
         if k_eff - 1 <= d:
             out.warn(
                 f"K - 1 = {k - 1} > D = {d}: the nc2 weight angle/ETF errors have a positive floor"
             )
         out.info["etf_floor_weights"] = True
+    return k_eff
 
-    gram_means = mc @ mc.T  # (K_eff, K_eff), shared by nc1_cdnv, the angles and the ETF error
-    gram_weights = w @ w.T  # (K, K)
-    nc1(moments, scatter, out)
-    nc1_cdnv(moments, out, gram_means)
 
+def _mean_geometry(mc: np.ndarray, gram_means: np.ndarray, k_eff: int, out: MetricSet) -> None:
+    """nc2_equinorm / equiangle / maxangle / etf of the centred class means Mc (K_eff, D)."""
     _equinorm(mc, "nc2_equinorm_means", out)
-    _equinorm(w, "nc2_equinorm_weights", out)
     if k_eff >= 2:
         _angles(mc, "means", "centred class-mean", out, gram_means)
     else:
         for key in ("nc2_equiangle_means", "nc2_maxangle_means"):
             out.undefined(key, f"needs at least 2 classes with samples (K_eff = {k_eff})")
-    if k >= 2:
+    _etf_distance(gram_means, "nc2_etf_means", out)
+
+
+def _head_metrics(
+    moments: ClassMoments, scatter: ClassScatter, head: Head, mc: np.ndarray, out: MetricSet
+) -> None:
+    """`HEAD_KEYS`: the classifier rows' geometry, self-duality, NC4, accuracy and bias_gap."""
+    n = moments.n
+    w = np.asarray(head.weight, dtype=np.float64)
+    w_p = w[moments.counts > 0]
+    gram_weights = w @ w.T  # (K, K)
+    _equinorm(w, "nc2_equinorm_weights", out)
+    if w.shape[0] >= 2:
         _angles(w, "weights", "classifier-row", out, gram_weights)
     else:
         for key in ("nc2_equiangle_weights", "nc2_maxangle_weights"):
             out.undefined(key, "needs at least 2 classifier rows (K = 1)")
-    _etf_distance(gram_means, "nc2_etf_means", out)
     _etf_distance(gram_weights, "nc2_etf_weights", out)
 
     w_norm, m_norm = np.linalg.norm(w_p), np.linalg.norm(mc)
@@ -265,20 +310,31 @@ def classification_metrics(moments: ClassMoments, scatter: ClassScatter, head: H
 
     out.metrics["nc4"] = scatter.ncc_mismatch / n
     out.metrics["accuracy"] = scatter.correct / n
-    out.metrics["bias_gap"] = float(np.linalg.norm(w @ mu_g + b))
+    out.metrics["bias_gap"] = float(
+        np.linalg.norm(w @ moments.global_mean() + head.bias_or_zeros())
+    )
     if head.bias is None:
         out.info["bias"] = "absent (treated as zero)"
-    out.metrics = {key: out.metrics[key] for key in CLASSIFICATION_KEYS}
-    return out
 
 
-def classification_extras(moments: ClassMoments, head: Head) -> dict[str, np.ndarray]:
+def _without_head(moments: ClassMoments, out: MetricSet, outputs_correct: int | None) -> None:
+    """`HEAD_KEYS` undefined (`NO_CLASSIFIER`), but accuracy from the stored logits if given."""
+    out.info["head"] = HEAD_ABSENT
+    keys: tuple[str, ...] = HEAD_KEYS
+    if outputs_correct is not None:
+        out.metrics["accuracy"] = outputs_correct / moments.n
+        out.info["accuracy_from"] = "outputs (the argmax of the stored logits)"
+        keys = tuple(key for key in HEAD_KEYS if key != "accuracy")
+    out.undefined_all(keys, NO_CLASSIFIER)
+
+
+def classification_extras(moments: ClassMoments, head: Head | None) -> dict[str, Any]:
     """The statistics later stages need beside the metrics (`ufm.ufm_distance`): the head
-    (weight (K, D), bias (K,)), class means (K, D), counts (K,) and within-class sums of
-    squares m2 (K,). K x D floats, the size of the weight itself."""
+    (weight (K, D), bias (K,); both None without a head), class means (K, D), counts (K,) and
+    within-class sums of squares m2 (K,). K x D floats, the size of the weight itself."""
     return {
-        "weight": np.asarray(head.weight, dtype=np.float64),
-        "bias": head.bias_or_zeros(),
+        "weight": None if head is None else np.asarray(head.weight, dtype=np.float64),
+        "bias": None if head is None else head.bias_or_zeros(),
         "class_means": moments.means,
         "counts": moments.counts,
         "within_ss": moments.m2,

@@ -1,6 +1,7 @@
 """The classifier or regressor head the metrics compare features with: `Head` (W and optional b).
 
-A plain value type; owns no computation beyond reading its own arrays.
+A plain value type; owns no computation beyond reading its own arrays. `NO_CLASSIFIER` and
+`NO_REGRESSOR`: the reasons a metric that needs the head is undefined for a dump without one.
 Axes: D feature dim, K classes, T regression targets.
 """
 
@@ -26,3 +27,8 @@ class Head:
         if self.bias is None:
             return np.zeros(self.weight.shape[0], dtype=np.float64)
         return np.asarray(self.bias, dtype=np.float64)
+
+
+NO_CLASSIFIER = "needs the classifier head (weight); the dump has none"
+NO_REGRESSOR = "needs the regression head (weight); the dump has none"
+HEAD_ABSENT = "absent (the dump has no weight)"  # info["head"] of a source without a head

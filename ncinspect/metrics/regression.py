@@ -3,8 +3,8 @@
 Owns every regression key (definitions and edge cases in docs/metrics.md): nrc1, nrc2 and their
 centred variants (the unit feature rows' distance to the top-T PCA subspace / to W's row space),
 nrc3 with its gamma (the NRC3 curve, `nrc3_at` / `nrc3_search`), evr, mse and r2, with their edge
-cases (T = 1, a singular target covariance, zero-norm feature rows), and `GammaChoice`, the gamma
-nrc3 is evaluated at. Never reads rows, files or options: it takes `stats.regression`'s
+cases (T = 1, a singular target covariance, zero-norm feature rows, no head), and `GammaChoice`,
+the gamma nrc3 is evaluated at. Never reads rows, files or options: it takes `stats.regression`'s
 finalized statistics and the head (`analysis.regression` gathers them and picks the gamma).
 
 Direction: nrc1, nrc2, nrc1_centered, nrc2_centered and nrc3 are lower-is-more-collapsed (0 at
@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ncinspect.errors import UsageError
-from ncinspect.metrics.head import Head
+from ncinspect.metrics.head import HEAD_ABSENT, NO_REGRESSOR, Head
 from ncinspect.metrics.keys import REGRESSION_KEYS
 from ncinspect.metrics.results import MetricSet
 from ncinspect.stats.blocks import UNIT64
@@ -322,7 +322,7 @@ class UnitStatistics(Protocol):
 
 
 # Subspaces.of's last answer: (weak ref to the moments, their feature_scatter, n, W, Subspaces).
-_LAST_SPACES: dict[str, tuple[Any, np.ndarray, int, np.ndarray, Subspaces]] = {}
+_LAST_SPACES: dict[str, tuple[Any, np.ndarray, int, np.ndarray | None, Subspaces]] = {}
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,7 @@ class Subspaces:
 
     pca (D, r <= T): top principal directions; eigenvalues: the feature covariance's top T + 1,
     descending; total_variance: its trace (the sum of all eigenvalues); row_space (D, r_W):
-    orthonormal basis of W's rows.
+    orthonormal basis of W's rows ((D, 0) without a head).
     """
 
     pca: np.ndarray
@@ -340,16 +340,16 @@ class Subspaces:
     row_space: np.ndarray
 
     @classmethod
-    def of(cls, moments: RegressionMoments, weight: np.ndarray) -> Subspaces:
+    def of(cls, moments: RegressionMoments, weight: np.ndarray | None) -> Subspaces:
         # The analysis asks twice with the same moments (pass 2's basis, then the metrics): the
         # last answer is kept (weakly, by identity, with the arrays it came from) so one D x D
         # eigendecomposition serves both.
-        w = np.asarray(weight, dtype=np.float64)
+        w = None if weight is None else np.asarray(weight, dtype=np.float64)
         held = _LAST_SPACES.get("last")
         if held is not None:
             ref, scatter, n, held_w, spaces = held
             if ref() is moments and scatter is moments.feature_scatter and n == moments.n:
-                if held_w.shape == w.shape and np.array_equal(held_w, w):
+                if _same_weight(held_w, w):
                     return spaces
         cov = moments.feature_cov()
         pca, eigenvalues = pca_basis(cov, moments.t)
@@ -357,9 +357,9 @@ class Subspaces:
             pca=pca,
             eigenvalues=eigenvalues,
             total_variance=float(np.trace(cov)),
-            row_space=weight_row_basis(w),
+            row_space=np.zeros((moments.d, 0)) if w is None else weight_row_basis(w),
         )
-        held_w = w.copy()  # the caller may change its W in place later
+        held_w = None if w is None else w.copy()  # the caller may change its W in place later
         key = (weakref.ref(moments), moments.feature_scatter, moments.n)
         _LAST_SPACES["last"] = (*key, held_w, spaces)
         return spaces
@@ -373,6 +373,12 @@ class Subspaces:
         return u[:, s > max(both.shape) * np.finfo(np.float64).eps * s[0]]
 
 
+def _same_weight(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
 def _unit_distance(stats: UnitStatistics, basis: np.ndarray) -> float:
     """(1/n) sum_i ||u_i - P u_i||^2 = 1 - tr(P M)/n, clipped to [0, 1]. Lower is better."""
     return min(max(1.0 - stats.captured(basis) / stats.n_unit, 0.0), 1.0)
@@ -384,11 +390,14 @@ def _unit_metrics(
     spaces: Subspaces,
     uncentred: UnitStatistics,
     centred: UnitStatistics,
+    has_head: bool = True,
 ) -> None:
-    """nrc1, nrc2, their centred variants and evr."""
+    """nrc1, nrc2, their centred variants and evr; without a head, nrc2 and nrc2_centered are
+    left to the caller (`HEAD_KEYS`)."""
     pca, eigenvalues, row_space = spaces.pca, spaces.eigenvalues, spaces.row_space
     out.info["pca_rank"] = int(pca.shape[1])
-    out.info["weight_rank"] = int(row_space.shape[1])
+    if has_head:
+        out.info["weight_rank"] = int(row_space.shape[1])
     out.info["zero_norm_rows"] = uncentred.n_zero_norm
     out.info["centred_zero_norm_rows"] = centred.n_zero_norm
 
@@ -421,9 +430,9 @@ def _unit_metrics(
                 "subspace, and so nrc1, is not unique"
             )
         out.metrics["evr"] = explained_variance_ratio(eigenvalues, t, spaces.total_variance)
-    if row_space.shape[1] == 0:
+    if has_head and row_space.shape[1] == 0:
         out.warn("the head weight W is zero: its row space is {0}, so nrc2 = 1")
-    elif row_space.shape[1] < t:
+    elif has_head and row_space.shape[1] < t:
         out.warn(f"the head weight W has rank {row_space.shape[1]} < T = {t}")
 
     for key, stats, reason in (
@@ -433,15 +442,28 @@ def _unit_metrics(
         if stats.n_unit == 0:
             if not no_variance:  # else nrc1 already has its reason
                 out.undefined("nrc1" + key, reason)
-            out.undefined("nrc2" + key, reason)
+            if has_head:
+                out.undefined("nrc2" + key, reason)
             continue
         if not no_variance:
             out.metrics["nrc1" + key] = _unit_distance(stats, pca)
-        out.metrics["nrc2" + key] = _unit_distance(stats, row_space)
+        if has_head:
+            out.metrics["nrc2" + key] = _unit_distance(stats, row_space)
 
 
-def _fit_metrics(out: MetricSet, moments: RegressionMoments) -> None:
-    """mse and r2."""
+# The keys that need the head's W (mse and r2 need predictions: W h + b or stored outputs).
+HEAD_KEYS = ("nrc2", "nrc2_centered", "nrc3", "nrc3_gamma", "nrc3_gamma_ratio")
+
+NO_PREDICTIONS = (
+    "needs predictions: the regression head (weight) or stored outputs; the dump has neither"
+)
+
+
+def _fit_metrics(out: MetricSet, moments: RegressionMoments, predicted: bool = True) -> None:
+    """mse and r2; undefined (`NO_PREDICTIONS`) when nothing predicted the targets."""
+    if not predicted:
+        out.undefined_all(("mse", "r2"), NO_PREDICTIONS)
+        return
     out.metrics["mse"] = mse(moments)
     if float(np.trace(moments.target_scatter)) <= 0:
         out.undefined("r2", "the targets have zero variance")
@@ -513,17 +535,20 @@ def _nrc3_metrics(
 def regression_metrics(
     moments: RegressionMoments,
     centred: RegressionCentred,
-    head: Head,
+    head: Head | None,
     gamma: GammaChoice | None = None,
+    predicted: bool = True,
 ) -> MetricSet:
     """Every regression key from D x D statistics (pass 1 with unit rows, the centred unit rows'
     second moment) and the head (W, b).
 
     gamma None searches nrc3's gamma on this checkpoint; otherwise nrc3 is evaluated at it.
     `moments` must carry its unit rows (built with unit_rows=True, the default).
+    head None and predicted: as in `metrics_from_subspaces`.
     """
-    spaces = Subspaces.of(moments, np.asarray(head.weight, dtype=np.float64))
-    return metrics_from_subspaces(moments, spaces, moments, centred, head, gamma)
+    weight = None if head is None else np.asarray(head.weight, dtype=np.float64)
+    spaces = Subspaces.of(moments, weight)
+    return metrics_from_subspaces(moments, spaces, moments, centred, head, gamma, predicted)
 
 
 def metrics_from_subspaces(
@@ -531,19 +556,28 @@ def metrics_from_subspaces(
     spaces: Subspaces,
     uncentred: UnitStatistics,
     centred: UnitStatistics,
-    head: Head,
+    head: Head | None,
     gamma: GammaChoice | None,
+    predicted: bool = True,
 ) -> MetricSet:
     """Every regression key from pass 1's moments, the subspaces fixed after it, the unit rows'
     statistics (uncentred and centred: `UnitProjections` from pass 2, or the D x D moments) and the
     head. gamma None searches nrc3's gamma on this checkpoint; otherwise nrc3 is evaluated at it.
+
+    head None (a dump without one): nrc1, nrc1_centered and evr as usual; `HEAD_KEYS` (nrc2,
+    nrc2_centered and the nrc3 keys) undefined (`NO_REGRESSOR`). predicted False (no head and no
+    stored outputs: the moments' RSS compares the targets with nothing): mse and r2 undefined.
     """
     out = MetricSet()
-    weight = np.asarray(head.weight, dtype=np.float64)
-    if head.bias is None:
+    if head is None:
+        out.info["head"] = HEAD_ABSENT
+    elif head.bias is None:
         out.info["bias"] = "absent (treated as zero)"
-    _unit_metrics(out, moments.t, spaces, uncentred, centred)
-    _fit_metrics(out, moments)
-    _nrc3_metrics(out, weight, moments.target_cov(), gamma)
+    _unit_metrics(out, moments.t, spaces, uncentred, centred, head is not None)
+    _fit_metrics(out, moments, predicted)
+    if head is None:
+        out.undefined_all(HEAD_KEYS, NO_REGRESSOR)
+    else:
+        _nrc3_metrics(out, np.asarray(head.weight, dtype=np.float64), moments.target_cov(), gamma)
     out.metrics = {key: out.metrics[key] for key in REGRESSION_KEYS}
     return out

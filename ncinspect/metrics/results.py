@@ -28,6 +28,16 @@ class MetricSet:
         self.info.setdefault("undefined", {})[key] = reason
         self.warnings.append(f"{key} is undefined: {reason}")
 
+    def undefined_all(self, keys: tuple[str, ...], reason: str) -> None:
+        """Several metrics undefined for one reason: each NaN with the reason in info, and one
+        warning naming them all."""
+        for key in keys:
+            self.metrics[key] = math.nan
+            self.info.setdefault("undefined", {})[key] = reason
+        if keys:
+            verb = "is" if len(keys) == 1 else "are"
+            self.warn(f"{', '.join(keys)} {verb} undefined: {reason}")
+
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)

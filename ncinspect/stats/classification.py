@@ -3,10 +3,10 @@
 Owns: `ClassSums` (pass 1: counts and per-class sums), `ClassMoments` (counts, means and
 within-class squared deviations, merged with Chan's pairwise update), `ScatterPlan` /
 `plan_scatter` (what pass 2 needs, fixed after pass 1: the cheaper exact NC1 route, the means,
-the head) and `ClassScatter` (pass 2, the means fixed: the within-class scatter in that route's
-basis, the within-class squared deviations, and the counts behind accuracy and NC4, whose
-per-row decisions `stats.decisions` certifies). `ClassRuns` groups a block's rows by class.
-Everything accumulates in float64 and merges exactly, so batch size and shard order cannot
+the head if there is one) and `ClassScatter` (pass 2, the means fixed: the within-class scatter
+in that route's basis, the within-class squared deviations, and the counts behind accuracy and
+NC4, whose per-row decisions `stats.decisions` certifies). `ClassRuns` groups a block's rows by
+class. Everything accumulates in float64 and merges exactly, so batch size and shard order cannot
 change a result beyond float64 rounding; blocks are processed in cache-sized sub-blocks
 (`stats.blocks`).
 Never reads files and never computes a metric (`metrics.classification` does, from these).
@@ -236,45 +236,52 @@ class ScatterPlan:
     from `plan_scatter`; any fixed point gives the same nearest means). `ncc` and `logits` are
     derived here once for `ClassScatter.from_batch`. `rows`: how many rows pass 2 will see (0:
     unknown), which decides whether the span route for the logits pays for its setup.
+    `weight` None (a source without a head): no decisions, so `correct` and `ncc_mismatch` stay 0
+    and `ncc` / `logits` are None.
     """
 
     means: np.ndarray  # (K, D) class means
     present: np.ndarray  # (K,) bool, classes with at least one sample
     basis: np.ndarray | None
-    weight: np.ndarray  # (K, D)
-    bias: np.ndarray  # (K,)
+    weight: np.ndarray | None  # (K, D); None: no head
+    bias: np.ndarray | None  # (K,); None with the weight
     centre: np.ndarray | None = None  # (D,)
     rows: int = 0
     # (D,) unit vector: pass 2 also sums (h_i - mu_{y_i}) . check per class, which vanishes when
     # the means are those of the rows read (`ClassScatter.check_sum`); None: not needed
     check: np.ndarray | None = None
-    ncc: NearestMean = field(init=False, repr=False, compare=False)
-    logits: Logits = field(init=False, repr=False, compare=False)
+    ncc: NearestMean | None = field(init=False, repr=False, compare=False)
+    logits: Logits | None = field(init=False, repr=False, compare=False)
     projector: np.ndarray | None = field(init=False, repr=False, compare=False)
     # projector.T, C-contiguous: OpenBLAS packs it faster than the transposed view
     projector_t: np.ndarray | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        centre = np.zeros(self.means.shape[1]) if self.centre is None else self.centre
-        self.ncc = NearestMean.build(self.means, self.present, centre, self.basis)
-        self.logits = Logits.build(self.weight, self.bias, self.means, table=self.basis is not None)
-        # what pass 2 multiplies the deviations by: Mc; the logits come from that projection
-        # through the span (`Logits.with_span`), or, with _SPAN_LOGITS off, from W stacked
-        # under Mc when few classes
+        # what pass 2 multiplies the deviations by: Mc (None on the D x D route)
         self.projector = self.basis
-        if self.basis is not None and _SPAN_LOGITS and self._span_pays(*self.basis.shape):
-            self.logits = self.logits.with_span(self.basis)
-        elif self.basis is not None and self.basis.shape[0] + self.weight.shape[0] <= _STACK_MAX:
-            self.projector = np.concatenate([self.basis, self.weight])
-
+        self.ncc = self.logits = None
+        if self.weight is not None and self.bias is not None:
+            self._plan_decisions(self.weight, self.bias)
         self.projector_t = (
             None if self.projector is None else np.ascontiguousarray(self.projector.T)
         )
 
+    def _plan_decisions(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """The nearest-mean and logit argmax routes behind accuracy and NC4. The logits come from
+        pass 2's projection through the span (`Logits.with_span`), or, with _SPAN_LOGITS off,
+        from W stacked under Mc when few classes."""
+        centre = np.zeros(self.means.shape[1]) if self.centre is None else self.centre
+        self.ncc = NearestMean.build(self.means, self.present, centre, self.basis)
+        self.logits = Logits.build(weight, bias, self.means, table=self.basis is not None)
+        if self.basis is not None and _SPAN_LOGITS and self._span_pays(*self.basis.shape):
+            self.logits = self.logits.with_span(self.basis)
+        elif self.basis is not None and self.basis.shape[0] + weight.shape[0] <= _STACK_MAX:
+            self.projector = np.concatenate([self.basis, weight])
+
     def _span_pays(self, r: int, d: int) -> bool:
         """Whether the span route's (K, r) float64 products per row beat the (K, D) float32 ones
         (2 r <= D), with its O(D r^2) least-squares setup amortized over the rows."""
-        k = self.weight.shape[0]
+        k = self.means.shape[0]
         return 2 * r <= d and (self.rows == 0 or self.rows * k >= _SPAN_SETUP * r * r)
 
     @property
@@ -284,13 +291,14 @@ class ScatterPlan:
 
 def plan_scatter(
     moments: ClassMoments,
-    weight: np.ndarray,
-    bias: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
     route: str = "auto",
     check: np.ndarray | None = None,
 ) -> ScatterPlan:
     """Choose the cheaper exact NC1 route: the class span when K_eff < D, else D x D. `check`:
-    a unit vector for `ClassScatter.means_match` (means that did not come from these rows)."""
+    a unit vector for `ClassScatter.means_match` (means that did not come from these rows).
+    weight (K, D) and bias (K,) None: no head, so no accuracy or NC4 counts."""
     present = moments.counts > 0
     k_eff = int(present.sum())
     if route == "auto":
@@ -303,12 +311,44 @@ def plan_scatter(
         means=moments.means,
         present=present,
         basis=basis,
-        weight=np.asarray(weight, dtype=np.float64),
-        bias=np.asarray(bias, dtype=np.float64),
+        weight=None if weight is None else np.asarray(weight, dtype=np.float64),
+        bias=None if weight is None else _bias_or_zeros(bias, weight),
         centre=mu_g,
         rows=moments.n,
         check=check,
     )
+
+
+def _bias_or_zeros(bias: np.ndarray | None, weight: np.ndarray) -> np.ndarray:
+    if bias is None:
+        return np.zeros(np.shape(weight)[0], dtype=np.float64)
+    return np.asarray(bias, dtype=np.float64)
+
+
+def _decisions(
+    plan: ScatterPlan,
+    ncc: NearestMean,
+    logits: Logits,
+    x: np.ndarray,
+    y: np.ndarray,
+    dev_norm: np.ndarray,
+    proj: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(classifier argmax, nearest class mean) per row of a block, through the plan's routes."""
+    xnorm = dev_norm + ncc.mean_norms[y]  # >= ||h_i||
+    if proj is None:
+        return logits.argmax(x, xnorm), ncc.from_features(x, xnorm)
+    assert plan.basis is not None
+    r = plan.basis.shape[0]
+    z = proj[:, :r]
+    nearest = ncc.from_projection(z, y, dev_norm, x.__getitem__)
+    if logits.coef is not None:
+        pred = logits.from_span(z, y, dev_norm, xnorm, x.__getitem__)
+    elif proj.shape[1] > r:
+        pred = logits.from_projection(proj[:, r:], y, xnorm, x.__getitem__)
+    else:
+        pred = logits.argmax(x, xnorm)
+    return pred, nearest
 
 
 @dataclass
@@ -394,21 +434,13 @@ class ClassScatter:
                 assert plan.projector_t is not None
                 thin_matmul(dev, plan.projector_t, out=proj[sl])
         dev_norm = np.sqrt(dev_sq)
-        xnorm = dev_norm + plan.ncc.mean_norms[y]  # >= ||h_i||
-        if proj is None:
-            ncc = plan.ncc.from_features(x, xnorm)
-            pred = plan.logits.argmax(x, xnorm)
-        else:
-            r = out.scatter.shape[0]
-            z = proj[:, :r]
-            out.scatter = z.T @ z
-            ncc = plan.ncc.from_projection(z, y, dev_norm, x.__getitem__)
-            if plan.logits.coef is not None:
-                pred = plan.logits.from_span(z, y, dev_norm, xnorm, x.__getitem__)
-            elif proj.shape[1] > r:
-                pred = plan.logits.from_projection(proj[:, r:], y, xnorm, x.__getitem__)
-            else:
-                pred = plan.logits.argmax(x, xnorm)
+        r = out.scatter.shape[0]
+        if proj is not None:
+            out.scatter = proj[:, :r].T @ proj[:, :r]
+        if plan.ncc is not None and plan.logits is not None:
+            pred, ncc = _decisions(plan, plan.ncc, plan.logits, x, y, dev_norm, proj)
+            out.correct = int(np.count_nonzero(pred == y))
+            out.ncc_mismatch = int(np.count_nonzero(pred != ncc))
         assert out.within is not None
         k = out.within.size
         out.within += np.bincount(y, weights=dev_sq, minlength=k)
@@ -417,8 +449,6 @@ class ClassScatter:
             out.check_sum = np.bincount(y, weights=checked, minlength=k)
             out.check_scale = np.bincount(y, weights=dev_norm, minlength=k)
         out.n = n
-        out.correct = int(np.count_nonzero(pred == y))
-        out.ncc_mismatch = int(np.count_nonzero(pred != ncc))
         return out
 
     def merge(self, other: ClassScatter) -> ClassScatter:

@@ -98,6 +98,8 @@ class DeviceClassScatter:
         def dev(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float64), device=device)
 
+        if plan.weight is None or plan.bias is None:  # extraction always has its model's head
+            raise ValueError("the device pass 2 needs a plan with the head (weight and bias)")
         self.route = plan.route
         self.means = dev(plan.means)
         self.basis = None if plan.basis is None else dev(plan.basis)

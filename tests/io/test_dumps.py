@@ -64,12 +64,12 @@ def test_content_not_extension_decides(tmp_path: Path, arrays: dict) -> None:
 
 def test_missing_arrays_listed(tmp_path: Path, arrays: dict) -> None:
     path = tmp_path / "d.npz"
-    np.savez(path, feats=arrays["features"], labels=arrays["labels"])
+    np.savez(path, feats=arrays["features"], y=arrays["labels"])
     with pytest.raises(DumpError) as err:
         open_source(path)
     msg = str(err.value)
-    assert "missing array(s) 'features', 'weight'" in msg
-    assert "found feats (60, 8), labels (60,)" in msg
+    assert "missing array(s) 'features', 'labels or targets'" in msg
+    assert "found feats (60, 8), y (60,)" in msg
 
 
 def test_pickled_object_refused_and_not_run(tmp_path: Path) -> None:

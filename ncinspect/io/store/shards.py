@@ -200,18 +200,19 @@ def _check_shards(paths: list[Path], sources: list[FeatureSource]) -> None:
         for key in ("extraction_id", "content", "total_rows", "shard_layout"):
             if meta.get(key) != first.meta.get(key):
                 raise differs(path, f"attribute '{key}'", meta.get(key), first.meta.get(key))
-        if (src.task, src.d, src.head.width) != (first.task, first.d, first.head.width):
+        head, first_head = src.require_head(), first.require_head()
+        if (src.task, src.d, head.width) != (first.task, first.d, first_head.width):
             raise differs(
                 path,
                 "(task, D, width)",
-                (src.task, src.d, src.head.width),
-                (first.task, first.d, first.head.width),
+                (src.task, src.d, head.width),
+                (first.task, first.d, first_head.width),
             )
-        a, b = src.head.bias, first.head.bias
+        a, b = head.bias, first_head.bias
         same_bias = (a is None and b is None) or (
             a is not None and b is not None and np.array_equal(a, b)
         )
-        if not (np.array_equal(src.head.weight, first.head.weight) and same_bias):
+        if not (np.array_equal(head.weight, first_head.weight) and same_bias):
             raise differs(path, "the head (weight, bias)", "different values", "others")
         if (src.statistics is None) != (first.statistics is None):
             raise differs(
