@@ -6,16 +6,16 @@
     >>> ncinspect.analyze_arrays(features, weight, bias, labels=labels)   # one Result
 
 Owns: `analyze` (paths -> results: discover, open, analyse, apply the run-level NRC3 gamma
-protocol, attach the distance to the UFM optimum) and the public surface listed in `__all__`:
-`analyze_arrays` for arrays already in memory (`ncinspect.analysis.arrays`), `Result`, the
-options `AnalysisOptions` and `UfmSettings`, and `NcInspectError`, the base of every error a
-user can act on. Never prints and never renders.
+protocol, attach each run's hyper-parameter record and the distance to the UFM optimum) and the
+public surface listed in `__all__`: `analyze_arrays` for arrays already in memory
+(`ncinspect.analysis.arrays`), `Result`, the options `AnalysisOptions` and `UfmSettings`, and
+`NcInspectError`, the base of every error a user can act on. Never prints and never renders.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,8 +23,10 @@ from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.passes import analyze_source
 from ncinspect.errors import NcInspectError
+from ncinspect.hparams import read_manifest, resolve_hyperparams
 from ncinspect.io.discovery import STORE_SUFFIXES, discover, natural_key, open_source
 from ncinspect.metrics.results import Result, run_key
+from ncinspect.runs import run_names
 from ncinspect.ufm.distance import UfmSettings, check_settings, ufm_distance
 
 __all__ = [
@@ -47,16 +49,23 @@ def analyze(
     skipped: list[str] | None = None,
     ufm: UfmSettings | None = None,
     saved_sums: bool = True,
+    manifest: str | Path | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> list[Result]:
     """Analyse stores and dumps (files or directories searched recursively).
 
     Files found inside directories that are not feature dumps (a data `.npz`, a checkpoint `.pt`)
     are passed over and described in `skipped` when a list is given; named files must be valid.
-    Each result's `ufm` holds its distance to the UFM optimum (`ncinspect.ufm.distance`) when the
-    regularization is known: from `ufm.lambdas`, else `ufm_lambdas`, else the store's provenance
-    (weight decay); `UfmSettings(enabled=False)` turns it off. `saved_sums=False`:
-    compute the class sums from the features even where a store saved them (`report
-    --no-saved-sums`).
+    Each run's hyper-parameters (loss, label smoothing, weight decay, training-set size) are
+    resolved once (`ncinspect.hparams.resolve_hyperparams`): the values `ufm` gives, then the
+    `manifest` file's (per run; `report --manifest`), then the stores' provenance, then the
+    config files beside the stores; the record is `info["hyperparameters"]` and every output
+    reads it. Each result's `ufm` holds its distance to the UFM optimum
+    (`ncinspect.ufm.distance`) when the regularization is known: from `ufm.lambdas`, else
+    `ufm_lambdas`, else the run's weight decay; `UfmSettings(enabled=False)` turns it off.
+    `saved_sums=False`: compute the class sums from the features even where a store saved them
+    (`report --no-saved-sums`). `keys`: which array of a dump holds which role, e.g.
+    {"features": "feats", "labels": "y"} (`report --keys`, `ncinspect.io.dumps.parse_keys`).
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -67,12 +76,16 @@ def analyze(
         ufm_lambdas=ufm_lambdas,
         saved_sums=saved_sums,
     )
+    plan = read_manifest(manifest) if manifest is not None else None  # its errors come first
+    settings = ufm or UfmSettings()
+    if settings.lambdas is None and ufm_lambdas is not None:
+        settings = replace(settings, lambdas=ufm_lambdas)
     named = {Path(p) for p in paths}
     found = discover([Path(p) for p in paths])
     results: list[Result] = []
     for path in found.files:
         try:
-            source = open_source(path)
+            source = open_source(path, keys)
         except NcInspectError as exc:
             if path in named or path.suffix in STORE_SUFFIXES:
                 raise
@@ -84,7 +97,7 @@ def analyze(
         finally:
             source.close()
     _apply_run_protocols(results)
-    _attach_ufm(results, ufm, ufm_lambdas)
+    check_settings(sorted({r.task for r in results}), settings)
     # Within a run, checkpoints in epoch order (file names like checkpoint_ep50 vs epoch_010
     # do not sort naturally); runs keep the order they were found in.
     first_seen: dict[str, int] = {}
@@ -93,18 +106,15 @@ def analyze(
     results.sort(
         key=lambda r: (first_seen[run_key(r)], r.epoch is None, r.epoch or 0, natural_key(r.source))
     )
-    return results
-
-
-def _attach_ufm(
-    results: list[Result], settings: UfmSettings | None, lambdas: tuple[float, float] | None
-) -> None:
-    settings = settings or UfmSettings()
-    if settings.lambdas is None and lambdas is not None:
-        settings = replace(settings, lambdas=lambdas)
-    check_settings(sorted({r.task for r in results}), settings)
+    given = {
+        "label_smoothing": settings.alpha,
+        "train_per_class": settings.n,
+        "ufm_lambdas": settings.lambdas,
+    }
+    resolve_hyperparams(results, run_names(run_key(r) for r in results), plan, given)
     for r in results:
         r.ufm = ufm_distance(r, settings)
+    return results
 
 
 def _apply_run_protocols(results: list[Result]) -> None:

@@ -1,10 +1,13 @@
 """Provenance: what a run's config files and checkpoints say about how the model was trained.
 
 Owns: the config files read beside a checkpoint or a store (`run.json`, `config.json`,
-`args.json`), and finding the hyper-parameters the analyses group and compare by: the loss, the
-label-smoothing alpha, the weight decay (`find_labels` for extraction, `labels_from_config` for
-the runs table) and the training-set size behind the UFM's n (`find_train_size`).
-Reads JSON only, never unpickles or imports anything a file names; a leaf apart from `errors`.
+`args.json`, Lightning's `hparams.yaml`, Hydra's `.hydra/config.yaml`; `read_config` reads JSON
+and YAML safely), and finding the hyper-parameters the analyses group and compare by: the loss,
+the label-smoothing alpha, the weight decay (`find_labels` for extraction, `labels_from_config`
+for the runs table) and the training-set size behind the UFM's n (`find_train_size`);
+`stated_values` gathers them all from one file and `agree` checks that several files say the same.
+Reads JSON and YAML (`yaml.safe_load`, aliases refused) only, never unpickles or imports
+anything a file names; a leaf apart from `errors` and `files`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ncinspect.errors import InputError
+from ncinspect.errors import InputError, reading
 from ncinspect.files import bounded_text, inside
 
 # Training labels recorded as provenance, with the names configs use for them.
@@ -45,7 +48,29 @@ TRAIN_SIZE_KEYS: tuple[str, ...] = (
 PER_CLASS_KEYS: tuple[str, ...] = ("samples_per_class", "n_per_class", "train_per_class")
 
 
-CONFIG_NAMES: tuple[str, ...] = ("run.json", "config.json", "args.json")
+CONFIG_NAMES: tuple[str, ...] = (
+    "run.json",
+    "config.json",
+    "args.json",
+    "hparams.yaml",
+    ".hydra/config.yaml",
+)
+"""The config files looked for in a checkpoint's or a store's folder, in this order: a run's own
+JSON, then Lightning's `hparams.yaml` and Hydra's `.hydra/config.yaml`."""
+PARENT_NAMES: tuple[str, ...] = ("hparams.yaml", ".hydra/config.yaml")
+"""Also looked for one folder above a checkpoint: Lightning keeps checkpoints in
+`version_N/checkpoints/` beside `version_N/hparams.yaml`, Hydra often in a subfolder of its run
+folder (which holds `.hydra/`)."""
+YAML_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
+HYPERPARAMETERS: tuple[str, ...] = (
+    "loss",
+    "label_smoothing",
+    "weight_decay",
+    "train_size",
+    "train_per_class",
+)
+"""The hyper-parameters every output reads from one record (`ncinspect.hparams`): the loss, the
+label-smoothing alpha, the weight decay, the training set's size (a total, or per class)."""
 # Label names a config file read at report time may use, by the canonical label they fill. Wider
 # than LABEL_ALIASES: a run's own config may call the label-smoothing parameter `alpha`.
 CONFIG_LABEL_ALIASES: dict[str, tuple[str, ...]] = {
@@ -120,31 +145,85 @@ def nesting_deeper_than(value: Any, limit: int = MAX_NESTING, budget: int = 1_00
 
 @dataclass(frozen=True)
 class Sidecar:
-    """A run's config file beside a checkpoint: `path` is None when there is none."""
+    """A run's config files beside a checkpoint (`sidecar_files`); `path` is None when there is
+    none. `path` is the first file (its `model` / `model_args` name the model); `data` is its
+    mapping, then the top-level keys of the others that it lacks, with the hyper-parameters the
+    files agree on (`stated_values`, normalized: `5e-4` written as text is the number, a Hydra
+    loss is its class name) set under their canonical names, so that whatever reads `data`
+    finds what the report reads. `error`: the
+    first file that cannot be read or is not a mapping, or two files that disagree on a
+    hyper-parameter (`agree`)."""
 
     path: Path | None = None
     data: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    files: tuple[Path, ...] = ()
+
+
+def sidecar_files(checkpoint: str | Path) -> list[Path]:
+    """The config files of `CONFIG_NAMES` beside `checkpoint` (or inside it, for a directory),
+    then those of `PARENT_NAMES` one folder up: regular files that stay in their folder (a link
+    out of it is not followed)."""
+    p = Path(checkpoint)
+    folder = p if p.is_dir() else p.parent
+    found: list[Path] = []
+    for base, names in ((folder, CONFIG_NAMES), (folder.parent, PARENT_NAMES)):
+        for name in names:
+            cfg = base / name
+            if cfg not in found and inside(base, cfg):
+                found.append(cfg)
+    return found
 
 
 def read_sidecar(checkpoint: str | Path) -> Sidecar:
-    """The first of run.json / config.json / args.json beside `checkpoint` (or inside it, for a
-    directory). A file that is not a JSON object is reported in `error`, not raised."""
-    p = Path(checkpoint)
-    folder = p if p.is_dir() else p.parent
-    for name in CONFIG_NAMES:
-        cfg = folder / name
-        if inside(folder, cfg):
-            try:
-                data = read_config(cfg)
-            except InputError as exc:
-                return Sidecar(cfg, {}, str(exc))
-            except (OSError, json.JSONDecodeError) as exc:
-                return Sidecar(cfg, {}, f"{cfg}: not valid JSON ({exc})")
-            if not isinstance(data, dict):
-                return Sidecar(cfg, {}, f"{cfg}: expected a JSON object, got {type(data).__name__}")
-            return Sidecar(cfg, data)
-    return Sidecar()
+    """The config files beside `checkpoint`, read and checked against each other (see `Sidecar`).
+    A problem is reported in `error`, not raised."""
+    files = sidecar_files(checkpoint)
+    if not files:
+        return Sidecar()
+    docs: list[tuple[Path, dict[str, Any]]] = []
+    errors: list[str] = []
+    for cfg in files:
+        doc, problem = read_mapping(cfg)
+        if doc is None:
+            errors.append(f"{cfg}: {problem}")
+        else:
+            docs.append((cfg, doc))
+    data: dict[str, Any] = {}
+    for _, doc in docs:
+        for key, value in doc.items():
+            data.setdefault(key, value)
+    try:
+        agreed = agree(
+            [st for cfg, doc in docs for st in file_statements(cfg, doc)], "fix one of them"
+        )
+    except InputError as exc:
+        errors.append(exc.message)
+    else:
+        data.update({key: st.value for key, st in agreed.items()})
+    return Sidecar(files[0], data, errors[0] if errors else None, tuple(files))
+
+
+def read_mapping(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the mapping of a config file, None), or (None, why not: one line, without the path) when
+    it cannot be read or is not a mapping (a JSON object or a YAML mapping)."""
+    try:
+        doc = read_config(path)
+    except InputError as exc:
+        return None, exc.message
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc})"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if not isinstance(doc, dict):
+        return None, mapping_expected(doc)
+    return doc, None
+
+
+def mapping_expected(doc: Any) -> str:
+    """What a config whose top level is not a mapping is told (JSON and YAML alike)."""
+    found = "an empty document" if doc is None else f"a {type(doc).__name__}"
+    return f"expected a mapping (a JSON object or a YAML mapping) at the top level, got {found}"
 
 
 def plain_value(value: Any, _depth: int = 0) -> Any:
@@ -261,15 +340,71 @@ CONFIG_LIMIT = 16 << 20
 """The largest config file read (bytes): configs are read whole, real ones are kilobytes."""
 
 
+MAX_PLAIN_SCALAR = 10_000
+"""The longest unquoted YAML scalar read (characters): YAML 1.1 reads `1:2:3` as a base-60
+number, whose cost grows with the square of its length; real configs' values are short."""
+
+
 def read_config(path: Path) -> Any:
-    """The JSON document of a config file: a regular file of at most CONFIG_LIMIT bytes
-    (InputError otherwise), nested at most MAX_NESTING deep (json.JSONDecodeError otherwise)."""
-    return load_json(bounded_text(path, CONFIG_LIMIT))
+    """The document of a config file: YAML for a `.yaml` / `.yml` name (`load_yaml`), else JSON.
+    A regular file of at most CONFIG_LIMIT bytes (InputError otherwise), nested at most
+    MAX_NESTING deep (json.JSONDecodeError for JSON, InputError for YAML otherwise)."""
+    text = bounded_text(path, CONFIG_LIMIT)
+    if Path(path).suffix.lower() in YAML_SUFFIXES:
+        return load_yaml(text, path)
+    return load_json(text)
+
+
+def load_yaml(text: str, path: str | Path) -> Any:
+    """`yaml.safe_load` of a config's text after one pass over its parse events, which refuses
+    an alias (a few anchors referring to each other expand into billions of entries: "billion
+    laughs"), nesting deeper than MAX_NESTING and unquoted scalars longer than MAX_PLAIN_SCALAR,
+    before anything is built. Every problem is one InputError naming `path`."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with reading(path, InputError, "YAML"):
+        _check_yaml_events(yaml.parse(text, Loader=loader), path)
+        doc = yaml.load(text, Loader=loader)
+    if nesting_deeper_than(doc):
+        raise InputError(
+            f"nests deeper than {MAX_NESTING} levels or holds more entries than a config may",
+            path=path,
+        )
+    return doc
+
+
+def _check_yaml_events(events: Any, path: str | Path) -> None:
+    import yaml
+
+    depth = 0
+    for event in events:
+        if isinstance(event, yaml.AliasEvent):
+            anchor = str(event.anchor)[:40]
+            raise InputError(
+                f"uses the YAML alias *{anchor}; aliases are refused in configs (a few can "
+                "expand into billions of entries): write the values out",
+                path=path,
+            )
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise InputError(f"nests deeper than {MAX_NESTING} levels", path=path)
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.ScalarEvent) and not event.style:  # plain: None, or ""
+            if len(event.value) > MAX_PLAIN_SCALAR:
+                raise InputError(
+                    f"holds an unquoted value of {len(event.value)} characters, more than the "
+                    f"{MAX_PLAIN_SCALAR} a config value may have; quote it",
+                    path=path,
+                )
 
 
 def config_files(sources: Sequence[str]) -> list[Path]:
-    """The config files in the folders of `sources` (feature files) and in their parent folders:
-    regular files whose real path stays in that folder (a link out of it is not followed)."""
+    """The config files (`CONFIG_NAMES`) in the folders of `sources` (feature files) and in
+    their parent folders: regular files whose real path stays in that folder (a link out of it
+    is not followed)."""
     dirs: list[Path] = []
     for source in sources:
         d = Path(source).parent
@@ -279,23 +414,31 @@ def config_files(sources: Sequence[str]) -> list[Path]:
     return [d / name for d in dirs for name in CONFIG_NAMES if inside(d, d / name)]
 
 
-def labels_from_config(doc: dict[str, Any]) -> dict[str, Any]:
-    """Canonical labels (loss, label_smoothing, weight_decay) found anywhere in a config object
-    (the shallowest occurrence wins), plus the other top-level scalar entries as they are."""
-    labels: dict[str, Any] = {}
-    level: list[dict[str, Any]] = [doc]
-    for _ in range(_SEARCH_DEPTH):
-        nested: list[dict[str, Any]] = []
+def named_labels(doc: Mapping[str, Any], depth: int = _SEARCH_DEPTH) -> dict[str, tuple[str, Any]]:
+    """Each canonical label (loss, label_smoothing, weight_decay) found in a config object under
+    any of its aliases (`CONFIG_LABEL_ALIASES`), as (the name it is written under, its value):
+    the shallowest occurrence wins, looking `depth` levels deep."""
+    found: dict[str, tuple[str, Any]] = {}
+    level: list[Mapping[str, Any]] = [doc]
+    for _ in range(depth):
+        nested: list[Mapping[str, Any]] = []
         for obj in level:
             for name, value in obj.items():
                 label = _ALIAS_TO_LABEL.get(str(name).lower())
-                if label is not None and label not in labels:
+                if label is not None and label not in found:
                     normal = _normal_label(label, value)
                     if normal is not None:
-                        labels[label] = normal
-                if isinstance(value, dict):
+                        found[label] = (str(name), normal)
+                if isinstance(value, Mapping):
                     nested.append(value)
         level = nested
+    return found
+
+
+def labels_from_config(doc: Mapping[str, Any], depth: int = _SEARCH_DEPTH) -> dict[str, Any]:
+    """Canonical labels (loss, label_smoothing, weight_decay) found anywhere in a config object
+    (`named_labels`), plus the other top-level scalar entries as they are."""
+    labels = {label: value for label, (_, value) in named_labels(doc, depth).items()}
     for name, value in doc.items():
         if str(name).lower() in _ALIAS_TO_LABEL or name in labels:
             continue
@@ -304,10 +447,95 @@ def labels_from_config(doc: dict[str, Any]) -> dict[str, Any]:
     return labels
 
 
+def stated_values(doc: Mapping[str, Any], depth: int = _SEARCH_DEPTH) -> dict[str, tuple[str, Any]]:
+    """Every hyper-parameter of `HYPERPARAMETERS` a config object states, as (the name it is
+    written under, its value): the labels (`named_labels`), the training set's total size
+    (`TRAIN_SIZE_KEYS`) and its samples per class (`PER_CLASS_KEYS`)."""
+    found = named_labels(doc, depth)
+    for key, names in (("train_size", TRAIN_SIZE_KEYS), ("train_per_class", PER_CLASS_KEYS)):
+        hit = find_sized(doc, names, depth)
+        if hit is not None:
+            found[key] = (hit[0], int(hit[1]) if hit[1].is_integer() else hit[1])
+    return found
+
+
+@dataclass(frozen=True)
+class Stated:
+    """One hyper-parameter as one source states it.
+
+    `source` says where for a sources line (a config file's path, `provenance` for a store's,
+    `--manifest FILE (run R)`, an option), `name` the key it is written under (`wd`, `n_train`);
+    `where` names the source in a disagreement (the store itself for a store's provenance);
+    `origin` is the file extraction read a store's value from; `given` marks an option."""
+
+    key: str
+    value: Any
+    source: str
+    name: str = ""
+    where: str = ""
+    origin: str = ""
+    given: bool = False
+
+    def describe(self, then: str = "") -> str:
+        """`--alpha (given)`, or `SOURCE NAME = VALUE` with `then` after the value (e.g.
+        ` / K`) and `(from ORIGIN)` last."""
+        if self.given:
+            return f"{self.source} (given)"
+        origin = f" (from {self.origin})" if self.origin else ""
+        return f"{self.source} {self.name or self.key} = {value_text(self.value)}{then}{origin}"
+
+
+def file_statements(path: str | Path, doc: Mapping[str, Any]) -> list[Stated]:
+    """The hyper-parameters a config file states (`stated_values`), each a `Stated`."""
+    return [
+        Stated(key, value, str(path), name, str(path))
+        for key, (name, value) in stated_values(doc).items()
+    ]
+
+
+def value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def same_value(key: str, a: Any, b: Any) -> bool:
+    """Whether two statements of hyper-parameter `key` agree: numbers to 1e-9 relative, loss
+    names up to case, punctuation, a trailing `loss` and the abbreviation `ce`."""
+    if key == "loss":
+        return _loss_name(a) == _loss_name(b)
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return bool(a == b)
+
+
+def _loss_name(value: Any) -> str:
+    name = re.sub(r"[^a-z0-9]", "", str(value).lower())
+    if name.endswith("loss") and len(name) > 4:
+        name = name[:-4]
+    return {"ce": "crossentropy", "xent": "crossentropy"}.get(name, name)
+
+
+def agree(statements: Sequence[Stated], fix: str) -> dict[str, Stated]:
+    """The first statement of each hyper-parameter, in order, once every later statement of it
+    agrees (`same_value`); otherwise an InputError naming both sources, the key and both values,
+    ending in `fix`."""
+    first: dict[str, Stated] = {}
+    for st in statements:
+        seen = first.setdefault(st.key, st)
+        if seen is not st and not same_value(st.key, seen.value, st.value):
+            raise InputError(
+                f"{st.where or st.source} says {st.key} {value_text(st.value)} but "
+                f"{seen.where or seen.source} says {value_text(seen.value)}: {fix}"
+            )
+    return first
+
+
 def _normal_label(label: str, value: Any) -> Any:
     if label == "loss":
-        if isinstance(value, dict):
-            value = value.get("name", value.get("type"))
+        if isinstance(value, Mapping):
+            value = value.get("name") or value.get("type") or _target_name(value.get("_target_"))
         return value if isinstance(value, str) and value else None
     if isinstance(value, bool):
         return None
@@ -316,3 +544,8 @@ def _normal_label(label: str, value: Any) -> Any:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _target_name(target: Any) -> str | None:
+    """The class a Hydra `_target_` names (`torch.nn.CrossEntropyLoss` -> `CrossEntropyLoss`)."""
+    return target.rsplit(".", 1)[-1] if isinstance(target, str) else None

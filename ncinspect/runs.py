@@ -1,16 +1,16 @@
 """Runs: grouping results into runs, run labels, trajectories and the matched comparison.
 
 Owns: `Run` (one training run's checkpoints in epoch order, with labels such as the loss, the
-label-smoothing alpha and the weight decay), `group_runs`, the runs table (`runs_table`,
-`runs_json`: final checkpoints side by side, the best value per column, ratios to a baseline),
-`trajectory`, and `compare_runs` (two runs compared at matched values of one metric, e.g. NC2 at
-equal NC1, by first-passage interpolation in log(metric)). Arithmetic over given `Result`s only:
-never renders (`ncinspect.render` does) and never opens a store (reads at most a small run.json).
-"""
+label-smoothing alpha and the weight decay, read from the run's record, `ncinspect.hparams`),
+`group_runs`, `run_names`, the runs table (`runs_table`, `runs_json`: final checkpoints side by
+side, the best value per column, ratios to a baseline), `trajectory`, and `compare_runs` (two
+runs compared at matched values of one metric, e.g. NC2 at equal NC1, by first-passage
+interpolation in log(metric)). Arithmetic over given `Result`s only: never renders
+(`ncinspect.render` does) and never opens a store (`ncinspect.hparams` reads the config files
+behind the labels)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -22,10 +22,10 @@ import numpy as np
 
 from ncinspect._version import __version__
 from ncinspect.errors import InputError, UsageError
+from ncinspect.hparams import RECORD, record_of, resolve_hyperparams
 from ncinspect.io.discovery import natural_key
 from ncinspect.metrics.keys import METRICS, keys_for
 from ncinspect.metrics.results import Result, json_number, jsonable, run_key
-from ncinspect.provenance import config_files, labels_from_config, read_config
 
 
 @dataclass
@@ -70,9 +70,15 @@ def group_runs(
     runs of one name in two folders stay two runs, named by `run_names`. A run with several
     splits becomes one `Run` per split named `run[split]` (likewise `run[task]` for mixed
     tasks). Two checkpoints of one run at the same epoch are both kept and both get a warning.
-    `label_overrides` maps a run's name (or its key) to free text, stored as `labels["label"]`;
-    naming an unknown run is a `UsageError`.
+    `labels` are the run's hyper-parameter record's (`ncinspect.hparams`; resolved here, without
+    a manifest, for results `ncinspect.api.analyze` did not make). `label_overrides` maps a
+    run's name (or its key) to free text, stored as `labels["label"]`; naming an unknown run is
+    a `UsageError`.
     """
+    results = list(results)
+    bare = [r for r in results if RECORD not in r.extras]
+    if bare:
+        resolve_hyperparams(bare, run_names(run_key(r) for r in bare))
     groups: dict[tuple[str, str | None, str], list[Result]] = defaultdict(list)
     for r in results:
         groups[(run_key(r), r.split, r.task)].append(r)
@@ -93,7 +99,7 @@ def group_runs(
             suffix.append(task)
         name = base_names[key] + (f"[{','.join(suffix)}]" if suffix else "")
         run = Run(name=name, task=task, results=members, key=key, split=split)
-        run.labels = _labels(members)
+        run.labels = record_of(run.final).labels()
         _warn_duplicate_epochs(run)
         runs.append(run)
     runs.sort(key=lambda run: natural_key(run.name))
@@ -175,28 +181,6 @@ def _apply_overrides(runs: list[Run], overrides: dict[str, str], base: dict[str,
             raise UsageError(f"--label {target}={text}: no run named {target!r}; runs: {names}")
         for run in hit:
             run.labels["label"] = text
-
-
-def _labels(results: Sequence[Result]) -> dict[str, Any]:
-    """Labels from the first provenance that has any, then config files fill what is missing."""
-    labels: dict[str, Any] = {}
-    for r in results:
-        prov = r.extras.get("meta", {}).get("provenance")
-        if isinstance(prov, dict):
-            found = labels_from_config(prov)
-            if found:
-                labels = found
-                break
-    for path in config_files([r.source for r in results]):
-        try:
-            doc = read_config(path)
-        except (InputError, OSError, json.JSONDecodeError) as exc:
-            _warn(results[-1], f"labels: cannot read {path} ({exc}); ignored")
-            continue
-        if isinstance(doc, dict):
-            for k, v in labels_from_config(doc).items():
-                labels.setdefault(k, v)
-    return labels
 
 
 def _warn(result: Result, message: str) -> None:

@@ -28,6 +28,7 @@ from ncinspect.runs import (
     runs_table,
     trajectory,
 )
+from ncinspect.ufm.distance import UfmSettings
 from tests.helpers.synth import classification_set
 
 
@@ -440,3 +441,119 @@ def test_best_is_ranked_within_a_split() -> None:
     assert [row.split for row in table.rows] == ["test", "train", "test", "train"]
     one = runs_table([runs[0], runs[2]], ["nc1"])
     assert one.best == {"nc1": "b[test]"} == one.best_in_split["test"]
+
+
+# ---------------------------------------------------------------------------------------------
+# one provenance record: the run table's labels and the UFM block read the same values
+
+
+def _labels_cell(runs: list[Run], name: str) -> str:
+    """The labels cell of run `name` in the rendered runs table."""
+    from ncinspect.render.runviews import runs_grids
+
+    (grid,) = runs_grids(runs_table(runs, ["nc1"]))[:1]
+    (row,) = [row for row in grid.rows if row[0] == name]
+    return row[grid.headers.index("labels")]
+
+
+def test_run_json_beside_the_stores_feeds_the_table_and_the_ufm_block(tmp_path: Path) -> None:
+    """The store's provenance says nothing about label smoothing; run.json says 0.1: the run
+    table says LS 0.1 and the UFM block uses alpha 0.1, both naming run.json."""
+    run = tmp_path / "ls"
+    config = run / "run.json"
+    run.mkdir()
+    config.write_text(json.dumps({"label_smoothing": 0.1}))
+    _store(run / "e1.h5", run="ls", epoch=1, split="train", weight_decay=5e-4, loss="ce")
+    (r,) = analyze([tmp_path])
+    assert r.ufm is not None
+    assert r.ufm["params"]["alpha"] == 0.1
+    assert r.ufm["sources"]["alpha"] == f"{config} label_smoothing = 0.1"
+    assert r.info["hyperparameters"]["values"] == {
+        "loss": "ce",
+        "weight_decay": 5e-4,
+        "label_smoothing": 0.1,
+    }
+    assert r.info["hyperparameters"]["sources"]["label_smoothing"] == (
+        f"{config} label_smoothing = 0.1"
+    )
+    runs = group_runs([r])
+    assert runs[0].labels == {"loss": "ce", "weight_decay": 5e-4, "label_smoothing": 0.1}
+    assert _labels_cell(runs, "ls") == "ce, LS 0.1, WD 0.0005"
+    doc = runs_json(runs_table(runs, ["nc1"]))
+    assert doc["runs"][0]["labels"]["label_smoothing"] == 0.1
+
+
+def test_hydra_and_lightning_configs_beside_stores(tmp_path: Path) -> None:
+    hydra = tmp_path / "hydra_run"
+    (hydra / ".hydra").mkdir(parents=True)
+    (hydra / ".hydra" / "config.yaml").write_text(
+        "loss:\n  _target_: torch.nn.CrossEntropyLoss\n  label_smoothing: 0.2\n"
+        "optimizer:\n  _target_: torch.optim.SGD\n  lr: 0.1\n  weight_decay: 1.0e-3\n"
+        "data:\n  train_size: 400\n"
+    )
+    _store(hydra / "stores" / "e1.h5", run="hydra", epoch=1, split="test")
+    version = tmp_path / "lightning_logs" / "version_0"
+    version.mkdir(parents=True)
+    (version / "hparams.yaml").write_text("loss: mse\nweight_decay: 5e-4\nlr: 0.01\n")
+    _store(version / "checkpoints" / "e1.h5", run="lit", epoch=1)
+    runs = {run.name: run for run in group_runs(analyze([tmp_path]))}
+    assert runs["hydra"].labels == {
+        "loss": "CrossEntropyLoss",
+        "label_smoothing": 0.2,
+        "weight_decay": 1e-3,
+        "train_size": 400,
+    }
+    assert runs["lit"].labels == {"loss": "mse", "weight_decay": 5e-4, "lr": 0.01}
+    # the Hydra run's test split gets its n from the config: 400 / K = 100
+    block = runs["hydra"].final.ufm
+    assert block is not None and block["params"]["n"] == 100.0 and block["params"]["alpha"] == 0.2
+    cfg = hydra / ".hydra" / "config.yaml"
+    assert block["sources"]["n"] == f"{cfg} train_size = 400 / K"
+    assert block["sources"]["lambdas"] == (
+        f"{cfg} weight_decay = 0.001, mapped as lambda_W = lambda_H = weight_decay"
+    )
+
+
+def test_sources_that_disagree_are_one_error(tmp_path: Path) -> None:
+    run = tmp_path / "ls"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"label_smoothing": 0.1}))
+    _store(run / "e1.h5", run="ls", epoch=1, label_smoothing=0.2)
+    with pytest.raises(InputError) as err:
+        analyze([tmp_path])
+    assert str(err.value) == (
+        f"{run / 'run.json'} says label_smoothing 0.1 but the provenance of {run / 'e1.h5'} "
+        "says 0.2: fix one or state the value in --manifest"
+    )
+    # two config files: one in the stores' folder, one a level up
+    (run / "run.json").write_text(json.dumps({"weight_decay": 5e-4}))
+    (tmp_path / "config.json").write_text(json.dumps({"optim": {"wd": 1e-3}}))
+    (run / "e1.h5").unlink()
+    _store(run / "e1.h5", run="ls", epoch=1)
+    with pytest.raises(InputError) as err:
+        analyze([run])
+    assert str(err.value) == (
+        f"{tmp_path / 'config.json'} says weight_decay 0.001 but {run / 'run.json'} says 0.0005: "
+        "fix one or state the value in --manifest"
+    )
+    # two stores of one run
+    (tmp_path / "config.json").unlink()
+    (run / "run.json").unlink()
+    (run / "e1.h5").unlink()
+    _store(run / "e1.h5", run="ls", epoch=1, weight_decay=5e-4, label_smoothing=0.1)
+    _store(run / "e2.h5", run="ls", epoch=2, weight_decay=1e-2)
+    with pytest.raises(InputError) as err:
+        analyze([run])
+    assert str(err.value) == (
+        f"the provenance of {run / 'e2.h5'} says weight_decay 0.01 but the provenance of "
+        f"{run / 'e1.h5'} says 0.0005: fix one or state the value in --manifest"
+    )
+    # what the command line gives wins, without an error: --alpha for every classification run
+    (run / "e2.h5").unlink()
+    _store(run / "e2.h5", run="ls", epoch=2, weight_decay=5e-4, label_smoothing=0.3)
+    with pytest.raises(InputError, match="says label_smoothing 0.3 but"):
+        analyze([run])
+    r1, r2 = analyze([run], ufm=UfmSettings(alpha=0.0))
+    for r in (r1, r2):
+        assert r.info["hyperparameters"]["sources"]["label_smoothing"] == "--alpha (given)"
+    assert group_runs([r1, r2])[0].labels["label_smoothing"] == 0.0

@@ -44,6 +44,39 @@ class By(str, Enum):
     epoch = "epoch"
 
 
+# The metric two runs are matched at when --at is not given: each task's first collapse measure.
+DEFAULT_AT: dict[str, str] = {"classification": "nc1", "regression": "nrc1"}
+
+ManifestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help="A YAML or JSON file stating hyper-parameters per run (runs: {RUN: {loss, "
+        "label_smoothing, weight_decay, train_size, train_per_class, label}}); it wins over "
+        "the checkpoints' provenance and the configs beside the stores.",
+    ),
+]
+
+
+def parse_dump_keys(text: str | None) -> dict[str, str] | None:
+    """`--keys features=feats,labels=y,...` as {role: array name}; None when not given."""
+    if text is None:
+        return None
+    from ncinspect.io.dumps import parse_keys
+
+    return parse_keys(text)
+
+
+KeysOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--keys",
+        help="Dumps: which array holds what, e.g. features=feats,labels=y,weight=W (roles: "
+        "features, labels, targets, weight, bias, outputs, epoch).",
+    ),
+]
+
+
 class Format(str, Enum):
     """`--format` of report and compare."""
 

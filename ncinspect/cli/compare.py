@@ -12,16 +12,22 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ncinspect.cli.common import Format, guarded, parse_metrics, write_output
+from ncinspect.cli.common import (
+    DEFAULT_AT,
+    Format,
+    KeysOpt,
+    ManifestOpt,
+    guarded,
+    parse_dump_keys,
+    parse_metrics,
+    write_output,
+)
 from ncinspect.errors import UsageError, visible
 
 if TYPE_CHECKING:
     from ncinspect.metrics.results import Result
 
 app = typer.Typer()
-
-# The metric two runs are matched at when --at is not given: each task's first collapse measure.
-DEFAULT_AT: dict[str, str] = {"classification": "nc1", "regression": "nrc1"}
 
 
 @app.command()
@@ -63,6 +69,8 @@ def compare(
         Path | None, typer.Option("--plot", help="Also draw the matched panel into this directory.")
     ] = None,
     width: Annotated[int | None, typer.Option(help="Table width in characters.")] = None,
+    manifest: ManifestOpt = None,
+    keys: KeysOpt = None,
 ) -> None:
     """Compare two runs at matched values of a metric (e.g. NC2 at equal NC1), and how fast
     each reaches those levels."""
@@ -76,6 +84,7 @@ def compare(
         from ncinspect.runs import compare_runs, comparison_json, group_runs, run_names
 
         chosen = parse_metrics(metric)
+        dump_keys = parse_dump_keys(keys)
         level_values = None
         if levels is not None:
             try:
@@ -86,7 +95,8 @@ def compare(
                 ) from None
         pair = []
         for path in (run_a, run_b):
-            runs = group_runs(_one_split(path, analyze([path]), split))
+            results = analyze([path], manifest=manifest, keys=dump_keys)
+            runs = group_runs(_one_split(path, results, split))
             if len(runs) != 1:
                 names = ", ".join(r.name for r in runs)
                 raise UsageError(f"{path}: expected one run, found {len(runs)} ({names})")

@@ -11,7 +11,16 @@ from typing import Annotated
 
 import typer
 
-from ncinspect.cli.common import PathsArg, guarded, parse_labels, parse_metrics
+from ncinspect.cli.common import (
+    DEFAULT_AT,
+    KeysOpt,
+    ManifestOpt,
+    PathsArg,
+    guarded,
+    parse_dump_keys,
+    parse_labels,
+    parse_metrics,
+)
 from ncinspect.errors import UsageError, visible
 
 app = typer.Typer()
@@ -33,10 +42,15 @@ def plot(
             "--compare", help="A,B: also draw the matched panel of runs A and B (at --at)."
         ),
     ] = None,
-    at: Annotated[str, typer.Option(help="The metric --compare matches at.")] = "nc1",
+    at: Annotated[
+        str | None,
+        typer.Option(help="The metric --compare matches at (default: nc1, nrc1 for regression)."),
+    ] = None,
     label: Annotated[
         list[str] | None, typer.Option(help="RUN=TEXT: a legend label (repeatable).")
     ] = None,
+    manifest: ManifestOpt = None,
+    keys: KeysOpt = None,
 ) -> None:
     """Draw metric-vs-epoch panels (one line per run), NRC3-vs-gamma for regression runs, and
     optionally the matched NC2-vs-NC1 panel. Needs the `plot` extra (matplotlib)."""
@@ -48,7 +62,8 @@ def plot(
 
         chosen = parse_metrics(metrics)
         fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-        runs = group_runs(analyze(paths), parse_labels(label))
+        results = analyze(paths, manifest=manifest, keys=parse_dump_keys(keys))
+        runs = group_runs(results, parse_labels(label))
         written = plot_runs(runs, out, chosen, fmts)
         if compare_runs_ is not None:
             names = compare_runs_.split(",")
@@ -58,7 +73,8 @@ def plot(
                 raise UsageError(
                     f"--compare: expected two run names A,B; runs: {', '.join(by_name)}"
                 )
-            comparison = compare_runs(by_name[names[0]], by_name[names[1]], at)
+            a, b = by_name[names[0]], by_name[names[1]]
+            comparison = compare_runs(a, b, at or DEFAULT_AT.get(a.task, "nc1"))
             written += plot_matched(comparison, out, fmts)
         for path in written:
             print(visible(path))

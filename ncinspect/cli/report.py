@@ -17,8 +17,11 @@ import typer
 from ncinspect.cli.common import (
     By,
     Format,
+    KeysOpt,
+    ManifestOpt,
     PathsArg,
     guarded,
+    parse_dump_keys,
     parse_labels,
     parse_metrics,
     parse_pair,
@@ -59,8 +62,8 @@ def report(
         float | None,
         typer.Option(
             "--alpha",
-            help="Classification: label smoothing for the UFM block (default: the provenance's "
-            "label_smoothing, else 0).",
+            help="Classification: label smoothing for the UFM block, for every run (default: "
+            "each run's label_smoothing from --manifest, the provenance or the configs, else 0).",
         ),
     ] = None,
     ufm_n: Annotated[
@@ -68,7 +71,7 @@ def report(
         typer.Option(
             "--ufm-n",
             help="Classification: training samples per class n for the UFM block (default: the "
-            "provenance's training-set size / K, else N/K of the analysed store).",
+            "run's training-set size / K; N/K of the analysed store only for a train split).",
         ),
     ] = None,
     no_ufm: Annotated[
@@ -121,6 +124,8 @@ def report(
         list[str] | None,
         typer.Option(help="RUN=TEXT: a label for a run's legend and table (repeatable)."),
     ] = None,
+    manifest: ManifestOpt = None,
+    keys: KeysOpt = None,
 ) -> None:
     """Compute the collapse metrics of stores and dumps and print them."""
 
@@ -144,6 +149,8 @@ def report(
             skipped=skipped,
             ufm=settings,
             saved_sums=not no_saved_sums,
+            manifest=manifest,
+            keys=parse_dump_keys(keys),
         )
         if not quiet:
             for line in skipped + rep.warning_lines(results):

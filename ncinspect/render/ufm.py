@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ncinspect.errors import visible
+from ncinspect.hparams import RECORD
 
 if TYPE_CHECKING:
     from ncinspect.metrics.results import Result
@@ -139,9 +140,14 @@ def _ratio(measured: float, predicted: float) -> float:
     return measured / predicted
 
 
-def distance_title(result: Result, block: dict[str, Any]) -> str:
-    """One line naming the checkpoint and the UFM parameters of a distance block."""
-    name = visible("/".join(x for x in (result.run, result.checkpoint) if x) or result.source)
+def distance_title(result: Result, block: dict[str, Any], run: str | None = None) -> str:
+    """One line naming the checkpoint and the UFM parameters of a distance block. The run is
+    named as the tables name it: `run`, else the name in the run's record (`ncinspect.hparams`:
+    `seed0/ce` and `seed1/ce` stay apart), else the store's run attribute."""
+    if run is None:
+        record = result.extras.get(RECORD)
+        run = getattr(record, "run", None) or result.run
+    name = visible("/".join(x for x in (run, result.checkpoint) if x) or result.source)
     p = block["params"]
     if block["task"] == "classification":
         params = (

@@ -1,14 +1,14 @@
 """How far a trained network is from the UFM optimum of its own regularization.
 
 Owns: `UfmSettings` (the parameters a user gives), `ufm_distance` (the `ufm` block of a
-`Result`: the penalties from the settings or the provenance's weight decay, the label smoothing,
-the samples per class), and its two bodies: `classify_distance` (head and class-mean geometry
-against the classification optimum) and `regress_distance` (W W^T against the regression
-optimum), with `ce_hessian_condition` for the cross-entropy Hessian's condition number.
+`Result`: the penalties, the label smoothing and the samples per class, every one read from the
+run's hyper-parameter record, `ncinspect.hparams`, with the settings on top), and its two
+bodies: `classify_distance` (head and class-mean geometry against the classification optimum)
+and `regress_distance` (W W^T against the regression optimum), with `ce_hessian_condition` for
+the cross-entropy Hessian's condition number.
 Pure functions of a `Result`'s statistics (class means (K, D), counts (K,), weight (K or T, D),
-bias, target covariance (T, T)) and its provenance.
-Never: reads checkpoints or stores, solves numerically, or formats rows (`ncinspect.render.ufm`).
-"""
+bias, target covariance (T, T)) and its run's record.
+Never: reads checkpoints or stores, solves numerically, or formats rows (`ncinspect.render.ufm`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ncinspect.errors import InputError, UsageError
-from ncinspect.provenance import PER_CLASS_KEYS, TRAIN_SIZE_KEYS, find_sized
+from ncinspect.hparams import Hyperparams, record_of
+from ncinspect.metrics.head import HEAD_ABSENT
+from ncinspect.provenance import Stated
 from ncinspect.ufm.classify import classify_formula
 from ncinspect.ufm.regress import check_cov, regress_closed_form
 
@@ -35,6 +37,9 @@ UFM_CAVEAT = (
 )
 """Printed under every distance block and stored in its JSON (`caveat`)."""
 
+NO_HEAD = "not computed: no head (the dump has no weight)"
+"""`Result.info["ufm"]` of a result without a head (the block needs the weight)."""
+
 
 WEIGHT_DECAY_MAPPING = "lambda_W = lambda_H = weight_decay"
 """How a run's weight decay becomes the UFM penalties when `--ufm-lambdas` is not given (the
@@ -43,18 +48,19 @@ to the loss, which is exactly the UFM's (lambda_W/2)||W||_F^2 for the head; no s
 exists for the features, which a deep network does not penalize directly."""
 
 MAX_WEIGHT_DECAY = 1e6
-"""The largest provenance weight decay the block accepts: far above any trained network's, and
+"""The largest weight decay the block accepts: far above any trained network's, and
 small enough that lambda_H * lambda_W * n stays finite in every closed form."""
 
 
 @dataclass(frozen=True)
 class UfmSettings:
-    """What the distance-to-the-UFM-optimum block uses where the store's provenance is silent.
+    """The command line's values for the distance-to-the-UFM-optimum block: given, they win
+    over the run's record (`ncinspect.hparams`), and `ncinspect.api.analyze` writes them into it.
 
-    `lambdas`: (lambda_H, lambda_W), overriding the provenance's weight decay; `alpha`: label
-    smoothing (classification), overriding the provenance's `label_smoothing`; `n`: samples per
-    class of the training set (classification; the UFM's n), overriding the provenance's
-    training-set size and the analysed store's N/K; `enabled` False: no block at all.
+    `lambdas`: (lambda_H, lambda_W), overriding the run's weight decay; `alpha`: label
+    smoothing (classification), overriding the run's `label_smoothing`; `n`: samples per class
+    of the training set (classification; the UFM's n), overriding the run's training-set size;
+    `enabled` False: no block at all.
     """
 
     lambdas: tuple[float, float] | None = None
@@ -92,107 +98,132 @@ def check_settings(tasks: Sequence[str], settings: UfmSettings) -> None:
         )
 
 
-def _provenance_labels(result: Result) -> dict[str, Any]:
-    from ncinspect.provenance import labels_from_config
+def _settings_given(settings: UfmSettings) -> dict[str, Any]:
+    """The settings as the command line's values of a run's record (`hparams.GIVEN_OPTIONS`)."""
+    return {
+        "label_smoothing": settings.alpha,
+        "train_per_class": settings.n,
+        "ufm_lambdas": settings.lambdas,
+    }
 
-    prov = result.extras.get("meta", {}).get("provenance")
-    return labels_from_config(prov) if isinstance(prov, dict) else {}
 
-
-def _provenance_error(
-    result: Result, key: str, value: float, expected: str, option: str
-) -> InputError:
-    """A provenance value the UFM block cannot use, naming the store, the key and the fix."""
+def _unusable(result: Result, st: Stated, expected: str, option: str) -> InputError:
+    """A run's value the UFM block cannot use, naming the store, the source and the fix."""
     return InputError(
-        f"provenance {key} = {value:g}; expected {expected} for the distance-to-the-UFM-optimum "
-        f"block; give {option}, or --no-ufm to leave the block out",
+        f"{st.describe()}; expected {expected} for the distance-to-the-UFM-optimum block; give "
+        f"{option}, or --no-ufm to leave the block out",
         path=result.source,
     )
 
 
-def _resolve(result: Result, settings: UfmSettings) -> dict[str, Any] | None:
-    """The UFM parameters for one result and where each came from; None when unknown."""
-    labels = _provenance_labels(result)
-    sources: dict[str, str] = {}
-    if settings.lambdas is not None:
-        lam_h, lam_w = (float(v) for v in settings.lambdas)
-        sources["lambdas"] = "--ufm-lambdas (given)"
-    elif labels.get("weight_decay") is not None:
-        wd = float(labels["weight_decay"])
-        if not 0.0 <= wd <= MAX_WEIGHT_DECAY:
-            raise _provenance_error(
-                result,
-                "weight_decay",
-                wd,
-                f"a weight decay in [0, {MAX_WEIGHT_DECAY:g}]",
-                "--ufm-lambdas",
-            )
-        lam_h = lam_w = wd
-        sources["lambdas"] = f"provenance weight_decay = {wd:g}, mapped as {WEIGHT_DECAY_MAPPING}"
-    else:
+def _lambdas(result: Result, record: Hyperparams) -> tuple[float, float, str] | None:
+    """(lambda_H, lambda_W, where they came from): given, else the run's weight decay."""
+    given = record.stated.get("ufm_lambdas")
+    if given is not None:
+        lam_h, lam_w = (float(v) for v in given.value)
+        return lam_h, lam_w, given.describe()
+    st = record.stated.get("weight_decay")
+    if st is None:
         return None
+    wd = float(st.value)
+    if not 0.0 <= wd <= MAX_WEIGHT_DECAY:
+        raise _unusable(result, st, f"a weight decay in [0, {MAX_WEIGHT_DECAY:g}]", "--ufm-lambdas")
+    return wd, wd, f"{st.describe()}, mapped as {WEIGHT_DECAY_MAPPING}"
+
+
+def _alpha(result: Result, record: Hyperparams) -> tuple[float, str]:
+    st = record.stated.get("label_smoothing")
+    if st is None:
+        return 0.0, "assumed 0 (no label_smoothing in the provenance, the configs or --manifest)"
+    alpha = float(st.value)
+    if not 0.0 <= alpha <= 1.0:
+        raise _unusable(result, st, "a label smoothing in [0, 1]", "--alpha")
+    return alpha, st.describe()
+
+
+def _samples_per_class(result: Result, record: Hyperparams) -> tuple[float, str] | None:
+    """The UFM's n (the training set's samples per class) and where it came from: given, else
+    the run's per-class count, else its training-set size / K, else N/K of the analysed store
+    when that store is the train split; None when unknown (a test split says nothing about the
+    training set's size)."""
+    k = int(result.k or 0)
+    per_class = record.stated.get("train_per_class")
+    total = record.stated.get("train_size")
+    if per_class is not None:
+        return float(per_class.value), per_class.describe()
+    if total is not None and k:
+        return float(total.value) / k, total.describe(" / K")
+    if result.split == "train" and k:
+        return result.n / k, (
+            f"N/K of the analysed train split ({result.n}/{k}); the UFM's n is the whole "
+            "training set's samples per class: give --ufm-n if this store holds part of it"
+        )
+    return None
+
+
+UNKNOWN_N = (
+    "no distance to the UFM optimum: the training set's samples per class (the UFM's n) are "
+    "unknown, and this store is {split}, not the train split; give --ufm-n, or train_size in "
+    "--manifest"
+)
+"""The warning on a classification result whose block is left out for want of n."""
+
+
+def _resolve(result: Result, settings: UfmSettings) -> dict[str, Any] | None:
+    """The UFM parameters for one result and where each came from, all read from its run's
+    record (`ncinspect.hparams`) with the settings on top; None when the penalties are unknown,
+    {} when the training set's samples per class are."""
+    record = record_of(result).with_given(_settings_given(settings), result.task)
+    lambdas = _lambdas(result, record)
+    if lambdas is None:
+        return None
+    lam_h, lam_w, where = lambdas
     params: dict[str, Any] = {"lambda_h": lam_h, "lambda_w": lam_w}
+    sources = {"lambdas": where}
     if result.task == "regression":
         return {"params": params, "sources": sources}
-    if settings.alpha is not None:
-        params["alpha"] = float(settings.alpha)
-        sources["alpha"] = "--alpha (given)"
-    elif labels.get("label_smoothing") is not None:
-        alpha = float(labels["label_smoothing"])
-        if not 0.0 <= alpha <= 1.0:
-            raise _provenance_error(
-                result, "label_smoothing", alpha, "a label smoothing in [0, 1]", "--alpha"
-            )
-        params["alpha"] = alpha
-        sources["alpha"] = "provenance label_smoothing"
-    else:
-        params["alpha"] = 0.0
-        sources["alpha"] = "assumed 0 (no label_smoothing in the provenance)"
-    k = int(result.k or 0)
-    prov = result.extras.get("meta", {}).get("provenance")
-    per_class = find_sized(prov, PER_CLASS_KEYS)
-    where = prov.get("n_train_source") if isinstance(prov, dict) else None
-    origin = f" (from {where})" if isinstance(where, str) and where else ""
-    total = find_sized(prov, TRAIN_SIZE_KEYS)
-    if settings.n is not None:
-        params["n"] = float(settings.n)
-        sources["n"] = "--ufm-n (given)"
-    elif per_class is not None:
-        params["n"] = per_class[1]
-        sources["n"] = f"provenance {per_class[0]} = {per_class[1]:g}{origin}"
-    elif total is not None and k:
-        params["n"] = total[1] / k
-        sources["n"] = f"provenance {total[0]} = {total[1]:g} / K{origin}"
-    else:
-        params["n"] = result.n / k if k else math.nan
-        sources["n"] = (
-            f"N/K of the analysed store ({result.n}/{k}); the UFM's n is the training set's "
-            "samples per class: give --ufm-n"
-        )
-    params["k"] = k
+    params["alpha"], sources["alpha"] = _alpha(result, record)
+    n = _samples_per_class(result, record)
+    if n is None:
+        return {}
+    params["n"], sources["n"] = n
+    params["k"] = int(result.k or 0)
     return {"params": params, "sources": sources}
 
 
 def ufm_distance(result: Result, settings: UfmSettings | None = None) -> dict[str, Any] | None:
     """How far one analysed checkpoint is from the UFM optimum of its regularization.
 
-    The penalties come from `settings.lambdas`, else the provenance's weight decay (mapped as
-    WEIGHT_DECAY_MAPPING); None (no block) when neither is known, when `settings.enabled` is
-    False, or when the result lacks the statistics (`Result.extras` "weight" and "class_means"
-    or "target_cov"). See `classify_distance` / `regress_distance` for the content; the block
-    adds "task", "params", "sources" (where each parameter came from) and "caveat".
+    Every parameter comes from the run's record (`ncinspect.hparams.record_of`) with `settings`
+    on top: the penalties from `settings.lambdas`, else the run's weight decay (mapped as
+    WEIGHT_DECAY_MAPPING). None (no block) when neither is known, when `settings.enabled` is
+    False, when the result lacks the statistics (`Result.extras` "weight" and "class_means" or
+    "target_cov": a store without a classifier head has none; a dump without a head gets
+    `info["ufm"]` = NO_HEAD), or, for classification, when
+    the training set's samples per class are unknown (a warning on the result says so: the
+    analysed store's N/K stands in only for the train split). See `classify_distance` /
+    `regress_distance` for the content; the block adds "task", "params", "sources" (where each
+    parameter came from) and "caveat".
     """
     settings = settings or UfmSettings()
-    if not settings.enabled:
+    ex = result.extras
+    stats = (
+        ("class_means", "weight") if result.task == "classification" else ("target_cov", "weight")
+    )
+    if not settings.enabled or any(ex.get(name) is None for name in stats):
+        if settings.enabled and result.info.get("head") == HEAD_ABSENT:
+            result.info["ufm"] = NO_HEAD  # a dump without a weight: say why there is no block
         return None
     resolved = _resolve(result, settings)
     if resolved is None:
         return None
+    if not resolved:
+        message = UNKNOWN_N.format(split=f"split {result.split!r}" if result.split else "no split")
+        if message not in result.warnings:
+            result.warnings.append(message)
+        return None
     params, sources = resolved["params"], resolved["sources"]
-    ex = result.extras
     if result.task == "classification":
-        if ex.get("class_means") is None or ex.get("weight") is None:
-            return None
         body = classify_distance(
             ex["weight"],
             ex.get("bias"),
@@ -205,8 +236,6 @@ def ufm_distance(result: Result, settings: UfmSettings | None = None) -> dict[st
             within_ss=ex.get("within_ss"),
         )
     else:
-        if ex.get("target_cov") is None or ex.get("weight") is None:
-            return None
         body = regress_distance(
             ex["weight"], ex["target_cov"], params["lambda_h"], params["lambda_w"]
         )

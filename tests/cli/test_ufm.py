@@ -67,6 +67,7 @@ def _etf_store(
     e = math.sqrt(k / (k - 1)) * (np.eye(k) - 1.0 / k) @ frame[:, :k].T
     y = np.repeat(np.arange(k), n)
     attrs = {"run": path.parent.name, "checkpoint": path.name, "epoch": extra.pop("epoch", 9)}
+    attrs["split"] = "train"  # the UFM takes N/K as the training size only from a train split
     attrs.update(loss="cross_entropy", label_smoothing=alpha, weight_decay=wd, **extra)
     write_store(
         path,

@@ -19,11 +19,12 @@ from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.api import analyze
 from ncinspect.errors import UsageError
 from ncinspect.io.store.writer import write_store
-from ncinspect.metrics.results import Result
+from ncinspect.metrics.results import Result, run_key
 from ncinspect.render.ufm import distance_rows
 from ncinspect.ufm.classify import classify_closed_form
 from ncinspect.ufm.distance import (
     UFM_CAVEAT,
+    UNKNOWN_N,
     WEIGHT_DECAY_MAPPING,
     UfmSettings,
     ce_hessian_condition,
@@ -234,7 +235,8 @@ def test_provenance_gives_the_parameters(tmp_path: Path) -> None:
     assert r.ufm is not None
     assert r.ufm["params"] == {"k": k, "n": 5.0, "lambda_w": wd, "lambda_h": wd, "alpha": alpha}
     assert "lambda_W = lambda_H = weight_decay" in r.ufm["sources"]["lambdas"]
-    assert r.ufm["sources"]["n"].startswith("N/K of the analysed store (20/4)")
+    assert r.ufm["sources"]["n"].startswith("N/K of the analysed train split (20/4)")
+    assert r.ufm["sources"]["alpha"] == "provenance label_smoothing = 0.1"
     assert max(r.ufm["distance"].values()) < 1e-6  # the store holds float32
     assert r.ufm["caveat"] == UFM_CAVEAT
     assert json.loads(json.dumps(r.to_json()))["ufm"]["params"]["alpha"] == alpha
@@ -258,13 +260,75 @@ def test_provenance_gives_the_parameters(tmp_path: Path) -> None:
 def test_no_regularization_known_means_no_block(tmp_path: Path) -> None:
     x, y, w, b = _classify_optimum_arrays(3, 4, 5, 0.01, 0.01, 0.0)
     path = tmp_path / "plain.h5"
-    write_store(path, features=x, labels=y, weight=w, bias=b, attrs={"loss": "cross_entropy"})
+    attrs = {"loss": "cross_entropy", "split": "train"}
+    write_store(path, features=x, labels=y, weight=w, bias=b, attrs=attrs)
     (r,) = analyze([path])
     assert r.ufm is None and "ufm" not in r.to_json()
     # Without weight decay but with --ufm-lambdas: a block, alpha assumed 0 and said so.
     (r2,) = analyze([path], ufm_lambdas=(0.01, 0.01))
     assert r2.ufm is not None
     assert r2.ufm["sources"]["alpha"].startswith("assumed 0")
+    assert r2.ufm["sources"]["lambdas"] == "--ufm-lambdas (given)"
+
+
+def _split_store(path: Path, split: str | None, **prov: object) -> Path:
+    """A store exactly at the optimum for K = 4, n = 5 (20 rows), wd = 0.01, alpha = 0.1."""
+    x, y, w, b = _classify_optimum_arrays(4, 6, 5, 0.01, 0.01, 0.1)
+    attrs = {"run": path.parent.name, "weight_decay": 0.01, "label_smoothing": 0.1, **prov}
+    if split is not None:
+        attrs["split"] = split
+    write_store(path, features=x, labels=y, weight=w, bias=b, attrs=attrs)
+    return path
+
+
+@pytest.mark.parametrize("split", ["test", None])
+def test_a_test_split_never_stands_in_for_the_training_set(
+    tmp_path: Path, split: str | None
+) -> None:
+    """N/K of a store that is not the train split says nothing about the training set: without
+    a recorded size the UFM's n is unknown, the block is left out and a warning says why."""
+    path = _split_store(tmp_path / "ce" / "final.pt.h5", split)
+    (r,) = analyze([path])
+    assert r.ufm is None
+    where = f"split {split!r}" if split else "no split"
+    assert UNKNOWN_N.format(split=where) in r.warnings
+    assert "--ufm-n" in UNKNOWN_N and "train_size in --manifest" in UNKNOWN_N
+    # --ufm-n, or a training-set size the provenance records, gives the block back.
+    (given,) = analyze([path], ufm=UfmSettings(n=5))
+    assert given.ufm is not None and given.ufm["sources"]["n"] == "--ufm-n (given)"
+    assert max(given.ufm["distance"].values()) < 1e-6  # n = 5 is this optimum's
+    sized = _split_store(tmp_path / "sized" / "final.pt.h5", split, n_train=20)
+    (r2,) = analyze([sized])
+    assert r2.ufm is not None and r2.ufm["params"]["n"] == 5.0  # 20 / K
+    assert r2.ufm["sources"]["n"] == "provenance n_train = 20 / K"
+    assert not any("UFM's n" in w for w in r2.warnings)
+
+
+def test_the_train_split_of_a_run_sizes_its_test_split(tmp_path: Path) -> None:
+    """Both splits of one run share its record: the train store's recorded size (extraction
+    writes n_train for a whole train split) is the test store's training-set size too."""
+    train = _split_store(
+        tmp_path / "ls" / "final.pt.train.h5",
+        "train",
+        n_train=20,
+        n_train_source="the extracted train split",
+    )
+    test = _split_store(tmp_path / "ls" / "final.pt.test.h5", "test")
+    results = {r.split: r for r in analyze([train, test])}
+    for split in ("train", "test"):
+        block = results[split].ufm
+        assert block is not None and block["params"]["n"] == 5.0
+        assert block["sources"]["n"] == (
+            "provenance n_train = 20 / K (from the extracted train split)"
+        )
+
+
+def test_a_result_without_a_head_gets_no_block() -> None:
+    x, y, w, b = _classify_optimum_arrays(4, 6, 5, 0.01, 0.01, 0.0)
+    result = analyze_arrays(x, w, b, labels=y)
+    result.extras.pop("weight")
+    assert ufm_distance(result, UfmSettings(lambdas=(0.01, 0.01), alpha=0.0, n=5)) is None
+    assert result.warnings == []
 
 
 def test_settings_are_validated() -> None:
@@ -315,3 +379,26 @@ def test_hessian_condition_matches_an_eigendecomposition() -> None:
     row = np.full((1, 6), opt.q)
     row[0, 2] = opt.p
     assert ce_hessian_condition(row)[0] == pytest.approx(6 * opt.p, rel=1e-12)
+
+
+def test_block_titles_name_runs_as_the_tables_do(tmp_path: Path) -> None:
+    """Runs of one name in two folders are `seed0/ce` and `seed1/ce` in every table; the UFM
+    block's title must tell them apart the same way (not `ce/final.pt` twice)."""
+    from ncinspect.render.ufm import distance_title
+    from ncinspect.runs import run_names
+
+    for seed in ("seed0", "seed1"):
+        _split_store(tmp_path / seed / "ce" / "final.pt.h5", "train", checkpoint="final.pt")
+    results = analyze([tmp_path])
+    names = run_names(run_key(r) for r in results)
+    assert sorted(names.values()) == ["seed0/ce", "seed1/ce"]
+    params = "(classification, K=4 n=5 lambda_W=0.01 lambda_H=0.01 alpha=0.1)"
+    for r in results:
+        assert r.ufm is not None
+        expected = f"distance to the UFM optimum: {names[run_key(r)]}/final.pt {params}"
+        assert distance_title(r, r.ufm) == expected
+    block = results[0].ufm
+    assert block is not None
+    assert distance_title(results[0], block, run="mine").startswith(
+        "distance to the UFM optimum: mine/final.pt ("
+    )
