@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,6 +24,13 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 app = typer.Typer()
+
+
+class Layout(str, Enum):
+    """--layout: where an image array keeps its channels."""
+
+    nhwc = "nhwc"
+    nchw = "nchw"
 
 
 class StderrProgress:
@@ -126,7 +134,29 @@ def extract(
     ] = None,
     split: Annotated[
         str | None,
-        typer.Option(help="Split name (default: from the data file's name, else 'train')."),
+        typer.Option(
+            help="Split name (default: from the data file's name, a CIFAR folder's train "
+            "batches, a factory's split default; required for a factory that cannot say)."
+        ),
+    ] = None,
+    normalize: Annotated[
+        str | None,
+        typer.Option(
+            "--normalize",
+            help="Input normalization the model was trained with: cifar10, cifar100, imagenet, "
+            "mnist, none, or MEAN:STD comma lists (0.5,0.5,0.5:0.25,0.25,0.25) in [0, 1] units. "
+            "Required for raw uint8 images unless the run's config has 'normalize'.",
+            show_default=False,
+        ),
+    ] = None,
+    layout: Annotated[
+        Layout | None,
+        typer.Option(
+            "--layout",
+            help="Where image arrays keep their channels (default: channel-last when the last "
+            "axis is 1, 3 or 4 and axis 1 is not).",
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[
         Path, typer.Option("--out", help="Output: OUT/<run>/<checkpoint file name>.<split>.h5.")
@@ -245,6 +275,8 @@ def extract(
             stats_only=stats_only,
             drop_nonfinite=drop_nonfinite,
             strict=not no_strict,
+            normalize=normalize,
+            layout=None if layout is None else layout.value,
         )
         outcomes = run_extract(config, None if quiet else StderrProgress())
         for o in outcomes:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ncinspect.errors import UsageError
+from ncinspect.extraction.preprocess import LAYOUTS, Layout, parse_normalize
 
 Precision = Literal["fp32", "bf16", "fp16"]
 TaskChoice = Literal["auto", "classification", "regression"]
@@ -63,6 +64,8 @@ class ExtractConfig:
     stats_only: bool = False
     drop_nonfinite: bool = False
     strict: bool = True  # False (--no-strict): unexpected checkpoint keys are ignored
+    normalize: str | None = None  # --normalize PRESET|MEAN:STD (see extraction.preprocess)
+    layout: Layout | None = None  # --layout nhwc|nchw: overrides the image layout rule
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
@@ -79,6 +82,10 @@ class ExtractConfig:
             raise UsageError(f"--task must be one of {', '.join(TASKS)}")
         if self.data_keys is not None and len(self.data_keys) != 2:
             raise UsageError("--data-keys takes two names: INPUTS,LABELS")
+        if self.normalize is not None:
+            parse_normalize(self.normalize)  # a bad value fails here, before any work
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.drop_nonfinite and not self.stats_only:
             raise UsageError(
                 "--drop-nonfinite belongs to --stats-only (a feature store keeps every row; "

@@ -13,9 +13,16 @@ regular files (and `cifar-*` subfolders) whose real path stays in the folder are
 unpickled from memory, bounded by its file size, with its arrays' shapes checked against the
 bytes they hold (`trust.restricted_load`).
 
-Input arrays are passed to the model as float32 when floating (or bool), int64 when integer
-(token ids); CIFAR images become float32 (N, 3, 32, 32) in [0, 1]. Labels are int64 (N,)
-(classification); float targets are float32 (N, T) (regression).
+Input arrays come out as float32 when floating (or bool), int64 when integer with fewer than
+3 dimensions (token ids), and uint8 when they are raw images (uint8 with 3 or more dimensions;
+CIFAR images as (N, 3, 32, 32)): a source's `preprocess` (`preprocess.Preprocess`, set for each
+checkpoint by `with_preprocess`) turns each batch into what the model was trained on, and raw
+images are never yielded without one. Labels are int64 (N,) (classification); float targets are
+float32 (N, T) (regression).
+
+The split a store is named after is never guessed: `--split`, a factory's `split` argument or
+its string default, the data file's name, or a CIFAR folder's train batches; `split_source` in
+the provenance says which.
 """
 
 from __future__ import annotations
@@ -24,15 +31,16 @@ import inspect
 import pickle
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ncinspect.errors import DataError, check_interrupt, reading
+from ncinspect.errors import DataError, UsageError, check_interrupt, reading
 from ncinspect.extraction.arrays import InMemory, LazyArray, array_members
 from ncinspect.extraction.messages import hint
+from ncinspect.extraction.preprocess import Inputs, Preprocess, missing_choice
 from ncinspect.extraction.trust import (
     call_factory,
     import_object,
@@ -142,12 +150,25 @@ def read_cifar(root: Path, split: str, label_key: str | None) -> tuple[np.ndarra
 # Batches
 
 
-def _input_dtype(dtype: np.dtype) -> np.dtype:
+def _input_dtype(dtype: np.dtype, ndim: int = 2) -> np.dtype:
+    """float32 for floating (and bool) inputs, uint8 for raw images (kept for `Preprocess`),
+    int64 for other integers (token ids); ValueError for anything else."""
     if np.issubdtype(dtype, np.floating) or dtype == np.bool_:
         return np.dtype(np.float32)
+    if dtype == np.uint8 and ndim >= 3:
+        return np.dtype(np.uint8)
     if np.issubdtype(dtype, np.integer):
         return np.dtype(np.int64)
     raise ValueError(dtype)
+
+
+def inputs_of(x: LazyArray) -> Inputs:
+    """What an input array is: raw images (uint8, 3 or more dims), float, or integer."""
+    if x.dtype == np.uint8 and len(x.shape) >= 3:
+        return Inputs("raw", x.shape)
+    if np.issubdtype(x.dtype, np.integer):
+        return Inputs("integer", x.shape)
+    return Inputs("float", x.shape)
 
 
 class ArrayBatches:
@@ -176,10 +197,9 @@ class ArrayBatches:
         if start >= stop:
             raise IndexError(i)
         x = self.x.read(start, stop)
-        if self.cifar:
-            xt = torch.from_numpy(x.reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255))
-        else:
-            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=_input_dtype(x.dtype)))
+        if self.cifar:  # rows of 3 x 1024 channel planes
+            x = x.reshape(-1, 3, 32, 32)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=_input_dtype(x.dtype, x.ndim)))
         y = self.y.read(start, stop)
         if self.task == "classification":
             yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
@@ -191,7 +211,8 @@ class ArrayBatches:
 @dataclass
 class DataSource:
     """An opened data spec. `n` rows (after --limit; None for an iterable dataset of unknown
-    length), `task` inferred from the labels' dtype, `split` the name stores use."""
+    length), `task` inferred from the labels' dtype, `split` the name stores use, `inputs` what
+    the inputs are and `preprocess` what is done to them (`with_preprocess`)."""
 
     spec: str
     kind: Literal["npz", "hdf5", "cifar", "factory"]
@@ -201,12 +222,22 @@ class DataSource:
     provenance: dict[str, Any] = field(default_factory=dict)
     _make_loader: Callable[[int, int, bool], Any] | None = None
     limit: int | None = None
+    inputs: Inputs = field(default_factory=Inputs)
+    preprocess: Preprocess | None = None
+
+    def with_preprocess(self, preprocess: Preprocess) -> DataSource:
+        """This source with `preprocess` applied to every batch and recorded in its provenance."""
+        return replace(
+            self, preprocess=preprocess, provenance={**self.provenance, **preprocess.describe()}
+        )
 
     def batches(
         self, batch_size: int, *, workers: int = 0, pin_memory: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, labels | targets) batches in order; at most `n` rows in all."""
         assert self._make_loader is not None
+        if self.inputs.kind == "raw" and self.preprocess is None:
+            raise missing_choice(self.spec)
         loader = self._make_loader(batch_size, workers, pin_memory)
         if self.kind in ("npz", "hdf5"):  # a damaged file can fail at any row: one line
             loader = _guarded(loader, self.spec)
@@ -225,7 +256,7 @@ class DataSource:
             if len(xb) == 0:
                 break
             seen += len(xb)
-            yield xb, yb
+            yield (xb if self.preprocess is None else self.preprocess.apply(xb)), yb
             if self.limit is not None and seen >= self.limit:
                 break
 
@@ -285,8 +316,9 @@ def open_data(
     `keys` = (inputs, labels) names (default: x/inputs/data/images and y/labels/targets);
     `args` go to a factory as keyword arguments, with `split=` when it accepts one; `limit`
     keeps the first rows. The split defaults to the split a data file's name states
-    (`digits_test.npz` -> `test`, else the whole stem) and to the factory's default (else
-    "train") for factories and CIFAR folders.
+    (`digits_test.npz` -> `test`, else the whole stem), to a CIFAR folder's train batches, and
+    to a factory's string default for its `split` parameter; a factory that cannot report its
+    split needs `split` (UsageError), and `split` must agree with `args["split"]`.
     Raises DataError naming the file, the keys found and the fix.
     """
     if limit is not None and limit < 1:
@@ -304,7 +336,7 @@ def open_data(
                     path=path,
                 )
             with reading(root, DataError, "a CIFAR batch folder"):
-                return _open_cifar(root, text, keys, split or "train", limit)
+                return _open_cifar(root, text, keys, split, limit)
         with reading(path, DataError, "an .npz or HDF5 data file"):
             return _open_arrays(path, text, keys, split, limit)
     if ":" in text and not (text.endswith(DATA_SUFFIXES)):
@@ -319,6 +351,15 @@ def split_from_name(stem: str) -> str:
     """The split a data file's name states (`digits_test` -> `test`), else the whole stem."""
     last = re.split(r"[_\-.]", stem)[-1].lower()
     return last if last in SPLIT_WORDS else stem
+
+
+def _file_split(split: str | None, stem: str) -> tuple[str, str]:
+    """A data file's split and where it came from: --split, a split word in the file name, or
+    (no split word) the whole stem."""
+    if split is not None:
+        return split, "--split"
+    named = split_from_name(stem)
+    return named, "file name" if named != stem else "file stem (no split word in the name)"
 
 
 def _open_arrays(
@@ -382,10 +423,11 @@ def _open_arrays(
     def make(batch_size: int, workers: int, pin: bool) -> Any:
         return _loader(ArrayBatches(x, y, n, batch_size, task), None, workers, pin)
 
+    name, source = _file_split(split, path.stem)
     return DataSource(
         spec=spec,
         kind=kind,
-        split=split or split_from_name(path.stem),
+        split=name,
         n=n,
         task=task,
         provenance={
@@ -393,16 +435,19 @@ def _open_arrays(
             "data_kind": kind,
             "data_keys": [x_key, y_key],
             "data_rows": x.shape[0],
+            "split_source": source,
         },
         _make_loader=make,
+        inputs=inputs_of(x),
     )
 
 
 def _open_cifar(
-    root: Path, spec: str, keys: tuple[str, str] | None, split: str, limit: int | None
+    root: Path, spec: str, keys: tuple[str, str] | None, given: str | None, limit: int | None
 ) -> DataSource:
     if keys is not None and keys[0] != "data":
         raise DataError(f"CIFAR batches keep images under 'data', not {keys[0]!r}", path=root)
+    split = given or "train"
     x, y = read_cifar(root, split, keys[1] if keys else None)
     n = len(x) if limit is None else min(limit, len(x))
     xa, ya = InMemory(x, f"{root}:data"), InMemory(y, f"{root}:labels")
@@ -423,8 +468,10 @@ def _open_cifar(
             "data_kind": "cifar",
             "data_files": [p.name for p in cifar_files(root, split)],
             "data_rows": len(x),
+            "split_source": "--split" if given else "default (the train batches)",
         },
         _make_loader=make,
+        inputs=Inputs("raw", (len(x), 3, 32, 32), "nchw"),
     )
 
 
@@ -470,24 +517,7 @@ def _open_factory(
     if not callable(factory):
         raise DataError(f"--data {spec!r} names a {type(factory).__name__}, not a factory")
     kwargs = dict(args)
-    name = split
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    accepts_split = "split" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
-    if accepts_split and "split" not in kwargs:
-        default = params["split"].default if "split" in params else inspect.Parameter.empty
-        if split is not None:
-            kwargs["split"] = split
-        elif default is inspect.Parameter.empty or not isinstance(default, str):
-            kwargs["split"] = name = "train"
-        else:
-            name = default
-    elif "split" in kwargs:
-        name = str(kwargs["split"])
+    name, source = _factory_split(factory, spec, kwargs, split)
     dataset = call_factory(factory, kwargs, spec=spec, what="--data", error=DataError)
     iterable = isinstance(dataset, IterableDataset)
     if not iterable and not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
@@ -518,10 +548,51 @@ def _open_factory(
     return DataSource(
         spec=spec,
         kind="factory",
-        split=name or "train",
+        split=name,
         n=n,
         task=task,
-        provenance={"data": spec, "data_kind": "factory", "data_args": dict(kwargs)},
+        provenance={
+            "data": spec,
+            "data_kind": "factory",
+            "data_args": dict(kwargs),
+            "split_source": source,
+        },
         _make_loader=make,
         limit=limit if iterable else None,
+    )
+
+
+def _factory_split(
+    factory: Callable[..., Any], spec: str, kwargs: dict[str, Any], split: str | None
+) -> tuple[str, str]:
+    """The split a factory returns and where that is known from; adds `split=` to `kwargs` when
+    the factory accepts it. Never guessed: --data-arg split=X and --split Y must agree, and a
+    factory with no string default for `split` (or no `split` parameter) needs --split."""
+    if "split" in kwargs:
+        named = str(kwargs["split"])
+        if split is not None and split != named:
+            raise UsageError(
+                f"--data-arg split={named} and --split {split} disagree; give the split once"
+            )
+        return named, "--split" if split is not None else "factory argument"
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    param = params.get("split")
+    keywords = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if split is not None:
+        if param is not None or keywords:
+            kwargs["split"] = split
+        return split, "--split"
+    if param is not None and isinstance(param.default, str):
+        return param.default, "factory default"
+    why = (
+        "has a split argument without a string default"
+        if param is not None
+        else "takes no split argument"
+    )
+    raise UsageError(
+        f"--data {spec!r} {why}, so ncinspect cannot tell which split it returns: pass --split "
+        "train|test|... (the name the stores get)"
     )

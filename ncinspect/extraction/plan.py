@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ncinspect.extraction.config import ExtractConfig
     from ncinspect.extraction.data import DataSource
     from ncinspect.extraction.distributed import Distributed
+    from ncinspect.extraction.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def plan_jobs(config: ExtractConfig, split: str) -> list[Job]:
         raise UsageError(
             f"--run names one run, but {len(dirs)} directories were given (each is a run)"
         )
-    jobs: list[Job] = []
+    sources: list[tuple[Path, list[Path], Path]] = []  # (as given, checkpoints, run folder)
     for path in config.checkpoints:
         if not path.exists():
             raise CheckpointError("no such file or directory", path=path)
@@ -57,11 +58,14 @@ def plan_jobs(config: ExtractConfig, split: str) -> list[Job]:
                     f"torch.export files); {hint(path)}",
                     path=path,
                 )
-            run = config.run or path.resolve().name
+            sources.append((path, found, path.resolve()))
         else:
-            found = [path]
-            run = config.run or path.resolve().parent.name
-        _check_run_folder(config.out / run, path)
+            sources.append((path, [path], path.resolve().parent))
+    names = run_names([folder for _, _, folder in sources])
+    jobs: list[Job] = []
+    for path, found, folder in sources:
+        run = config.run or names[folder]
+        _check_run_folder(config.out, run, path)
         for ckpt in found:
             jobs.append(Job(ckpt, run, config.out / run / f"{ckpt.name}.{split}.h5"))
     seen: dict[Path, Path] = {}
@@ -79,17 +83,51 @@ def plan_jobs(config: ExtractConfig, split: str) -> list[Job]:
     return list(unique.values())
 
 
-def _check_run_folder(folder: Path, source: Path) -> None:
+# Folders that hold a run's checkpoints without naming the run (Lightning's
+# lightning_logs/version_0/checkpoints): the run is named after the folder above.
+GENERIC_FOLDERS = frozenset({"checkpoints", "checkpoint", "ckpts", "ckpt", "weights"})
+
+
+def run_names(folders: list[Path]) -> dict[Path, str]:
+    """Each checkpoint folder -> its run name: the folder's name (the one above for a generic
+    name such as `checkpoints`); folders that would share a name are each named by their path
+    from the common root of those folders (`seed0/ce`, `seed1/ce`), never merged."""
+
+    def own(folder: Path) -> Path:
+        return folder.parent if folder.name in GENERIC_FOLDERS and folder.parent.name else folder
+
+    by_name: dict[str, list[Path]] = {}
+    for folder in dict.fromkeys(folders):
+        by_name.setdefault(own(folder).name, []).append(folder)
+    names: dict[Path, str] = {}
+    for name, group in by_name.items():
+        if len(group) == 1:
+            names[group[0]] = name
+            continue
+        parts = [own(f).parts for f in group]
+        common = 0
+        while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+            common += 1
+        for folder, p in zip(group, parts, strict=True):
+            names[folder] = "/".join(p[common:])
+    return names
+
+
+def _check_run_folder(out: Path, run: str, source: Path) -> None:
     """The run's folder under --out is named by ncinspect (after the checkpoint's folder), so a
-    symbolic link found there was planted: writing through it would put stores, locks and
-    replacements wherever it points. --out itself is the user's and is followed."""
-    if folder.is_symlink():
-        raise OutputError(
-            f"is a symbolic link inside --out (the run folder for {source}); ncinspect writes a "
-            "run's stores only into a real folder there, never through a link; remove it or "
-            "choose another --out",
-            path=folder,
-        )
+    symbolic link found there (at any level of a run named `seed0/ce`) was planted: writing
+    through it would put stores, locks and replacements wherever it points. --out itself is the
+    user's and is followed."""
+    folder = out
+    for part in Path(run).parts:
+        folder = folder / part
+        if folder.is_symlink():
+            raise OutputError(
+                f"is a symbolic link inside --out (the run folder for {source}); ncinspect "
+                "writes a run's stores only into a real folder there, never through a link; "
+                "remove it or choose another --out",
+                path=folder,
+            )
 
 
 # Store attributes that say which rows a store holds: a complete store is reused only when the
@@ -97,8 +135,10 @@ def _check_run_folder(folder: Path, source: Path) -> None:
 _REQUEST_KEYS = ("content", "split", "limit", "data", "data_kind", "data_keys", "data_args",
                  "data_rows", "data_files")  # fmt: skip
 # The options that decide how the checkpoint becomes a model, as given (None / {} when left at
-# their default); new stores record them in provenance under `requested`.
-_OPTION_KEYS = ("model", "model_args", "state_key", "head", "strict")
+# their default), and the inputs' preprocessing as decided (normalize: the normalization chosen
+# on the command line or in the run's config, None when none was; layout: None when the inputs
+# are used as stored); new stores record them in provenance under `requested`.
+_OPTION_KEYS = ("model", "model_args", "state_key", "head", "strict", "normalize", "layout")
 _DEFAULTS: dict[str, Any] = {"model_args": {}, "strict": True, "precision": "fp32"}
 
 
@@ -113,19 +153,24 @@ def request_attrs(config: ExtractConfig, data: DataSource) -> dict[str, Any]:
     }
     return {
         **{key: wanted.get(key) for key in _REQUEST_KEYS},
-        "requested": requested_options(config),
+        "requested": requested_options(config, data.preprocess),
         "precision": config.precision,
     }
 
 
-def requested_options(config: ExtractConfig) -> dict[str, Any]:
-    """The model options as the request states them (recorded in a store as `requested`)."""
+def requested_options(
+    config: ExtractConfig, preprocess: Preprocess | None = None
+) -> dict[str, Any]:
+    """The model options as the request states them and the inputs' preprocessing (recorded
+    in a store as `requested`)."""
+    prep = {"normalize": None, "layout": None} if preprocess is None else preprocess.identity()
     return {
         "model": config.model,
         "model_args": dict(config.model_args),
         "state_key": config.state_key,
         "head": config.head,
         "strict": config.strict,  # --no-strict loads a checkpoint with extra tensors
+        **prep,  # --normalize / the run's config, --layout
     }
 
 
@@ -247,8 +292,8 @@ def skip_rows(
     of a distributed job reaches the same decision: skip when a complete copy exists (the whole
     file, or a complete shard set of any size) or when every process finds its shard of one set.
     A complete copy made for another request (`request_attrs`: other data, split, --limit,
-    content, model options or precision) or from other checkpoint bytes is an OutputError, in
-    every process alike, rather than a silent skip.
+    content, model options, input preprocessing or precision) or from other checkpoint bytes is
+    an OutputError, in every process alike, rather than a silent skip.
     """
     if config.overwrite:
         if dist is not None:

@@ -1,11 +1,13 @@
 """Extraction: run each checkpoint's model over the data and store the head's input features.
 
 Owns `run_extract` (an `ExtractConfig` -> one store per checkpoint and split, or under torchrun
-one shard per process) and the work on one checkpoint: load it (`checkpoint`), build its model
-(`models`), find the head on the first batch and run the forward loop (`forward`), and write
-either the rows through the background writer (`writer`) or, with --stats-only, the report's
-statistics and the head. The plan and resume rules are `plan`'s, the device `device`'s, the
-multi-process split `distributed`'s; what may be imported or unpickled is decided in `trust`.
+one shard per process) and the work on one checkpoint: decide its inputs' preprocessing
+(`preprocess`: --normalize / --layout and the run's config, for every checkpoint before any
+runs), load it (`checkpoint`), build its model (`models`), find the head on the first batch and
+run the forward loop (`forward`), and write either the rows through the background writer
+(`writer`) or, with --stats-only, the report's statistics and the head. The plan and resume
+rules are `plan`'s, the device `device`'s, the multi-process split `distributed`'s; what may be
+imported or unpickled is decided in `trust`.
 
 Never parses a command line (the CLI builds an `ExtractConfig`), never prints, and writes only
 through `io.store.StoreWriter` (temporary name, renamed when complete: an interrupted run leaves
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ncinspect._version import __version__
-from ncinspect.errors import CheckpointError, DataError, ModelError, NcInspectError
+from ncinspect.errors import CheckpointError, DataError, InputError, ModelError, NcInspectError
 from ncinspect.extraction.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from ncinspect.extraction.config import ExtractConfig, ExtractOutcome, ProgressHook
 from ncinspect.extraction.data import DataSource, open_data
@@ -67,11 +69,12 @@ from ncinspect.extraction.plan import (
     requested_options,
     skip_rows,
 )
+from ncinspect.extraction.preprocess import resolve_preprocess
 from ncinspect.extraction.trust import add_code_paths
 from ncinspect.extraction.writer import THREADED_WRITES, BackgroundWriter
 from ncinspect.io.locking import store_lock
 from ncinspect.metrics.head import Head
-from ncinspect.provenance import Sidecar, read_sidecar
+from ncinspect.provenance import Sidecar, read_sidecar, same_value
 
 if TYPE_CHECKING:
     import torch
@@ -118,12 +121,16 @@ def _run_jobs(
     except DataError as exc:
         raise with_hint(exc, data_path if data_path.exists() else None) from None
     jobs = plan_jobs(config, data.split)
-    request = request_attrs(config, data)
+    # Every checkpoint's preprocessing first: a missing or conflicting choice stops the job
+    # before anything is written.
+    prepared = {job.store: _prepared(data, config, job.checkpoint) for job in jobs}
     device: torch.device | None = None
     outcomes: list[ExtractOutcome] = []
     shards, rank = (1, 0) if dist is None else (dist.world, dist.rank)
     for job in jobs:
         t0 = time.perf_counter()
+        job_data = prepared[job.store]
+        request = request_attrs(config, job_data)
         target = job.store if dist is None else shard_path(job.store, dist)
         # One writer per file: a concurrent extraction of the same file is refused, and the
         # existence check happens under the lock (a store finished meanwhile is skipped).
@@ -150,7 +157,7 @@ def _run_jobs(
                 ident = dist.broadcast(uuid.uuid4().hex if dist.rank == 0 else None)
             output = JobOutput(target, dist, ident)
             try:
-                n = _extract_one(job, data, config, device, progress, output)
+                n = _extract_one(job, job_data, config, device, progress, output)
             except DataError as exc:
                 raise with_hint(exc, data_path if data_path.exists() else None) from None
             except (CheckpointError, ModelError) as exc:
@@ -172,6 +179,23 @@ def _run_jobs(
             )
         )
     return outcomes
+
+
+def _prepared(data: DataSource, config: ExtractConfig, checkpoint: Path) -> DataSource:
+    """`data` with the preprocessing for `checkpoint`: --normalize and --layout, and the
+    `normalize` entry of the run's config beside it (the two must agree)."""
+    sidecar = read_sidecar(checkpoint)
+    if sidecar.error is not None:  # unreadable, or two configs disagreeing: never a silent pick
+        raise InputError(f"its run config cannot be used: {sidecar.error}", path=checkpoint)
+    preprocess = resolve_preprocess(
+        data.inputs,
+        data.spec,
+        normalize=config.normalize,
+        layout=config.layout,
+        config=sidecar.data.get("normalize"),
+        config_path=None if sidecar.path is None else str(sidecar.path),
+    )
+    return data.with_preprocess(preprocess)
 
 
 class _Digest:
@@ -281,7 +305,8 @@ def _extract_one(
         **data.provenance,
         "device": str(device),
         "precision": config.precision,
-        "requested": requested_options(config),  # the model options as given (resuming)
+        # the model options as given and the preprocessing as decided (resuming)
+        "requested": requested_options(config, data.preprocess),
         "batch_size": batch_size,
         "limit": config.limit,
         "torch_version": torch.__version__,
@@ -301,6 +326,11 @@ def _extract_one(
         from ncinspect.provenance import find_labels
 
         for key, value in find_labels(sidecar.data).items():
+            if key in labels and not same_value(key, labels[key], value):
+                raise InputError(
+                    f"{path} says {key} {labels[key]!r} but {sidecar.path} says {value!r}: fix "
+                    "one (the store records one value; report --manifest can state it)"
+                )
             labels.setdefault(key, value)
     attrs.update(labels)
     attrs.update(_train_size(ckpt, sidecar, data.split, config.limit, whole_rows))

@@ -30,3 +30,14 @@ def test_parsers() -> None:
 def test_drop_nonfinite_belongs_to_stats_only(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--drop-nonfinite belongs to --stats-only"):
         ExtractConfig(checkpoints=(tmp_path,), data="x.npz", drop_nonfinite=True)
+
+
+def test_normalize_and_layout_are_checked_when_built() -> None:
+    config = ExtractConfig(
+        checkpoints=(Path("a"),), data="d", normalize="0.5,0.5:0.2,0.2", layout="nhwc"
+    )
+    assert (config.normalize, config.layout) == ("0.5,0.5:0.2,0.2", "nhwc")
+    with pytest.raises(UsageError, match=r"--normalize '0.5:-1': std -1.0 is not positive"):
+        ExtractConfig(checkpoints=(Path("a"),), data="d", normalize="0.5:-1")
+    with pytest.raises(UsageError, match="--layout must be one of nhwc, nchw, got 'hwc'"):
+        ExtractConfig(checkpoints=(Path("a"),), data="d", layout="hwc")  # type: ignore[arg-type]

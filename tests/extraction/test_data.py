@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ncinspect.errors import DataError
+from ncinspect.errors import DataError, UsageError
 from ncinspect.extraction.arrays import H5Dataset, MemmapMember, StreamMember, array_members
 from ncinspect.extraction.data import open_data, split_from_name
+from ncinspect.extraction.preprocess import resolve_preprocess
 from ncinspect.extraction.trust import restricted_load
 
 
@@ -42,6 +43,7 @@ def test_npz_is_read_lazily_in_order(
     assert isinstance(members["x"], StreamMember if compressed else MemmapMember)
     src = open_data(path)
     assert (src.kind, src.split, src.n, src.task) == ("npz", "test", 50, "classification")
+    assert src.provenance["split_source"] == "file name"
     gx, gy = _collect(src)
     assert gx.dtype == np.float32 and gy.dtype == np.int64
     np.testing.assert_array_equal(gx, x.astype(np.float32))
@@ -68,6 +70,11 @@ def test_alternative_names_limit_and_regression(tmp_path: Path) -> None:
     np.savez(path, inputs=x, targets=t)
     src = open_data(path, limit=11, split="val")
     assert (src.n, src.task, src.split) == (11, "regression", "val")
+    assert src.provenance["split_source"] == "--split"
+    # a name without a split word: the whole stem, and the store says so
+    unnamed = open_data(path)
+    assert unnamed.split == "reg"
+    assert unnamed.provenance["split_source"] == "file stem (no split word in the name)"
     gx, gt = _collect(src, batch_size=4)
     np.testing.assert_array_equal(gx, x[:11])
     np.testing.assert_array_equal(gt, t[:11])
@@ -150,6 +157,10 @@ def no_split(n=5):
     return Pairs(n, 0)
 
 
+def required_split(split, n=4):
+    return Pairs(n, 100 if split == "train" else 0)
+
+
 class Stream(IterableDataset):
     def __iter__(self):
         for i in range(9):
@@ -180,19 +191,51 @@ def test_factory_with_split_args_and_limit(factory_file: Path) -> None:
     np.testing.assert_array_equal(gx[:, 0], 100 + np.arange(5))
     np.testing.assert_array_equal(gy, np.arange(5) % 2)
     assert src.provenance["data_args"] == {"n": 12, "split": "train"}
+    assert src.provenance["split_source"] == "--split"
     # without --split the factory's own default names the store
-    assert open_data(f"{factory_file}:make").split == "test"
-    nos = open_data(f"{factory_file}:no_split")
-    assert nos.split == "train" and nos.provenance["data_args"] == {}
+    made = open_data(f"{factory_file}:make")
+    assert (made.split, made.provenance["split_source"]) == ("test", "factory default")
+    # --data-arg split= is the factory's argument; with --split too, they must agree
+    arg = open_data(f"{factory_file}:make", args={"split": "train"})
+    assert (arg.split, arg.provenance["split_source"]) == ("train", "factory argument")
+    same = open_data(f"{factory_file}:make", args={"split": "train"}, split="train")
+    assert (same.split, same.provenance["data_args"]) == ("train", {"split": "train"})
+    with pytest.raises(UsageError) as err:
+        open_data(f"{factory_file}:make", args={"split": "train"}, split="test")
+    assert err.value.message == (
+        "--data-arg split=train and --split test disagree; give the split once"
+    )
+
+
+def test_a_factory_that_cannot_report_its_split_needs_split(factory_file: Path) -> None:
+    spec = f"{factory_file}:no_split"
+    with pytest.raises(UsageError) as err:
+        open_data(spec)
+    assert err.value.message == (
+        f"--data {spec!r} takes no split argument, so ncinspect cannot tell which split it "
+        "returns: pass --split train|test|... (the name the stores get)"
+    )
+    # --split names it (the factory is not passed it: it has no such argument)
+    nos = open_data(spec, split="test")
+    assert (nos.split, nos.provenance["data_args"]) == ("test", {})
+    assert nos.provenance["split_source"] == "--split"
+    np.testing.assert_array_equal(_collect(nos)[0][:, 0], np.arange(5))
+    # a split argument without a string default cannot report one either
+    required = f"{factory_file}:required_split"
+    with pytest.raises(UsageError, match="has a split argument without a string default"):
+        open_data(required)
+    passed = open_data(required, split="train")
+    assert passed.provenance["data_args"] == {"split": "train"}
+    np.testing.assert_array_equal(_collect(passed)[0][:, 0], 100 + np.arange(4))
 
 
 def test_iterable_factory_and_errors(factory_file: Path) -> None:
-    src = open_data(f"{factory_file}:stream", limit=7)
+    src = open_data(f"{factory_file}:stream", limit=7, split="train")
     assert src.n is None and src.task is None
     gx, gt = _collect(src, batch_size=4)
     assert len(gx) == 7 and gt.dtype == np.float32
     with pytest.raises(DataError, match="returned a int"):
-        open_data(f"{factory_file}:broken")
+        open_data(f"{factory_file}:broken", split="train")
     with pytest.raises(DataError, match="no attribute 'nope'"):
         open_data(f"{factory_file}:nope")
     with pytest.raises(DataError, match=r"unexpected keyword argument 'bogus'.*it takes"):
@@ -232,12 +275,21 @@ def test_cifar_batches(tmp_path: Path, hundred: bool) -> None:
     images = _fake_cifar(root, hundred=hundred)
     train = open_data(tmp_path)  # the parent folder with one cifar-* subfolder works too
     assert (train.kind, train.split, train.n) == ("cifar", "train", 12)
-    gx, gy = _collect(train, batch_size=5)
+    assert train.provenance["split_source"] == "default (the train batches)"
+    # raw images are never yielded without a normalization choice
+    with pytest.raises(UsageError, match="raw uint8 images need a normalization choice"):
+        _collect(train)
+    plain = train.with_preprocess(resolve_preprocess(train.inputs, str(tmp_path), normalize="none"))
+    gx, gy = _collect(plain, batch_size=5)
     assert gx.shape == (12, 3, 32, 32) and gx.dtype == np.float32
     np.testing.assert_allclose(gx, images[:12].reshape(-1, 3, 32, 32) / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(gy, np.arange(12))
     test = open_data(root, split="test")
-    np.testing.assert_array_equal(_collect(test)[1], np.arange(12, 18))
+    assert test.provenance["split_source"] == "--split"
+    assert plain.preprocess is not None
+    np.testing.assert_array_equal(
+        _collect(test.with_preprocess(plain.preprocess))[1], np.arange(12, 18)
+    )
     with pytest.raises(DataError, match="no batch file for split 'valid'"):
         open_data(root, split="valid")
 

@@ -359,7 +359,11 @@ def test_cifar_folder_with_a_conv_model(env: Env) -> None:
     path = env.root / "conv.pt"
     torch.save(model.state_dict(), path)
     cfg = env.config(
-        path, data=str(root), split="test", model=f"{env.code.parent / 'convnet.py'}:conv"
+        path,
+        data=str(root),
+        split="test",
+        model=f"{env.code.parent / 'convnet.py'}:conv",
+        normalize="none",  # raw images: [0, 1], no mean or std
     )
     (o,) = run_extract(cfg)
     x = torch.from_numpy(images.reshape(-1, 3, 32, 32).astype(np.float32) / 255)
@@ -367,7 +371,14 @@ def test_cifar_folder_with_a_conv_model(env: Env) -> None:
         feats = model[:5](x).numpy()
     with h5py.File(o.store) as f:
         np.testing.assert_allclose(f["features"][()], feats, atol=1e-5)
-        assert json.loads(f.attrs["provenance"])["head"] == "5"
+        prov = json.loads(f.attrs["provenance"])
+    assert prov["head"] == "5"
+    assert {k: prov.get(k) for k in ("normalize", "input_scale", "layout", "split_source")} == {
+        "normalize": "none",
+        "input_scale": "uint8/255",
+        "layout": "nchw",
+        "split_source": "--split",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,6 +653,7 @@ def test_changed_model_options_are_not_reused(env: Env) -> None:
     (o,) = run_extract(config)
     assert _provenance(o.store)["requested"] == {
         "model": env.spec, "model_args": {}, "state_key": None, "head": None, "strict": True,
+        "normalize": None, "layout": None,
     }  # fmt: skip
     other = env.root / "other.py"
     other.write_text(env.code.read_text())
@@ -651,6 +663,10 @@ def test_changed_model_options_are_not_reused(env: Env) -> None:
         ({"head": "body.2"}, ["head none (now 'body.2')"]),
         ({"state_key": "model"}, ["state_key none (now 'model')"]),
         ({"strict": False}, ["strict True (now False)"]),
+        (
+            {"normalize": "0,0,0,0,0,0:2,2,2,2,2,2"},
+            ["normalize none (now '0.0,0.0,0.0,0.0,0.0,0.0:2.0,2.0,2.0,2.0,2.0,2.0')"],
+        ),
         (
             {"model": f"{other}:tiny", "precision": "fp16"},
             [f"model '{env.spec}' (now '{other}:tiny')", "precision 'fp32' (now 'fp16')"],
