@@ -257,11 +257,26 @@ def to_markdown(results: Sequence[Result], selected: Sequence[str] | None = None
     return "\n\n".join(parts) + "\n"
 
 
+REPEATS_SHOWN = 2
+"""A warning that three or more results share is one line naming this many of them."""
+
+
 def warning_lines(results: Sequence[Result]) -> list[str]:
-    out = []
+    """`warning: SOURCE: message` per result and warning, in order; a message shared by more
+    than REPEATS_SHOWN results is one line (`warning: A, B and 6 more: message`)."""
+    sources: dict[str, list[str]] = {}
     for r in results:
         for w in r.warnings:
-            out.append(visible(f"warning: {r.source}: {w}"))
+            sources.setdefault(w, []).append(r.source)
+    out = []
+    for message, where in sources.items():
+        if len(where) > REPEATS_SHOWN:
+            shown = ", ".join(where[:REPEATS_SHOWN])
+            out.append(
+                visible(f"warning: {shown} and {len(where) - REPEATS_SHOWN} more: {message}")
+            )
+        else:
+            out += [visible(f"warning: {source}: {message}") for source in where]
     return out
 
 

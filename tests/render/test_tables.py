@@ -5,7 +5,7 @@ from __future__ import annotations
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
 from ncinspect.metrics.results import Result
 from ncinspect.render.runviews import runs_grids
-from ncinspect.render.tables import grids_text, table_text, to_markdown
+from ncinspect.render.tables import grids_text, table_text, to_markdown, warning_lines
 from ncinspect.runs import group_runs, runs_table
 from tests.helpers.paths import GOLDEN
 
@@ -131,3 +131,18 @@ def test_checkpoint_rows_tell_runs_of_one_name_apart() -> None:
     assert "| seed0/digits_ce | epoch_10.pt | 10 |" in md
     assert "| seed1/digits_ce | epoch_300.pt | 300 |" in md
     assert "split" not in md
+
+
+def test_a_warning_shared_by_many_results_is_one_line() -> None:
+    results = _golden_runs_results()  # 4 results
+    for r in results:
+        r.warnings.append("no distance to the UFM optimum: n unknown")
+    results[0].warnings.append("nrc3: endpoint")
+    lines = warning_lines(results)
+    assert lines == [
+        "warning: features/digits_ce/epoch_10.pt.test.h5, features/digits_ce/epoch_300.pt.test.h5"
+        " and 2 more: no distance to the UFM optimum: n unknown",
+        "warning: features/digits_ce/epoch_10.pt.test.h5: nrc3: endpoint",
+    ]
+    two = warning_lines(results[:2])  # up to REPEATS_SHOWN results: a line each
+    assert len(two) == 3 and two[1].startswith("warning: features/digits_ce/epoch_300.pt.test.h5:")
