@@ -77,6 +77,13 @@ KeysOpt = Annotated[
 ]
 
 
+class GroupBy(str, Enum):
+    """`--group-by`: each run on its own, or runs that differ only by seed together."""
+
+    run = "run"
+    label = "label"
+
+
 class Format(str, Enum):
     """`--format` of report and compare."""
 

@@ -13,6 +13,7 @@ import typer
 
 from ncinspect.cli.common import (
     DEFAULT_AT,
+    GroupBy,
     KeysOpt,
     ManifestOpt,
     PathsArg,
@@ -51,12 +52,21 @@ def plot(
     ] = None,
     manifest: ManifestOpt = None,
     keys: KeysOpt = None,
+    group_by: Annotated[
+        GroupBy,
+        typer.Option(
+            "--group-by",
+            help="label: one line per group of runs that differ only by seed (mean, with a "
+            "band of one sample std).",
+        ),
+    ] = GroupBy.run,
 ) -> None:
     """Draw metric-vs-epoch panels (one line per run), NRC3-vs-gamma for regression runs, and
     optionally the matched NC2-vs-NC1 panel. Needs the `plot` extra (matplotlib)."""
 
     def body() -> None:
         from ncinspect.api import analyze
+        from ncinspect.metrics.keys import keys_for
         from ncinspect.render.plots import plot_matched, plot_runs
         from ncinspect.runs import compare_runs, group_runs
 
@@ -64,7 +74,14 @@ def plot(
         fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
         results = analyze(paths, manifest=manifest, keys=parse_dump_keys(keys))
         runs = group_runs(results, parse_labels(label))
-        written = plot_runs(runs, out, chosen, fmts)
+        if group_by is GroupBy.label:
+            from ncinspect.render.plots import plot_groups
+            from ncinspect.seeds import group_seeds
+
+            every = sorted({k for run in runs for k in keys_for(run.task)})
+            written = plot_groups(group_seeds(runs, every), out, chosen, fmts)
+        else:
+            written = plot_runs(runs, out, chosen, fmts)
         if compare_runs_ is not None:
             names = compare_runs_.split(",")
             by_name = {r.name: r for r in runs}

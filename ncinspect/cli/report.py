@@ -17,6 +17,7 @@ import typer
 from ncinspect.cli.common import (
     By,
     Format,
+    GroupBy,
     KeysOpt,
     ManifestOpt,
     PathsArg,
@@ -126,6 +127,15 @@ def report(
     ] = None,
     manifest: ManifestOpt = None,
     keys: KeysOpt = None,
+    group_by: Annotated[
+        GroupBy,
+        typer.Option(
+            "--group-by",
+            help="label: runs whose hyper-parameters agree but for the seed become one group, "
+            "shown as mean ± sample std per epoch (--by run: at the final checkpoints; --by "
+            "epoch: every epoch).",
+        ),
+    ] = GroupBy.run,
 ) -> None:
     """Compute the collapse metrics of stores and dumps and print them."""
 
@@ -157,6 +167,14 @@ def report(
                 print(visible(line), file=sys.stderr)
         if not results:
             raise NcInspectError("no feature store or dump found in " + ", ".join(map(str, paths)))
+        if group_by is GroupBy.label:
+            view = By.epoch if trajectory else (By.run if by is By.auto else by)
+            if view is By.checkpoint or baseline is not None:
+                raise UsageError(
+                    "--group-by label needs --by run or --by epoch, without --baseline"
+                )
+            _render_groups(results, view, selected, parse_labels(label), format, output, width)
+            return
         view = _view(By.epoch if trajectory else by, results, format, baseline)
         if baseline is not None and view is not By.run:
             raise UsageError("--baseline needs --by run")
@@ -192,6 +210,47 @@ def _view(by: By, results: list[Any], format: Format, baseline: str | None) -> B
 
     keys = [(run_key(r), r.split) for r in results]
     return By.auto if len(set(keys)) < len(keys) else By.checkpoint
+
+
+def _render_groups(
+    results: list[Any],
+    view: By,
+    selected: list[str] | None,
+    labels: dict[str, str],
+    format: Format,
+    output: Path | None,
+    width: int | None,
+) -> None:
+    import json
+
+    from ncinspect._version import __version__
+    from ncinspect.render import runviews as views
+    from ncinspect.render import tables as rep
+    from ncinspect.runs import group_runs
+    from ncinspect.seeds import group_seeds, groups_json
+
+    runs = group_runs(results, labels)
+    tasks = {run.task for run in runs}
+    table_like = format in (Format.table, Format.markdown)
+    by_task = {task: rep.columns_for(task, selected, table=table_like) for task in tasks}
+    groups = group_seeds(runs, [k for keys in by_task.values() for k in keys])
+    if format is Format.json:
+        doc = {"ncinspect_version": __version__, "groups": groups_json(groups)}
+        write_output(json.dumps(doc, indent=2, allow_nan=False), output)
+        return
+    if format is Format.csv:
+        write_output(views.groups_csv(groups, by_task), output)
+        return
+    if view is By.run:
+        grids = views.group_grids(groups, by_task)
+    else:
+        grids = views.group_trajectory_grids(groups, by_task)
+    if format is Format.markdown:
+        write_output(rep.grids_markdown(grids), output)
+    elif output is None:
+        rep.print_grids(grids, width=width)
+    else:
+        write_output(rep.grids_text(grids, width or 160), output)
 
 
 def _render_runs(

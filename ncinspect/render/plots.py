@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from ncinspect.seeds import SeedGroup
+
 CLASSIFICATION_PLOT = ("nc1", "nc2_etf_means", "nc2_etf_weights", "nc3", "nc4", "accuracy")
 REGRESSION_PLOT = ("nrc1", "nrc1_centered", "nrc2", "nrc2_centered", "nrc3", "r2")
 DEFAULT_PLOT = {"classification": CLASSIFICATION_PLOT, "regression": REGRESSION_PLOT}
@@ -140,6 +142,67 @@ def build_run_figure(runs: Sequence[Run], metrics: Sequence[str] | None = None) 
     fig.suptitle(f"{tasks[0]} runs")
     _legend(fig, axes)
     return fig
+
+
+def build_group_figure(groups: Sequence[SeedGroup], metrics: Sequence[str] | None = None) -> Figure:
+    """Metric-vs-epoch panels, one line per seed group (its mean over runs) in a band of one
+    sample standard deviation either side (no band where a single run reached the epoch)."""
+    if not groups:
+        raise UsageError("no run groups to plot")
+    tasks = sorted({g.task for g in groups})
+    if len(tasks) > 1:
+        raise UsageError(f"one figure holds groups of one task, got {', '.join(tasks)}")
+    from matplotlib.ticker import MaxNLocator
+
+    keys = list(metrics if metrics is not None else DEFAULT_PLOT[tasks[0]])
+    fig = _figure(figsize=_size(len(keys)), dpi=_DPI, layout="constrained")
+    axes = _panel_grid(fig, len(keys))
+    for ax, key in zip(axes, keys, strict=True):
+        series = []
+        for g in groups:
+            x = np.array([p.epoch for p in g.points], dtype=float)
+            mean = np.array([_or_nan(p.mean.get(key)) for p in g.points])
+            std = np.array([_or_nan(p.std.get(key)) for p in g.points])
+            series.append((g, x, mean, std))
+        log = wants_log([m for _, _, m, _ in series])
+        for g, x, mean, std in series:
+            low, high = mean - std, mean + std
+            if log:
+                mean, low = np.where(mean > 0, mean, np.nan), np.where(low > 0, low, np.nan)
+            label = plain_text(f"{g.name} ({len(g.runs)} runs)")
+            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=label)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(_panel_title(key))
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{tasks[0]} run groups: mean ± sample std over seeds")
+    _legend(fig, axes)
+    return fig
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def plot_groups(
+    groups: Sequence[SeedGroup],
+    out_dir: str | Path,
+    metrics: Sequence[str] | None = None,
+    formats: Sequence[str] = ("png", "svg"),
+) -> list[Path]:
+    """`<task>_groups.<fmt>` per task present: `build_group_figure`."""
+    written: list[Path] = []
+    for task in ("classification", "regression"):
+        chosen = [g for g in groups if g.task == task]
+        keys = None if metrics is None else [k for k in metrics if k in keys_for(task)]
+        if chosen and keys != []:
+            written += save_figure(
+                build_group_figure(chosen, keys), out_dir, f"{task}_groups", formats
+            )
+    return written
 
 
 def build_gamma_figure(runs: Sequence[Run], points: int = GAMMA_POINTS) -> Figure | None:

@@ -35,6 +35,7 @@ from ncinspect.ufm.distance import UFM_CAVEAT
 
 if TYPE_CHECKING:
     from ncinspect.runs import Comparison, Run, RunsTable
+    from ncinspect.seeds import GroupPoint, SeedGroup
 
 # What the default summary follows from each run's first to its final checkpoint.
 SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -317,3 +318,90 @@ def _first_to_final(runs: Sequence[Run], n_runs: int, keys: Sequence[str]) -> Gr
             ]
         )
     return grid
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs grouped over seeds (`--group-by label`, `ncinspect.seeds`)
+
+
+def _mean_std(point: GroupPoint, key: str) -> str:
+    mean, std = point.mean.get(key), point.std.get(key)
+    if mean is None:
+        return "n/a"
+    return fmt_number(mean) + ("" if std is None else f" ± {fmt_number(std)}")
+
+
+def group_grids(groups: Sequence[SeedGroup], keys_by_task: dict[str, list[str]]) -> list[Grid]:
+    """One grid per task: a row per group at its runs' final checkpoints, mean ± spread."""
+    grids = []
+    for task in TASK_ORDER:
+        rows = [g for g in groups if g.task == task]
+        if not rows:
+            continue
+        keys = keys_by_task[task]
+        with_split = mixed_splits(g.split for g in rows)
+        ids = ["group", *(["split"] if with_split else []), "runs", "final"]
+        headers = [*ids, *(METRICS[k].header for k in keys)]
+        caption = (
+            "mean ± sample standard deviation over the runs of a group (runs that differ only "
+            "by seed), each at its final checkpoint\n" + legend(keys)
+        )
+        grid = Grid(f"{task} run groups ({len(rows)})", headers, len(ids) - 2, caption)
+        for g in rows:
+            finals = sorted({e for e in g.final_epochs if e is not None})
+            grid.rows.append(
+                [
+                    g.name,
+                    *([split_text(g.split)] if with_split else []),
+                    str(len(g.runs)),
+                    "/".join(map(str, finals)) or "-",
+                    *(_mean_std(g.final, k) for k in keys),
+                ]
+            )
+        grids.append(grid)
+    return grids
+
+
+def group_trajectory_grids(
+    groups: Sequence[SeedGroup], keys_by_task: dict[str, list[str]]
+) -> list[Grid]:
+    """Per group: each epoch's run count and mean ± spread."""
+    grids = []
+    with_split = mixed_splits(g.split for g in groups)
+    for g in groups:
+        keys = keys_by_task[g.task]
+        title = f"{g.name}: {g.task}, {len(g.runs)} runs ({', '.join(r.name for r in g.runs)})"
+        if with_split:
+            title += f", split {split_text(g.split)}"
+        grid = Grid(title, ["epoch", "runs", *(METRICS[k].header for k in keys)], 0)
+        grid.caption = "mean ± sample standard deviation over the runs\n" + legend(keys)
+        for p in g.points:
+            grid.rows.append([str(p.epoch), str(p.n_runs), *(_mean_std(p, k) for k in keys)])
+        grids.append(grid)
+    return grids
+
+
+def groups_csv(groups: Sequence[SeedGroup], keys_by_task: dict[str, list[str]]) -> str:
+    """A row per group and epoch: the run count, then each key's mean and std."""
+    keys = [k for task in TASK_ORDER for k in keys_by_task.get(task, [])]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(
+        [
+            "group",
+            "task",
+            "split",
+            "epoch",
+            "n_runs",
+            *(f"{k}_{s}" for k in keys for s in ("mean", "std")),
+        ]
+    )
+    for g in groups:
+        for p in g.points:
+            cells = []
+            for k in keys:
+                cells += [csv_cell(p.mean.get(k)), csv_cell(p.std.get(k))]
+            writer.writerow(
+                [csv_cell(g.name), g.task, csv_cell(g.split), p.epoch, p.n_runs, *cells]
+            )
+    return buf.getvalue()
