@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ncinspect.analysis.arrays import analyze_arrays
+from ncinspect.analysis.calibration import check_calibration_options
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.passes import analyze_source
 from ncinspect.errors import NcInspectError
@@ -51,6 +52,10 @@ def analyze(
     saved_sums: bool = True,
     manifest: str | Path | None = None,
     keys: Mapping[str, str] | None = None,
+    global_mean: str = "weighted",
+    target_cov: str = "centred",
+    ece_bins: int = 15,
+    temperature_method: str = "nll",
 ) -> list[Result]:
     """Analyse stores and dumps (files or directories searched recursively).
 
@@ -66,6 +71,12 @@ def analyze(
     `saved_sums=False`: compute the class sums from the features even where a store saved them
     (`report --no-saved-sums`). `keys`: which array of a dump holds which role, e.g.
     {"features": "feats", "labels": "y"} (`report --keys`, `ncinspect.io.dumps.parse_keys`).
+    `global_mean`: classification's mu_G, "weighted" (the sample mean) or "unweighted" (the mean
+    of the class means; `report --global-mean`). `target_cov`: the target covariance nrc3 uses,
+    "centred" or "uncentred" ((1/N) sum y y^T; `report --target-cov`). `ece_bins`: the
+    equal-width bins of the calibration keys (1 to 1000; `report --ece-bins`);
+    `temperature_method`: "nll" (the NLL-optimal temperature) or "grid_ece" (the grid temperature
+    with the lowest ECE; `report --temperature grid-ece`).
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -75,7 +86,12 @@ def analyze(
         gamma=gamma,
         ufm_lambdas=ufm_lambdas,
         saved_sums=saved_sums,
+        global_mean=global_mean,
+        target_cov=target_cov,
+        ece_bins=ece_bins,
+        temperature_method=temperature_method,
     )
+    check_calibration_options(options)  # before any file is read
     plan = read_manifest(manifest) if manifest is not None else None  # its errors come first
     settings = ufm or UfmSettings()
     if settings.lambdas is None and ufm_lambdas is not None:
@@ -110,6 +126,7 @@ def analyze(
         "label_smoothing": settings.alpha,
         "train_per_class": settings.n,
         "ufm_lambdas": settings.lambdas,
+        "loss_reduction": settings.reduction,
     }
     resolve_hyperparams(results, run_names(run_key(r) for r in results), plan, given)
     for r in results:

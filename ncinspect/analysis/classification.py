@@ -4,6 +4,7 @@ Owns: the two passes over a source's rows (`classification_statistics`: pass 1 `
 then, with the means fixed by `plan_class_scatter`, pass 2 `ClassScatter`), the one-pass route
 on class sums a store saved (checked against the rows, `STALE_SUMS` when they do not match), and
 `classification_from_source`, which turns either into the metrics of `metrics.classification`,
+the global-mean choice (`global_mean_choice`: the sample mean or the mean of the class means)
 and the near-chance warning (`warn_near_chance`). A source without a head gets the head-free
 metrics, and its accuracy from the stored logits when it has them.
 The worker threads and the BLAS thread count of every pass are `stats.parallel`'s.
@@ -15,18 +16,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.rows import FiniteRows
-from ncinspect.errors import InputError, check_interrupt
+from ncinspect.errors import InputError, UsageError, check_interrupt
 from ncinspect.io.sources import FeatureSource
 from ncinspect.metrics.classification import classification_extras, classification_metrics
 from ncinspect.metrics.results import MetricSet
 from ncinspect.stats.classification import (
+    GLOBAL_MEANS,
     ClassMoments,
     ClassScatter,
     ClassSums,
@@ -41,6 +43,16 @@ STALE_SUMS = (
 )
 
 
+def global_mean_choice(options: AnalysisOptions) -> str:
+    """How mu_G is formed ("weighted" or "unweighted"); UsageError for anything else."""
+    if options.global_mean not in GLOBAL_MEANS:
+        raise UsageError(
+            f"--global-mean: found {options.global_mean!r}; expected one of "
+            f"{', '.join(GLOBAL_MEANS)}"
+        )
+    return options.global_mean
+
+
 def plan_class_scatter(
     sums: ClassSums,
     source: FeatureSource,
@@ -49,15 +61,17 @@ def plan_class_scatter(
     check: np.ndarray | None = None,
 ) -> tuple[ClassSums, ScatterPlan]:
     """Between the passes: pass 1 combined over the processes (when `combine` is given), checked
-    non-empty, and pass 2's plan (the NC1 route, the means, the head; `check` as in
-    `plan_scatter`). The host passes and the device ones (`analysis.device`) share it."""
+    non-empty, and pass 2's plan (the NC1 route, the means, the head, the global mean of
+    `options`; `check` as in `plan_scatter`). The host passes and the device ones
+    (`analysis.device`) share it."""
+    how = global_mean_choice(options)
     if combine is not None:
         sums = combine(sums)
     if sums.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
     head = source.head
     weight, bias = (None, None) if head is None else (head.weight, head.bias_or_zeros())
-    plan = plan_scatter(sums.moments(), weight, bias, options.nc1_route, check)
+    plan = plan_scatter(sums.moments(), weight, bias, options.nc1_route, check, how)
     return sums, plan
 
 
@@ -183,7 +197,7 @@ def classification_statistics(
                 scattered = map_parts(lambda xs, ys: ClassScatter.from_batch(plan, xs, ys), x, y)
                 scatter = scatter.merge(merged(scattered, ClassScatter.merge))
     if from_logits:
-        scatter = replace(scatter, correct=correct)
+        scatter.correct = correct  # in place: `replace` would drop the non-init centre_distance
     return sums, scatter, rows.dropped
 
 
@@ -222,14 +236,14 @@ def classification_from_source(
 ) -> tuple[MetricSet, int, int, dict[str, Any]]:
     """The passes, then the metrics: (metrics, rows used N, rows dropped as non-finite, extras
     for later stages (`classification_extras`)). info "class_sums" says whether pass 1 came from
-    the store's saved sums or from the rows."""
+    the store's saved sums or from the rows; info "global_mean" which mu_G the metrics used."""
+    how = global_mean_choice(options)
     stats = _source_statistics(source, options)
     moments, dropped = stats.moments, stats.dropped
     from_logits = source.head is None and source.has_outputs
     with full_blas(float(min(source.d, source.width)) ** 3):  # Sigma_B's eigenpairs
-        metric_set = classification_metrics(
-            moments, stats.scatter, source.head, stats.scatter.correct if from_logits else None
-        )
+        correct = stats.scatter.correct if from_logits else None
+        metric_set = classification_metrics(moments, stats.scatter, source.head, correct, how)
     metric_set.info["class_sums"] = stats.sums_from
     if stats.stale:
         metric_set.warn(STALE_SUMS)

@@ -4,9 +4,10 @@ Owns `analyze_source`, the entry every analysis goes through (stores, dumps, in-
 and the parts common to both tasks: refusing a head with NaN/Inf, the non-finite-row warning,
 the reader's notes as warnings, and assembling the result record. The task's own passes and
 metrics are `analysis.classification` and `analysis.regression`; a stats-only store's saved
-statistics are `analysis.saved`'s. Reads data only through `FeatureSource`; computes no
-statistic itself. Memory is independent of N: one read block (about 8 MiB of features) and the
-statistics.
+statistics are `analysis.saved`'s; the calibration keys of the stored logits are
+`analysis.calibration`'s. Reads data only through `FeatureSource`; computes no
+statistic itself. Memory: one read block (about 8 MiB of features) and the statistics, apart
+from calibration's N confidences (and logits up to 256 MiB, held for the temperature fit).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ncinspect.analysis.calibration import add_calibration
 from ncinspect.analysis.classification import classification_from_source
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import regression_from_source
@@ -52,6 +54,8 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
     else:
         rows = FiniteRows(source, options)
         metric_set, n_used, dropped, extras = regression_from_source(source, rows, options)
+    if source.task == "classification":
+        add_calibration(metric_set, source, options)  # from the stored logits, or null
     if dropped:
         metric_set.info["nonfinite_rows_dropped"] = dropped
         metric_set.warn(f"{dropped} row(s) with NaN or Inf features were dropped")

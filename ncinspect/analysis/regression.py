@@ -4,18 +4,21 @@ Owns: the two passes over a source's rows (`regression_statistics`: pass 1
 `RegressionMoments`, then, with mu_G, the PCA basis and W's row space fixed by
 `plan_unit_projections`, pass 2 the uncentred and centred `UnitProjections`),
 `regression_from_source` / `regression_from_statistics` (those statistics -> the metrics of
-`metrics.regression`), which gamma NRC3 uses (`gamma_choice`), and the run-level protocol that
-holds the gamma searched on a run's final checkpoint fixed for its earlier checkpoints
-(`apply_run_gamma`; results without a head have no gamma and are left out). A source without a
-head gets nrc1, nrc1_centered and evr, and mse and r2 when it stores outputs. The worker
-threads and the BLAS thread count are `stats.parallel`'s.
+`metrics.regression`), which gamma and which target covariance NRC3 uses (`gamma_choice`,
+`target_cov_choice`; --global-mean is a classification convention and changes no regression
+key), and the run-level protocol that holds the gamma searched on a run's final checkpoint fixed
+for its earlier checkpoints (`apply_run_gamma`; results without a head have no gamma and are
+left out). A source without a head gets nrc1, nrc1_centered, evr, evr_j and nrc1_at_k, and mse
+and r2 when it stores outputs. The worker threads and the BLAS thread count are
+`stats.parallel`'s.
 Reads rows only through the batches it is handed; the arithmetic lives in `stats` and `metrics`.
 Axes: N samples, D feature dim, T regression targets.
 
-Why two passes: nrc1 and nrc2 need the unit rows' second moment only on two subspaces (the
-top-T PCA directions and W's row space), both fixed after pass 1, so pass 2 projects the
-uncentred and the centred unit rows on those few directions (O(N D T)) instead of forming two
-D x D second moments (O(N D^2) each); there is one D x D product (pass 1's scatter), not three.
+Why two passes: nrc1, nrc2 and nrc1_at_k need the unit rows' second moment only on a few
+directions (the top max(T, 10) principal directions and W's row space), all fixed after pass 1,
+so pass 2 projects the uncentred and the centred unit rows on those (O(N D (T + 10))) instead
+of forming two D x D second moments (O(N D^2) each); there is one D x D product (pass 1's
+scatter), not three.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from ncinspect.io.sources import Batch, FeatureSource
 from ncinspect.metrics.head import HEAD_ABSENT, Head
 from ncinspect.metrics.regression import (
     ENDPOINT_WARNING,
+    TARGET_COVS,
     GammaChoice,
     Subspaces,
     metrics_from_subspaces,
     nrc3_at,
+    target_covariance,
 )
 from ncinspect.metrics.results import MetricSet, Result
 from ncinspect.stats.blocks import sub_blocks
@@ -68,6 +73,15 @@ def gamma_choice(options: AnalysisOptions) -> GammaChoice | None:
             )
         return GammaChoice(lam_h * lam_w, "ufm_lambdas")
     return None
+
+
+def target_cov_choice(options: AnalysisOptions) -> str:
+    """The target covariance nrc3 uses ("centred" or "uncentred"); UsageError for another."""
+    if options.target_cov not in TARGET_COVS:
+        raise UsageError(
+            f"--target-cov: found {options.target_cov!r}; expected one of {', '.join(TARGET_COVS)}"
+        )
+    return options.target_cov
 
 
 # What the RSS compared the targets with, when a source has neither outputs nor a head (mse and
@@ -108,10 +122,11 @@ def regression_from_source(
     `rows` yields `Batch`es (features, targets, outputs) each time it is iterated and afterwards
     says in `rows.dropped` how many non-finite feature rows it left out. Predictions are the
     stored outputs when the source has them, else features @ W^T + b.
-    Returns (metrics, rows used N, rows dropped, extras with "weight" (T, D) and "target_cov"
-    Sigma (T, T), which `apply_run_gamma` needs).
+    Returns (metrics, rows used N, rows dropped, extras with "weight" (T, D), "target_cov"
+    Sigma (T, T) and "nrc3_cov", the covariance nrc3 used, which `apply_run_gamma` needs).
     """
-    gamma_choice(options)  # conflicting options fail before the passes
+    gamma_choice(options)  # conflicting or unknown options fail before the passes
+    target_cov_choice(options)
     moments, uncentred, centred = regression_statistics(source, rows)
     predictions = "outputs" if source.has_outputs else "W h + b"
     if source.head is None and not source.has_outputs:
@@ -205,16 +220,23 @@ def regression_from_statistics(
     """The metrics from the two passes' statistics (gathered here or saved by
     `extract --stats-only`). predictions: what the RSS compared the targets with ("outputs",
     "W h + b", or NO_PREDICTIONS for a source with neither). head None: no head (the nrc2 and
-    nrc3 keys undefined). Returns (metrics, extras for `apply_run_gamma`; "weight" None without
-    a head)."""
+    nrc3 keys undefined). Returns (metrics, extras for `apply_run_gamma` and the UFM distance:
+    "weight" (None without a head), "target_cov" (the centred Sigma, which the UFM optimum is
+    stated in) and "nrc3_cov" (the covariance nrc3 used: Sigma, or the uncentred second moment
+    with `target_cov` "uncentred"))."""
     gamma = gamma_choice(options)
+    how = target_cov_choice(options)
     weight = None if head is None else np.asarray(head.weight, dtype=np.float64)
     spaces = Subspaces.of(moments, weight)
     metric_set = metrics_from_subspaces(
-        moments, spaces, uncentred, centred, head, gamma, predictions != NO_PREDICTIONS
+        moments, spaces, uncentred, centred, head, gamma, predictions != NO_PREDICTIONS, how
     )
     metric_set.info["predictions"] = predictions
-    extras: dict[str, Any] = {"weight": weight, "target_cov": moments.target_cov()}
+    extras: dict[str, Any] = {
+        "weight": weight,
+        "target_cov": moments.target_cov(),
+        "nrc3_cov": target_covariance(moments, how),
+    }
     return metric_set, extras
 
 
@@ -232,7 +254,7 @@ def apply_run_gamma(results: list[Result]) -> None:
 
     `results`: the regression results of ONE run (one split), sorted by epoch; the last is the
     final checkpoint. When its gamma was searched, each earlier result whose gamma was searched
-    gets nrc3 = nrc3_at(its W, its Sigma, final gamma), nrc3_gamma = the final gamma,
+    gets nrc3 = nrc3_at(its W, its nrc3 covariance, final gamma), nrc3_gamma = the final gamma,
     nrc3_gamma_ratio = final gamma / its lambda_min, info "nrc3_gamma_source" = "final_checkpoint"
     and "nrc3_gamma_from" = the final checkpoint's name; its own search moves to info
     "nrc3_own_search". No-op for a single result or when gamma was given / from UFM lambdas.
@@ -265,7 +287,8 @@ def apply_run_gamma(results: list[Result]) -> None:
 
 
 def _hold_gamma(r: Result, g: float, name: str) -> None:
-    weight, sigma = r.extras.get("weight"), r.extras.get("target_cov")
+    weight = r.extras.get("weight")
+    sigma = r.extras.get("nrc3_cov", r.extras.get("target_cov"))
     if weight is None or sigma is None or "nrc3" in r.info.get("undefined", {}):
         return  # no arrays to recompute from, or nrc3 undefined whatever gamma (T = 1, W = 0)
     r.info["nrc3_own_search"] = {

@@ -26,7 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from ncinspect.analysis.classification import classification_statistics, warn_near_chance
+from ncinspect.analysis.classification import (
+    classification_statistics,
+    global_mean_choice,
+    warn_near_chance,
+)
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import (
     gamma_choice,
@@ -109,7 +113,8 @@ def metrics_from_statistics(
         sums, scatter = merged["sums"], merged["scatter"]
         _expect_rows(where, "scatter", scatter.n, sums.n)
         moments = sums.moments(scatter.within)
-        metric_set = classification_metrics(moments, scatter, source.head)
+        how = global_mean_choice(options)
+        metric_set = classification_metrics(moments, scatter, source.head, global_mean=how)
         warn_near_chance(metric_set, source.width)
         return metric_set, moments.n, dropped, classification_extras(moments, source.head)
     moments = merged["moments"]

@@ -163,6 +163,13 @@ class FeatureSource:
         for start in range(0, self.n, step):
             yield self._read(start, min(self.n, start + step), outputs, scratch)
 
+    def output_batches(self, rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(outputs, labels) of every row, in order, `rows` at a time: for passes that need the
+        stored logits only (calibration). Readers override it to leave the features unread."""
+        for batch in self.batches(rows, outputs=True):
+            assert batch.outputs is not None and batch.labels is not None
+            yield batch.outputs, batch.labels
+
     def close(self) -> None:
         """Release file handles (no-op for in-memory sources)."""
 

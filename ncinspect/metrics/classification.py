@@ -3,13 +3,16 @@
 Owns every classification key (definitions and edge cases in docs/metrics.md): nc1 and nc1_cdnv
 (within- vs between-class variability), the nc2 equinorm / equiangle / maxangle / ETF errors of
 the centred class means and of the classifier rows, nc3 and nc3_etf (self-duality), nc4 (the
-classifier's disagreement with the nearest class mean), accuracy and bias_gap, with their edge
+classifier's disagreement with the nearest class mean), accuracy and bias_gap, the descriptive
+norms (mean_norm_means, mean_norm_weights, mean_norm_features, norm_ratio), with their edge
 cases (empty classes -> K_eff, K - 1 > D floors, undefined -> NaN with a reason; without a head,
-`HEAD_KEYS` undefined). Never reads data: it takes `stats.classification`'s `ClassMoments` and
-`ClassScatter` and the head.
+`HEAD_KEYS` undefined), under either global mean (`global_mean`: "weighted", the sample mean,
+or "unweighted", the plain mean of the class means). Never reads data: it takes
+`stats.classification`'s `ClassMoments` and `ClassScatter` and the head.
 
 Direction: every metric here is lower-is-more-collapsed (0 at exact collapse; bias_gap 0 when
-W mu_G + b = 0) except `accuracy`, which is higher-is-better.
+W mu_G + b = 0) except `accuracy`, which is higher-is-better, and the four norms, which describe
+the geometry and are not scores.
 Axes: N samples, D feature dim, K classes (K_eff of them with samples).
 """
 
@@ -32,11 +35,12 @@ EIG_RELATIVE_CUTOFF = 1e-10
 ROUNDING_RELATIVE = 1e-13
 
 
-def centred_means(moments: ClassMoments) -> np.ndarray:
-    """Mc: rows mu_k - mu_G of the present classes, with rounding-level rows snapped to zero."""
+def centred_means(moments: ClassMoments, global_mean: str = "weighted") -> np.ndarray:
+    """Mc: rows mu_k - mu_G of the present classes, with rounding-level rows snapped to zero.
+    global_mean: how mu_G is formed (`ClassMoments.global_mean`)."""
     present = moments.counts > 0
     means = moments.means[present]
-    mc = means - moments.global_mean()
+    mc = means - moments.global_mean(global_mean)
     scale = float(np.max(np.linalg.norm(means, axis=1), initial=0.0))
     tiny = np.linalg.norm(mc, axis=1) <= ROUNDING_RELATIVE * scale
     mc[tiny] = 0.0
@@ -76,12 +80,21 @@ def _kept_eigen(mat: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray]
     return vals[keep], vecs[:, keep]
 
 
-def nc1(moments: ClassMoments, scatter: ClassScatter, out: MetricSet) -> None:
-    """nc1 = tr(Sigma_W pinv(Sigma_B)) / K_eff, through whichever exact route pass 2 used."""
+def nc1(
+    moments: ClassMoments, scatter: ClassScatter, out: MetricSet, global_mean: str = "weighted"
+) -> None:
+    """nc1 = tr(Sigma_W pinv(Sigma_B)) / K_eff, through whichever exact route pass 2 used.
+    Sigma_W does not depend on mu_G; Sigma_B = Mc^T Mc / K_eff does (`global_mean`).
+
+    The class-span scatter S_w is pass 2's projection on the sample-weighted Mc_w
+    (`plan_scatter`), and serves the unweighted mean too (a stats-only store's saved scatter
+    included): there Mc = C Mc_w with C = I - 11^T/K_eff, the projector onto the complement of
+    1, which also holds the range of G = Mc Mc^T, so tr(C S_w C pinv(G)^2) = tr(S_w pinv(G)^2).
+    """
     present = moments.counts > 0
     k_eff = int(present.sum())
     n = moments.n
-    mc = centred_means(moments)
+    mc = centred_means(moments, global_mean)
     max_rank = min(k_eff - 1, moments.d)
     if k_eff < 2:
         out.undefined("nc1", f"needs at least 2 classes with samples (K_eff = {k_eff})")
@@ -105,17 +118,23 @@ def nc1(moments: ClassMoments, scatter: ClassScatter, out: MetricSet) -> None:
     out.metrics["nc1"] = value
 
 
-def nc1_cdnv(moments: ClassMoments, out: MetricSet, gram: np.ndarray | None = None) -> None:
+def nc1_cdnv(
+    moments: ClassMoments,
+    out: MetricSet,
+    gram: np.ndarray | None = None,
+    global_mean: str = "weighted",
+) -> None:
     """Mean over class pairs of (s_i^2 + s_j^2) / (2 ||mu_i - mu_j||^2).
 
-    gram: Mc Mc^T if the caller has it (K_eff x K_eff), else computed here.
+    gram: Mc Mc^T if the caller has it (K_eff x K_eff), else computed here; Mc centred on the
+    `global_mean` the gram was (the distances between means do not depend on it).
     """
     present = moments.counts > 0
     k_eff = int(present.sum())
     if k_eff < 2:
         out.undefined("nc1_cdnv", f"needs at least 2 classes with samples (K_eff = {k_eff})")
         return
-    mc = centred_means(moments)
+    mc = centred_means(moments, global_mean)
     var = moments.m2[present] / moments.counts[present]
     sq = np.einsum("kd,kd->k", mc, mc)
     dist2 = sq[:, None] + sq[None, :] - 2.0 * (mc @ mc.T if gram is None else gram)
@@ -212,6 +231,14 @@ HEAD_KEYS = (
     "nc4",
     "accuracy",
     "bias_gap",
+    "mean_norm_weights",
+    "norm_ratio",
+)
+
+# Why mean_norm_features is null for a source without rows.
+NO_ROWS = (
+    "needs a pass over the feature rows (the sum of ||h_i - mu_G||), which the saved statistics "
+    "do not keep"
 )
 
 
@@ -220,26 +247,53 @@ def classification_metrics(
     scatter: ClassScatter,
     head: Head | None,
     outputs_correct: int | None = None,
+    global_mean: str = "weighted",
 ) -> MetricSet:
     """All classification keys from pass-1 and pass-2 statistics and the head.
 
-    head None (a dump without one): the head-free keys (nc1, nc1_cdnv, nc2_*_means) as usual,
-    `HEAD_KEYS` undefined with the reason `NO_CLASSIFIER`, except accuracy when the stored
-    logits gave `outputs_correct` (rows whose logits' argmax is the label).
+    head None (a dump without one): the head-free keys (nc1, nc1_cdnv, nc2_*_means and the
+    means' and features' norms) as usual, `HEAD_KEYS` undefined with the reason `NO_CLASSIFIER`,
+    except accuracy when the stored logits gave `outputs_correct` (rows whose logits' argmax is
+    the label). global_mean: "weighted" (mu_G the sample mean) or "unweighted" (the mean of the
+    present class means), for every key that centres on mu_G; the scatter's `centre_distance`
+    must have been summed about the same mu_G (`plan_scatter`'s `global_mean`).
     """
     out = MetricSet()
+    out.info["global_mean"] = global_mean
     k_eff = _class_warnings(moments, head, out)
-    mc = centred_means(moments)
+    mc = centred_means(moments, global_mean)
     gram_means = mc @ mc.T  # (K_eff, K_eff), shared by nc1_cdnv, the angles and the ETF error
-    nc1(moments, scatter, out)
-    nc1_cdnv(moments, out, gram_means)
+    nc1(moments, scatter, out, global_mean)
+    nc1_cdnv(moments, out, gram_means, global_mean)
     _mean_geometry(mc, gram_means, k_eff, out)
+    _norms(mc, scatter, head, out)
     if head is None:
         _without_head(moments, out, outputs_correct)
     else:
-        _head_metrics(moments, scatter, head, mc, out)
+        _head_metrics(moments, scatter, head, mc, out, moments.global_mean(global_mean))
     out.metrics = {key: out.metrics[key] for key in CLASSIFICATION_KEYS}
     return out
+
+
+def _norms(mc: np.ndarray, scatter: ClassScatter, head: Head | None, out: MetricSet) -> None:
+    """mean_norm_means = mean_k ||mu_k - mu_G||, mean_norm_features = (1/N) sum_i ||h_i - mu_G||
+    (from pass 2's `centre_distance`; `NO_ROWS` without it) and, with a head,
+    mean_norm_weights = mean_k ||w_k|| over all K rows and norm_ratio = mean_norm_weights /
+    mean_norm_means. Descriptive, not scores."""
+    mean_means = float(np.linalg.norm(mc, axis=1).mean())
+    out.metrics["mean_norm_means"] = mean_means
+    if scatter.centre_distance is None:
+        out.undefined("mean_norm_features", NO_ROWS)
+    else:
+        out.metrics["mean_norm_features"] = scatter.centre_distance / scatter.n
+    if head is None:
+        return
+    mean_weights = float(np.linalg.norm(np.asarray(head.weight, dtype=np.float64), axis=1).mean())
+    out.metrics["mean_norm_weights"] = mean_weights
+    if mean_means == 0:
+        out.undefined("norm_ratio", "the centred class means are all zero (mean_norm_means = 0)")
+    else:
+        out.metrics["norm_ratio"] = mean_weights / mean_means
 
 
 def _class_warnings(moments: ClassMoments, head: Head | None, out: MetricSet) -> int:
@@ -286,9 +340,15 @@ def _mean_geometry(mc: np.ndarray, gram_means: np.ndarray, k_eff: int, out: Metr
 
 
 def _head_metrics(
-    moments: ClassMoments, scatter: ClassScatter, head: Head, mc: np.ndarray, out: MetricSet
+    moments: ClassMoments,
+    scatter: ClassScatter,
+    head: Head,
+    mc: np.ndarray,
+    out: MetricSet,
+    mu_g: np.ndarray,
 ) -> None:
-    """`HEAD_KEYS`: the classifier rows' geometry, self-duality, NC4, accuracy and bias_gap."""
+    """`HEAD_KEYS` but the norms (`_norms`): the classifier rows' geometry, self-duality, NC4,
+    accuracy and bias_gap (at the global mean mu_g (D,), the one Mc is centred on)."""
     n = moments.n
     w = np.asarray(head.weight, dtype=np.float64)
     w_p = w[moments.counts > 0]
@@ -310,9 +370,7 @@ def _head_metrics(
 
     out.metrics["nc4"] = scatter.ncc_mismatch / n
     out.metrics["accuracy"] = scatter.correct / n
-    out.metrics["bias_gap"] = float(
-        np.linalg.norm(w @ moments.global_mean() + head.bias_or_zeros())
-    )
+    out.metrics["bias_gap"] = float(np.linalg.norm(w @ mu_g + head.bias_or_zeros()))
     if head.bias is None:
         out.info["bias"] = "absent (treated as zero)"
 

@@ -1,15 +1,18 @@
 """The metric catalogue: canonical keys, short table headers, and which direction means collapse.
 
 `MetricInfo.better` states each key's direction: "lower" (lower is more collapsed, or a better
-fit for mse), "higher" (accuracy, evr, r2: higher is better) or "-" (nrc3_gamma and
-nrc3_gamma_ratio: parameters, not scores); the definitions are in docs/metrics.md. A leaf module
-(no imports from ncinspect): the single place the metric tables, the table legends and
-`--metrics` validation read from.
+fit for mse), "higher" (accuracy, evr, r2: higher is better) or "-" (nrc3_gamma,
+nrc3_gamma_ratio, temperature: parameters; norms and evr_j: descriptive; neither is a score); the
+definitions are in docs/metrics.md. A leaf module (no imports from ncinspect): the single place
+the metric tables, the table legends and `--metrics` validation read from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# evr_j and nrc1_at_k exist for j, k = 1 .. this (null beyond min(D, this)).
+PCA_COMPONENTS = 10
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,10 @@ _CLASSIFICATION = (
     MetricInfo("nc4", "NC4", "lower", "fraction where classifier != nearest class mean"),
     MetricInfo("accuracy", "Acc", "higher", "fraction classified correctly"),
     MetricInfo("bias_gap", "BiasGap", "lower", "||W mu_G + b||"),
+    MetricInfo("mean_norm_means", "MeanNormM", "-", "mean_k ||mu_k - mu_G||"),
+    MetricInfo("mean_norm_weights", "MeanNormW", "-", "mean_k ||w_k||"),
+    MetricInfo("mean_norm_features", "MeanNormH", "-", "(1/N) sum_i ||h_i - mu_G||"),
+    MetricInfo("norm_ratio", "NormRatio", "-", "mean_norm_weights / mean_norm_means"),
 )
 
 _REGRESSION = (
@@ -49,11 +56,32 @@ _REGRESSION = (
     MetricInfo("evr", "EVR", "higher", "variance explained by the top-T principal components"),
     MetricInfo("mse", "MSE", "lower", "mean squared error per target"),
     MetricInfo("r2", "R2", "higher", "coefficient of determination, pooled over targets"),
+    *(
+        MetricInfo(f"evr_{j}", f"EVR{j}", "-", f"variance share of principal component {j}")
+        for j in range(1, PCA_COMPONENTS + 1)
+    ),
+    *(
+        MetricInfo(f"nrc1_at_{k}", f"NRC1@{k}", "lower", f"nrc1 with the top {k} components")
+        for k in range(1, PCA_COMPONENTS + 1)
+    ),
+)
+
+# Calibration of the stored logits (classification sources with outputs): metrics.calibration
+_CALIBRATION = (
+    MetricInfo("ece", "ECE", "lower", "expected calibration error, equal-width bins"),
+    MetricInfo("mce", "MCE", "lower", "largest |accuracy - confidence| over the bins"),
+    MetricInfo("adaece", "AdaECE", "lower", "ece over equal-mass bins"),
+    MetricInfo("cw_ece", "cwECE", "lower", "class-wise ece, mean over the K classes"),
+    MetricInfo("nll", "NLL", "lower", "mean -log p of the label"),
+    MetricInfo("brier", "Brier", "lower", "mean squared distance of softmax to one-hot"),
+    MetricInfo("temperature", "Temp", "-", "the temperature minimising the NLL"),
+    MetricInfo("ece_ts", "ECE-TS", "lower", "ece after temperature scaling"),
 )
 
 CLASSIFICATION_KEYS: tuple[str, ...] = tuple(m.key for m in _CLASSIFICATION)
+CALIBRATION_KEYS: tuple[str, ...] = tuple(m.key for m in _CALIBRATION)
 REGRESSION_KEYS: tuple[str, ...] = tuple(m.key for m in _REGRESSION)
-METRICS: dict[str, MetricInfo] = {m.key: m for m in (*_CLASSIFICATION, *_REGRESSION)}
+METRICS: dict[str, MetricInfo] = {m.key: m for m in (*_CLASSIFICATION, *_CALIBRATION, *_REGRESSION)}
 
 # The columns a default table shows (JSON and CSV always carry every key).
 TABLE_DEFAULT: dict[str, tuple[str, ...]] = {
@@ -83,4 +111,16 @@ TABLE_DEFAULT: dict[str, tuple[str, ...]] = {
 
 
 def keys_for(task: str) -> tuple[str, ...]:
-    return CLASSIFICATION_KEYS if task == "classification" else REGRESSION_KEYS
+    """Every key a result of the task carries (classification: the calibration keys too)."""
+    if task == "classification":
+        return CLASSIFICATION_KEYS + CALIBRATION_KEYS
+    return REGRESSION_KEYS
+
+
+# How a checkpoint generalises: the keys a paired report (`report --nc-split A --eval-split B`)
+# takes from the evaluation split; "table": those its default table shows.
+EVALUATION_KEYS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "nc4", *CALIBRATION_KEYS),
+    "regression": ("mse", "r2"),
+    "table": ("accuracy", "nc4", "ece", "nll", "mse", "r2"),
+}

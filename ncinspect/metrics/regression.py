@@ -2,14 +2,17 @@
 
 Owns every regression key (definitions and edge cases in docs/metrics.md): nrc1, nrc2 and their
 centred variants (the unit feature rows' distance to the top-T PCA subspace / to W's row space),
-nrc3 with its gamma (the NRC3 curve, `nrc3_at` / `nrc3_search`), evr, mse and r2, with their edge
-cases (T = 1, a singular target covariance, zero-norm feature rows, no head), and `GammaChoice`,
-the gamma nrc3 is evaluated at. Never reads rows, files or options: it takes `stats.regression`'s
-finalized statistics and the head (`analysis.regression` gathers them and picks the gamma).
+nrc3 with its gamma (the NRC3 curve, `nrc3_at` / `nrc3_search`) against the centred or the
+uncentred target covariance (`TARGET_COVS`), evr, mse and r2, the per-component evr_j and
+nrc1_at_k (j, k <= min(D, 10)), with their edge cases (T = 1, a singular target covariance,
+zero-norm feature rows, no head), and `GammaChoice`, the gamma nrc3 is evaluated at. Never
+reads rows, files or options: it takes `stats.regression`'s finalized statistics and the head
+(`analysis.regression` gathers them and picks the gamma and the target covariance).
 
-Direction: nrc1, nrc2, nrc1_centered, nrc2_centered and nrc3 are lower-is-more-collapsed (0 at
-collapse) and mse is lower-is-better (0 for a perfect fit); evr and r2 are higher-is-better;
-nrc3_gamma and nrc3_gamma_ratio are parameters, not scores.
+Direction: nrc1, nrc2, nrc1_centered, nrc2_centered, nrc1_at_k and nrc3 are
+lower-is-more-collapsed (0 at collapse) and mse is lower-is-better (0 for a perfect fit); evr and
+r2 are higher-is-better; nrc3_gamma and nrc3_gamma_ratio are parameters and evr_j describes the
+spectrum: not scores.
 Axes: N samples, D feature dim, T regression targets (T <= D).
 
 How the unit-vector metrics are computed: for unit vectors hn_i and an orthogonal projector P,
@@ -30,7 +33,7 @@ import numpy as np
 
 from ncinspect.errors import UsageError
 from ncinspect.metrics.head import HEAD_ABSENT, NO_REGRESSOR, Head
-from ncinspect.metrics.keys import REGRESSION_KEYS
+from ncinspect.metrics.keys import PCA_COMPONENTS, REGRESSION_KEYS
 from ncinspect.metrics.results import MetricSet
 from ncinspect.stats.blocks import UNIT64
 from ncinspect.stats.regression import RegressionCentred, RegressionMoments
@@ -50,6 +53,7 @@ __all__ = [
     "psd_sqrt",
     "r2",
     "regression_metrics",
+    "target_covariance",
     "unit_subspace_distance",
     "weight_row_basis",
 ]
@@ -63,6 +67,8 @@ SINGULAR_RELATIVE = 1e-12  # Sigma is singular when lambda_min <= this x lambda_
 ZERO_A_RELATIVE = 1e-12  # A_gamma counts as zero when ||A_gamma||_F <= this x ||Sigma^1/2||_F
 
 GAMMA_SOURCES = ("searched", "final_checkpoint", "given", "ufm_lambdas")
+# Which target covariance nrc3 compares W W^T with (`target_covariance`).
+TARGET_COVS = ("centred", "uncentred")
 # The start of the warning a searched gamma on an end of its interval gives (dropped when a
 # run's final gamma replaces the search: `analysis.regression.apply_run_gamma`).
 ENDPOINT_WARNING = "nrc3: the searched gamma lies on the endpoint"
@@ -163,6 +169,17 @@ def explained_variance_ratio(eigenvalues: np.ndarray, t: int, total: float) -> f
     covariance's trace. Higher; [0, 1]."""
     top = float(np.clip(eigenvalues[:t], 0.0, None).sum())
     return min(max(top / total, 0.0), 1.0)
+
+
+def target_covariance(moments: RegressionMoments, how: str = "centred") -> np.ndarray:
+    """The (T, T) matrix nrc3 compares W W^T with: "centred", Sigma = (1/N) sum_i (y_i - ybar)
+    (y_i - ybar)^T (the regression paper); "uncentred", (1/N) sum_i y_i y_i^T (the authors'
+    Carla/UTKFace code for heads without a bias)."""
+    if how == "centred":
+        return moments.target_cov()
+    if how == "uncentred":
+        return moments.target_second()
+    raise ValueError(f"target covariance {how!r}, expected one of {TARGET_COVS}")
 
 
 def mse(moments: RegressionMoments) -> float:
@@ -320,6 +337,8 @@ class UnitStatistics(Protocol):
 
     def captured(self, basis: np.ndarray) -> float: ...
 
+    def covers(self, basis: np.ndarray) -> bool: ...
+
 
 # Subspaces.of's last answer: (weak ref to the moments, their feature_scatter, n, W, Subspaces).
 _LAST_SPACES: dict[str, tuple[Any, np.ndarray, int, np.ndarray | None, Subspaces]] = {}
@@ -329,15 +348,18 @@ _LAST_SPACES: dict[str, tuple[Any, np.ndarray, int, np.ndarray | None, Subspaces
 class Subspaces:
     """The subspaces nrc1/nrc2 project on, fixed after pass 1.
 
-    pca (D, r <= T): top principal directions; eigenvalues: the feature covariance's top T + 1,
-    descending; total_variance: its trace (the sum of all eigenvalues); row_space (D, r_W):
-    orthonormal basis of W's rows ((D, 0) without a head).
+    pca (D, r <= T): top principal directions; eigenvalues: the feature covariance's top
+    max(T, m) + 1 (m = min(D, PCA_COMPONENTS); fewer when D is smaller), descending;
+    total_variance: its trace (the sum of all eigenvalues); row_space (D, r_W): orthonormal basis
+    of W's rows ((D, 0) without a head); components (D, r <= m): the top m principal directions
+    (nrc1_at_k), of which pca is the first T. Directions are kept only above the PCA cutoff.
     """
 
     pca: np.ndarray
     eigenvalues: np.ndarray
     total_variance: float
     row_space: np.ndarray
+    components: np.ndarray
 
     @classmethod
     def of(cls, moments: RegressionMoments, weight: np.ndarray | None) -> Subspaces:
@@ -352,12 +374,14 @@ class Subspaces:
                 if _same_weight(held_w, w):
                     return spaces
         cov = moments.feature_cov()
-        pca, eigenvalues = pca_basis(cov, moments.t)
+        m = min(moments.d, PCA_COMPONENTS)
+        kept, eigenvalues = pca_basis(cov, max(moments.t, m))  # one decomposition for both
         spaces = cls(
-            pca=pca,
+            pca=kept[:, : moments.t],
             eigenvalues=eigenvalues,
             total_variance=float(np.trace(cov)),
             row_space=np.zeros((moments.d, 0)) if w is None else weight_row_basis(w),
+            components=kept[:, :m],
         )
         held_w = None if w is None else w.copy()  # the caller may change its W in place later
         key = (weakref.ref(moments), moments.feature_scatter, moments.n)
@@ -365,12 +389,21 @@ class Subspaces:
         return spaces
 
     def joint_basis(self) -> np.ndarray:
-        """(D, m <= 2 T) orthonormal basis of span(pca) + span(row_space), for `UnitProjections`."""
-        both = np.concatenate([self.pca, self.row_space], axis=1)
-        if both.shape[1] == 0:
-            return both
-        u, s, _ = np.linalg.svd(both, full_matrices=False)
-        return u[:, s > max(both.shape) * np.finfo(np.float64).eps * s[0]]
+        """(D, r <= max(T, m) + T) orthonormal basis of span(pca) + span(components) +
+        span(row_space), for `UnitProjections`: the principal directions themselves, then an
+        orthonormal basis of the part of W's row space outside them (projected out twice, so it
+        stays orthogonal to them; directions below numpy's rank tolerance dropped). Built from
+        the eigenvectors, not from an SVD of the union, whose equal singular values would leave
+        the basis an arbitrary rotation."""
+        # pca and components are prefixes of the same kept eigenvectors: the wider holds both
+        wide = self.pca if self.pca.shape[1] >= self.components.shape[1] else self.components
+        rest = self.row_space
+        for _ in range(2):
+            rest = rest - wide @ (wide.T @ rest)
+        if rest.shape[1] == 0:
+            return wide
+        u, s, _ = np.linalg.svd(rest, full_matrices=False)
+        return np.concatenate([wide, u[:, s > max(rest.shape) * np.finfo(np.float64).eps]], axis=1)
 
 
 def _same_weight(a: np.ndarray | None, b: np.ndarray | None) -> bool:
@@ -382,6 +415,53 @@ def _same_weight(a: np.ndarray | None, b: np.ndarray | None) -> bool:
 def _unit_distance(stats: UnitStatistics, basis: np.ndarray) -> float:
     """(1/n) sum_i ||u_i - P u_i||^2 = 1 - tr(P M)/n, clipped to [0, 1]. Lower is better."""
     return min(max(1.0 - stats.captured(basis) / stats.n_unit, 0.0), 1.0)
+
+
+NO_VARIANCE = "the features have zero variance (no principal directions)"
+
+
+def _no_variance(spaces: Subspaces) -> bool:
+    eigenvalues = spaces.eigenvalues
+    return eigenvalues.size == 0 or eigenvalues[0] <= 0 or spaces.total_variance <= 0
+
+
+def _component_metrics(
+    out: MetricSet, d: int, spaces: Subspaces, uncentred: UnitStatistics
+) -> None:
+    """evr_j (the share of the centred feature variance in principal component j) and nrc1_at_k
+    (nrc1 on the top k principal directions; the kept ones when the features span fewer than k)
+    for j, k = 1 .. m = min(D, PCA_COMPONENTS); null beyond m."""
+    m = min(d, PCA_COMPONENTS)
+    beyond = tuple(
+        f"{key}_{j}" for key in ("evr", "nrc1_at") for j in range(m + 1, PCA_COMPONENTS + 1)
+    )
+    out.undefined_all(beyond, f"the features have only D = {d} principal components")
+    shares = tuple(f"evr_{j}" for j in range(1, m + 1))
+    at_k = tuple(f"nrc1_at_{k}" for k in range(1, m + 1))
+    if _no_variance(spaces):
+        out.undefined_all(shares + at_k, NO_VARIANCE)
+        return
+    values = np.clip(spaces.eigenvalues[:m], 0.0, None) / spaces.total_variance
+    for key, value in zip(shares, values, strict=True):
+        out.metrics[key] = min(float(value), 1.0)
+    if uncentred.n_unit == 0:
+        out.undefined_all(at_k, "every feature row has zero norm")
+        return
+    uncovered = []
+    for k, key in enumerate(at_k, start=1):
+        basis = spaces.components[:, :k]
+        if uncentred.covers(basis):
+            out.metrics[key] = _unit_distance(uncentred, basis)
+        else:
+            uncovered.append(key)
+    out.undefined_all(tuple(uncovered), UNCOVERED)
+
+
+# Why nrc1_at_k is null for statistics whose pass 2 projected on fewer principal directions.
+UNCOVERED = (
+    "the saved statistics projected the feature rows on fewer principal directions (written "
+    "before these keys existed: re-run extract --stats-only)"
+)
 
 
 def _unit_metrics(
@@ -410,9 +490,9 @@ def _unit_metrics(
             f"{centred.n_zero_norm} feature row(s) equal the global mean mu_G; excluded from "
             "nrc1_centered and nrc2_centered"
         )
-    no_variance = eigenvalues.size == 0 or eigenvalues[0] <= 0 or spaces.total_variance <= 0
+    no_variance = _no_variance(spaces)
     if no_variance:
-        reason = "the features have zero variance (no principal directions)"
+        reason = NO_VARIANCE
         out.undefined("nrc1", reason)
         out.undefined("nrc1_centered", reason)
         out.undefined("evr", reason)
@@ -538,17 +618,20 @@ def regression_metrics(
     head: Head | None,
     gamma: GammaChoice | None = None,
     predicted: bool = True,
+    target_cov: str = "centred",
 ) -> MetricSet:
     """Every regression key from D x D statistics (pass 1 with unit rows, the centred unit rows'
     second moment) and the head (W, b).
 
     gamma None searches nrc3's gamma on this checkpoint; otherwise nrc3 is evaluated at it.
     `moments` must carry its unit rows (built with unit_rows=True, the default).
-    head None and predicted: as in `metrics_from_subspaces`.
+    head None, predicted and target_cov: as in `metrics_from_subspaces`.
     """
     weight = None if head is None else np.asarray(head.weight, dtype=np.float64)
     spaces = Subspaces.of(moments, weight)
-    return metrics_from_subspaces(moments, spaces, moments, centred, head, gamma, predicted)
+    return metrics_from_subspaces(
+        moments, spaces, moments, centred, head, gamma, predicted, target_cov
+    )
 
 
 def metrics_from_subspaces(
@@ -559,25 +642,30 @@ def metrics_from_subspaces(
     head: Head | None,
     gamma: GammaChoice | None,
     predicted: bool = True,
+    target_cov: str = "centred",
 ) -> MetricSet:
     """Every regression key from pass 1's moments, the subspaces fixed after it, the unit rows'
     statistics (uncentred and centred: `UnitProjections` from pass 2, or the D x D moments) and the
     head. gamma None searches nrc3's gamma on this checkpoint; otherwise nrc3 is evaluated at it.
+    target_cov: the target covariance nrc3 uses (`target_covariance`), in info "target_cov".
 
     head None (a dump without one): nrc1, nrc1_centered and evr as usual; `HEAD_KEYS` (nrc2,
     nrc2_centered and the nrc3 keys) undefined (`NO_REGRESSOR`). predicted False (no head and no
     stored outputs: the moments' RSS compares the targets with nothing): mse and r2 undefined.
     """
     out = MetricSet()
+    sigma = target_covariance(moments, target_cov)
+    out.info["target_cov"] = target_cov
     if head is None:
         out.info["head"] = HEAD_ABSENT
     elif head.bias is None:
         out.info["bias"] = "absent (treated as zero)"
     _unit_metrics(out, moments.t, spaces, uncentred, centred, head is not None)
+    _component_metrics(out, moments.d, spaces, uncentred)
     _fit_metrics(out, moments, predicted)
     if head is None:
         out.undefined_all(HEAD_KEYS, NO_REGRESSOR)
     else:
-        _nrc3_metrics(out, np.asarray(head.weight, dtype=np.float64), moments.target_cov(), gamma)
+        _nrc3_metrics(out, np.asarray(head.weight, dtype=np.float64), sigma, gamma)
     out.metrics = {key: out.metrics[key] for key in REGRESSION_KEYS}
     return out

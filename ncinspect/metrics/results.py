@@ -28,13 +28,14 @@ class MetricSet:
         self.info.setdefault("undefined", {})[key] = reason
         self.warnings.append(f"{key} is undefined: {reason}")
 
-    def undefined_all(self, keys: tuple[str, ...], reason: str) -> None:
+    def undefined_all(self, keys: tuple[str, ...], reason: str, warn: bool = True) -> None:
         """Several metrics undefined for one reason: each NaN with the reason in info, and one
-        warning naming them all."""
+        warning naming them all (warn=False: the reason in info only, for a state the user
+        chose, such as a store extracted without logits)."""
         for key in keys:
             self.metrics[key] = math.nan
             self.info.setdefault("undefined", {})[key] = reason
-        if keys:
+        if keys and warn:
             verb = "is" if len(keys) == 1 else "are"
             self.warn(f"{', '.join(keys)} {verb} undefined: {reason}")
 

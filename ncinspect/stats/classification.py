@@ -4,8 +4,10 @@ Owns: `ClassSums` (pass 1: counts and per-class sums), `ClassMoments` (counts, m
 within-class squared deviations, merged with Chan's pairwise update), `ScatterPlan` /
 `plan_scatter` (what pass 2 needs, fixed after pass 1: the cheaper exact NC1 route, the means,
 the head if there is one) and `ClassScatter` (pass 2, the means fixed: the within-class scatter
-in that route's basis, the within-class squared deviations, and the counts behind accuracy and
-NC4, whose per-row decisions `stats.decisions` certifies). `ClassRuns` groups a block's rows by
+in that route's basis, the within-class squared deviations, the counts behind accuracy and
+NC4, whose per-row decisions `stats.decisions` certifies, and the rows' summed distance to the
+global mean). `ClassMoments.global_mean` forms mu_G, sample-weighted or the plain mean of the
+class means (`GLOBAL_MEANS`). `ClassRuns` groups a block's rows by
 class. Everything accumulates in float64 and merges exactly, so batch size and shard order cannot
 change a result beyond float64 rounding; blocks are processed in cache-sized sub-blocks
 (`stats.blocks`).
@@ -35,6 +37,8 @@ from ncinspect.stats.parallel import scratch as thread_scratch
 _ONE_HOT_MAX_K = 8
 # Up to this many columns (K_eff + K), pass 2's projection GEMM also yields the logits.
 _STACK_MAX = 32
+# How mu_G is formed from the class means (`ClassMoments.global_mean`).
+GLOBAL_MEANS = ("weighted", "unweighted")
 # Class-span route: logits through the span of the means (`Logits.from_span`).
 _SPAN_LOGITS = True
 # ... when rows x K >= this x r^2 (the least-squares setup, O(D r^2), then costs little).
@@ -52,6 +56,17 @@ def _deviations(x: np.ndarray, labels: np.ndarray, means: np.ndarray) -> np.ndar
     np.take(means, labels, axis=0, out=gathered, mode="clip")  # labels < K
     dev -= gathered
     return dev
+
+
+def _distance_sum(x: np.ndarray, centre: np.ndarray) -> float:
+    """sum_i ||h_i - centre|| over the rows of x (B, D), in float64.
+
+    In this thread's scratch array ("centred_rows"): the sub-block is still in cache.
+    """
+    rows = thread_scratch("centred_rows", x.shape)
+    np.copyto(rows, x)
+    rows -= centre
+    return float(np.sqrt(row_dots(rows, rows)).sum())
 
 
 @dataclass(frozen=True)
@@ -174,9 +189,16 @@ class ClassMoments:
     def update(self, features: np.ndarray, labels: np.ndarray) -> ClassMoments:
         return self.merge(ClassMoments.from_batch(features, labels, self.k))
 
-    def global_mean(self) -> np.ndarray:
-        """mu_G = (1/N) sum_i h_i, the sample-weighted mean of the class means."""
-        return (self.counts.astype(np.float64) @ self.means) / max(self.n, 1)
+    def global_mean(self, how: str = "weighted") -> np.ndarray:
+        """mu_G (D,): "weighted", (1/N) sum_i h_i, the sample-weighted mean of the class means
+        (Papyan et al.); "unweighted", (1/K_eff) sum_k mu_k over the classes with samples (the
+        plain mean of the class means). The two differ only on imbalanced classes."""
+        if how == "weighted":
+            return (self.counts.astype(np.float64) @ self.means) / max(self.n, 1)
+        if how == "unweighted":
+            present = self.counts > 0
+            return self.means[present].sum(axis=0) / max(int(present.sum()), 1)
+        raise ValueError(f"global mean {how!r}, expected one of {GLOBAL_MEANS}")
 
 
 @dataclass
@@ -237,7 +259,9 @@ class ScatterPlan:
     derived here once for `ClassScatter.from_batch`. `rows`: how many rows pass 2 will see (0:
     unknown), which decides whether the span route for the logits pays for its setup.
     `weight` None (a source without a head): no decisions, so `correct` and `ncc_mismatch` stay 0
-    and `ncc` / `logits` are None.
+    and `ncc` / `logits` are None. `mu_g` (D,): the global mean the metrics use (weighted or
+    unweighted), about which pass 2 sums the rows' distances; None: not summed. The basis and
+    `centre` always use the sample-weighted mu_G, whatever `mu_g` is.
     """
 
     means: np.ndarray  # (K, D) class means
@@ -250,6 +274,7 @@ class ScatterPlan:
     # (D,) unit vector: pass 2 also sums (h_i - mu_{y_i}) . check per class, which vanishes when
     # the means are those of the rows read (`ClassScatter.check_sum`); None: not needed
     check: np.ndarray | None = None
+    mu_g: np.ndarray | None = None
     ncc: NearestMean | None = field(init=False, repr=False, compare=False)
     logits: Logits | None = field(init=False, repr=False, compare=False)
     projector: np.ndarray | None = field(init=False, repr=False, compare=False)
@@ -295,10 +320,12 @@ def plan_scatter(
     bias: np.ndarray | None,
     route: str = "auto",
     check: np.ndarray | None = None,
+    global_mean: str = "weighted",
 ) -> ScatterPlan:
     """Choose the cheaper exact NC1 route: the class span when K_eff < D, else D x D. `check`:
     a unit vector for `ClassScatter.means_match` (means that did not come from these rows).
-    weight (K, D) and bias (K,) None: no head, so no accuracy or NC4 counts."""
+    weight (K, D) and bias (K,) None: no head, so no accuracy or NC4 counts. `global_mean`:
+    the mu_G pass 2 sums ||h_i - mu_G|| about (`ClassMoments.global_mean`)."""
     present = moments.counts > 0
     k_eff = int(present.sum())
     if route == "auto":
@@ -316,6 +343,7 @@ def plan_scatter(
         centre=mu_g,
         rows=moments.n,
         check=check,
+        mu_g=moments.global_mean(global_mean),
     )
 
 
@@ -355,6 +383,10 @@ def _decisions(
 class ClassScatter:
     """Pass-2 statistics, plain sums: scatter (r, r), n, correct (accuracy), ncc_mismatch (NC4),
     and within (K,) = sum_{i in k} ||h_i - mu_k||^2 with the plan's means (the exact two-pass m2).
+
+    `centre_distance` = sum_i ||h_i - mu_G|| about the plan's `mu_g` (mean_norm_features), None
+    when not summed. Not an init field, so a stats-only store does not keep it (its records hold
+    the init fields): such a store has no per-row distances to report.
     """
 
     scatter: np.ndarray
@@ -367,13 +399,14 @@ class ClassScatter:
     counts: np.ndarray | None = None
     check_sum: np.ndarray | None = None
     check_scale: np.ndarray | None = None
+    centre_distance: float | None = field(default=None, init=False)
 
     @classmethod
     def empty(cls, plan: ScatterPlan) -> ClassScatter:
         r = plan.means.shape[1] if plan.basis is None else plan.basis.shape[0]
         k = plan.means.shape[0]
         checked = plan.check is not None
-        return cls(
+        out = cls(
             scatter=np.zeros((r, r), dtype=np.float64),
             route=plan.route,
             within=np.zeros(k, dtype=np.float64),
@@ -381,6 +414,8 @@ class ClassScatter:
             check_sum=np.zeros(k, dtype=np.float64) if checked else None,
             check_scale=np.zeros(k, dtype=np.float64) if checked else None,
         )
+        out.centre_distance = None if plan.mu_g is None else 0.0
+        return out
 
     def means_match(self, means: np.ndarray) -> bool:
         """Whether the plan's means are, to float64 rounding, the means of the rows pass 2 read:
@@ -410,7 +445,8 @@ class ClassScatter:
         """Statistics of one block: features (B, D), labels (B,).
 
         The deviations h_i - mu_{y_i} exist only a cache-sized sub-block at a time; what is kept
-        per row is their squared norm and, on the class-span route, their projection.
+        per row is their squared norm and, on the class-span route, their projection. With the
+        plan's `mu_g`, each sub-block's distances ||h_i - mu_G|| are summed too.
         """
         x = np.asarray(features)
         y = np.asarray(labels, dtype=np.int64)
@@ -423,7 +459,10 @@ class ClassScatter:
         # the D x D route adds a D x D product per sub-block: at least D rows amortize it
         check = plan.check
         checked = None if check is None else np.empty(n)
+        distance = 0.0
         for sl in sub_blocks(n, d, min_rows=d if proj is None else 1):
+            if plan.mu_g is not None:
+                distance += _distance_sum(x[sl], plan.mu_g)
             dev = _deviations(x[sl], y[sl], plan.means)
             dev_sq[sl] = row_dots(dev, dev)
             if check is not None and checked is not None:
@@ -449,13 +488,15 @@ class ClassScatter:
             out.check_sum = np.bincount(y, weights=checked, minlength=k)
             out.check_scale = np.bincount(y, weights=dev_norm, minlength=k)
         out.n = n
+        if out.centre_distance is not None:
+            out.centre_distance = distance
         return out
 
     def merge(self, other: ClassScatter) -> ClassScatter:
         def add(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
             return None if a is None or b is None else a + b
 
-        return ClassScatter(
+        merged = ClassScatter(
             scatter=self.scatter + other.scatter,
             n=self.n + other.n,
             correct=self.correct + other.correct,
@@ -466,3 +507,6 @@ class ClassScatter:
             check_sum=add(self.check_sum, other.check_sum),
             check_scale=add(self.check_scale, other.check_scale),
         )
+        if self.centre_distance is not None and other.centre_distance is not None:
+            merged.centre_distance = self.centre_distance + other.centre_distance
+        return merged

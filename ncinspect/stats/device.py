@@ -91,8 +91,9 @@ class DeviceClassSums:
 
 class DeviceClassScatter:
     """`ClassScatter` on the device with the plan's means fixed: scatter (r, r) of Mc (h - mu_y)
-    (class-span route) or (D, D) of h - mu_y (dxd route), within (K,), and the counts behind
-    accuracy and NC4, all from float64 on the device (see the module docstring)."""
+    (class-span route) or (D, D) of h - mu_y (dxd route), within (K,), the counts behind
+    accuracy and NC4, and sum_i ||h_i - mu_G|| about the plan's `mu_g` (when it has one), all
+    from float64 on the device (see the module docstring)."""
 
     def __init__(self, plan: ScatterPlan, device: torch.device) -> None:
         def dev(a: np.ndarray) -> torch.Tensor:
@@ -114,11 +115,16 @@ class DeviceClassScatter:
         self.within = torch.zeros(plan.means.shape[0], dtype=F64, device=device)
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self.n, self.correct, self.mismatch = zero.clone(), zero.clone(), zero.clone()
+        self.mu_g = None if plan.mu_g is None else dev(plan.mu_g)
+        self.distance = torch.zeros((), dtype=F64, device=device)
 
     def update(self, x: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> None:
         """x (B, D) float64 with dropped rows zeroed; labels (B,) int64; keep (B,) bool."""
         dev = torch.where(keep[:, None], x - self.means[labels], 0.0)
         self.within.index_add_(0, labels, (dev * dev).sum(dim=1))
+        if self.mu_g is not None:
+            norms = torch.linalg.vector_norm(x - self.mu_g, dim=1)
+            self.distance += torch.where(keep, norms, 0.0).sum()
         if self.basis is None:
             self.scatter.addmm_(dev.T, dev)
         else:
@@ -138,7 +144,7 @@ class DeviceClassScatter:
             self.mismatch += count_true((pred != nearest) & kept)
 
     def result(self) -> ClassScatter:
-        return ClassScatter(
+        out = ClassScatter(
             scatter=_host(self.scatter),
             n=int(self.n),
             correct=int(self.correct),
@@ -146,6 +152,9 @@ class DeviceClassScatter:
             route=self.route,
             within=_host(self.within),
         )
+        if self.mu_g is not None:
+            out.centre_distance = float(self.distance)
+        return out
 
 
 # --- regression ---------------------------------------------------------------------------------

@@ -170,6 +170,10 @@ class RegressionMoments:
             raise ValueError("these moments were gathered without unit rows (unit_rows=False)")
         return _captured(self.unit_second, basis)
 
+    def covers(self, basis: np.ndarray) -> bool:
+        """Whether `captured` holds for this basis: always (the full D x D second moment)."""
+        return True
+
     def merge(self, other: RegressionMoments) -> RegressionMoments:
         """Exact combination of two disjoint row sets (Chan's update; sums for the rest)."""
         a, b = self, other
@@ -208,6 +212,10 @@ class RegressionMoments:
         cov = self.target_scatter / max(self.n, 1)
         return (cov + cov.T) / 2
 
+    def target_second(self) -> np.ndarray:
+        """The uncentred second moment (T, T) = (1/N) sum_i y_i y_i^T = Sigma + ybar ybar^T."""
+        return self.target_cov() + np.outer(self.target_mean, self.target_mean)
+
 
 @dataclass
 class RegressionCentred:
@@ -239,6 +247,10 @@ class RegressionCentred:
         """sum_i ||basis^T hc_i||^2 over the unit rows, for a (D, r) orthonormal basis."""
         return _captured(self.unit_second, basis)
 
+    def covers(self, basis: np.ndarray) -> bool:
+        """Whether `captured` holds for this basis: always (the full D x D second moment)."""
+        return True
+
     def merge(self, other: RegressionCentred) -> RegressionCentred:
         return RegressionCentred(
             n=self.n + other.n,
@@ -255,6 +267,8 @@ def _captured(unit_second: np.ndarray, basis: np.ndarray) -> float:
     return float(np.einsum("dr,de,er->", basis, unit_second, basis))
 
 
+# `UnitProjections.covers`: the share of a basis allowed outside span(Q) (rounding only).
+_COVER_TOLERANCE = 1e-9
 # Centred unit rows from the uncentred product when (||x|| + ||c||)^2 <= this x ||x - c||^2 for
 # every row of a sub-block.
 _SHORTCUT_RATIO = 64.0
@@ -264,14 +278,14 @@ _SAFE_SQ_NORM = (2.0**-960, 2.0**960)
 
 @dataclass
 class UnitProjections:
-    """Unit feature rows projected on a fixed orthonormal basis Q (D, m), m small (<= 2 T).
+    """Unit feature rows projected on a fixed orthonormal basis Q (D, m), m <= max(T, 10) + T.
 
     u_i = (h_i - c) / ||h_i - c|| for a fixed centre c (none: the paper's uncentred rows; mu_G:
     the centred ones). n rows seen, n_zero_norm of them with h_i = c and left out, and
     gram (m, m) = sum_i (Q^T u_i)(Q^T u_i)^T. For any orthonormal B (D, r) inside span(Q),
-    sum_i ||B^T u_i||^2 = tr(C^T gram C) with C = Q^T B, so nrc1 and nrc2 (B = the PCA basis or
-    the row space of W, both fixed after pass 1) need this m x m matrix instead of the D x D
-    second moment: pass 2 is O(N D m), not O(N D^2). Plain sums; merging is exact.
+    sum_i ||B^T u_i||^2 = tr(C^T gram C) with C = Q^T B, so nrc1, nrc1_at_k and nrc2 (B = top
+    principal directions or the row space of W, fixed after pass 1) need this m x m matrix, not
+    the D x D second moment: pass 2 is O(N D m), not O(N D^2). Plain sums; merging is exact.
     """
 
     basis: np.ndarray
@@ -380,6 +394,13 @@ class UnitProjections:
         """sum_i ||basis^T u_i||^2 for an orthonormal (D, r) basis inside span(Q)."""
         c = self.basis.T @ basis
         return float(np.einsum("ar,ab,br->", c, self.gram, c))
+
+    def covers(self, basis: np.ndarray) -> bool:
+        """Whether the orthonormal (D, r) `basis` lies inside span(Q), so that `captured` holds:
+        ||Q^T B||_F^2 = r to rounding (statistics saved with a smaller Q do not cover it)."""
+        c = self.basis.T @ basis
+        r = basis.shape[1]
+        return bool(float(np.einsum("ar,ar->", c, c)) >= r * (1.0 - _COVER_TOLERANCE))
 
     def merge(self, other: UnitProjections) -> UnitProjections:
         return UnitProjections(

@@ -25,6 +25,8 @@ HEAD_FREE = (
     "nc2_equiangle_means",
     "nc2_maxangle_means",
     "nc2_etf_means",
+    "mean_norm_means",
+    "mean_norm_features",
 )
 NEEDS_W = (
     "nc2_equinorm_weights",
@@ -36,6 +38,8 @@ NEEDS_W = (
     "nc4",
     "accuracy",
     "bias_gap",
+    "mean_norm_weights",
+    "norm_ratio",
 )
 NO_CLASSIFIER = "needs the classifier head (weight); the dump has none"
 
@@ -95,7 +99,9 @@ def test_keys_that_need_the_head_are_nan_with_the_reason() -> None:
         assert math.isnan(result.metrics[key]), key
         assert result.info["undefined"][key] == NO_CLASSIFIER
     assert all(math.isfinite(result.metrics[key]) for key in HEAD_FREE)
-    assert result.warnings == [f"{', '.join(NEEDS_W)} are undefined: {NO_CLASSIFIER}"]
+    assert result.warnings == [
+        f"{', '.join(NEEDS_W)} are undefined: {NO_CLASSIFIER}",
+    ]
     assert result.to_json()["metrics"]["bias_gap"] is None
     assert result.k == 5
 

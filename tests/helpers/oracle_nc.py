@@ -36,6 +36,10 @@ KEYS = (
     "nc4",
     "accuracy",
     "bias_gap",
+    "mean_norm_means",
+    "mean_norm_weights",
+    "mean_norm_features",
+    "norm_ratio",
 )
 
 
@@ -254,5 +258,16 @@ def classification_oracle(
 
     gap = np.array([float(w[c] @ mu_g) + float(b[c]) for c in range(k)])
     out.metrics["bias_gap"] = math.sqrt(float(gap @ gap))
+
+    # the norms: means over present classes, all K rows of W, and every sample
+    norm_means = sum(_frob(row) for row in mc) / k_eff
+    norm_weights = sum(_frob(row) for row in w) / k
+    out.metrics["mean_norm_means"] = norm_means
+    out.metrics["mean_norm_weights"] = norm_weights
+    out.metrics["mean_norm_features"] = sum(_frob(h[i] - mu_g) for i in range(n)) / n
+    if norm_means == 0.0:
+        out.nan("norm_ratio", "zero centred class means")
+    else:
+        out.metrics["norm_ratio"] = norm_weights / norm_means
     out.metrics = {key: out.metrics[key] for key in KEYS}
     return out

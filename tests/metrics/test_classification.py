@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 
 from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.analysis.options import AnalysisOptions
-from ncinspect.metrics.keys import CLASSIFICATION_KEYS
+from ncinspect.metrics.keys import CLASSIFICATION_KEYS, keys_for
 from ncinspect.stats.classification import ClassMoments, ClassScatter, plan_scatter
 from tests.helpers.oracle_nc import KEYS, classification_oracle
 from tests.helpers.synth import random_orthogonal
@@ -30,9 +30,10 @@ ATOL = 1e-12
 
 # Normalized metrics: unchanged by scaling the features or W by c > 0 (the spec's invariance).
 # nc4 and accuracy depend on the logits c W h + b, which change with c when b != 0; bias_gap is
-# ||W mu_G + b||, not normalized at all.
+# ||W mu_G + b||, and the norms are lengths: neither is normalized at all.
 LOGIT_KEYS = ("nc4", "accuracy")
-NORMALIZED_KEYS = tuple(k for k in KEYS if k not in (*LOGIT_KEYS, "bias_gap"))
+NORMS = ("mean_norm_means", "mean_norm_weights", "mean_norm_features", "norm_ratio")
+NORMALIZED_KEYS = tuple(k for k in KEYS if k not in (*LOGIT_KEYS, "bias_gap", *NORMS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def test_every_metric_matches_oracle(k: int, d: int, bias: bool, route: str) -> 
     x, y, w, b = make_data(100 + k * d, k, d, noise=3.0, bias=bias)
     expected = classification_oracle(x, y, w, b)
     r = analyze(x, y, w, b, route=route)
-    assert tuple(r.metrics) == CLASSIFICATION_KEYS
+    assert tuple(r.metrics) == keys_for("classification")
     assert set(KEYS) == set(CLASSIFICATION_KEYS)
     for key in KEYS:  # random data: every metric is defined
         assert math.isfinite(expected.metrics[key]), key

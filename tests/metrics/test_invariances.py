@@ -19,6 +19,8 @@ from ncinspect.analysis.options import AnalysisOptions
 from tests.helpers.properties import PROPERTY, make, problems
 from tests.helpers.synth import random_orthogonal
 
+NORMS = ("mean_norm_means", "mean_norm_weights", "mean_norm_features", "norm_ratio")
+
 
 def rotation(d: int, seed: int) -> np.ndarray:
     return random_orthogonal(np.random.default_rng(seed + 1), d)
@@ -63,13 +65,21 @@ def test_class_permutation_with_w_rows_changes_no_metric(p) -> None:
 @PROPERTY
 @given(problems, st.floats(1e-3, 1e3))
 def test_scaling_features_or_weights(p, c: float) -> None:
-    """Without a bias every metric but bias_gap = ||W mu_G|| is scale-free; bias_gap scales."""
+    """Without a bias every metric but bias_gap = ||W mu_G|| and the norms is scale-free; they
+    scale."""
     k, d, extra, seed = p
     x, y, w, _ = make(k, d, extra, seed, bias=False)
     base = metrics(x, y, w, None)
     for scaled in (metrics(c * x, y, w, None), metrics(x, y, c * w, None)):
-        assert_same(base, scaled, skip=("bias_gap",))
+        assert_same(base, scaled, skip=("bias_gap", *NORMS))
         assert math.isclose(scaled["bias_gap"], c * base["bias_gap"], rel_tol=1e-7, abs_tol=1e-9)
+    x_scaled, w_scaled = metrics(c * x, y, w, None), metrics(x, y, c * w, None)
+    for key in ("mean_norm_means", "mean_norm_features"):
+        assert math.isclose(x_scaled[key], c * base[key], rel_tol=1e-7, abs_tol=1e-9), key
+        assert math.isclose(w_scaled[key], base[key], rel_tol=1e-7, abs_tol=1e-9), key
+    assert math.isclose(w_scaled["mean_norm_weights"], c * base["mean_norm_weights"], rel_tol=1e-7)
+    assert math.isclose(w_scaled["norm_ratio"], c * base["norm_ratio"], rel_tol=1e-7)
+    assert math.isclose(x_scaled["norm_ratio"], base["norm_ratio"] / c, rel_tol=1e-7)
 
 
 @PROPERTY

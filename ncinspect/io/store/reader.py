@@ -8,6 +8,7 @@ Axes: N samples, D feature dim, K classes, T regression targets.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,20 @@ class StoreSource(FeatureSource):
             )
         except (OSError, KeyError, RuntimeError, ValueError) as exc:  # damaged chunks
             raise StoreError(f"reading rows {start}:{stop} failed: {exc}", path=self.path) from exc
+
+    def output_batches(self, rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self._outputs is None or self._labels is None:
+            yield from super().output_batches(rows)
+            return
+        step = max(1, int(rows or self.chunk_rows()))
+        for start in range(0, self.n, step):
+            stop = min(self.n, start + step)
+            try:
+                yield self._outputs[start:stop], self._labels[start:stop]
+            except (OSError, KeyError, RuntimeError, ValueError) as exc:  # damaged chunks
+                raise StoreError(
+                    f"reading rows {start}:{stop} failed: {exc}", path=self.path
+                ) from exc
 
     def close(self) -> None:
         self._f.close()

@@ -105,6 +105,10 @@ class ShardSetSource(FeatureSource):
         for shard in self.shards:
             yield from shard.batches(rows, outputs=outputs, reuse=reuse)
 
+    def output_batches(self, rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for shard in self.shards:
+            yield from shard.output_batches(rows)
+
     def _read(
         self,
         start: int,
