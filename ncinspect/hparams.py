@@ -3,9 +3,10 @@
 Owns `Hyperparams` (each of `provenance.HYPERPARAMETERS` a run states, with the `Stated` source
 of each), the per-run manifest (`read_manifest`, `report --manifest FILE`) and
 `resolve_hyperparams`, the one function that builds the record of every run from, in this
-order: the command line (`--alpha`, `--ufm-n`, `--ufm-lambdas`: given, they win), the manifest
-(the user's per-run statement), the stores' provenance (what extraction read from the
-checkpoint and its configs), the config files beside the stores (`provenance.config_files`).
+order: the command line (`--alpha`, `--ufm-n`, `--ufm-lambdas`, `--ufm-reduction`: given, they
+win), the manifest (the user's per-run statement), the stores' provenance (what extraction read
+from the checkpoint and its configs), the config files beside the stores
+(`provenance.config_files`).
 Two file sources that disagree on a value are one InputError naming both, unless the command
 line or the manifest states that value. Reads config files and the manifest only: never opens a
 store, never renders, and never guesses a training-set size from a store's rows (what an
@@ -26,8 +27,10 @@ from ncinspect.errors import InputError
 from ncinspect.metrics.results import Result, jsonable, run_key
 from ncinspect.provenance import (
     HYPERPARAMETERS,
+    LOSS_REDUCTION_WORDS,
     PER_CLASS_KEYS,
     TRAIN_SIZE_KEYS,
+    TRAINING_ALIASES,
     YAML_SUFFIXES,
     Stated,
     agree,
@@ -45,6 +48,7 @@ GIVEN_OPTIONS: dict[str, str] = {
     "label_smoothing": "--alpha",
     "train_per_class": "--ufm-n",
     "ufm_lambdas": "--ufm-lambdas",
+    "loss_reduction": "--ufm-reduction",
 }
 """The values the command line may give, by the option that gives them."""
 
@@ -60,17 +64,20 @@ _NOT_EXTRA = frozenset((*TRAIN_SIZE_KEYS, *PER_CLASS_KEYS, "n_train_source"))
 @dataclass(frozen=True)
 class Hyperparams:
     """One run's hyper-parameters: `stated` maps each known key of `provenance.HYPERPARAMETERS`
-    (and `ufm_lambdas` when given) to the statement that won; `extra` holds the other scalar
-    entries of the provenance and configs, and the manifest's `label` / `note`; `run` is the
-    run's name as tables show it (`ncinspect.runs.run_names`, before any `[split]` suffix)."""
+    and `provenance.TRAINING_ALIASES` (and `ufm_lambdas` when given) to the statement that won;
+    `extra` holds the other scalar entries of the provenance and configs, and the manifest's
+    `label` / `note`; `run` is the run's name as tables show it (`ncinspect.runs.run_names`,
+    before any `[split]` suffix)."""
 
     stated: dict[str, Stated] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     run: str = ""
 
     def labels(self) -> dict[str, Any]:
-        """What the run tables and run JSON show: the stated values, then the other entries."""
-        out = {key: st.value for key, st in self.stated.items() if key != "ufm_lambdas"}
+        """What the run tables and run JSON show: the stated values, then the other entries (a
+        training convention only as a config's own top-level entry, like any other)."""
+        hidden = {"ufm_lambdas", *TRAINING_ALIASES}
+        out = {key: st.value for key, st in self.stated.items() if key not in hidden}
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -113,6 +120,8 @@ MANIFEST_FIELDS: tuple[str, ...] = (
     "weight_decay",
     "train_size",
     "train_per_class",
+    "loss_reduction",
+    "optimizer",
     "label",
     "note",
 )
@@ -131,7 +140,8 @@ class Manifest:
 def read_manifest(path: str | Path) -> Manifest:
     """A manifest file (YAML or JSON): `runs:` mapping run names or folders to fields among
     `MANIFEST_FIELDS`, each checked (`label_smoothing` in [0, 1], `weight_decay` >= 0, sizes
-    whole numbers > 0, `loss` / `label` / `note` text). Any problem is one InputError."""
+    whole numbers > 0, `loss_reduction` one of `provenance.LOSS_REDUCTION_WORDS`, `loss` /
+    `optimizer` / `label` / `note` text). Any problem is one InputError."""
     p = Path(path)
     if p.suffix.lower() not in (".json", *YAML_SUFFIXES):
         raise InputError("expected a manifest named *.yaml, *.yml or *.json", path=p)
@@ -178,6 +188,8 @@ _EXPECTED = {
     "weight_decay": "a number >= 0",
     "train_size": "a whole number > 0",
     "train_per_class": "a whole number > 0",
+    "loss_reduction": f"one of {', '.join(LOSS_REDUCTION_WORDS)}",
+    "optimizer": "an optimizer name",
     "label": "text",
     "note": "text",
 }
@@ -185,8 +197,10 @@ _EXPECTED = {
 
 def _manifest_value(name: str, value: Any) -> Any:
     """The checked value of one manifest field, None when it is not what the field takes."""
-    if name in ("loss", "label", "note"):
+    if name in ("loss", "optimizer", "label", "note"):
         return value if isinstance(value, str) and value.strip() else None
+    if name == "loss_reduction":
+        return value if value in LOSS_REDUCTION_WORDS else None
     number = _number(value)
     if number is None:
         return None

@@ -4,7 +4,8 @@ Owns: the config files read beside a checkpoint or a store (`run.json`, `config.
 `args.json`, Lightning's `hparams.yaml`, Hydra's `.hydra/config.yaml`; `read_config` reads JSON
 and YAML safely), and finding the hyper-parameters the analyses group and compare by: the loss,
 the label-smoothing alpha, the weight decay (`find_labels` for extraction, `labels_from_config`
-for the runs table) and the training-set size behind the UFM's n (`find_train_size`);
+for the runs table), the training-set size behind the UFM's n (`find_train_size`) and how the
+weight decay maps to the UFM's penalties (`TRAINING_ALIASES`: the loss reduction, the optimizer);
 `stated_values` gathers them all from one file and `agree` checks that several files say the same.
 Reads JSON and YAML (`yaml.safe_load`, aliases refused) only, never unpickles or imports
 anything a file names; a leaf apart from `errors` and `files`.
@@ -26,11 +27,26 @@ from typing import Any
 from ncinspect.errors import InputError, reading
 from ncinspect.files import bounded_text, inside
 
+TRAINING_ALIASES: dict[str, tuple[str, ...]] = {
+    "loss_reduction": ("loss_reduction", "reduction"),
+    "optimizer": ("optimizer", "optim", "optimizer_name"),
+}
+"""How the loss was reduced and which optimizer applied the weight decay, with the names configs
+use for them: the UFM block maps the weight decay with them (`ncinspect.ufm.distance`). Read
+wherever the labels are (a Hydra `optimizer: {_target_: torch.optim.AdamW}` is `AdamW`); not
+shown as labels beyond a config's own top-level entries."""
+
+LOSS_REDUCTION_WORDS: tuple[str, ...] = ("mean", "sum", "none", "sum_targets", "half_sum")
+"""The values a `loss_reduction` may have: PyTorch's reductions, and the UFM block's own ways of
+reducing over the targets (`ncinspect.ufm.regress.LOSS_REDUCTIONS`). Any other value (a
+`reduction: pca` of something else) is not read as a loss reduction."""
+
 # Training labels recorded as provenance, with the names configs use for them.
 LABEL_ALIASES: dict[str, tuple[str, ...]] = {
     "loss": ("loss", "criterion", "loss_fn", "loss_name", "loss_type"),
     "label_smoothing": ("label_smoothing", "smoothing", "label_smoothing_alpha", "ls"),
     "weight_decay": ("weight_decay", "wd"),
+    **TRAINING_ALIASES,
 }
 
 
@@ -79,6 +95,7 @@ CONFIG_LABEL_ALIASES: dict[str, tuple[str, ...]] = {
     "weight_decay": ("weight_decay", "wd"),
 }
 _ALIAS_TO_LABEL = {alias: label for label, names in CONFIG_LABEL_ALIASES.items() for alias in names}
+_ALIAS_TO_TRAINING = {alias: key for key, names in TRAINING_ALIASES.items() for alias in names}
 _SEARCH_DEPTH = 3  # how deep into nested config objects the label aliases are looked for
 
 
@@ -271,10 +288,8 @@ def find_labels(*sources: Any, depth: int = 3) -> dict[str, Any]:
                 continue
             for alias in aliases:
                 if alias in m:
-                    v = plain_value(m[alias])
-                    if label == "loss" and not isinstance(v, str):
-                        continue
-                    if label != "loss" and (isinstance(v, bool) or not isinstance(v, int | float)):
+                    v = _label_value(label, m[alias])
+                    if v is None:
                         continue
                     found[label] = v
                     break
@@ -291,6 +306,17 @@ def find_labels(*sources: Any, depth: int = 3) -> dict[str, Any]:
     for src in sources:
         visit(src, 0)
     return found
+
+
+def _label_value(label: str, value: Any) -> Any:
+    """What `find_labels` records for a label: the loss's name, a training convention's
+    (`_normal_label`), else a number; None when the value is not one."""
+    if label in TRAINING_ALIASES:
+        return _normal_label(label, value)
+    v = plain_value(value)
+    if label == "loss":
+        return v if isinstance(v, str) else None
+    return None if isinstance(v, bool) or not isinstance(v, int | float) else v
 
 
 def find_sized(doc: Any, names: Sequence[str], depth: int = 3) -> tuple[str, float] | None:
@@ -414,17 +440,21 @@ def config_files(sources: Sequence[str]) -> list[Path]:
     return [d / name for d in dirs for name in CONFIG_NAMES if inside(d, d / name)]
 
 
-def named_labels(doc: Mapping[str, Any], depth: int = _SEARCH_DEPTH) -> dict[str, tuple[str, Any]]:
+def named_labels(
+    doc: Mapping[str, Any], depth: int = _SEARCH_DEPTH, aliases: Mapping[str, str] | None = None
+) -> dict[str, tuple[str, Any]]:
     """Each canonical label (loss, label_smoothing, weight_decay) found in a config object under
-    any of its aliases (`CONFIG_LABEL_ALIASES`), as (the name it is written under, its value):
-    the shallowest occurrence wins, looking `depth` levels deep."""
+    any of its aliases (`CONFIG_LABEL_ALIASES`; `aliases` maps other names to other keys), as
+    (the name it is written under, its value): the shallowest occurrence wins, looking `depth`
+    levels deep."""
+    names = _ALIAS_TO_LABEL if aliases is None else aliases
     found: dict[str, tuple[str, Any]] = {}
     level: list[Mapping[str, Any]] = [doc]
     for _ in range(depth):
         nested: list[Mapping[str, Any]] = []
         for obj in level:
             for name, value in obj.items():
-                label = _ALIAS_TO_LABEL.get(str(name).lower())
+                label = names.get(str(name).lower())
                 if label is not None and label not in found:
                     normal = _normal_label(label, value)
                     if normal is not None:
@@ -450,8 +480,10 @@ def labels_from_config(doc: Mapping[str, Any], depth: int = _SEARCH_DEPTH) -> di
 def stated_values(doc: Mapping[str, Any], depth: int = _SEARCH_DEPTH) -> dict[str, tuple[str, Any]]:
     """Every hyper-parameter of `HYPERPARAMETERS` a config object states, as (the name it is
     written under, its value): the labels (`named_labels`), the training set's total size
-    (`TRAIN_SIZE_KEYS`) and its samples per class (`PER_CLASS_KEYS`)."""
+    (`TRAIN_SIZE_KEYS`) and its samples per class (`PER_CLASS_KEYS`); and the training
+    conventions of `TRAINING_ALIASES` it states."""
     found = named_labels(doc, depth)
+    found.update(named_labels(doc, depth, _ALIAS_TO_TRAINING))
     for key, names in (("train_size", TRAIN_SIZE_KEYS), ("train_per_class", PER_CLASS_KEYS)):
         hit = find_sized(doc, names, depth)
         if hit is not None:
@@ -504,10 +536,18 @@ def same_value(key: str, a: Any, b: Any) -> bool:
     names up to case, punctuation, a trailing `loss` and the abbreviation `ce`."""
     if key == "loss":
         return _loss_name(a) == _loss_name(b)
+    if key in TRAINING_ALIASES:
+        return _class_name(a) == _class_name(b)
     try:
         return math.isclose(float(a), float(b), rel_tol=1e-9)
     except (TypeError, ValueError):
         return bool(a == b)
+
+
+def _class_name(value: Any) -> str:
+    """`torch.optim.AdamW`, `adamw` and `Adam_W` alike: the last dotted part, letters and digits
+    only, lower case."""
+    return re.sub(r"[^a-z0-9]", "", str(value).rsplit(".", 1)[-1].lower())
 
 
 def _loss_name(value: Any) -> str:
@@ -533,10 +573,13 @@ def agree(statements: Sequence[Stated], fix: str) -> dict[str, Stated]:
 
 
 def _normal_label(label: str, value: Any) -> Any:
-    if label == "loss":
+    if label in ("loss", "optimizer"):
         if isinstance(value, Mapping):
             value = value.get("name") or value.get("type") or _target_name(value.get("_target_"))
         return value if isinstance(value, str) and value else None
+    if label == "loss_reduction":
+        word = value.strip().lower() if isinstance(value, str) else None
+        return word if word in LOSS_REDUCTION_WORDS else None
     if isinstance(value, bool):
         return None
     try:

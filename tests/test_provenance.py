@@ -96,6 +96,7 @@ def test_hydra_config_beside_a_checkpoint_in_a_subfolder(tmp_path: Path) -> None
             "loss": "CrossEntropyLoss",
             "label_smoothing": 0.1,
             "weight_decay": 0.0005,
+            "optimizer": "SGD",
         }
         assert find_train_size(side.data) == {"train_size": 50000.0}
     doc = read_config(cfg)
@@ -104,6 +105,7 @@ def test_hydra_config_beside_a_checkpoint_in_a_subfolder(tmp_path: Path) -> None
         "label_smoothing": ("label_smoothing", 0.1),
         "weight_decay": ("weight_decay", 0.0005),
         "train_size": ("train_size", 50000),
+        "optimizer": ("optimizer", "SGD"),
     }
 
 
@@ -256,3 +258,40 @@ def test_agree_and_same_value() -> None:
     assert d.describe(" / K") == "the provenance n_train = 500 / K"
     given = Stated("label_smoothing", 0.1, "--alpha", given=True)
     assert given.describe() == "--alpha (given)"
+
+
+def test_the_loss_reduction_and_the_optimizer_are_read_under_their_aliases() -> None:
+    """The UFM block's mapping reads them (`ufm.distance`): a Hydra `_target_` names the class, a
+    reduction is one of the known words, an optimizer's state dict names no optimizer."""
+    hydra = {
+        "loss": {"_target_": "torch.nn.MSELoss", "reduction": "mean"},
+        "optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05},
+    }
+    assert stated_values(hydra) == {
+        "loss": ("loss", "MSELoss"),
+        "weight_decay": ("weight_decay", 0.05),
+        "loss_reduction": ("reduction", "mean"),
+        "optimizer": ("optimizer", "AdamW"),
+    }
+    assert labels_from_config(hydra) == {"loss": "MSELoss", "weight_decay": 0.05}  # not labels
+    flat = {"optim": "SGD", "loss_reduction": " Sum ", "features": {"reduction": "pca"}}
+    assert stated_values(flat) == {
+        "optimizer": ("optim", "SGD"),
+        "loss_reduction": ("loss_reduction", "sum"),
+    }
+    assert stated_values({"reduction": "pca", "optimizer_name": ""}) == {}
+    state = {"state": {}, "param_groups": [{"lr": 0.1, "weight_decay": 5e-4}]}
+    checkpoint = {"optimizer": state, "hyper_parameters": {"reduction": "mean"}}
+    assert find_labels(checkpoint) == {"weight_decay": 5e-4, "loss_reduction": "mean"}
+    assert find_labels({"hparams": {"optimizer_name": "AdamW8bit"}}) == {"optimizer": "AdamW8bit"}
+    assert same_value("optimizer", "torch.optim.AdamW", "adamw")
+    assert same_value("loss_reduction", "mean", "mean")
+    assert not same_value("optimizer", "adam", "adamw")
+    with pytest.raises(InputError, match="says optimizer sgd but a.json says AdamW"):
+        agree(
+            [
+                Stated("optimizer", "AdamW", "a.json", "optim", "a.json"),
+                Stated("optimizer", "sgd", "b.yaml", "optimizer", "b.yaml"),
+            ],
+            "fix one",
+        )

@@ -21,13 +21,15 @@ from ncinspect.hparams import RECORD
 if TYPE_CHECKING:
     from ncinspect.metrics.results import Result
 
+# "logit CE Hessian cond.": the condition number of diag(p) - p p^T, the softmax cross-entropy's
+# Hessian in the logits, on the complement of the all-ones vector (`ce_hessian_condition`).
 _CLASSIFY_ROWS = (
     ("q", "wrong-class probability q"),
     ("p", "true-class probability p"),
     ("margin", "logit margin log(p/q)"),
     ("w_norm_sq", "||w_k||^2"),
     ("h_norm_sq", "||h_i||^2"),
-    ("condition_number", "CE Hessian condition number"),
+    ("condition_number", "logit CE Hessian cond. on 1-perp"),
     ("loss", "loss"),
 )
 _CLASSIFY_METRICS = ("nc1", "nc2_etf_means", "nc2_etf_weights", "nc3", "nc3_etf", "accuracy")
@@ -116,7 +118,7 @@ _DISTANCE_CLASSIFY_ROWS = (
     ("logit margin (true - mean wrong)", "margin"),
     ("wrong-class probability q (at class means)", "q"),
     ("true-class probability p (at class means)", "p"),
-    ("CE Hessian condition number (K p*)", "condition_number"),
+    ("logit CE Hessian cond. on 1-perp (UFM: K p*)", "condition_number"),
     ("||w_k||^2 (mean over classes)", "w_norm_sq"),
     ("||mu_k - mu_G||^2 (centred class means)", "h_norm_sq"),
     ("||h_i - mu_G||^2 (mean over samples)", "h_norm_sq_samples"),

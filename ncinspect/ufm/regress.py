@@ -1,7 +1,8 @@
 """The regression UFM's closed-form optimum (Andriopoulos et al. 2024, Thm 4.1) and its targets.
 
 Owns: `RegressOptimum`, `regress_closed_form`, `make_targets` (targets with an exact sample
-covariance) and the checks of a covariance matrix, the penalties and a target array.
+covariance), the checks of a covariance matrix, the penalties and a target array, and
+`lambda_from_weight_decay` (a training loss's weight decay as the UFM's penalties).
 Never: solves numerically (`ncinspect.ufm.solver` does), reads files, or formats anything.
 
 The loss, T <= D:
@@ -106,6 +107,34 @@ def check_regress_lambdas(lambda_h: float, lambda_w: float) -> None:
             "only one penalty, rescaling W and H drives the loss towards its infimum without "
             "reaching it, so there is no minimizer"
         )
+
+
+LOSS_REDUCTIONS: dict[str, str] = {
+    "mean": "T",
+    "sum_targets": "1",
+    "half_sum": "2",
+}
+"""How a training loss reduces the squared residuals r_i = W h_i + b - y_i, by the divisor s of
+its per-sample loss ||r_i||^2 / s: "mean" averages over all N T elements (PyTorch's
+`MSELoss()`, s = T), "sum_targets" sums over the targets (s = 1), "half_sum" is the UFM's own
+(1/2)||r_i||^2 (s = 2); all three average over the samples."""
+
+
+def lambda_from_weight_decay(weight_decay: float, reduction: str, t: int) -> float:
+    """The UFM penalty lambda_H = lambda_W that a training run with L2 weight decay maps to.
+
+    Training minimizes (1/N) sum_i ||r_i||^2 / s + (wd/2)||theta||^2 with the L2 term in the
+    loss (coupled: the optimizer adds wd theta to the gradient), the feature penalty read as
+    (wd/2N)||H||_F^2 by the usual convention. That is (2/s) times the UFM loss above with
+    lambda_H = lambda_W = s wd / 2: the same minimizers. So "mean" gives T wd / 2 (c grows
+    with T^2), "sum_targets" wd / 2, "half_sum" wd (see `LOSS_REDUCTIONS`).
+    """
+    if reduction not in LOSS_REDUCTIONS:
+        raise UsageError(
+            f"loss reduction {reduction!r}; expected one of {', '.join(LOSS_REDUCTIONS)}"
+        )
+    divisor = float(t) if reduction == "mean" else float(LOSS_REDUCTIONS[reduction])
+    return divisor * float(weight_decay) / 2.0
 
 
 def regress_closed_form(sigma: Any, lambda_h: float, lambda_w: float) -> RegressOptimum:

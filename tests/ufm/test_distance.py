@@ -23,6 +23,7 @@ from ncinspect.metrics.results import Result, run_key
 from ncinspect.render.ufm import distance_rows
 from ncinspect.ufm.classify import classify_closed_form
 from ncinspect.ufm.distance import (
+    REGRESSION_MAPPINGS,
     UFM_CAVEAT,
     UNKNOWN_N,
     WEIGHT_DECAY_MAPPING,
@@ -327,8 +328,9 @@ def test_a_result_without_a_head_gets_no_block() -> None:
     x, y, w, b = _classify_optimum_arrays(4, 6, 5, 0.01, 0.01, 0.0)
     result = analyze_arrays(x, w, b, labels=y)
     result.extras.pop("weight")
+    before = list(result.warnings)
     assert ufm_distance(result, UfmSettings(lambdas=(0.01, 0.01), alpha=0.0, n=5)) is None
-    assert result.warnings == []
+    assert result.warnings == before  # no block, and no UFM warning either
 
 
 def test_settings_are_validated() -> None:
@@ -359,6 +361,7 @@ def test_readme_quotes_the_caveat_and_the_mapping() -> None:
     readme = (ROOT / "README.md").read_text()
     assert UFM_CAVEAT in readme
     assert WEIGHT_DECAY_MAPPING in readme
+    assert REGRESSION_MAPPINGS["mean"] in readme  # lambda_W = lambda_H = T weight_decay / 2
 
 
 def test_hessian_condition_matches_an_eigendecomposition() -> None:
