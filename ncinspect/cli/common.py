@@ -52,7 +52,8 @@ ManifestOpt = Annotated[
     typer.Option(
         "--manifest",
         help="A YAML or JSON file stating hyper-parameters per run (runs: {RUN: {loss, "
-        "label_smoothing, weight_decay, train_size, train_per_class, label}}); it wins over "
+        "label_smoothing, weight_decay, train_size, train_per_class, loss_reduction, "
+        "optimizer, label}}); it wins over "
         "the checkpoints' provenance and the configs beside the stores.",
     ),
 ]
@@ -75,6 +76,35 @@ KeysOpt = Annotated[
         "features, labels, targets, weight, bias, outputs, epoch).",
     ),
 ]
+
+
+class TemperatureMethod(str, Enum):
+    """`--temperature`: how the calibration temperature is fitted."""
+
+    nll = "nll"
+    grid_ece = "grid-ece"
+
+
+class GlobalMean(str, Enum):
+    """`--global-mean`: the sample mean, or the plain mean of the class means."""
+
+    weighted = "weighted"
+    unweighted = "unweighted"
+
+
+class TargetCov(str, Enum):
+    """`--target-cov`: the target covariance NRC3 compares W W^T with."""
+
+    centred = "centred"
+    uncentred = "uncentred"
+
+
+class UfmReduction(str, Enum):
+    """`--ufm-reduction`: how a regression run's training loss reduced the squared errors."""
+
+    mean = "mean"
+    sum_targets = "sum_targets"
+    half_sum = "half_sum"
 
 
 class GroupBy(str, Enum):

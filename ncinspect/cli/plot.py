@@ -52,6 +52,17 @@ def plot(
     ] = None,
     manifest: ManifestOpt = None,
     keys: KeysOpt = None,
+    nc_split: Annotated[
+        str | None,
+        typer.Option(
+            "--nc-split",
+            help="With --eval-split: also draw NC1 against NC2 (ETF of the means) on this split, "
+            "each checkpoint coloured by its accuracy on the other (paired_nc1_nc2).",
+        ),
+    ] = None,
+    eval_split: Annotated[
+        str | None, typer.Option("--eval-split", help="The split that colours the points.")
+    ] = None,
     group_by: Annotated[
         GroupBy,
         typer.Option(
@@ -93,6 +104,16 @@ def plot(
             a, b = by_name[names[0]], by_name[names[1]]
             comparison = compare_runs(a, b, at or DEFAULT_AT.get(a.task, "nc1"))
             written += plot_matched(comparison, out, fmts)
+        if nc_split is not None or eval_split is not None:
+            if nc_split is None or eval_split is None:
+                raise UsageError("--nc-split and --eval-split go together")
+            from ncinspect.paired import pair_splits
+            from ncinspect.render.plots import build_paired_figure, save_figure
+            from ncinspect.runs import run_names
+
+            pairs = pair_splits(results, nc_split, eval_split)
+            figure = build_paired_figure(pairs, run_names(p.run for p in pairs))
+            written += save_figure(figure, out, "paired_nc1_nc2", fmts)
         for path in written:
             print(visible(path))
 

@@ -17,10 +17,14 @@ import typer
 from ncinspect.cli.common import (
     By,
     Format,
+    GlobalMean,
     GroupBy,
     KeysOpt,
     ManifestOpt,
     PathsArg,
+    TargetCov,
+    TemperatureMethod,
+    UfmReduction,
     guarded,
     parse_dump_keys,
     parse_labels,
@@ -75,6 +79,50 @@ def report(
             "run's training-set size / K; N/K of the analysed store only for a train split).",
         ),
     ] = None,
+    ece_bins: Annotated[
+        int,
+        typer.Option(
+            "--ece-bins",
+            help="Calibration: equal-width confidence bins of ece, mce, adaece.",
+            min=1,
+            max=1000,
+        ),
+    ] = 15,
+    temperature: Annotated[
+        TemperatureMethod,
+        typer.Option(
+            "--temperature",
+            help="Calibration: nll fits the temperature minimising NLL (Guo et al. 2017); "
+            "grid-ece takes the grid temperature 0.1, 0.2, ..., 10 with the lowest ECE (the "
+            "label-smoothing study's code).",
+        ),
+    ] = TemperatureMethod.nll,
+    global_mean: Annotated[
+        GlobalMean,
+        typer.Option(
+            "--global-mean",
+            help="Classification: weighted (the sample mean, Papyan et al.) or unweighted (the "
+            "mean of the class means, the authors' code); recorded in info.global_mean.",
+        ),
+    ] = GlobalMean.weighted,
+    target_cov: Annotated[
+        TargetCov,
+        typer.Option(
+            "--target-cov",
+            help="Regression NRC3: the centred target covariance, or uncentred (1/N) sum y y^T "
+            "(the Carla/UTKFace code's, for bias-free heads).",
+        ),
+    ] = TargetCov.centred,
+    ufm_reduction: Annotated[
+        UfmReduction | None,
+        typer.Option(
+            "--ufm-reduction",
+            help="Regression: how the training loss reduced the squared errors, for mapping "
+            "weight decay to the UFM penalties (mean: MSELoss's mean over N*T, lambda = T*wd/2; "
+            "sum_targets: lambda = wd/2; half_sum: lambda = wd). Default: the run's config, "
+            "else mean.",
+        ),
+    ] = None,
     no_ufm: Annotated[
         bool, typer.Option("--no-ufm", help="Leave out the distance-to-the-UFM-optimum block.")
     ] = False,
@@ -127,6 +175,18 @@ def report(
     ] = None,
     manifest: ManifestOpt = None,
     keys: KeysOpt = None,
+    nc_split: Annotated[
+        str | None,
+        typer.Option(
+            "--nc-split",
+            help="With --eval-split: one row per checkpoint with the collapse metrics of this "
+            "split (e.g. train) beside the accuracy, NC4 and calibration of the other.",
+        ),
+    ] = None,
+    eval_split: Annotated[
+        str | None,
+        typer.Option("--eval-split", help="The split whose generalisation is shown (e.g. test)."),
+    ] = None,
     group_by: Annotated[
         GroupBy,
         typer.Option(
@@ -149,7 +209,13 @@ def report(
         selected = parse_metrics(metrics)
         skipped: list[str] = []
         lambdas = parse_pair(ufm_lambdas, "--ufm-lambdas")
-        settings = UfmSettings(lambdas=lambdas, alpha=ufm_alpha, n=ufm_n, enabled=not no_ufm)
+        settings = UfmSettings(
+            lambdas=lambdas,
+            alpha=ufm_alpha,
+            n=ufm_n,
+            enabled=not no_ufm,
+            reduction=None if ufm_reduction is None else ufm_reduction.value,
+        )
         results = analyze(
             paths,
             chunk_rows=chunk_rows,
@@ -161,19 +227,32 @@ def report(
             saved_sums=not no_saved_sums,
             manifest=manifest,
             keys=parse_dump_keys(keys),
+            ece_bins=ece_bins,
+            temperature_method=temperature.value.replace("-", "_"),
+            global_mean=global_mean.value,
+            target_cov=target_cov.value,
         )
         if not quiet:
             for line in skipped + rep.warning_lines(results):
                 print(visible(line), file=sys.stderr)
         if not results:
             raise NcInspectError("no feature store or dump found in " + ", ".join(map(str, paths)))
+        if nc_split is not None or eval_split is not None:
+            if nc_split is None or eval_split is None:
+                raise UsageError("--nc-split and --eval-split go together")
+            if group_by is GroupBy.label or by not in (By.auto, By.checkpoint):
+                raise UsageError("--nc-split/--eval-split show one row per checkpoint")
+            _render_pairs(results, nc_split, eval_split, selected, format, output, width)
+            return
         if group_by is GroupBy.label:
-            view = By.epoch if trajectory else (By.run if by is By.auto else by)
-            if view is By.checkpoint or baseline is not None:
+            group_view = By.epoch if trajectory else (By.run if by is By.auto else by)
+            if group_view is By.checkpoint or baseline is not None:
                 raise UsageError(
                     "--group-by label needs --by run or --by epoch, without --baseline"
                 )
-            _render_groups(results, view, selected, parse_labels(label), format, output, width)
+            _render_groups(
+                results, group_view, selected, parse_labels(label), format, output, width
+            )
             return
         view = _view(By.epoch if trajectory else by, results, format, baseline)
         if baseline is not None and view is not By.run:
@@ -210,6 +289,63 @@ def _view(by: By, results: list[Any], format: Format, baseline: str | None) -> B
 
     keys = [(run_key(r), r.split) for r in results]
     return By.auto if len(set(keys)) < len(keys) else By.checkpoint
+
+
+def _render_pairs(
+    results: list[Any],
+    nc_split: str,
+    eval_split: str,
+    selected: list[str] | None,
+    format: Format,
+    output: Path | None,
+    width: int | None,
+) -> None:
+    import json
+
+    from ncinspect._version import __version__
+    from ncinspect.metrics.keys import EVALUATION_KEYS, TABLE_DEFAULT, keys_for
+    from ncinspect.paired import pair_record, pair_splits
+    from ncinspect.render import runviews as views
+    from ncinspect.render import tables as rep
+    from ncinspect.runs import run_names
+
+    pairs = pair_splits(results, nc_split, eval_split)
+    table_like = format in (Format.table, Format.markdown)
+    keys: dict[str, tuple[list[str], list[str]]] = {}
+    for task in {p.any.task for p in pairs}:
+        every = keys_for(task)
+        shown = [k for k in every if k in selected] if selected else None
+        default = TABLE_DEFAULT[task] if table_like else every
+        evaluation = EVALUATION_KEYS[task]
+        nc = [k for k in (shown or default) if k not in evaluation]
+        ev = [k for k in (shown or every) if k in evaluation]
+        if table_like and not selected:
+            ev = [k for k in ev if k in EVALUATION_KEYS["table"]]
+        keys[task] = (nc, ev)
+    if format is Format.json:
+        names = run_names(p.run for p in pairs)
+        records = []
+        for p in pairs:
+            nc, ev = keys[p.any.task]
+            records.append({**pair_record(p, nc, ev), "run": names[p.run], "task": p.any.task})
+        doc = {
+            "ncinspect_version": __version__,
+            "nc_split": nc_split,
+            "eval_split": eval_split,
+            "pairs": records,
+        }
+        write_output(json.dumps(doc, indent=2, allow_nan=False), output)
+        return
+    if format is Format.csv:
+        write_output(views.pairs_csv(pairs, keys), output)
+        return
+    grids = views.pair_grids(pairs, keys, nc_split, eval_split)
+    if format is Format.markdown:
+        write_output(rep.grids_markdown(grids), output)
+    elif output is None:
+        rep.print_grids(grids, width=width)
+    else:
+        write_output(rep.grids_text(grids, width or 160), output)
 
 
 def _render_groups(

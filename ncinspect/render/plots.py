@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from ncinspect.paired import Pair
     from ncinspect.seeds import SeedGroup
 
 CLASSIFICATION_PLOT = ("nc1", "nc2_etf_means", "nc2_etf_weights", "nc3", "nc4", "accuracy")
@@ -205,6 +206,47 @@ def plot_groups(
     return written
 
 
+def build_paired_figure(
+    pairs: Sequence[Pair],
+    names: dict[str, str],
+    x_key: str = "nc1",
+    y_key: str = "nc2_etf_means",
+    color_key: str = "accuracy",
+) -> Figure:
+    """Collapse against collapse on the collapse split, each checkpoint coloured by a metric of
+    the evaluation split (the studies' NC1-vs-NC2 panel coloured by test accuracy); a run's
+    checkpoints joined in epoch order."""
+    points: list[tuple[str, int | None, float, float, float]] = [
+        (
+            names[p.run],
+            p.epoch,
+            _or_nan(p.nc.metrics.get(x_key)),
+            _or_nan(p.nc.metrics.get(y_key)),
+            _or_nan(p.eval.metrics.get(color_key)),
+        )
+        for p in pairs
+        if p.nc is not None and p.eval is not None and p.nc.task == "classification"
+    ]
+    if not points:
+        raise UsageError("no classification checkpoint has both splits to plot")
+    fig = _figure(figsize=(6.4, 4.8), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    for run in dict.fromkeys(pt[0] for pt in points):
+        mine = sorted((pt for pt in points if pt[0] == run), key=lambda pt: pt[1] or 0)
+        ax.plot([pt[2] for pt in mine], [pt[3] for pt in mine], color="0.6", linewidth=0.8,
+                zorder=1)  # fmt: skip
+        ax.annotate(plain_text(run), (mine[-1][2], mine[-1][3]), fontsize=8)
+    scatter = ax.scatter([pt[2] for pt in points], [pt[3] for pt in points],
+                         c=[pt[4] for pt in points], cmap="viridis", zorder=2)  # fmt: skip
+    fig.colorbar(scatter, ax=ax, label=f"{METRICS[color_key].header} ({pairs[0].eval_split})")
+    if wants_log([np.array([pt[2] for pt in points], dtype=float)]):
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{_panel_title(x_key)}, {pairs[0].nc_split}")
+    ax.set_ylabel(f"{_panel_title(y_key)}, {pairs[0].nc_split}")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
 def build_gamma_figure(runs: Sequence[Run], points: int = GAMMA_POINTS) -> Figure | None:
     """NRC3 against gamma on [0, lambda_min] for each regression run's final checkpoint, with
     the gamma the report used marked. None when no run's final result carries the arrays."""
@@ -213,7 +255,8 @@ def build_gamma_figure(runs: Sequence[Run], points: int = GAMMA_POINTS) -> Figur
     curves = []
     for run in runs:
         final = run.final
-        weight, cov = final.extras.get("weight"), final.extras.get("target_cov")
+        weight = final.extras.get("weight")
+        cov = final.extras.get("nrc3_cov", final.extras.get("target_cov"))  # what nrc3 used
         if run.task != "regression" or weight is None or cov is None:
             continue
         cov = np.asarray(cov, dtype=float)
@@ -361,7 +404,7 @@ UFM_CLASSIFY_PANELS = (
     ("margin", "logit margin log(p/q)"),
     ("w_norm_sq", "||w_k||^2"),
     ("h_norm_sq", "||h_i||^2"),
-    ("condition_number", "CE Hessian condition number K p"),
+    ("condition_number", "logit CE Hessian cond. on 1-perp (K p)"),
     ("q", "wrong-class probability q"),
 )
 UFM_REGRESS_METRICS = ("nrc1", "nrc2", "nrc3")

@@ -34,6 +34,7 @@ from ncinspect.render.ufm import distance_caption, distance_trajectory
 from ncinspect.ufm.distance import UFM_CAVEAT
 
 if TYPE_CHECKING:
+    from ncinspect.paired import Pair
     from ncinspect.runs import Comparison, Run, RunsTable
     from ncinspect.seeds import GroupPoint, SeedGroup
 
@@ -404,4 +405,101 @@ def groups_csv(groups: Sequence[SeedGroup], keys_by_task: dict[str, list[str]]) 
             writer.writerow(
                 [csv_cell(g.name), g.task, csv_cell(g.split), p.epoch, p.n_runs, *cells]
             )
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Train and test together (`--nc-split A --eval-split B`, `ncinspect.paired`)
+
+
+def pair_grids(
+    pairs: Sequence[Pair],
+    keys: dict[str, tuple[list[str], list[str]]],
+    nc_split: str,
+    eval_split: str,
+) -> list[Grid]:
+    """One grid per task: a row per checkpoint, the collapse keys of `nc_split` then the
+    evaluation keys of `eval_split` (and the generalisation NC4 for classification)."""
+    from ncinspect.paired import NC4_TRAIN_MEANS, pair_record
+
+    grids = []
+    for task in TASK_ORDER:
+        rows = [p for p in pairs if p.any.task == task]
+        if not rows:
+            continue
+        nc_keys, eval_keys = keys[task]
+        extra = [NC4_TRAIN_MEANS] if task == "classification" else []
+        headers = [
+            "run",
+            "checkpoint",
+            "epoch",
+            *(f"{METRICS[k].header} {nc_split}" for k in nc_keys),
+            *(f"{METRICS[k].header} {eval_split}" for k in eval_keys),
+            *([f"NC4 {eval_split}/{nc_split} means"] if extra else []),
+        ]
+        caption = (
+            f"collapse on {nc_split}, generalisation on {eval_split}, one row per checkpoint"
+            + (
+                f"; NC4 {eval_split}/{nc_split} means: fraction of {eval_split} samples whose "
+                f"prediction differs from the nearest {nc_split} class mean"
+                if extra
+                else ""
+            )
+            + "\n"
+            + legend([*nc_keys, *eval_keys])
+        )
+        grid = Grid(f"{task}: {nc_split} collapse, {eval_split} evaluation", headers, 2, caption)
+        names = _pair_names(rows)
+        for p in rows:
+            rec = pair_record(p, nc_keys, eval_keys)
+            grid.rows.append(
+                [
+                    names[p.run],
+                    p.checkpoint,
+                    "-" if p.epoch is None else str(p.epoch),
+                    *(fmt_number(rec["nc"][k]) for k in nc_keys),
+                    *(fmt_number(rec["eval"][k]) for k in [*eval_keys, *extra]),
+                ]
+            )
+        grids.append(grid)
+    return grids
+
+
+def _pair_names(pairs: Sequence[Pair]) -> dict[str, str]:
+    from ncinspect.runs import run_names
+
+    return run_names(p.run for p in pairs)
+
+
+def pairs_csv(pairs: Sequence[Pair], keys: dict[str, tuple[list[str], list[str]]]) -> str:
+    from ncinspect.paired import NC4_TRAIN_MEANS, pair_record
+
+    nc_all = [k for task in TASK_ORDER for k in keys.get(task, ([], []))[0]]
+    eval_all = [k for task in TASK_ORDER for k in keys.get(task, ([], []))[1]]
+    extra = [NC4_TRAIN_MEANS] if "classification" in keys else []
+    names = _pair_names(pairs)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(
+        [
+            "run",
+            "task",
+            "checkpoint",
+            "epoch",
+            *(f"nc_{k}" for k in nc_all),
+            *(f"eval_{k}" for k in [*eval_all, *extra]),
+        ]  # fmt: skip
+    )
+    for p in pairs:
+        rec = pair_record(p, nc_all, eval_all)
+        writer.writerow(
+            [
+                csv_cell(names[p.run]),
+                p.any.task,
+                csv_cell(p.checkpoint),
+                csv_cell(p.epoch),
+                *(csv_cell(rec["nc"].get(k)) for k in nc_all),
+                *(csv_cell(rec["eval"].get(k)) for k in [*eval_all, *extra]),
+            ]
+        )
     return buf.getvalue()

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from ncinspect._version import __version__
 from ncinspect.errors import visible
-from ncinspect.metrics.keys import METRICS, TABLE_DEFAULT, keys_for
+from ncinspect.metrics.keys import CALIBRATION_KEYS, METRICS, TABLE_DEFAULT, keys_for
 from ncinspect.metrics.results import Result, run_key
 from ncinspect.render.ufm import (
     distance_caption,
@@ -343,18 +343,24 @@ def grids_markdown(grids: Sequence[Grid]) -> str:
     return "\n\n".join(g.markdown() for g in grids) + "\n"
 
 
+# Keys where lower is better but that measure no collapse: calibration and the fit's error.
+_LOWER_IS_BETTER = frozenset((*CALIBRATION_KEYS, "mse"))
+
+
 def legend(keys: Sequence[str]) -> str:
-    lower = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "lower"]
-    higher = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "higher"]
-    other = [f"{METRICS[k].header}={k}" for k in keys if METRICS[k].better == "-"]
-    parts = []
-    if lower:
-        parts.append("lower is more collapsed: " + ", ".join(lower))
-    if higher:
-        parts.append("higher is better: " + ", ".join(higher))
-    if other:
-        parts.append("parameters: " + ", ".join(other))
-    return "\n".join(parts)
+    """Each header's key, grouped by what its direction means."""
+
+    def named(group: Sequence[str]) -> str:
+        return ", ".join(f"{METRICS[k].header}={k}" for k in group)
+
+    lower = [k for k in keys if METRICS[k].better == "lower"]
+    groups = (
+        ("lower is more collapsed", [k for k in lower if k not in _LOWER_IS_BETTER]),
+        ("lower is better", [k for k in lower if k in _LOWER_IS_BETTER]),
+        ("higher is better", [k for k in keys if METRICS[k].better == "higher"]),
+        ("parameters", [k for k in keys if METRICS[k].better == "-"]),
+    )
+    return "\n".join(f"{title}: {named(group)}" for title, group in groups if group)
 
 
 def print_ufm(reports: Sequence[dict[str, Any]], width: int | None = None) -> None:

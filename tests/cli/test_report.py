@@ -12,7 +12,7 @@ import pytest
 
 from ncinspect.cli import app
 from ncinspect.io.store.writer import write_store
-from ncinspect.metrics.keys import CLASSIFICATION_KEYS
+from ncinspect.metrics.keys import keys_for
 from tests.helpers.cli import cli, runner
 from tests.helpers.synth import classification_set
 
@@ -56,7 +56,7 @@ def test_json_shape(store: Path) -> None:
         4,
         None,
     )
-    assert list(rec["metrics"]) == list(CLASSIFICATION_KEYS)
+    assert list(rec["metrics"]) == list(keys_for("classification"))
     assert rec["info"]["k_eff"] == 4
 
 

@@ -1,0 +1,145 @@
+"""Train and test together: each checkpoint's collapse on one split beside its generalisation on
+another (`report --nc-split train --eval-split test`).
+
+Owns `pair_splits` (results -> `Pair`s: one per checkpoint of a run, matched by run, checkpoint
+and epoch) and `ncc_mismatch_with_means`, the generalisation form of NC4: the fraction of the
+evaluation split's samples whose classifier prediction differs from their nearest class mean
+*of the collapse split* (the training means), computed in float64 over the evaluation store's
+rows, chunk by chunk (ties to the lowest class index in both rules, as for nc4). Never renders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ncinspect.errors import UsageError
+from ncinspect.io.discovery import open_source
+from ncinspect.metrics.results import Result, run_key
+
+NC4_TRAIN_MEANS = "nc4_train_means"
+"""The key of the generalisation NC4 in a pair's evaluation values (lower is better)."""
+
+
+@dataclass
+class Pair:
+    """One checkpoint: its result on the collapse split and on the evaluation split (either may
+    be missing), and the generalisation NC4 when both are present (classification)."""
+
+    run: str  # run_key
+    checkpoint: str
+    epoch: int | None
+    nc: Result | None
+    eval: Result | None
+    extra: dict[str, float | None] = field(default_factory=dict)
+    nc_split: str = ""
+    eval_split: str = ""
+
+    @property
+    def any(self) -> Result:
+        found = self.nc or self.eval
+        assert found is not None
+        return found
+
+
+def _checkpoint(r: Result) -> str:
+    """The checkpoint a store came from: its attribute, else the file name without the split
+    and .h5 suffixes (`epoch_3.pt.train.h5` -> `epoch_3.pt`)."""
+    if r.checkpoint:
+        return r.checkpoint
+    name = r.source.rsplit("/", 1)[-1]
+    suffix = f".{r.split}.h5" if r.split else ".h5"
+    return name[: -len(suffix)] if name.endswith(suffix) else name
+
+
+def pair_splits(results: Sequence[Result], nc_split: str, eval_split: str) -> list[Pair]:
+    """Match each run's checkpoints across the two splits, in the results' order; compute the
+    generalisation NC4 for the classification pairs. A split absent from every result is a
+    UsageError listing the splits found; a checkpoint with one side only is kept, with a
+    warning on the result that is there."""
+    if nc_split == eval_split:
+        raise UsageError(f"--nc-split and --eval-split are both {nc_split!r}; give two splits")
+    present = list(dict.fromkeys(r.split for r in results))
+    names = ", ".join("(none)" if s is None else s for s in present)
+    for option, split in (("--nc-split", nc_split), ("--eval-split", eval_split)):
+        if split not in present:
+            raise UsageError(f"{option} {split}: no store of that split; the splits found: {names}")
+    pairs: dict[tuple[str, str, int | None], Pair] = {}
+    for r in results:
+        if r.split not in (nc_split, eval_split):
+            continue
+        key = (run_key(r), _checkpoint(r), r.epoch)
+        pair = pairs.setdefault(
+            key, Pair(key[0], key[1], key[2], None, None, nc_split=nc_split, eval_split=eval_split)
+        )
+        side = "nc" if r.split == nc_split else "eval"
+        if getattr(pair, side) is not None:
+            raise UsageError(
+                f"{r.source} and {getattr(pair, side).source} are both split {r.split} of "
+                f"checkpoint {key[1]}; keep one"
+            )
+        setattr(pair, side, r)
+    for pair in pairs.values():
+        if pair.nc is None or pair.eval is None:
+            missing = nc_split if pair.nc is None else eval_split
+            pair.any.warnings.append(f"no {missing} store of this checkpoint to pair it with")
+        elif pair.eval.task == "classification":
+            pair.extra[NC4_TRAIN_MEANS] = ncc_mismatch_with_means(pair.eval, pair.nc)
+    return list(pairs.values())
+
+
+def ncc_mismatch_with_means(evaluated: Result, means_from: Result) -> float | None:
+    """The fraction of `evaluated`'s rows where argmax(W h + b) differs from the nearest class
+    mean of `means_from` (its present classes); None when either side lacks what it needs
+    (a head, class means, or rows: a stats-only store)."""
+    means = means_from.extras.get("class_means")
+    counts = means_from.extras.get("counts")
+    weight, bias = evaluated.extras.get("weight"), evaluated.extras.get("bias")
+    if means is None or counts is None or weight is None:
+        return None
+    present = np.flatnonzero(np.asarray(counts) > 0)
+    mu = np.asarray(means, dtype=np.float64)[present]
+    w = np.asarray(weight, dtype=np.float64)
+    b = np.zeros(w.shape[0]) if bias is None else np.asarray(bias, dtype=np.float64)
+    source = open_source(evaluated.source)
+    try:
+        if source.statistics is not None:
+            return None
+        mismatched, total = 0, 0
+        mu_sq = np.einsum("kd,kd->k", mu, mu)
+        for batch in source.batches(outputs=False):
+            x = np.asarray(batch.features, dtype=np.float64)
+            finite = np.isfinite(x).all(axis=1)
+            x = x[finite]
+            predicted = np.argmax(x @ w.T + b, axis=1)
+            nearest = present[np.argmin(mu_sq[None, :] - 2.0 * (x @ mu.T), axis=1)]
+            mismatched += int(np.count_nonzero(predicted != nearest))
+            total += int(x.shape[0])
+    finally:
+        source.close()
+    return mismatched / total if total else math.nan
+
+
+def pair_record(pair: Pair, nc_keys: Sequence[str], eval_keys: Sequence[str]) -> dict[str, Any]:
+    """A pair as plain data: identity, the two sides' sources and the chosen keys' values."""
+
+    def values(r: Result | None, keys: Sequence[str]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for k in keys:
+            v = None if r is None else r.metrics.get(k)
+            out[k] = None if v is None or not math.isfinite(v) else float(v)
+        return out
+
+    return {
+        "run": pair.any.run,
+        "checkpoint": pair.checkpoint,
+        "epoch": pair.epoch,
+        "nc_source": None if pair.nc is None else pair.nc.source,
+        "eval_source": None if pair.eval is None else pair.eval.source,
+        "nc": values(pair.nc, nc_keys),
+        "eval": {**values(pair.eval, eval_keys), **pair.extra},
+    }
