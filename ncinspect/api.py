@@ -55,6 +55,7 @@ def analyze(
     global_mean: str = "weighted",
     target_cov: str = "centred",
     ece_bins: int = 15,
+    calibration: bool = True,
     temperature_method: str = "nll",
 ) -> list[Result]:
     """Analyse stores and dumps (files or directories searched recursively).
@@ -76,7 +77,8 @@ def analyze(
     "centred" or "uncentred" ((1/N) sum y y^T; `report --target-cov`). `ece_bins`: the
     equal-width bins of the calibration keys (1 to 1000; `report --ece-bins`);
     `temperature_method`: "nll" (the NLL-optimal temperature) or "grid_ece" (the grid temperature
-    with the lowest ECE; `report --temperature grid-ece`).
+    with the lowest ECE; `report --temperature grid-ece`); `calibration=False` leaves the
+    calibration keys out (`report --no-calibration`).
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -89,6 +91,7 @@ def analyze(
         global_mean=global_mean,
         target_cov=target_cov,
         ece_bins=ece_bins,
+        calibration=calibration,
         temperature_method=temperature_method,
     )
     check_calibration_options(options)  # before any file is read

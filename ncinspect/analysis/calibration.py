@@ -10,7 +10,7 @@ ECE at every grid temperature.
 
 Memory: the passes keep histograms (M bins, K x M class-wise) and N confidences, never the N x K
 probabilities; the logits are worked on in blocks of at most `_BLOCK_ENTRIES`. A source whose
-logits take at most `HELD_BYTES` (256 MiB) as float64 is read once: its usable logits are held
+logits take at most `HELD_BYTES` (32 MiB) as float64 is read once: its usable logits are held
 in memory after the first pass, and every temperature evaluation runs on them. A larger one is
 read again for every evaluation (the reads are the features' too: `FeatureSource.batches`
 always reads them).
@@ -48,7 +48,8 @@ from ncinspect.metrics.keys import CALIBRATION_KEYS
 from ncinspect.metrics.results import MetricSet
 from ncinspect.stats.parallel import map_parts, merged
 
-HELD_BYTES = 256 << 20  # logits up to this size (N x K float64) are held after the first pass
+NOT_ASKED = "not computed (--no-calibration)"
+HELD_BYTES = 32 << 20  # logits up to this size (N x K float64) are held after the first pass
 MAX_LOGIT_ABS = 1e100  # larger logits (divided by T = 0.05) would leave float64's range
 MAX_BINS = 1000
 TEMPERATURE_METHODS = ("nll", "grid_ece")
@@ -81,6 +82,9 @@ def check_calibration_options(options: AnalysisOptions) -> None:
 def add_calibration(metric_set: MetricSet, source: FeatureSource, options: AnalysisOptions) -> None:
     """Add the calibration keys of a classification source (every one null with the reason when
     it has no logits) and their info: `ece_bins`, `temperature_method`, `calibration_split`."""
+    if not options.calibration:
+        metric_set.undefined_all(CALIBRATION_KEYS, NOT_ASKED, warn=False)
+        return
     if not source.has_outputs:
         # a store extracted without logits (or a dump without them) is the user's choice, not a
         # problem to warn about on every report: the reason is in info.undefined

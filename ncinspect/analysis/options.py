@@ -20,6 +20,7 @@ class AnalysisOptions:
     gamma: float | None = None  # regression: fixed NRC3 gamma (report --gamma)
     ufm_lambdas: tuple[float, float] | None = None  # regression: gamma = lambda_H * lambda_W
     ece_bins: int = 15  # calibration: equal-width confidence bins M (report --ece-bins)
+    calibration: bool = True  # False: the calibration keys are not computed (--no-calibration)
     temperature_method: str = "nll"  # "nll" (NLL-optimal) | "grid_ece" (report --temperature)
     global_mean: str = "weighted"  # classification mu_G: "weighted" (sample) | "unweighted"
     target_cov: str = "centred"  # regression nrc3's Sigma: "centred" | "uncentred" (1/N sum y y^T)

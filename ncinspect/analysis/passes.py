@@ -7,7 +7,7 @@ metrics are `analysis.classification` and `analysis.regression`; a stats-only st
 statistics are `analysis.saved`'s; the calibration keys of the stored logits are
 `analysis.calibration`'s. Reads data only through `FeatureSource`; computes no
 statistic itself. Memory: one read block (about 8 MiB of features) and the statistics, apart
-from calibration's N confidences (and logits up to 256 MiB, held for the temperature fit).
+from calibration's N confidences (and logits up to 32 MiB, held for the temperature fit).
 """
 
 from __future__ import annotations

@@ -88,6 +88,14 @@ def report(
             max=1000,
         ),
     ] = 15,
+    no_calibration: Annotated[
+        bool,
+        typer.Option(
+            "--no-calibration",
+            help="Leave out the calibration keys (a pass over the stored logits, and 10 to 15 "
+            "more for the temperature when they exceed 32 MiB).",
+        ),
+    ] = False,
     temperature: Annotated[
         TemperatureMethod,
         typer.Option(
@@ -228,6 +236,7 @@ def report(
             manifest=manifest,
             keys=parse_dump_keys(keys),
             ece_bins=ece_bins,
+            calibration=not no_calibration,
             temperature_method=temperature.value.replace("-", "_"),
             global_mean=global_mean.value,
             target_cov=target_cov.value,

@@ -259,3 +259,17 @@ def test_bad_options_are_refused_before_reading(options: dict, fragment: str) ->
     with pytest.raises(UsageError) as caught:
         analyze("/nonexistent/store.h5", **options)
     assert fragment in str(caught.value)
+
+
+def test_calibration_can_be_left_out(tmp_path: Path) -> None:
+    from ncinspect.analysis.calibration import NOT_ASKED
+
+    path, _, _ = _store(tmp_path / "s.h5")
+    (with_it,) = analyze(path)
+    (without,) = analyze(path, calibration=False)
+    for key in CALIBRATION_KEYS:
+        assert math.isnan(without.metrics[key]) and without.info["undefined"][key] == NOT_ASKED
+        assert math.isfinite(with_it.metrics[key])
+    assert without.warnings == with_it.warnings  # leaving them out is asked for: no warning
+    for key in ("nc1", "nc3", "accuracy"):
+        assert without.metrics[key] == with_it.metrics[key]
