@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ncinspect.configfiles import YAML_SUFFIXES, read_mapping
 from ncinspect.errors import InputError
 from ncinspect.metrics.results import Result, jsonable, run_key
 from ncinspect.provenance import (
@@ -31,13 +32,11 @@ from ncinspect.provenance import (
     PER_CLASS_KEYS,
     TRAIN_SIZE_KEYS,
     TRAINING_ALIASES,
-    YAML_SUFFIXES,
     Stated,
     agree,
     config_files,
     file_statements,
     labels_from_config,
-    read_mapping,
     stated_values,
 )
 

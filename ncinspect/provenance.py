@@ -1,31 +1,29 @@
 """Provenance: what a run's config files and checkpoints say about how the model was trained.
 
 Owns: the config files read beside a checkpoint or a store (`run.json`, `config.json`,
-`args.json`, Lightning's `hparams.yaml`, Hydra's `.hydra/config.yaml`; `read_config` reads JSON
-and YAML safely), and finding the hyper-parameters the analyses group and compare by: the loss,
+`args.json`, Lightning's `hparams.yaml`, Hydra's `.hydra/config.yaml`, each read safely by
+`ncinspect.configfiles`), and finding the hyper-parameters the analyses group and compare by: the loss,
 the label-smoothing alpha, the weight decay (`find_labels` for extraction, `labels_from_config`
 for the runs table), the training-set size behind the UFM's n (`find_train_size`) and how the
 weight decay maps to the UFM's penalties (`TRAINING_ALIASES`: the loss reduction, the optimizer);
 `stated_values` gathers them all from one file and `agree` checks that several files say the same.
 Reads JSON and YAML (`yaml.safe_load`, aliases refused) only, never unpickles or imports
-anything a file names; a leaf apart from `errors` and `files`.
+anything a file names; a leaf apart from `configfiles`, `errors` and `files`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
 import sys
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ncinspect.errors import InputError, reading
-from ncinspect.files import bounded_text, inside
+from ncinspect.configfiles import as_mapping, read_mapping
+from ncinspect.errors import InputError
+from ncinspect.files import inside
 
 TRAINING_ALIASES: dict[str, tuple[str, ...]] = {
     "loss_reduction": ("loss_reduction", "reduction"),
@@ -77,7 +75,6 @@ PARENT_NAMES: tuple[str, ...] = ("hparams.yaml", ".hydra/config.yaml")
 """Also looked for one folder above a checkpoint: Lightning keeps checkpoints in
 `version_N/checkpoints/` beside `version_N/hparams.yaml`, Hydra often in a subfolder of its run
 folder (which holds `.hydra/`)."""
-YAML_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
 HYPERPARAMETERS: tuple[str, ...] = (
     "loss",
     "label_smoothing",
@@ -97,67 +94,6 @@ CONFIG_LABEL_ALIASES: dict[str, tuple[str, ...]] = {
 _ALIAS_TO_LABEL = {alias: label for label, names in CONFIG_LABEL_ALIASES.items() for alias in names}
 _ALIAS_TO_TRAINING = {alias: key for key, names in TRAINING_ALIASES.items() for alias in names}
 _SEARCH_DEPTH = 3  # how deep into nested config objects the label aliases are looked for
-
-
-MAX_NESTING = 64
-"""The deepest nesting of objects and arrays a config may have (JSON text, or the dicts and
-lists a checkpoint stores): real configs stay under ten; deeper ones are refused before any
-parser or walk recurses into them."""
-
-_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
-
-
-def json_depth_error(text: str) -> json.JSONDecodeError | None:
-    """A JSONDecodeError when `text` nests objects/arrays deeper than MAX_NESTING (counted on
-    the raw text, brackets inside strings skipped), else None. JSON parsers recurse per level:
-    a deep document would end in a RecursionError rather than a parse error."""
-    if text.count("[") + text.count("{") <= MAX_NESTING:
-        return None
-    depth = 0
-    for m in _JSON_TOKENS.finditer(text):
-        token = m.group()
-        if token in ("[", "{"):
-            depth += 1
-            if depth > MAX_NESTING:
-                return json.JSONDecodeError(
-                    f"nested deeper than {MAX_NESTING} levels", text, m.start()
-                )
-        elif token in ("]", "}"):
-            depth -= 1
-    return None
-
-
-def load_json(text: str | bytes) -> Any:
-    """`json.loads` that refuses nesting deeper than MAX_NESTING with a `json.JSONDecodeError`
-    (so a caller's `except json.JSONDecodeError` covers it), before parsing."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    error = json_depth_error(text)
-    if error is not None:
-        raise error
-    return json.loads(text)
-
-
-def nesting_deeper_than(value: Any, limit: int = MAX_NESTING, budget: int = 1_000_000) -> bool:
-    """Whether mappings, lists and tuples nest deeper than `limit` in `value` (or hold more than
-    `budget` entries in all, shared ones counted each time they are reached, so that a cycle or
-    an exponentially shared structure also counts as too deep). Iterative: never recurses."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    seen = 0
-    while stack:
-        obj, depth = stack.pop()
-        m = as_mapping(obj)
-        children = m.values() if m is not None else obj if isinstance(obj, list | tuple) else None
-        if children is None:
-            continue
-        if depth >= limit:
-            return True
-        for child in children:
-            seen += 1
-            if seen > budget:
-                return True
-            stack.append((child, depth + 1))
-    return False
 
 
 @dataclass(frozen=True)
@@ -221,28 +157,6 @@ def read_sidecar(checkpoint: str | Path) -> Sidecar:
     return Sidecar(files[0], data, errors[0] if errors else None, tuple(files))
 
 
-def read_mapping(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(the mapping of a config file, None), or (None, why not: one line, without the path) when
-    it cannot be read or is not a mapping (a JSON object or a YAML mapping)."""
-    try:
-        doc = read_config(path)
-    except InputError as exc:
-        return None, exc.message
-    except json.JSONDecodeError as exc:
-        return None, f"not valid JSON ({exc})"
-    except OSError as exc:
-        return None, f"cannot be read ({exc.strerror or exc})"
-    if not isinstance(doc, dict):
-        return None, mapping_expected(doc)
-    return doc, None
-
-
-def mapping_expected(doc: Any) -> str:
-    """What a config whose top level is not a mapping is told (JSON and YAML alike)."""
-    found = "an empty document" if doc is None else f"a {type(doc).__name__}"
-    return f"expected a mapping (a JSON object or a YAML mapping) at the top level, got {found}"
-
-
 def plain_value(value: Any, _depth: int = 0) -> Any:
     """A JSON-able rendering of a scalar-ish value, or None when it is not one (lists and tuples
     of up to 16 such values, nested at most 8 deep)."""
@@ -260,14 +174,6 @@ def plain_value(value: Any, _depth: int = 0) -> Any:
         out = [plain_value(v, _depth + 1) for v in value]
         if all(v is not None or w is None for v, w in zip(out, value, strict=True)):
             return out
-    return None
-
-
-def as_mapping(value: Any) -> Mapping[str, Any] | None:
-    if isinstance(value, Mapping):
-        return value
-    if isinstance(value, argparse.Namespace | types.SimpleNamespace):
-        return vars(value)  # only reachable when the file was fully unpickled
     return None
 
 
@@ -360,71 +266,6 @@ def is_tensor_dict(value: Any) -> bool:
     if torch is None or not isinstance(value, Mapping) or not value:
         return False
     return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
-
-
-CONFIG_LIMIT = 16 << 20
-"""The largest config file read (bytes): configs are read whole, real ones are kilobytes."""
-
-
-MAX_PLAIN_SCALAR = 10_000
-"""The longest unquoted YAML scalar read (characters): YAML 1.1 reads `1:2:3` as a base-60
-number, whose cost grows with the square of its length; real configs' values are short."""
-
-
-def read_config(path: Path) -> Any:
-    """The document of a config file: YAML for a `.yaml` / `.yml` name (`load_yaml`), else JSON.
-    A regular file of at most CONFIG_LIMIT bytes (InputError otherwise), nested at most
-    MAX_NESTING deep (json.JSONDecodeError for JSON, InputError for YAML otherwise)."""
-    text = bounded_text(path, CONFIG_LIMIT)
-    if Path(path).suffix.lower() in YAML_SUFFIXES:
-        return load_yaml(text, path)
-    return load_json(text)
-
-
-def load_yaml(text: str, path: str | Path) -> Any:
-    """`yaml.safe_load` of a config's text after one pass over its parse events, which refuses
-    an alias (a few anchors referring to each other expand into billions of entries: "billion
-    laughs"), nesting deeper than MAX_NESTING and unquoted scalars longer than MAX_PLAIN_SCALAR,
-    before anything is built. Every problem is one InputError naming `path`."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with reading(path, InputError, "YAML"):
-        _check_yaml_events(yaml.parse(text, Loader=loader), path)
-        doc = yaml.load(text, Loader=loader)
-    if nesting_deeper_than(doc):
-        raise InputError(
-            f"nests deeper than {MAX_NESTING} levels or holds more entries than a config may",
-            path=path,
-        )
-    return doc
-
-
-def _check_yaml_events(events: Any, path: str | Path) -> None:
-    import yaml
-
-    depth = 0
-    for event in events:
-        if isinstance(event, yaml.AliasEvent):
-            anchor = str(event.anchor)[:40]
-            raise InputError(
-                f"uses the YAML alias *{anchor}; aliases are refused in configs (a few can "
-                "expand into billions of entries): write the values out",
-                path=path,
-            )
-        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
-            depth += 1
-            if depth > MAX_NESTING:
-                raise InputError(f"nests deeper than {MAX_NESTING} levels", path=path)
-        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
-            depth -= 1
-        elif isinstance(event, yaml.ScalarEvent) and not event.style:  # plain: None, or ""
-            if len(event.value) > MAX_PLAIN_SCALAR:
-                raise InputError(
-                    f"holds an unquoted value of {len(event.value)} characters, more than the "
-                    f"{MAX_PLAIN_SCALAR} a config value may have; quote it",
-                    path=path,
-                )
 
 
 def config_files(sources: Sequence[str]) -> list[Path]:

@@ -11,17 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from ncinspect.configfiles import CONFIG_LIMIT, MAX_NESTING, MAX_PLAIN_SCALAR, read_config
 from ncinspect.errors import InputError
 from ncinspect.provenance import (
-    CONFIG_LIMIT,
-    MAX_NESTING,
-    MAX_PLAIN_SCALAR,
     Stated,
     agree,
     find_labels,
     find_train_size,
     labels_from_config,
-    read_config,
     read_sidecar,
     same_value,
     stated_values,

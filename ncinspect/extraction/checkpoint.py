@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ncinspect.configfiles import MAX_NESTING, as_mapping, load_json, nesting_deeper_than
 from ncinspect.errors import CheckpointError, reading
 from ncinspect.extraction.exported import read_export_weights, trusted_export_weights
 from ncinspect.extraction.messages import first_line, hint
@@ -34,12 +35,8 @@ from ncinspect.io.discovery import natural_key
 from ncinspect.io.dumps import check_tensor_storage
 from ncinspect.io.sniff import Format, sniff
 from ncinspect.provenance import (
-    MAX_NESTING,
-    as_mapping,
     find_labels,
     is_tensor_dict,
-    load_json,
-    nesting_deeper_than,
     plain_value,
 )
 

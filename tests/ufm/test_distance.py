@@ -21,8 +21,8 @@ from ncinspect.errors import UsageError
 from ncinspect.io.store.writer import write_store
 from ncinspect.metrics.results import Result, run_key
 from ncinspect.render.ufm import distance_rows
-from ncinspect.ufm.classify import classify_closed_form
 from ncinspect.ufm.bodies import ce_hessian_condition
+from ncinspect.ufm.classify import classify_closed_form
 from ncinspect.ufm.distance import (
     REGRESSION_MAPPINGS,
     UFM_CAVEAT,
