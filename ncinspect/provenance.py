@@ -2,13 +2,13 @@
 
 Owns: the config files read beside a checkpoint or a store (`run.json`, `config.json`,
 `args.json`, Lightning's `hparams.yaml`, Hydra's `.hydra/config.yaml`, each read safely by
-`ncinspect.configfiles`), and finding the hyper-parameters the analyses group and compare by: the loss,
-the label-smoothing alpha, the weight decay (`find_labels` for extraction, `labels_from_config`
-for the runs table), the training-set size behind the UFM's n (`find_train_size`) and how the
-weight decay maps to the UFM's penalties (`TRAINING_ALIASES`: the loss reduction, the optimizer);
-`stated_values` gathers them all from one file and `agree` checks that several files say the same.
-Reads JSON and YAML (`yaml.safe_load`, aliases refused) only, never unpickles or imports
-anything a file names; a leaf apart from `configfiles`, `errors` and `files`.
+`ncinspect.configfiles`), and finding the hyper-parameters the analyses group and compare by:
+the loss, the label-smoothing alpha, the weight decay (`find_labels` for extraction,
+`labels_from_config` for the runs table), the training-set size behind the UFM's n
+(`find_train_size`) and how the weight decay maps to the UFM's penalties (`TRAINING_ALIASES`:
+the loss reduction, the optimizer); `stated_values` gathers them all from one file and `agree`
+checks that several files say the same. Never unpickles or imports anything a file names; a
+leaf apart from `configfiles`, `errors` and `files`.
 """
 
 from __future__ import annotations
