@@ -6,10 +6,12 @@
     >>> ncinspect.analyze_arrays(features, weight, bias, labels=labels)   # one Result
 
 Owns: `analyze` (paths -> results: discover, open, analyse, apply the run-level NRC3 gamma
-protocol, attach each run's hyper-parameter record and the distance to the UFM optimum) and the
-public surface listed in `__all__`: `analyze_arrays` for arrays already in memory
-(`ncinspect.analysis.arrays`), `Result`, the options `AnalysisOptions` and `UfmSettings`, and
-`NcInspectError`, the base of every error a user can act on. Never prints and never renders.
+protocol, with `calibrate_on` take each checkpoint's temperature from its store of another split
+(`ncinspect.paired.calibrate_on`), attach each run's hyper-parameter record and the distance to
+the UFM optimum) and the public surface listed in `__all__`: `analyze_arrays` for arrays already
+in memory (`ncinspect.analysis.arrays`), `Result`, the options `AnalysisOptions` and
+`UfmSettings`, and `NcInspectError`, the base of every error a user can act on. Never prints and
+never renders.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from ncinspect import paired
 from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.analysis.calibration import check_calibration_options
 from ncinspect.analysis.options import AnalysisOptions
@@ -57,6 +60,7 @@ def analyze(
     ece_bins: int = 15,
     calibration: bool = True,
     temperature_method: str = "nll",
+    calibrate_on: str | None = None,
 ) -> list[Result]:
     """Analyse stores and dumps (files or directories searched recursively).
 
@@ -78,7 +82,9 @@ def analyze(
     equal-width bins of the calibration keys (1 to 1000; `report --ece-bins`);
     `temperature_method`: "nll" (the NLL-optimal temperature) or "grid_ece" (the grid temperature
     with the lowest ECE; `report --temperature grid-ece`); `calibration=False` leaves the
-    calibration keys out (`report --no-calibration`).
+    calibration keys out (`report --no-calibration`). `calibrate_on`: the split whose store of
+    each checkpoint fits the temperature the other splits' `temperature` and `ece_ts` use
+    (`ncinspect.paired.calibrate_on`; `report --calibrate-on`); None: each store fits its own.
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -116,6 +122,8 @@ def analyze(
         finally:
             source.close()
     _apply_run_protocols(results)
+    if calibrate_on is not None:
+        paired.calibrate_on(results, calibrate_on, options, keys)
     check_settings(sorted({r.task for r in results}), settings)
     # Within a run, checkpoints in epoch order (file names like checkpoint_ep50 vs epoch_010
     # do not sort naturally); runs keep the order they were found in.

@@ -5,18 +5,23 @@ Owns `pair_splits` (results -> `Pair`s: one per checkpoint of a run, matched by 
 and epoch) and `ncc_mismatch_with_means`, the generalisation form of NC4: the fraction of the
 evaluation split's samples whose classifier prediction differs from their nearest class mean
 *of the collapse split* (the training means), computed in float64 over the evaluation store's
-rows, chunk by chunk (ties to the lowest class index in both rules, as for nc4). Never renders.
+rows, chunk by chunk (ties to the lowest class index in both rules, as for nc4). Also owns
+`calibrate_on` (`report --calibrate-on SPLIT`): each checkpoint's temperature taken from its
+store of SPLIT, found by the same matching, and the ECE at it computed on the other splits'
+stores (the arithmetic is `analysis.calibration`'s). Never renders.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ncinspect.analysis.calibration import histogram_at, set_temperature, unset_temperature
+from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.errors import UsageError
 from ncinspect.io.discovery import open_source
 from ncinspect.metrics.results import Result, run_key
@@ -56,6 +61,15 @@ def _checkpoint(r: Result) -> str:
     return name[: -len(suffix)] if name.endswith(suffix) else name
 
 
+def _check_split(results: Sequence[Result], option: str, split: str) -> list[str | None]:
+    """The splits of the results, in order; a UsageError listing them when `split` is not one."""
+    present = list(dict.fromkeys(r.split for r in results))
+    if split not in present:
+        names = ", ".join("(none)" if s is None else s for s in present)
+        raise UsageError(f"{option} {split}: no store of that split; the splits found: {names}")
+    return present
+
+
 def pair_splits(results: Sequence[Result], nc_split: str, eval_split: str) -> list[Pair]:
     """Match each run's checkpoints across the two splits, in the results' order; compute the
     generalisation NC4 for the classification pairs. A split absent from every result is a
@@ -63,18 +77,32 @@ def pair_splits(results: Sequence[Result], nc_split: str, eval_split: str) -> li
     warning on the result that is there."""
     if nc_split == eval_split:
         raise UsageError(f"--nc-split and --eval-split are both {nc_split!r}; give two splits")
-    present = list(dict.fromkeys(r.split for r in results))
-    names = ", ".join("(none)" if s is None else s for s in present)
-    for option, split in (("--nc-split", nc_split), ("--eval-split", eval_split)):
-        if split not in present:
-            raise UsageError(f"{option} {split}: no store of that split; the splits found: {names}")
+    _check_split(results, "--nc-split", nc_split)
+    _check_split(results, "--eval-split", eval_split)
+    pairs = _match(results, nc_split, eval_split)
+    for pair in pairs:
+        if pair.nc is None or pair.eval is None:
+            missing = nc_split if pair.nc is None else eval_split
+            pair.any.warnings.append(f"no {missing} store of this checkpoint to pair it with")
+        elif pair.eval.task == "classification":
+            pair.extra[NC4_TRAIN_MEANS] = ncc_mismatch_with_means(pair.eval, pair.nc)
+    return pairs
+
+
+def _match(results: Sequence[Result], nc_split: str, eval_split: str | None) -> list[Pair]:
+    """The one matcher: each run's checkpoints across two splits by run, checkpoint and epoch,
+    in the results' order (`eval_split` None: the stores without a split). Two stores of one
+    split of one checkpoint are a UsageError."""
     pairs: dict[tuple[str, str, int | None], Pair] = {}
     for r in results:
         if r.split not in (nc_split, eval_split):
             continue
         key = (run_key(r), _checkpoint(r), r.epoch)
         pair = pairs.setdefault(
-            key, Pair(key[0], key[1], key[2], None, None, nc_split=nc_split, eval_split=eval_split)
+            key,
+            Pair(
+                key[0], key[1], key[2], None, None, nc_split=nc_split, eval_split=eval_split or ""
+            ),
         )
         side = "nc" if r.split == nc_split else "eval"
         if getattr(pair, side) is not None:
@@ -83,13 +111,60 @@ def pair_splits(results: Sequence[Result], nc_split: str, eval_split: str) -> li
                 f"checkpoint {key[1]}; keep one"
             )
         setattr(pair, side, r)
-    for pair in pairs.values():
-        if pair.nc is None or pair.eval is None:
-            missing = nc_split if pair.nc is None else eval_split
-            pair.any.warnings.append(f"no {missing} store of this checkpoint to pair it with")
-        elif pair.eval.task == "classification":
-            pair.extra[NC4_TRAIN_MEANS] = ncc_mismatch_with_means(pair.eval, pair.nc)
     return list(pairs.values())
+
+
+def calibrate_on(
+    results: Sequence[Result],
+    split: str,
+    options: AnalysisOptions,
+    keys: Mapping[str, str] | None = None,
+) -> None:
+    """`--calibrate-on SPLIT`: every calibrated classification result of another split takes
+    the temperature its checkpoint's store of SPLIT fitted (same run, checkpoint and epoch), and
+    its `ece_ts` becomes its own ECE at that temperature (one more pass over its logits, read
+    with `options` and `keys` as they were analysed). The stores of SPLIT keep fitting on
+    themselves. A checkpoint without a store of SPLIT, or whose store gives no temperature, has
+    both keys null with the reason; SPLIT absent from every result is a UsageError listing the
+    splits found."""
+    for other in _check_split(results, "--calibrate-on", split):
+        if other == split:
+            continue
+        for pair in _match(results, split, other):
+            if pair.eval is not None and _calibrated(pair.eval):
+                _take_temperature(pair.eval, pair.nc, split, options, keys)
+
+
+def _calibrated(r: Result) -> bool:
+    """Whether a result has calibration keys to rewrite (a classification store whose logits
+    gave an ece; otherwise its null reasons stand)."""
+    ece = r.metrics.get("ece")
+    return r.task == "classification" and ece is not None and math.isfinite(ece)
+
+
+def _take_temperature(
+    r: Result,
+    fitted: Result | None,
+    split: str,
+    options: AnalysisOptions,
+    keys: Mapping[str, str] | None,
+) -> None:
+    if fitted is None:
+        reason = f"--calibrate-on {split}: no {split} store of this checkpoint"
+        unset_temperature(r, reason, f"{split} (no store of this checkpoint)")
+        return
+    temperature = fitted.metrics.get("temperature", math.nan)
+    if not math.isfinite(temperature):
+        why = fitted.info.get("undefined", {}).get("temperature", "no temperature")
+        reason = f"--calibrate-on {split}: {fitted.source} gives no temperature ({why})"
+        unset_temperature(r, reason, f"{split} ({fitted.source})")
+        return
+    source = open_source(r.source, keys)
+    try:
+        after = histogram_at(source, options, temperature)
+    finally:
+        source.close()
+    set_temperature(r, temperature, after, f"{split} ({fitted.source})")
 
 
 def ncc_mismatch_with_means(evaluated: Result, means_from: Result) -> float | None:

@@ -6,7 +6,11 @@ over the stored outputs: the first gathers `metrics.calibration.CalibrationStats
 mce, adaece, cw_ece, nll, brier); the temperature then needs the logits again, once per NLL
 evaluation of `fit_temperature` (10 to 15, about 35 when the optimum is at an end of [0.05, 20])
 and once for ece_ts at the fitted temperature, or (temperature_method "grid_ece") once for the
-ECE at every grid temperature.
+ECE at every grid temperature. `add_calibration` also returns the top-label histograms at T = 1
+and at the fitted temperature (`bins_record`, the result's `extras[CALIBRATION_BINS]`: what
+reliability diagrams draw). For a temperature fitted on another split (`report --calibrate-on`,
+matched by `ncinspect.paired.calibrate_on`): `histogram_at` (one pass at a given temperature),
+`set_temperature` and `unset_temperature` (a result's two temperature keys rewritten).
 
 Memory: the passes keep histograms (M bins, K x M class-wise) and N confidences, never the N x K
 probabilities; the logits are worked on in blocks of at most `_BLOCK_ENTRIES`. A source whose
@@ -24,7 +28,9 @@ Axes: N samples, B rows of a block, K classes, M bins.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +51,7 @@ from ncinspect.metrics.calibration import (
     on_bound,
 )
 from ncinspect.metrics.keys import CALIBRATION_KEYS
-from ncinspect.metrics.results import MetricSet
+from ncinspect.metrics.results import MetricSet, Result
 from ncinspect.stats.parallel import map_parts, merged
 
 NOT_ASKED = "not computed (--no-calibration)"
@@ -54,6 +60,9 @@ MAX_LOGIT_ABS = 1e100  # larger logits (divided by T = 0.05) would leave float64
 MAX_BINS = 1000
 TEMPERATURE_METHODS = ("nll", "grid_ece")
 _BLOCK_ENTRIES = 1 << 22  # logits per block of the arithmetic (32 MiB of float64)
+CALIBRATION_BINS = "calibration_bins"  # the extras key of the reliability histograms
+EQUAL_LOGITS = "every row's logits are equal, so no temperature changes the probabilities"
+ON_BOUND_NOTE = "the NLL-optimal temperature "  # how the warning of a fit at a bound begins
 
 NO_OUTPUTS = "needs the stored logits (outputs); extract without --no-outputs"
 STATS_ONLY = (
@@ -79,28 +88,33 @@ def check_calibration_options(options: AnalysisOptions) -> None:
         )
 
 
-def add_calibration(metric_set: MetricSet, source: FeatureSource, options: AnalysisOptions) -> None:
+def add_calibration(
+    metric_set: MetricSet, source: FeatureSource, options: AnalysisOptions
+) -> dict[str, Any]:
     """Add the calibration keys of a classification source (every one null with the reason when
-    it has no logits) and their info: `ece_bins`, `temperature_method`, `calibration_split`."""
+    it has no logits) and their info: `ece_bins`, `temperature_method`, `calibration_split`.
+    Returns the extras for the result: `{CALIBRATION_BINS: bins_record(...)}` (the top-label
+    histograms at T = 1 and at the fitted temperature, for reliability diagrams), or {} when the
+    keys are null."""
     if not options.calibration:
         metric_set.undefined_all(CALIBRATION_KEYS, NOT_ASKED, warn=False)
-        return
+        return {}
     if not source.has_outputs:
         # a store extracted without logits (or a dump without them) is the user's choice, not a
         # problem to warn about on every report: the reason is in info.undefined
         reason = STATS_ONLY if source.statistics is not None else NO_OUTPUTS
         metric_set.undefined_all(CALIBRATION_KEYS, reason, warn=False)
-        return
+        return {}
     check_calibration_options(options)
     logits = _Logits(source, options)
     stats = _first_pass(logits, source.width, options.ece_bins)
     dropped = logits.unusable
     if dropped and not options.drop_nonfinite:
         metric_set.undefined_all(CALIBRATION_KEYS, _unusable_reason(dropped))
-        return
+        return {}
     if stats.scores.n == 0:
         metric_set.undefined_all(CALIBRATION_KEYS, "no row has finite logits")
-        return
+        return {}
     metric_set.metrics.update(calibration_metrics(stats))
     info = metric_set.info
     info["ece_bins"] = options.ece_bins
@@ -111,7 +125,86 @@ def add_calibration(metric_set: MetricSet, source: FeatureSource, options: Analy
     if dropped:
         info["calibration_rows_dropped"] = dropped
         metric_set.warn(f"{dropped} row(s) with NaN or Inf logits were left out of calibration")
-    _add_temperature(metric_set, logits, stats.scores.n, options)
+    at_fit = _add_temperature(metric_set, logits, stats.scores.n, options)
+    temperature = metric_set.metrics["temperature"]
+    return {CALIBRATION_BINS: bins_record(stats.bins, at_fit, temperature)}
+
+
+def bins_record(
+    before: ConfidenceBins, after: ConfidenceBins | None, temperature: float
+) -> dict[str, Any]:
+    """The reliability histograms as plain data (M bins each): the equal-width `edges` (M + 1),
+    and per bin `count`, `conf_sum` (the sum of the confidences) and `correct` at T = 1, the same
+    with `_ts` at `temperature` (None when there is none)."""
+    m = before.counts.size
+    record: dict[str, Any] = {
+        "edges": np.arange(m + 1) / m,
+        "count": before.counts,
+        "conf_sum": before.confidence,
+        "correct": before.correct,
+        "temperature": temperature,
+    }
+    record.update(count_ts=None, conf_sum_ts=None, correct_ts=None)
+    if after is not None:
+        record.update(count_ts=after.counts, conf_sum_ts=after.confidence, correct_ts=after.correct)
+    return record
+
+
+def histogram_at(
+    source: FeatureSource, options: AnalysisOptions, temperature: float
+) -> ConfidenceBins:
+    """The top-label histogram of a source's usable rows (the rows `add_calibration` uses) at a
+    temperature, in one pass: the ece_ts of a temperature fitted on another split
+    (`report --calibrate-on`)."""
+    check_calibration_options(options)
+    (found,) = _bins_at(_Logits(source, options), (temperature,), options.ece_bins)
+    return found
+
+
+def set_temperature(
+    result: Result, temperature: float, after: ConfidenceBins, fitted_on: str
+) -> None:
+    """Rewrite a result's `temperature` and `ece_ts` for a temperature fitted elsewhere: the
+    value, the ECE of `after` (its histogram at that temperature), `info.calibration_split`
+    naming where it came from, and the reliability histogram at it. The notes of its own fit
+    (a fit at a bound, equal logits) go."""
+    n = int(after.counts.sum())
+    _clear_temperature(result)
+    result.metrics["temperature"] = temperature
+    result.metrics["ece_ts"] = expected_error(after, n) if n else math.nan
+    result.info["calibration_split"] = fitted_on
+    bins = result.extras.get(CALIBRATION_BINS)
+    if bins is not None:
+        before = ConfidenceBins(bins["count"], bins["conf_sum"], bins["correct"])
+        result.extras[CALIBRATION_BINS] = bins_record(before, after, temperature)
+
+
+def unset_temperature(result: Result, reason: str, fitted_on: str) -> None:
+    """Leave a result's `temperature` and `ece_ts` null with the reason (a temperature asked of
+    another split that gives none); its own fit's notes and histogram at it go."""
+    _clear_temperature(result)
+    undefined = result.info.setdefault("undefined", {})
+    for key in _TEMPERATURE_KEYS:
+        result.metrics[key] = math.nan
+        undefined[key] = reason
+    result.info["calibration_split"] = fitted_on
+    result.warnings.append(f"{', '.join(_TEMPERATURE_KEYS)} are undefined: {reason}")
+    bins = result.extras.get(CALIBRATION_BINS)
+    if bins is not None:
+        bins.update(count_ts=None, conf_sum_ts=None, correct_ts=None, temperature=math.nan)
+
+
+def _clear_temperature(result: Result) -> None:
+    """Take away what a result's own temperature fit left: the bound flag, the null reasons of
+    the two keys and the warnings about them."""
+    result.info.pop("temperature_on_bound", None)
+    undefined = result.info.get("undefined", {})
+    for key in _TEMPERATURE_KEYS:
+        undefined.pop(key, None)
+    if "undefined" in result.info and not undefined:
+        del result.info["undefined"]
+    own = (ON_BOUND_NOTE, f"{', '.join(_TEMPERATURE_KEYS)} are undefined: ")
+    result.warnings[:] = [w for w in result.warnings if not w.startswith(own)]
 
 
 def _unusable_reason(count: int) -> str:
@@ -227,18 +320,18 @@ def _bins_at(logits: _Logits, temperatures: tuple[float, ...], bins: int) -> lis
 
 def _add_temperature(
     metric_set: MetricSet, logits: _Logits, n: int, options: AnalysisOptions
-) -> None:
+) -> ConfidenceBins | None:
     """`temperature` and `ece_ts`: NLL-optimal on [0.05, 20] (Guo et al. 2017), or the grid
-    temperature with the lowest ECE; fitted on the analysed rows themselves."""
+    temperature with the lowest ECE; fitted on the analysed rows themselves. Returns the
+    top-label histogram at the temperature (None when there is none)."""
     if logits.spread == 0.0:
-        reason = "every row's logits are equal, so no temperature changes the probabilities"
-        metric_set.undefined_all(_TEMPERATURE_KEYS, reason)
-        return
+        metric_set.undefined_all(_TEMPERATURE_KEYS, EQUAL_LOGITS)
+        return None
     bins = options.ece_bins
     if options.temperature_method == "grid_ece":
-        temperature, ece_ts = lowest_ece_temperature(
-            GRID_TEMPERATURES, _bins_at(logits, GRID_TEMPERATURES, bins), n
-        )
+        grid = _bins_at(logits, GRID_TEMPERATURES, bins)
+        temperature, ece_ts = lowest_ece_temperature(GRID_TEMPERATURES, grid, n)
+        at_fit = grid[GRID_TEMPERATURES.index(temperature)]
     else:
         temperature = fit_temperature(lambda t: _mean_nll(logits, n, t))
         (at_fit,) = _bins_at(logits, (temperature,), bins)
@@ -247,8 +340,9 @@ def _add_temperature(
             metric_set.info["temperature_on_bound"] = True
             lo, hi = T_BOUNDS
             metric_set.warn(
-                f"the NLL-optimal temperature {temperature:.4g} lies at an end of [{lo:g}, "
+                f"{ON_BOUND_NOTE}{temperature:.4g} lies at an end of [{lo:g}, "
                 f"{hi:g}]: the NLL keeps falling beyond it"
             )
     metric_set.metrics["temperature"] = temperature
     metric_set.metrics["ece_ts"] = ece_ts
+    return at_fit

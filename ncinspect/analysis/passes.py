@@ -55,7 +55,7 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
         rows = FiniteRows(source, options)
         metric_set, n_used, dropped, extras = regression_from_source(source, rows, options)
     if source.task == "classification":
-        add_calibration(metric_set, source, options)  # from the stored logits, or null
+        extras.update(add_calibration(metric_set, source, options))  # from the logits, or null
     if dropped:
         metric_set.info["nonfinite_rows_dropped"] = dropped
         metric_set.warn(f"{dropped} row(s) with NaN or Inf features were dropped")

@@ -1,4 +1,5 @@
-"""`ncinspect plot`: metric-vs-epoch panels, NRC3-vs-gamma curves and the matched panel.
+"""`ncinspect plot`: metric-vs-epoch panels, NRC3-vs-gamma curves, the matched panel and the
+reliability diagrams (`--reliability`, `ncinspect.render.calibration_plots`).
 
 Owns: the plot command's options. Never draws itself (`ncinspect.render.plots`, which needs the
 `plot` extra) or computes a metric.
@@ -71,9 +72,26 @@ def plot(
             "band of one sample std).",
         ),
     ] = GroupBy.run,
+    reliability: Annotated[
+        bool,
+        typer.Option(
+            "--reliability",
+            help="Also draw each run's final checkpoint's reliability diagram before and after "
+            "temperature scaling (reliability.<fmt>; classification stores with logits).",
+        ),
+    ] = False,
+    calibrate_on: Annotated[
+        str | None,
+        typer.Option(
+            "--calibrate-on",
+            help="Fit each checkpoint's temperature on its store of this split (as report).",
+        ),
+    ] = None,
 ) -> None:
-    """Draw metric-vs-epoch panels (one line per run), NRC3-vs-gamma for regression runs, and
-    optionally the matched NC2-vs-NC1 panel. Needs the `plot` extra (matplotlib)."""
+    """Draw metric-vs-epoch panels (one line per run); for regression runs NRC3-vs-gamma, the
+    principal components (regression_components) and the NRC3 gamma by epoch
+    (nrc3_gamma_epochs); optionally the matched NC2-vs-NC1 panel. Needs the `plot` extra
+    (matplotlib)."""
 
     def body() -> None:
         from ncinspect.api import analyze
@@ -83,7 +101,9 @@ def plot(
 
         chosen = parse_metrics(metrics)
         fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-        results = analyze(paths, manifest=manifest, keys=parse_dump_keys(keys))
+        results = analyze(
+            paths, manifest=manifest, keys=parse_dump_keys(keys), calibrate_on=calibrate_on
+        )
         runs = group_runs(results, parse_labels(label))
         if group_by is GroupBy.label:
             from ncinspect.render.plots import plot_groups
@@ -92,7 +112,10 @@ def plot(
             every = sorted({k for run in runs for k in keys_for(run.task)})
             written = plot_groups(group_seeds(runs, every), out, chosen, fmts)
         else:
+            from ncinspect.render.regression_plots import plot_regression_panels
+
             written = plot_runs(runs, out, chosen, fmts)
+            written += plot_regression_panels(runs, out, chosen, fmts)
         if compare_runs_ is not None:
             names = compare_runs_.split(",")
             by_name = {r.name: r for r in runs}
@@ -114,6 +137,10 @@ def plot(
             pairs = pair_splits(results, nc_split, eval_split)
             figure = build_paired_figure(pairs, run_names(p.run for p in pairs))
             written += save_figure(figure, out, "paired_nc1_nc2", fmts)
+        if reliability:
+            from ncinspect.render.calibration_plots import plot_reliability
+
+            written += plot_reliability(runs, out, fmts)
         for path in written:
             print(visible(path))
 

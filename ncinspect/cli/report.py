@@ -105,6 +105,15 @@ def report(
             "label-smoothing study's code).",
         ),
     ] = TemperatureMethod.nll,
+    calibrate_on: Annotated[
+        str | None,
+        typer.Option(
+            "--calibrate-on",
+            help="Calibration: fit each checkpoint's temperature on its store of this split "
+            "(e.g. val) and report ece_ts of every other split at it (default: each store fits "
+            "its own; info.calibration_split says which).",
+        ),
+    ] = None,
     global_mean: Annotated[
         GlobalMean,
         typer.Option(
@@ -173,6 +182,15 @@ def report(
     trajectory: Annotated[
         bool, typer.Option("--trajectory", help="Same as --by epoch.", show_default=False)
     ] = False,
+    gamma_trajectory: Annotated[
+        bool,
+        typer.Option(
+            "--gamma-trajectory",
+            help="Regression: per run, each checkpoint's searched NRC3 gamma, lambda_min, their "
+            "ratio and the gamma used (the final checkpoint's, held for the earlier ones).",
+            show_default=False,
+        ),
+    ] = False,
     baseline: Annotated[
         str | None,
         typer.Option(help="With --by run: add each run's ratio to this run's final values."),
@@ -214,6 +232,8 @@ def report(
 
         if gamma is not None and ufm_lambdas is not None:
             raise UsageError("--gamma and --ufm-lambdas are alternatives; give one")
+        if gamma_trajectory:
+            _check_gamma_view(nc_split or eval_split, group_by, baseline, by)
         selected = parse_metrics(metrics)
         skipped: list[str] = []
         lambdas = parse_pair(ufm_lambdas, "--ufm-lambdas")
@@ -238,6 +258,7 @@ def report(
             ece_bins=ece_bins,
             calibration=not no_calibration,
             temperature_method=temperature.value.replace("-", "_"),
+            calibrate_on=calibrate_on,
             global_mean=global_mean.value,
             target_cov=target_cov.value,
         )
@@ -246,6 +267,9 @@ def report(
                 print(visible(line), file=sys.stderr)
         if not results:
             raise NcInspectError("no feature store or dump found in " + ", ".join(map(str, paths)))
+        if gamma_trajectory:
+            _render_gamma(results, parse_labels(label), format, output, width)
+            return
         if nc_split is not None or eval_split is not None:
             if nc_split is None or eval_split is None:
                 raise UsageError("--nc-split and --eval-split go together")
@@ -455,3 +479,42 @@ def _render_runs(
         rep.print_grids(grids, width=width)
     else:
         write_output(render[format](), output)
+
+
+def _check_gamma_view(paired: str | None, group_by: GroupBy, baseline: str | None, by: By) -> None:
+    """`--gamma-trajectory` is a view of its own, over every epoch: refused with the others."""
+    if paired or group_by is GroupBy.label or baseline:
+        raise UsageError(
+            "--gamma-trajectory is a view of its own: without --nc-split, --eval-split, "
+            "--group-by label and --baseline"
+        )
+    if by not in (By.auto, By.epoch):
+        raise UsageError(f"--gamma-trajectory shows every epoch; found --by {by.value}")
+
+
+def _render_gamma(
+    results: list[Any],
+    labels: dict[str, str],
+    format: Format,
+    output: Path | None,
+    width: int | None,
+) -> None:
+    """`--gamma-trajectory`: one grid per regression run (`runviews.gamma_trajectory_grids`)."""
+    from ncinspect.render import runviews as views
+    from ncinspect.render import tables as rep
+    from ncinspect.runs import group_runs
+
+    runs = group_runs(results, labels)
+    if format is Format.json:
+        write_output(views.gamma_trajectory_json(runs), output)
+        return
+    if format is Format.csv:
+        write_output(views.gamma_trajectory_csv(runs), output)
+        return
+    grids = views.gamma_trajectory_grids(runs)
+    if format is Format.markdown:
+        write_output(rep.grids_markdown(grids), output)
+    elif output is None:
+        rep.print_grids(grids, width=width)
+    else:
+        write_output(rep.grids_text(grids, width or 160), output)

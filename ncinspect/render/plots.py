@@ -1,7 +1,8 @@
 """Plots of runs: metric-vs-epoch trajectories, NRC3-vs-gamma curves and matched comparisons.
 
-Owns: every figure ncinspect draws and writing them (atomically: a temporary name in the same
-directory, then a rename). The only module that imports matplotlib, lazily, and only through
+Owns: the figures of runs and writing every figure (atomically: a temporary name in the same
+directory, then a rename); the regression study's panels (`render.regression_plots`) are drawn
+with its helpers. The only module that imports matplotlib, lazily, and only through
 `matplotlib.figure.Figure` with the Agg canvas: no pyplot, so no global figure state and no
 change to the caller's backend. Never computes a metric (it reads `Result`s, `Run`s and
 `Comparison`s; the NRC3 curve calls `regression.nrc3_at`) and never opens a store.

@@ -3,8 +3,10 @@
 Owns how `ncinspect.runs` objects look as grids, CSV and JSON: `runs_grids` (a row per run at its
 final checkpoint, `report --by run`), `trajectory_grids` (every checkpoint of each run, `--by
 epoch`), `summary_grids` (the default table view when a run has several checkpoints: the run rows
-plus each run's first-to-final change), and `comparison_grids` (`compare`). Never computes a metric
-(`ncinspect.runs` does) and formats numbers with `ncinspect.render.tables`.
+plus each run's first-to-final change), `comparison_grids` (`compare`) and
+`gamma_trajectory_grids` (each regression checkpoint's searched NRC3 gamma beside the one held,
+`report --gamma-trajectory`). Never computes a metric (`ncinspect.runs` does) and formats
+numbers with `ncinspect.render.tables`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ncinspect._version import __version__
-from ncinspect.errors import visible
+from ncinspect.errors import UsageError, visible
 from ncinspect.metrics.keys import METRICS, keys_for
-from ncinspect.metrics.results import jsonable
+from ncinspect.metrics.results import json_number, jsonable
 from ncinspect.render.tables import (
     TASK_ORDER,
     Grid,
@@ -34,6 +36,7 @@ from ncinspect.render.ufm import distance_caption, distance_trajectory
 from ncinspect.ufm.distance import UFM_CAVEAT
 
 if TYPE_CHECKING:
+    from ncinspect.metrics.results import Result
     from ncinspect.paired import Pair
     from ncinspect.runs import Comparison, Run, RunsTable
     from ncinspect.seeds import GroupPoint, SeedGroup
@@ -502,4 +505,118 @@ def pairs_csv(pairs: Sequence[Pair], keys: dict[str, tuple[list[str], list[str]]
                 *(csv_cell(rec["eval"].get(k)) for k in [*eval_all, *extra]),
             ]
         )
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# The NRC3 gamma across a regression run's checkpoints (`report --gamma-trajectory`)
+
+GAMMA_FIELDS = ("gamma_searched", "lambda_min", "gamma_ratio", "gamma_used", "gamma_source")
+GAMMA_CAPTION = (
+    "gamma searched: the checkpoint's own NRC3 search on [0, lambda_min] (n/a when gamma "
+    "was given); lambda_min: the target covariance's smallest eigenvalue; ratio = gamma searched / "
+    "lambda_min; gamma used: what nrc3 was evaluated at (the final checkpoint's searched gamma, "
+    "held for the earlier ones)"
+)
+
+
+def searched_gamma(r: Result) -> float | None:
+    """The gamma a checkpoint's own NRC3 search found: `info["nrc3_own_search"]` once the run's
+    final gamma is held for it (`analysis.regression.apply_run_gamma`), else its nrc3_gamma when
+    that was searched; None when the gamma was given or came from the UFM lambdas."""
+    own = r.info.get("nrc3_own_search")
+    if isinstance(own, dict):
+        return json_number(own.get("nrc3_gamma"))
+    if r.info.get("nrc3_gamma_source") == "searched":
+        return json_number(r.metrics.get("nrc3_gamma"))
+    return None
+
+
+def gamma_record(r: Result) -> dict[str, Any]:
+    """One checkpoint's gamma record: the searched gamma, lambda_min (info), their ratio (None
+    where Sigma is singular, as for nrc3_gamma_ratio), the gamma nrc3 used and its source."""
+    searched = searched_gamma(r)
+    lam_min = json_number(r.info.get("lambda_min"))
+    ratio = None
+    singular = bool(r.info.get("sigma_singular", False))
+    if searched is not None and lam_min is not None and lam_min > 0 and not singular:
+        ratio = searched / lam_min
+    return {
+        "epoch": r.epoch,
+        "source": r.source,
+        "gamma_searched": searched,
+        "lambda_min": lam_min,
+        "gamma_ratio": ratio,
+        "gamma_used": json_number(r.metrics.get("nrc3_gamma")),
+        "gamma_source": r.info.get("nrc3_gamma_source"),
+    }
+
+
+def regression_runs(runs: Sequence[Run]) -> list[Run]:
+    """The regression runs, in order; a UsageError when there is none."""
+    chosen = [run for run in runs if run.task == "regression"]
+    if not chosen:
+        raise UsageError("--gamma-trajectory: no regression store found; it shows NRC3's gamma")
+    return chosen
+
+
+def gamma_trajectory_grids(runs: Sequence[Run]) -> list[Grid]:
+    """One grid per regression run: each checkpoint's searched gamma, lambda_min, their ratio and
+    the gamma nrc3 used (the final checkpoint's, where the run-level protocol held it)."""
+    from ncinspect.runs import label_text
+
+    chosen = regression_runs(runs)
+    with_split = mixed_splits(run.split for run in chosen)
+    grids = []
+    for run in chosen:
+        labels = label_text(run.labels)
+        title = f"{run.name}" + (f" ({labels})" if labels else "") + ": NRC3 gamma by epoch"
+        if with_split:
+            title += f", split {split_text(run.split)}"
+        headers = ["epoch", "checkpoint", "gamma searched", "lambda_min", "ratio", "gamma used"]
+        grid = Grid(title, headers, numeric_from=2, caption=GAMMA_CAPTION)
+        for r in run.results:
+            rec = gamma_record(r)
+            cells = [rec[k] for k in ("gamma_searched", "lambda_min", "gamma_ratio", "gamma_used")]
+            epoch = "-" if r.epoch is None else str(r.epoch)
+            grid.rows.append([epoch, result_labels(r)[1], *(fmt_number(c) for c in cells)])
+        grids.append(grid)
+    return grids
+
+
+def gamma_trajectory_json(runs: Sequence[Run]) -> str:
+    doc = {
+        "ncinspect_version": __version__,
+        "runs": [
+            {
+                "run": run.name,
+                "task": run.task,
+                "split": run.split,
+                "labels": jsonable(run.labels),
+                "gamma_trajectory": [gamma_record(r) for r in run.results],
+            }
+            for run in regression_runs(runs)
+        ],
+    }
+    return json.dumps(doc, indent=2, allow_nan=False)
+
+
+def gamma_trajectory_csv(runs: Sequence[Run]) -> str:
+    chosen = regression_runs(runs)
+    with_split = mixed_splits(run.split for run in chosen)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["run", *(["split"] if with_split else []), "epoch", "source", *GAMMA_FIELDS])
+    for run in chosen:
+        for r in run.results:
+            rec = gamma_record(r)
+            writer.writerow(
+                [
+                    csv_cell(run.name),
+                    *([csv_cell(run.split)] if with_split else []),
+                    csv_cell(r.epoch),
+                    csv_cell(r.source),
+                    *(csv_cell(rec[k]) for k in GAMMA_FIELDS),
+                ]
+            )
     return buf.getvalue()
