@@ -339,7 +339,6 @@ def _render_pairs(
     from ncinspect.metrics.keys import EVALUATION_KEYS, TABLE_DEFAULT, keys_for
     from ncinspect.paired import pair_record, pair_splits
     from ncinspect.render import runviews as views
-    from ncinspect.render import tables as rep
     from ncinspect.runs import run_names
 
     pairs = pair_splits(results, nc_split, eval_split)
@@ -373,12 +372,7 @@ def _render_pairs(
         write_output(views.pairs_csv(pairs, keys), output)
         return
     grids = views.pair_grids(pairs, keys, nc_split, eval_split)
-    if format is Format.markdown:
-        write_output(rep.grids_markdown(grids), output)
-    elif output is None:
-        rep.print_grids(grids, width=width)
-    else:
-        write_output(rep.grids_text(grids, width or 160), output)
+    _write_grids(grids, format, output, width)
 
 
 def _render_groups(
@@ -414,12 +408,7 @@ def _render_groups(
         grids = views.group_grids(groups, by_task)
     else:
         grids = views.group_trajectory_grids(groups, by_task)
-    if format is Format.markdown:
-        write_output(rep.grids_markdown(grids), output)
-    elif output is None:
-        rep.print_grids(grids, width=width)
-    else:
-        write_output(rep.grids_text(grids, width or 160), output)
+    _write_grids(grids, format, output, width)
 
 
 def _render_runs(
@@ -501,7 +490,6 @@ def _render_gamma(
 ) -> None:
     """`--gamma-trajectory`: one grid per regression run (`runviews.gamma_trajectory_grids`)."""
     from ncinspect.render import runviews as views
-    from ncinspect.render import tables as rep
     from ncinspect.runs import group_runs
 
     runs = group_runs(results, labels)
@@ -512,6 +500,14 @@ def _render_gamma(
         write_output(views.gamma_trajectory_csv(runs), output)
         return
     grids = views.gamma_trajectory_grids(runs)
+    _write_grids(grids, format, output, width)
+
+
+def _write_grids(grids: list[Any], format: Format, output: Path | None, width: int | None) -> None:
+    """Grids as Markdown, as a table on the terminal, or as a table of `width` (160) written to
+    `output` (json and csv are each view's own)."""
+    from ncinspect.render import tables as rep
+
     if format is Format.markdown:
         write_output(rep.grids_markdown(grids), output)
     elif output is None:
