@@ -27,11 +27,13 @@ from ncinspect.configfiles import YAML_SUFFIXES, read_mapping
 from ncinspect.errors import InputError
 from ncinspect.metrics.results import Result, jsonable, run_key
 from ncinspect.provenance import (
+    EXTRACTION_FACTS,
     HYPERPARAMETERS,
     LOSS_REDUCTION_WORDS,
     PER_CLASS_KEYS,
     TRAIN_SIZE_KEYS,
     TRAINING_ALIASES,
+    TRAINING_CONFIG,
     Stated,
     agree,
     config_files,
@@ -335,7 +337,12 @@ def _store_statements(result: Result, extra: dict[str, Any]) -> list[Stated]:
     origin = origin if isinstance(origin, str) else ""
     where = f"the provenance of {result.source}"
     for k, v in _scalars(prov, depth=1).items():
-        extra.setdefault(k, v)
+        if k not in EXTRACTION_FACTS:
+            extra.setdefault(k, v)
+    config = prov.get(TRAINING_CONFIG)
+    if isinstance(config, Mapping):
+        for k, v in _scalars(config, depth=1).items():
+            extra.setdefault(k, v)
     return [
         Stated(key, value, "provenance", name, where, origin if key in _SIZES else "")
         for key, (name, value) in stated_values(prov, depth=1).items()

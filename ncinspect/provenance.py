@@ -84,6 +84,47 @@ HYPERPARAMETERS: tuple[str, ...] = (
 )
 """The hyper-parameters every output reads from one record (`ncinspect.hparams`): the loss, the
 label-smoothing alpha, the weight decay, the training set's size (a total, or per class)."""
+EXTRACTION_FACTS: frozenset[str] = frozenset(
+    {
+        # which files were read, and how
+        "run", "split", "checkpoint", "epoch", "epoch_source", "checkpoint_format", "state_key",
+        "stripped_prefixes", "stripped_key_prefix", "added_key_prefix", "ignored_keys",
+        "ignored_key_count", "checkpoint_sha256", "checkpoint_size", "checkpoint_mtime_ns",
+        "checkpoint_metadata", "safetensors_metadata", "config_file", "model_source",
+        "split_source", "normalize_source", "layout_source", "data_keys", "data_files",
+        "n_train_source",
+        # how the extraction ran
+        "device", "requested", "batch_size", "torch_version", "ncinspect_version", "created",
+        "shard_index", "shard_count", "extraction_id", "shard_layout",
+    }
+)  # fmt: skip
+"""Top-level provenance entries `ncinspect extract` writes that describe the files it read and
+how it ran, not the training run nor what the rows are (the model, the data, its
+preprocessing, the precision stay): left out of a run's labels, so that two seeds of one
+configuration extracted from different files still group (`report --group-by label`)."""
+TRAINING_CONFIG = "training_config"
+"""The provenance entry where extraction copies the run config's top-level scalar entries (seed,
+lr, epochs, ...; `config_scalars`): the labels of the run beyond the hyper-parameters."""
+_MAX_CONFIG_ENTRIES = 256
+_MAX_CONFIG_TEXT = 256
+
+
+def config_scalars(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A config's top-level entries whose value is a bool, a finite number or a text of at most
+    256 characters; the first 256 such entries (a crafted file cannot make the store big)."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if len(out) == _MAX_CONFIG_ENTRIES:
+            break
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        if isinstance(value, str) and len(value) > _MAX_CONFIG_TEXT:
+            continue
+        if isinstance(value, bool | int | float | str) and len(str(key)) <= _MAX_CONFIG_TEXT:
+            out[str(key)] = value
+    return out
+
+
 # Label names a config file read at report time may use, by the canonical label they fill. Wider
 # than LABEL_ALIASES: a run's own config may call the label-smoothing parameter `alpha`.
 CONFIG_LABEL_ALIASES: dict[str, tuple[str, ...]] = {

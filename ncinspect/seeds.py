@@ -98,7 +98,24 @@ def group_seeds(runs: Sequence[Run], keys: Sequence[str]) -> list[SeedGroup]:
                 final_epochs=[r.epoch for r in finals],
             )
         )
+    _tell_apart(groups)
     return groups
+
+
+def _tell_apart(groups: list[SeedGroup]) -> None:
+    """Groups of one task and split that would share a name (their loss, smoothing and weight
+    decay agree; the learning rate, epochs, model or data differ) get the entries that differ
+    appended, so that no two rows or legend lines read the same."""
+    by_name: dict[tuple[str, str | None, str], list[SeedGroup]] = {}
+    for g in groups:
+        by_name.setdefault((g.task, g.split, g.name), []).append(g)
+    for same in by_name.values():
+        if len(same) < 2:
+            continue
+        keys = sorted({k for g in same for k in g.labels})
+        differing = [k for k in keys if len({repr(g.labels.get(k)) for g in same}) > 1]
+        for g in same:
+            g.name += "".join(f", {k}={g.labels.get(k)}" for k in differing)
 
 
 def _point(epoch: int | None, results: Sequence[Result], keys: Sequence[str]) -> GroupPoint:

@@ -323,7 +323,9 @@ def _extract_one(
     sidecar = read_sidecar(path)
     if sidecar.path is not None:
         attrs["config_file"] = str(sidecar.path)
-        from ncinspect.provenance import find_labels
+        from ncinspect.provenance import TRAINING_CONFIG, config_scalars, find_labels
+
+        attrs[TRAINING_CONFIG] = config_scalars(sidecar.data) or None
 
         for key, value in find_labels(sidecar.data).items():
             if key in labels and not same_value(key, labels[key], value):
