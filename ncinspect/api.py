@@ -26,7 +26,7 @@ from ncinspect.analysis.arrays import analyze_arrays
 from ncinspect.analysis.calibration import check_calibration_options
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.passes import analyze_source
-from ncinspect.errors import NcInspectError
+from ncinspect.errors import NcInspectError, UsageError
 from ncinspect.hparams import read_manifest, resolve_hyperparams
 from ncinspect.io.discovery import STORE_SUFFIXES, discover, natural_key, open_source
 from ncinspect.metrics.results import Result, run_key
@@ -61,6 +61,7 @@ def analyze(
     calibration: bool = True,
     temperature_method: str = "nll",
     calibrate_on: str | None = None,
+    splits: Sequence[str] | None = None,
 ) -> list[Result]:
     """Analyse stores and dumps (files or directories searched recursively).
 
@@ -85,6 +86,9 @@ def analyze(
     calibration keys out (`report --no-calibration`). `calibrate_on`: the split whose store of
     each checkpoint fits the temperature the other splits' `temperature` and `ece_ts` use
     (`ncinspect.paired.calibrate_on`; `report --calibrate-on`); None: each store fits its own.
+    `splits`: keep only the stores of these splits (`report --split`); the stores of
+    `calibrate_on` are still read to fit the temperature. A split no store has is a UsageError
+    listing the splits found.
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -108,6 +112,10 @@ def analyze(
     named = {Path(p) for p in paths}
     found = discover([Path(p) for p in paths])
     results: list[Result] = []
+    if isinstance(splits, str):
+        splits = [splits]
+    read = None if splits is None else {*splits, *([calibrate_on] if calibrate_on else [])}
+    seen: dict[str | None, None] = {}  # the splits of every store found, in order
     for path in found.files:
         try:
             source = open_source(path, keys)
@@ -118,12 +126,19 @@ def analyze(
                 skipped.append(f"{path}: skipped, not a feature store or dump ({exc.message})")
             continue
         try:
-            results.append(analyze_source(source, options))
+            split = source.meta.get("split")
+            seen[split if isinstance(split, str) else None] = None
+            if read is None or split in read:
+                results.append(analyze_source(source, options))
         finally:
             source.close()
+    if splits is not None:
+        check_splits(splits, list(seen))
     _apply_run_protocols(results)
     if calibrate_on is not None:
         paired.calibrate_on(results, calibrate_on, options, keys)
+    if splits is not None:
+        results = [r for r in results if r.split in splits]
     check_settings(sorted({r.task for r in results}), settings)
     # Within a run, checkpoints in epoch order (file names like checkpoint_ep50 vs epoch_010
     # do not sort naturally); runs keep the order they were found in.
@@ -143,6 +158,15 @@ def analyze(
     for r in results:
         r.ufm = ufm_distance(r, settings)
     return results
+
+
+def check_splits(wanted: Sequence[str], seen: Sequence[str | None]) -> None:
+    """Every split `--split` names must have a store among `seen`, the splits of the stores
+    found (none found: nothing to check); else one UsageError listing them."""
+    missing = [s for s in wanted if s not in seen]
+    if seen and missing:
+        found = ", ".join("(none)" if s is None else s for s in dict.fromkeys(seen))
+        raise UsageError(f"--split: no store of split {', '.join(missing)}; splits found: {found}")
 
 
 def _apply_run_protocols(results: list[Result]) -> None:

@@ -78,6 +78,26 @@ KeysOpt = Annotated[
 ]
 
 
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        help="Only the stores of these splits (comma-separated, e.g. train or train,val); "
+        "default: every split found. Stores without a split name are left out when given.",
+    ),
+]
+
+
+def parse_splits(text: str | None) -> list[str] | None:
+    """`--split train,val` -> ["train", "val"]; an empty list is a usage error."""
+    if text is None:
+        return None
+    names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if not names:
+        raise UsageError(f"--split: expected split names, e.g. train or train,test; got {text!r}")
+    return names
+
+
 class TemperatureMethod(str, Enum):
     """`--temperature`: how the calibration temperature is fitted."""
 

@@ -18,10 +18,12 @@ from ncinspect.cli.common import (
     KeysOpt,
     ManifestOpt,
     PathsArg,
+    SplitOpt,
     guarded,
     parse_dump_keys,
     parse_labels,
     parse_metrics,
+    parse_splits,
 )
 from ncinspect.errors import UsageError, visible
 
@@ -53,6 +55,7 @@ def plot(
     ] = None,
     manifest: ManifestOpt = None,
     keys: KeysOpt = None,
+    split: SplitOpt = None,
     nc_split: Annotated[
         str | None,
         typer.Option(
@@ -94,16 +97,27 @@ def plot(
     (matplotlib)."""
 
     def body() -> None:
-        from ncinspect.api import analyze
+        from ncinspect.api import analyze, check_splits
         from ncinspect.metrics.keys import keys_for
         from ncinspect.render.plots import plot_matched, plot_runs
         from ncinspect.runs import compare_runs, group_runs
 
         chosen = parse_metrics(metrics)
         fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-        results = analyze(
-            paths, manifest=manifest, keys=parse_dump_keys(keys), calibrate_on=calibrate_on
+        splits = parse_splits(split)
+        paired = nc_split is not None or eval_split is not None
+        every_result = analyze(
+            paths,
+            manifest=manifest,
+            keys=parse_dump_keys(keys),
+            calibrate_on=calibrate_on,
+            splits=None if paired else splits,
         )
+        # --split chooses what the run panels draw; the paired panel takes its own two splits.
+        results = every_result
+        if splits is not None and paired:
+            check_splits(splits, [r.split for r in every_result])
+            results = [r for r in every_result if r.split in splits]
         runs = group_runs(results, parse_labels(label))
         if group_by is GroupBy.label:
             from ncinspect.render.plots import plot_groups
@@ -134,7 +148,7 @@ def plot(
             from ncinspect.render.plots import build_paired_figure, save_figure
             from ncinspect.runs import run_names
 
-            pairs = pair_splits(results, nc_split, eval_split)
+            pairs = pair_splits(every_result, nc_split, eval_split)
             figure = build_paired_figure(pairs, run_names(p.run for p in pairs))
             written += save_figure(figure, out, "paired_nc1_nc2", fmts)
         if reliability:

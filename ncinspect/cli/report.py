@@ -22,6 +22,7 @@ from ncinspect.cli.common import (
     KeysOpt,
     ManifestOpt,
     PathsArg,
+    SplitOpt,
     TargetCov,
     TemperatureMethod,
     UfmReduction,
@@ -30,6 +31,7 @@ from ncinspect.cli.common import (
     parse_labels,
     parse_metrics,
     parse_pair,
+    parse_splits,
     write_output,
 )
 from ncinspect.errors import NcInspectError, UsageError, visible
@@ -92,7 +94,7 @@ def report(
         bool,
         typer.Option(
             "--no-calibration",
-            help="Leave out the calibration keys (a pass over the stored logits, and 10 to 15 "
+            help="Leave out the calibration keys (a pass over the stored logits, and 11 to 16 "
             "more for the temperature when they exceed 32 MiB).",
         ),
     ] = False,
@@ -201,6 +203,7 @@ def report(
     ] = None,
     manifest: ManifestOpt = None,
     keys: KeysOpt = None,
+    split: SplitOpt = None,
     nc_split: Annotated[
         str | None,
         typer.Option(
@@ -235,6 +238,9 @@ def report(
         if gamma_trajectory:
             _check_gamma_view(nc_split or eval_split, group_by, baseline, by)
         selected = parse_metrics(metrics)
+        splits = parse_splits(split)
+        if splits is not None and (nc_split is not None or eval_split is not None):
+            raise UsageError("--split and --nc-split/--eval-split: the pair names its two splits")
         skipped: list[str] = []
         lambdas = parse_pair(ufm_lambdas, "--ufm-lambdas")
         settings = UfmSettings(
@@ -259,6 +265,7 @@ def report(
             calibration=not no_calibration,
             temperature_method=temperature.value.replace("-", "_"),
             calibrate_on=calibrate_on,
+            splits=splits,
             global_mean=global_mean.value,
             target_cov=target_cov.value,
         )
