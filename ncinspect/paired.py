@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ncinspect.analysis.calibration import histogram_at, set_temperature, unset_temperature
+from ncinspect.analysis.calibration import (
+    ON_BOUND_NOTE,
+    histogram_at,
+    set_temperature,
+    unset_temperature,
+)
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.errors import UsageError
 from ncinspect.io.discovery import open_source
@@ -165,6 +170,14 @@ def _take_temperature(
     finally:
         source.close()
     set_temperature(r, temperature, after, f"{split} ({fitted.source})")
+    if fitted.info.get("temperature_on_bound"):
+        # The borrowed value is an end of the search, not an optimum: say so where it is used.
+        r.info["temperature_on_bound"] = True
+        r.warnings.append(
+            f"{ON_BOUND_NOTE}{temperature:.4g} fitted on its {split} store lies at an end of "
+            f"the search: the NLL on {split} keeps falling beyond it (a split the model fits "
+            "perfectly, such as train, has no finite optimum); calibrate on held-out data"
+        )
 
 
 def ncc_mismatch_with_means(evaluated: Result, means_from: Result) -> float | None:

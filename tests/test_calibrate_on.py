@@ -146,3 +146,24 @@ def test_report_calibrate_on_in_json(tmp_path: Path) -> None:
     assert test["metrics"]["temperature"] == train["metrics"]["temperature"]
     assert test["info"]["calibration_split"] == f"train ({paths['train']})"
     assert records["epoch_2.pt.test.h5"]["metrics"]["ece_ts"] is None
+
+
+def test_a_temperature_at_the_bound_carries_its_warning_to_the_split_using_it(
+    tmp_path: Path,
+) -> None:
+    """Train logits that classify every sample right by a margin of 8: the NLL on train keeps
+    falling as T -> 0, so the fit is the search's end, 0.05. The test store that takes it is
+    flagged and warned too (it is an end of the search, not an optimum); its ece_ts is still
+    the naive ECE at 0.05."""
+    y = np.arange(N) % K
+    z = np.zeros((N, K), dtype=np.float32)
+    z[np.arange(N), y] = 8.0
+    z_test = np.random.default_rng(3).normal(size=(N, K)).astype(np.float32)
+    _write(tmp_path / "ce" / "epoch_1.pt.train.h5", "train", 1, z, y)
+    _write(tmp_path / "ce" / "epoch_1.pt.test.h5", "test", 1, z_test, y)
+    test = _by_source(analyze(tmp_path, calibrate_on="train", splits=["test"]))
+    assert list(test) == ["epoch_1.pt.test.h5"]
+    r = test["epoch_1.pt.test.h5"]
+    assert r.metrics["temperature"] == 0.05 and r.info["temperature_on_bound"] is True
+    assert any("fitted on its train store" in w and "an end of the search" in w for w in r.warnings)
+    assert r.metrics["ece_ts"] == pytest.approx(naive_ece(z_test.astype(np.float64), y, 0.05))

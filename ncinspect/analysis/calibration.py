@@ -4,7 +4,7 @@ Owns `add_calibration` (the calibration keys of one source added to its metric s
 null with the reason when the source has no logits), `check_calibration_options`, and the passes
 over the stored outputs: the first gathers `metrics.calibration.CalibrationStats` at T = 1 (ece,
 mce, adaece, cw_ece, nll, brier); the temperature then needs the logits again, once per NLL
-evaluation of `fit_temperature` (10 to 15, about 35 when the optimum is at an end of [0.05, 20])
+evaluation of `fit_temperature` (11 to 16, about 36 when the optimum is at an end of [0.05, 20])
 and once for ece_ts at the fitted temperature, or (temperature_method "grid_ece") once for the
 ECE at every grid temperature. `add_calibration` also returns the top-label histograms at T = 1
 and at the fitted temperature (`bins_record`, the result's `extras[CALIBRATION_BINS]`: what

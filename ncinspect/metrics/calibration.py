@@ -263,8 +263,11 @@ def fit_temperature(mean_nll: Callable[[float], float]) -> float:
     A bounded Brent search (`scipy.optimize.minimize_scalar`) on log T, where an absolute
     tolerance of 1e-6 is the relative one on T. The mean NLL is convex in 1/T (a log-sum-exp of
     a linear function, minus a linear one), hence unimodal in log T: the search finds its
-    minimum, or the end of the interval it decreases towards. 10 to 15 calls of mean_nll (about
-    35 when the minimum is at an end).
+    minimum, or the end of the interval it decreases towards. Where the NLL flattens out to
+    rounding towards an end (logits that classify every sample right by a wide margin, whose
+    NLL underflows as T falls), the search may stop anywhere on the flat part: the nearer end
+    is evaluated once more and returned when it is as good, so that `on_bound` says so. 11 to
+    16 calls of mean_nll (about 36 when the minimum is at an end).
     """
     from scipy.optimize import minimize_scalar
 
@@ -275,7 +278,11 @@ def fit_temperature(mean_nll: Callable[[float], float]) -> float:
         method="bounded",
         options={"xatol": T_RTOL},
     )
-    return math.exp(float(found.x))
+    u = float(found.x)
+    end = lo if u - lo < hi - u else hi
+    if mean_nll(math.exp(end)) <= float(found.fun):
+        return T_BOUNDS[0] if end == lo else T_BOUNDS[1]
+    return math.exp(u)
 
 
 def on_bound(temperature: float) -> bool:

@@ -18,6 +18,7 @@ from ncinspect.metrics.calibration import (
     fit_temperature,
     lowest_ece_temperature,
     nll_sum,
+    on_bound,
 )
 from tests.helpers.oracle_calibration import (
     in_bin,
@@ -198,6 +199,19 @@ def test_temperature_stops_at_the_bound_when_nll_keeps_falling() -> None:
     z[np.arange(40), y] = 1.0
     temperature = fit_temperature(lambda t: naive_mean_nll(z, y, t))
     assert temperature == pytest.approx(T_BOUNDS[0], rel=1e-5)
+
+
+def test_a_flat_nll_towards_the_bound_gives_the_bound() -> None:
+    """A margin of 10: below T of about 0.5 the NLL rounds to 0, flat, and the search could stop
+    anywhere on that stretch. The naive NLL at the bound is no larger than anywhere in
+    [0.05, 0.5], so the fit is the bound itself (what `on_bound` reports), not a point of it."""
+    z = np.zeros((60, 4))
+    y = np.arange(60) % 4
+    z[np.arange(60), y] = 10.0
+    nll = [naive_mean_nll(z, y, t) for t in np.geomspace(T_BOUNDS[0], 0.5, 50)]
+    assert max(nll) < 1e-8 and nll[0] <= min(nll)  # flat (to rounding) and lowest at the end
+    temperature = fit_temperature(lambda t: naive_mean_nll(z, y, t))
+    assert temperature == T_BOUNDS[0] and on_bound(temperature)
 
 
 def test_grid_temperature_is_the_lowest_naive_ece() -> None:
