@@ -151,3 +151,11 @@ def test_security_names_code_and_tests_that_exist() -> None:
     for path, name in re.findall(r"`([\w/]+\.py)` `(\w+)`", text):
         source = (ROOT / "ncinspect" / path).read_text()
         assert re.search(rf"\b(def|class) {name}\b|^{name} =", source, re.M), (path, name)
+
+
+def test_the_reproduction_guide_runs_and_shows_todays_output() -> None:
+    """Every `$ ncinspect ...` line of docs/reproduce.md runs on the fixtures and prints what the
+    guide pastes (numbers to two units of their last digit; `fixtures/guide.py`)."""
+    command = [sys.executable, str(ROOT / "fixtures" / "guide.py"), "check"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
