@@ -16,8 +16,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP) install -e ".[plot]"
 	@touch $@
 
+# Everything that depends on torch installs against the pinned build (never a second torch).
 $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
-	$(PIP) install -e ".[dev]"
+	@echo "$(TORCH_SPEC)" > $(VENV)/constraints.txt
+	$(PIP) install -e ".[dev]" -c $(VENV)/constraints.txt
 	@touch $@
 
 install: $(VENV)/.installed
@@ -46,6 +48,7 @@ bench: install-dev
 
 fixtures: install-dev
 	$(BIN)/python fixtures/make_fixtures.py
+	$(BIN)/python fixtures/make_hf.py fixtures/hf
 
 # docs/cli.md is generated from the Typer app, docs/reproduce.md's output pasted from a run of its
 # commands (tests/test_docs.py checks both are current)
@@ -55,4 +58,4 @@ docs: install
 	$(BIN)/python fixtures/guide.py write
 
 clean:
-	rm -rf $(VENV) demo-out repro plots .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out repro plots hf-features .pytest_cache .mypy_cache .ruff_cache
