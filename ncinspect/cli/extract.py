@@ -100,7 +100,9 @@ def extract(
         list[Path],
         typer.Argument(
             help="Checkpoint files or run directories (every checkpoint in a directory, in "
-            "epoch order; each directory is a run). Formats are detected from content.",
+            "epoch order; each directory is a run), transformers model directories, or Trainer "
+            "output folders (their checkpoint-N/ in step order). Formats are detected from "
+            "content.",
             exists=True,
             show_default=False,
         ),
@@ -110,7 +112,8 @@ def extract(
         typer.Option(
             "--data",
             help="An .npz or .h5 file (inputs x/inputs/data/images, labels or targets "
-            "y/labels/targets), a CIFAR-10/100 python batch folder, or module:factory / "
+            "y/labels/targets), text data (.jsonl, .json, .csv, .tsv, .parquet, or a datasets "
+            "save_to_disk folder), a CIFAR-10/100 python batch folder, or module:factory / "
             "file.py:factory returning a torch Dataset of (input, label_or_target).",
             show_default=False,
         ),
@@ -184,14 +187,66 @@ def extract(
             "--unsafe-pickle",
             help="Run code that a file holds or names: whole pickles, TorchScript, exported "
             "programs off the operator allowlist, model factories named by a config or a "
-            "checkpoint. RUNS CODE FROM THE FILE. --unsafe-pickle is an alias.",
+            "checkpoint, a tokenizer's auto_map code. RUNS CODE FROM THE FILE. --unsafe-pickle "
+            "is an alias.",
         ),
     ] = False,
     state_key: Annotated[
         str | None, typer.Option("--state-key", help="Wrapper-dict entry holding the weights.")
     ] = None,
     data_keys: Annotated[
-        str | None, typer.Option("--data-keys", help="INPUTS,LABELS: array names in the data.")
+        str | None,
+        typer.Option(
+            "--data-keys",
+            help="INPUTS,LABELS: array names in the data (,LABELS with --input-keys).",
+        ),
+    ] = None,
+    input_keys: Annotated[
+        str | None,
+        typer.Option(
+            "--input-keys",
+            help="K1,K2,...: .npz/.h5 arrays passed to the model as keyword arguments "
+            "(input_ids,attention_mask,token_type_ids); integers and bools as int64.",
+            show_default=False,
+        ),
+    ] = None,
+    text_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--text-key",
+            help="Text data: the text column, or two for sentence pairs (repeatable or A,B). "
+            "Default: text, else sentence.",
+            show_default=False,
+        ),
+    ] = None,
+    label_key: Annotated[
+        str | None,
+        typer.Option(
+            "--label-key",
+            help="Text data: the label column (default: label, labels, target); integers are "
+            "classes, floats or lists of floats regression targets.",
+            show_default=False,
+        ),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            "--max-length",
+            help="Text data: tokens per row after truncation (default: the tokenizer's "
+            "model_max_length, at most 512); each batch is padded to its longest row.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer",
+            help="Text data: a tokenizer folder written by save_pretrained (local files only; "
+            "its own code runs only with --trust-code). Default: each checkpoint's own model "
+            "folder.",
+            show_default=False,
+        ),
     ] = None,
     data_arg: Annotated[
         list[str] | None,
@@ -248,6 +303,7 @@ def extract(
             ExtractConfig,
             parse_assignments,
             parse_data_keys,
+            parse_names,
         )
         from ncinspect.extraction.run import run_extract
 
@@ -277,6 +333,11 @@ def extract(
             strict=not no_strict,
             normalize=normalize,
             layout=None if layout is None else layout.value,
+            input_keys=parse_names(input_keys, "--input-keys"),
+            text_keys=parse_names(text_key, "--text-key") or (),
+            label_key=label_key,
+            max_length=max_length,
+            tokenizer=tokenizer,
         )
         outcomes = run_extract(config, None if quiet else StderrProgress())
         for o in outcomes:

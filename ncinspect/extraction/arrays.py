@@ -1,4 +1,5 @@
-"""Array files as lazy handles: the arrays of an .npz, .npy or HDF5 data file, read by rows.
+"""Array data files: the arrays of an .npz, .npy or HDF5 file as lazy handles read by rows, and
+the arrays of CIFAR batch folders.
 
 Owns `array_members(path)` -> name -> `LazyArray` (`shape`, `dtype`, `read(start, stop)`): an
 uncompressed .npz member or .npy file is memory-mapped, a compressed member streamed block by
@@ -9,16 +10,31 @@ ratio, and an HDF5 file that is not self-contained (links, external or virtual s
 filters inflate beyond the bound of `io.store.checks` are refused before any row is read. Only
 regular files are opened (`sniff.regular_file`: a FIFO or device is refused).
 
-Never unpickles (object arrays are refused), never writes files, knows nothing of models. These
-are *input data* files; feature stores are `io.store`'s.
+Which arrays a data file's inputs and labels are (`choose_arrays`): the default names (inputs
+x / inputs / data / images, labels y / labels / targets) or `--data-keys INPUTS,LABELS`, or
+several arrays as the model's keyword inputs (`--input-keys`): `keyed_inputs` checks that each
+named array exists, holds numbers and has the same N rows; `read_keyed` reads rows of all of
+them, integers and bools as int64 (token ids, attention masks), floating as float32.
+
+CIFAR-10/100 "python version" batch folders (`cifar_root`, `cifar_files`, `read_cifar`): only
+regular files (and `cifar-*` subfolders) whose real path stays in the folder are read
+(`files.inside`): a batch file linking elsewhere, a FIFO or a device is passed over. A batch is
+unpickled from memory, bounded by its file size, with its arrays' shapes checked against the
+bytes they hold (`trust.restricted_load`), and held in memory (`InMemory`).
+
+Never unpickles anything but CIFAR batches through `trust.restricted_load` (object arrays are
+refused), never writes files, knows nothing of models. These are *input data* files; feature
+stores are `io.store`'s.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import struct
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +42,14 @@ import numpy as np
 
 from ncinspect.errors import DataError
 from ncinspect.extraction.messages import hint
-from ncinspect.files import regular_file
+from ncinspect.extraction.trust import restricted_load
+from ncinspect.files import inside, regular_file
 from ncinspect.io.npzheaders import inflation_problem, npy_headers
 from ncinspect.io.sniff import sniff
+
+INPUT_KEYS: tuple[str, ...] = ("x", "inputs", "data", "images")
+LABEL_KEYS: tuple[str, ...] = ("y", "labels", "targets")
+CIFAR_LABEL_KEYS: tuple[str, ...] = ("labels", "fine_labels")
 
 
 class LazyArray:
@@ -250,3 +271,214 @@ def array_members(path: str | Path) -> dict[str, LazyArray]:
         _check_claim(p, p.stem, shape, dtype, p.stat().st_size - offset)
         return {p.stem: MemmapMember(p, offset, shape, dtype, bool(fortran))}
     raise DataError(f"is not an .npz or HDF5 data file (detected: {kind}); {hint(p)}", path=p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several arrays as the model's keyword inputs (--input-keys)
+
+
+def member_list(members: Mapping[str, LazyArray]) -> str:
+    """The arrays of a file as shown in messages: `'x' (N, D) float32, ...`."""
+    return ", ".join(f"'{k}' {v.shape} {v.dtype}" for k, v in members.items()) or "no arrays"
+
+
+def keyed_dtype(dtype: np.dtype) -> np.dtype:
+    """int64 for integers and bools (token ids, attention masks), float32 for floating;
+    ValueError for anything else."""
+    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        return np.dtype(np.int64)
+    if np.issubdtype(dtype, np.floating):
+        return np.dtype(np.float32)
+    raise ValueError(dtype)
+
+
+def keyed_inputs(
+    members: Mapping[str, LazyArray], names: Sequence[str], path: Path
+) -> dict[str, LazyArray]:
+    """The arrays `names` (--input-keys) of a data file, in that order: each present, numeric
+    and with the same number of rows (DataError naming the file and what it holds otherwise)."""
+    option = f"--input-keys {','.join(names)}"
+    absent = [n for n in names if n not in members]
+    if absent:
+        raise DataError(
+            f"{option}: no array {', '.join(map(repr, absent))}; it holds "
+            f"{member_list(members)}; {hint(path)}",
+            path=path,
+        )
+    chosen = {n: members[n] for n in names}
+    if len({a.shape[0] if a.shape else -1 for a in chosen.values()}) != 1:
+        raise DataError(
+            f"{option}: the arrays differ in their number of rows ({member_list(chosen)}); "
+            f"expected the same N for every input; {hint(path)}",
+            path=path,
+        )
+    for name, array in chosen.items():
+        try:
+            keyed_dtype(array.dtype)
+        except ValueError:
+            raise DataError(
+                f"{option}: array '{name}' has dtype {array.dtype}, expected integers, bools "
+                "or floats",
+                path=path,
+            ) from None
+    return chosen
+
+
+def read_keyed(arrays: Mapping[str, LazyArray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows start:stop of every array, as int64 (integers, bools) or float32 (floating)."""
+    return {
+        name: np.ascontiguousarray(a.read(start, stop), dtype=keyed_dtype(a.dtype))
+        for name, a in arrays.items()
+    }
+
+
+def choose_arrays(
+    members: Mapping[str, LazyArray],
+    keys: tuple[str, str] | None,
+    input_keys: Sequence[str] | None,
+    path: Path,
+) -> tuple[LazyArray | dict[str, LazyArray], tuple[str, ...], str]:
+    """(the inputs, their names, the labels' name) of a data file: the arrays of `input_keys`
+    as a dict (labels: the LABELS of `--data-keys ,LABELS` or a default name), else one input
+    array by `keys` or the default names."""
+    if input_keys:
+        return (
+            keyed_inputs(members, input_keys, path),
+            tuple(input_keys),
+            _label_key(members, keys, path),
+        )
+    x_key, y_key = _array_keys(members, keys, path)
+    return members[x_key], (x_key,), y_key
+
+
+def _pick(members: Mapping[str, LazyArray], names: Sequence[str]) -> str | None:
+    return next((n for n in names if n in members), None)
+
+
+def _array_keys(
+    members: Mapping[str, LazyArray], keys: tuple[str, str] | None, path: Path
+) -> tuple[str, str]:
+    """The (inputs, labels) array names: `keys` (each must exist), else the default names."""
+    if keys is not None:
+        x_key, y_key = keys
+        absent = [k for k in keys if k not in members]
+        if absent:
+            raise DataError(
+                f"--data-keys {','.join(keys)}: no array {', '.join(map(repr, absent))}; it holds "
+                f"{member_list(members)}; {hint(path)}",
+                path=path,
+            )
+    else:
+        xk = _pick(members, INPUT_KEYS)
+        yk = _pick(members, LABEL_KEYS)
+        if xk is None or yk is None:
+            missing = []
+            if xk is None:
+                missing.append(f"inputs (looked for {', '.join(map(repr, INPUT_KEYS))})")
+            if yk is None:
+                missing.append(f"labels/targets (looked for {', '.join(map(repr, LABEL_KEYS))})")
+            raise DataError(
+                f"has no {' and no '.join(missing)}; it holds {member_list(members)}; pass "
+                f"--data-keys INPUTS,LABELS; {hint(path)}",
+                path=path,
+            )
+        x_key, y_key = xk, yk
+    return x_key, y_key
+
+
+def _label_key(members: Mapping[str, LazyArray], keys: tuple[str, str] | None, path: Path) -> str:
+    """The labels' array name beside --input-keys: the LABELS of `--data-keys ,LABELS`, else
+    a default name."""
+    y_key = keys[1] if keys is not None else _pick(members, LABEL_KEYS)
+    if y_key is None or y_key not in members:
+        looked = repr(y_key) if y_key else ", ".join(map(repr, LABEL_KEYS))
+        raise DataError(
+            f"has no labels/targets (looked for {looked}); it holds {member_list(members)}; "
+            f"pass --data-keys ,LABELS; {hint(path)}",
+            path=path,
+        )
+    return y_key
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR "python version" batches
+
+
+def cifar_root(path: Path) -> Path | None:
+    """The CIFAR batch folder at `path` (or its one cifar-* subfolder), else None."""
+    if not path.is_dir():
+        return None
+    markers = ("data_batch_1", "test_batch", "train", "test")
+    if any(inside(path, path / m) for m in markers):
+        return path
+    real = path.resolve()
+    subs = [
+        d
+        for d in path.iterdir()
+        if d.name.startswith("cifar-") and d.is_dir() and d.resolve().is_relative_to(real)
+    ]
+    if len(subs) == 1 and any(inside(path, subs[0] / m) for m in markers):
+        return subs[0]
+    return None
+
+
+def cifar_files(root: Path, split: str) -> list[Path]:
+    """The batch files of a split: train -> data_batch_1..5 (or `train`), test -> test_batch
+    (or `test`), any other name -> the file of that name."""
+    if split == "train":
+        batches = sorted(
+            (p for p in root.glob("data_batch_*") if inside(root, p)), key=lambda p: p.name
+        )
+        found = batches or [root / "train"]
+    elif split == "test":
+        found = [root / "test_batch"] if inside(root, root / "test_batch") else [root / "test"]
+    else:
+        found = [root / split]
+    found = [p for p in found if inside(root, p)]
+    if not found:
+        names = sorted(p.name for p in root.iterdir() if inside(root, p))
+        raise DataError(
+            f"CIFAR folder has no batch file for split {split!r} (train: data_batch_1..5 or "
+            f"'train'; test: test_batch or 'test'); it holds {', '.join(names) or 'nothing'}",
+            path=root,
+        )
+    return found
+
+
+def read_cifar(root: Path, split: str, label_key: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 3072) and int64 labels (N,) of one split, read with the restricted
+    unpickler."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for f in cifar_files(root, split):
+        try:
+            obj = restricted_load(f)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            raise DataError(
+                f"is not a CIFAR batch of plain data ({exc}); {hint(f)}", path=f
+            ) from None
+        if not isinstance(obj, dict) or "data" not in obj:
+            keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+            raise DataError(f"CIFAR batch has no 'data' entry (found: {keys})", path=f)
+        keys_to_try = (label_key,) if label_key else CIFAR_LABEL_KEYS
+        key = next((k for k in keys_to_try if k in obj), None)
+        if key is None:
+            raise DataError(
+                f"CIFAR batch has no labels under {' or '.join(map(repr, keys_to_try))} "
+                f"(found: {', '.join(map(str, obj))}); pass --data-keys data,LABELS",
+                path=f,
+            )
+        x = np.asarray(obj["data"])
+        y = np.asarray(obj[key])
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+            raise DataError(
+                f"'data' has shape {x.shape} dtype {x.dtype}, expected uint8 (N, 3072)", path=f
+            )
+        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(
+                f"'{key}' has shape {y.shape} dtype {y.dtype}, expected {x.shape[0]} integers",
+                path=f,
+            )
+        xs.append(x)
+        ys.append(y.astype(np.int64))
+    return np.concatenate(xs), np.concatenate(ys)

@@ -2,7 +2,8 @@
 
 Owns `ExtractConfig` (every option of `ncinspect extract`, checked when built), `ExtractOutcome`
 (one store written or skipped), the `ProgressHook` protocol the caller may pass, and the parsers
-of `KEY=VALUE` and `INPUTS,LABELS` option values. Never touches a file, a model or torch.
+of `KEY=VALUE`, `INPUTS,LABELS` and comma-list option values (`--input-keys`, `--text-key`).
+Never touches a file, a model or torch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from ncinspect.errors import UsageError
 from ncinspect.extraction.preprocess import LAYOUTS, Layout, parse_normalize
+from ncinspect.extraction.text import TextOptions
 
 Precision = Literal["fp32", "bf16", "fp16"]
 TaskChoice = Literal["auto", "classification", "regression"]
@@ -66,6 +68,11 @@ class ExtractConfig:
     strict: bool = True  # False (--no-strict): unexpected checkpoint keys are ignored
     normalize: str | None = None  # --normalize PRESET|MEAN:STD (see extraction.preprocess)
     layout: Layout | None = None  # --layout nhwc|nchw: overrides the image layout rule
+    input_keys: tuple[str, ...] | None = None  # --input-keys: arrays -> keyword inputs
+    text_keys: tuple[str, ...] = ()  # --text-key: text data's column(s); () = text / sentence
+    label_key: str | None = None  # --label-key: text data's labels; None = label/labels/target
+    max_length: int | None = None  # --max-length: tokens per row; None = the tokenizer's (<= 512)
+    tokenizer: Path | None = None  # --tokenizer DIR (save_pretrained); None = the model's folder
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
@@ -82,6 +89,7 @@ class ExtractConfig:
             raise UsageError(f"--task must be one of {', '.join(TASKS)}")
         if self.data_keys is not None and len(self.data_keys) != 2:
             raise UsageError("--data-keys takes two names: INPUTS,LABELS")
+        self._check_inputs()
         if self.normalize is not None:
             parse_normalize(self.normalize)  # a bad value fails here, before any work
         if self.layout is not None and self.layout not in LAYOUTS:
@@ -91,6 +99,41 @@ class ExtractConfig:
                 "--drop-nonfinite belongs to --stats-only (a feature store keeps every row; "
                 "pass --drop-nonfinite to report instead)"
             )
+
+    def _check_inputs(self) -> None:
+        """--input-keys with --data-keys ,LABELS; the text options' values."""
+        keys = self.input_keys
+        if keys is not None:
+            _names(keys, "--input-keys")
+            if self.data_keys is not None and self.data_keys[0]:
+                raise UsageError(
+                    f"--data-keys {','.join(self.data_keys)} and --input-keys both name the "
+                    f"inputs; pass --data-keys ,{self.data_keys[1]} (the labels only) with "
+                    "--input-keys"
+                )
+        elif self.data_keys is not None and not self.data_keys[0]:
+            raise UsageError("--data-keys ,LABELS (no inputs) goes with --input-keys")
+        if self.text_keys:
+            _names(self.text_keys, "--text-key")
+            if len(self.text_keys) > 2:
+                raise UsageError(
+                    "--text-key takes one column, or two for sentence pairs; got "
+                    f"{', '.join(self.text_keys)}"
+                )
+        if self.label_key is not None and not self.label_key:
+            raise UsageError("--label-key: expected a column name")
+        if self.max_length is not None and self.max_length < 1:
+            raise UsageError(f"--max-length must be >= 1, got {self.max_length}")
+
+    def text_options(self) -> TextOptions:
+        """The text data options (--text-key, --label-key, --max-length, --tokenizer)."""
+        return TextOptions(
+            text_keys=self.text_keys,
+            label_key=self.label_key,
+            max_length=self.max_length,
+            tokenizer=self.tokenizer,
+            trust_code=self.trust_code,
+        )
 
 
 @dataclass(frozen=True)
@@ -130,10 +173,33 @@ def parse_assignments(items: Sequence[str] | None, option: str) -> dict[str, Any
 
 
 def parse_data_keys(text: str | None) -> tuple[str, str] | None:
-    """`X,Y` -> ("X", "Y")."""
+    """`X,Y` -> ("X", "Y"); `,Y` (labels only, beside --input-keys) -> ("", "Y")."""
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2 or not all(parts):
-        raise UsageError(f"--data-keys: expected two names INPUTS,LABELS, got {text!r}")
+    if len(parts) != 2 or not parts[1]:
+        raise UsageError(
+            f"--data-keys: expected two names INPUTS,LABELS (or ,LABELS with --input-keys), "
+            f"got {text!r}"
+        )
     return parts[0], parts[1]
+
+
+def parse_names(items: str | Sequence[str] | None, option: str) -> tuple[str, ...] | None:
+    """Comma lists, given once or repeated (`a,b` or `a` `b`) -> ("a", "b"); None when absent."""
+    if items is None:
+        return None
+    texts = [items] if isinstance(items, str) else list(items)
+    if not texts:
+        return None
+    return _names(tuple(p.strip() for t in texts for p in t.split(",")), option)
+
+
+def _names(names: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """`names` when none is empty or repeated; UsageError otherwise."""
+    if not names or not all(names):
+        raise UsageError(f"{option}: expected comma-separated names, got {','.join(names)!r}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UsageError(f"{option}: {', '.join(repeated)} given twice")
+    return names

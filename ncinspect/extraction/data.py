@@ -1,17 +1,20 @@
 """Data sources: inputs with their labels or targets, as batches of torch tensors.
 
 Owns opening a data spec (`open_data`) -- an `.npz` or `.h5`/`.hdf5` file (read lazily through
-`arrays`), a CIFAR-10/100 "python version" batch folder (unpickled by `trust.restricted_load`),
-or a `package.module:factory` / `file.py:factory` returning a torch Dataset -- and reading it in
-order, in batches (`DataSource.batches`), with `--limit` applied.
+`arrays`), a CIFAR-10/100 "python version" batch folder (read by `arrays`, unpickled by
+`trust.restricted_load`), text data (`.jsonl`, `.json`, `.csv`, `.tsv`, `.parquet` or a
+`datasets` folder, read and tokenized by `text`), or a `package.module:factory` /
+`file.py:factory` returning a torch Dataset -- and reading it in order, in batches
+(`DataSource.batches`), with `--limit` applied.
+
+A batch's inputs are one tensor, or a dict of tensors with the same first dimension B (the
+model's keyword inputs: the arrays `--input-keys` names, the tokenizer's tensors of text data,
+or a factory's dict items); `batch_rows` and `take_rows` read and cut either.
 
 Knows nothing of models and never writes files. Axes: N samples, T regression targets.
 
-Paths: a data file or folder named on the command line is followed; inside a CIFAR folder only
-regular files (and `cifar-*` subfolders) whose real path stays in the folder are read
-(`sniff.inside`): a batch file linking elsewhere, a FIFO or a device is passed over. A batch is
-unpickled from memory, bounded by its file size, with its arrays' shapes checked against the
-bytes they hold (`trust.restricted_load`).
+Paths: a data file or folder named on the command line is followed (what is read inside a
+CIFAR folder: `arrays`).
 
 Input arrays come out as float32 when floating (or bool), int64 when integer with fewer than
 3 dimensions (token ids), and uint8 when they are raw images (uint8 with 3 or more dimensions;
@@ -28,122 +31,45 @@ the provenance says which.
 from __future__ import annotations
 
 import inspect
-import pickle
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 
 from ncinspect.errors import DataError, UsageError, check_interrupt, reading
-from ncinspect.extraction.arrays import InMemory, LazyArray, array_members
+from ncinspect.extraction.arrays import INPUT_KEYS as INPUT_KEYS  # re-exported
+from ncinspect.extraction.arrays import LABEL_KEYS as LABEL_KEYS  # re-exported
+from ncinspect.extraction.arrays import (
+    InMemory,
+    LazyArray,
+    array_members,
+    choose_arrays,
+    cifar_files,
+    cifar_root,
+    read_cifar,
+    read_keyed,
+)
 from ncinspect.extraction.messages import hint
 from ncinspect.extraction.preprocess import Inputs, Preprocess, missing_choice
+from ncinspect.extraction.text import TextOptions, is_hf_dataset, is_text_file, open_text
 from ncinspect.extraction.trust import (
     call_factory,
     import_object,
     is_file_spec,
-    restricted_load,
     split_spec,
 )
-from ncinspect.files import inside, regular_file
+from ncinspect.files import regular_file
 from ncinspect.io.sniff import sniff
 
 if TYPE_CHECKING:
     import torch
 
 Task = Literal["classification", "regression"]
-
-INPUT_KEYS: tuple[str, ...] = ("x", "inputs", "data", "images")
-LABEL_KEYS: tuple[str, ...] = ("y", "labels", "targets")
-CIFAR_LABEL_KEYS: tuple[str, ...] = ("labels", "fine_labels")
+ModelInputs: TypeAlias = "torch.Tensor | dict[str, torch.Tensor]"  # one tensor, or keyword inputs
 DATA_SUFFIXES: tuple[str, ...] = (".npz", ".h5", ".hdf5")
-
-
-# ---------------------------------------------------------------------------------------------
-# CIFAR "python version" batches
-
-
-def cifar_root(path: Path) -> Path | None:
-    """The CIFAR batch folder at `path` (or its one cifar-* subfolder), else None."""
-    if not path.is_dir():
-        return None
-    markers = ("data_batch_1", "test_batch", "train", "test")
-    if any(inside(path, path / m) for m in markers):
-        return path
-    real = path.resolve()
-    subs = [
-        d
-        for d in path.iterdir()
-        if d.name.startswith("cifar-") and d.is_dir() and d.resolve().is_relative_to(real)
-    ]
-    if len(subs) == 1 and any(inside(path, subs[0] / m) for m in markers):
-        return subs[0]
-    return None
-
-
-def cifar_files(root: Path, split: str) -> list[Path]:
-    """The batch files of a split: train -> data_batch_1..5 (or `train`), test -> test_batch
-    (or `test`), any other name -> the file of that name."""
-    if split == "train":
-        batches = sorted(
-            (p for p in root.glob("data_batch_*") if inside(root, p)), key=lambda p: p.name
-        )
-        found = batches or [root / "train"]
-    elif split == "test":
-        found = [root / "test_batch"] if inside(root, root / "test_batch") else [root / "test"]
-    else:
-        found = [root / split]
-    found = [p for p in found if inside(root, p)]
-    if not found:
-        names = sorted(p.name for p in root.iterdir() if inside(root, p))
-        raise DataError(
-            f"CIFAR folder has no batch file for split {split!r} (train: data_batch_1..5 or "
-            f"'train'; test: test_batch or 'test'); it holds {', '.join(names) or 'nothing'}",
-            path=root,
-        )
-    return found
-
-
-def read_cifar(root: Path, split: str, label_key: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, 3072) and int64 labels (N,) of one split, read with the restricted
-    unpickler."""
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    for f in cifar_files(root, split):
-        try:
-            obj = restricted_load(f)
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-            raise DataError(
-                f"is not a CIFAR batch of plain data ({exc}); {hint(f)}", path=f
-            ) from None
-        if not isinstance(obj, dict) or "data" not in obj:
-            keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-            raise DataError(f"CIFAR batch has no 'data' entry (found: {keys})", path=f)
-        keys_to_try = (label_key,) if label_key else CIFAR_LABEL_KEYS
-        key = next((k for k in keys_to_try if k in obj), None)
-        if key is None:
-            raise DataError(
-                f"CIFAR batch has no labels under {' or '.join(map(repr, keys_to_try))} "
-                f"(found: {', '.join(map(str, obj))}); pass --data-keys data,LABELS",
-                path=f,
-            )
-        x = np.asarray(obj["data"])
-        y = np.asarray(obj[key])
-        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
-            raise DataError(
-                f"'data' has shape {x.shape} dtype {x.dtype}, expected uint8 (N, 3072)", path=f
-            )
-        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(
-                f"'{key}' has shape {y.shape} dtype {y.dtype}, expected {x.shape[0]} integers",
-                path=f,
-            )
-        xs.append(x)
-        ys.append(y.astype(np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,11 +98,12 @@ def inputs_of(x: LazyArray) -> Inputs:
 
 
 class ArrayBatches:
-    """Map-style dataset whose item i is batch i: (inputs, labels or targets) tensors."""
+    """Map-style dataset whose item i is batch i: (inputs, labels or targets) tensors; the
+    inputs are a dict of tensors when `x` maps names to arrays (--input-keys)."""
 
     def __init__(
         self,
-        x: LazyArray,
+        x: LazyArray | Mapping[str, LazyArray],
         y: LazyArray,
         n: int,
         batch_size: int,
@@ -189,17 +116,21 @@ class ArrayBatches:
     def __len__(self) -> int:
         return (self.n + self.batch_size - 1) // self.batch_size
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[ModelInputs, torch.Tensor]:
         import torch
 
         start = i * self.batch_size
         stop = min(self.n, start + self.batch_size)
         if start >= stop:
             raise IndexError(i)
-        x = self.x.read(start, stop)
-        if self.cifar:  # rows of 3 x 1024 channel planes
-            x = x.reshape(-1, 3, 32, 32)
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=_input_dtype(x.dtype, x.ndim)))
+        xt: ModelInputs
+        if isinstance(self.x, Mapping):
+            xt = {k: torch.from_numpy(v) for k, v in read_keyed(self.x, start, stop).items()}
+        else:
+            x = self.x.read(start, stop)
+            if self.cifar:  # rows of 3 x 1024 channel planes
+                x = x.reshape(-1, 3, 32, 32)
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=_input_dtype(x.dtype, x.ndim)))
         y = self.y.read(start, stop)
         if self.task == "classification":
             yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
@@ -212,10 +143,12 @@ class ArrayBatches:
 class DataSource:
     """An opened data spec. `n` rows (after --limit; None for an iterable dataset of unknown
     length), `task` inferred from the labels' dtype, `split` the name stores use, `inputs` what
-    the inputs are and `preprocess` what is done to them (`with_preprocess`)."""
+    the inputs are and `preprocess` what is done to them (`with_preprocess`); `input_names`
+    the arrays the inputs come from, `keyword_inputs` whether they reach the model as keyword
+    arguments (a dict per batch)."""
 
     spec: str
-    kind: Literal["npz", "hdf5", "cifar", "factory"]
+    kind: Literal["npz", "hdf5", "cifar", "factory", "text"]
     split: str
     n: int | None
     task: Task | None
@@ -224,23 +157,29 @@ class DataSource:
     limit: int | None = None
     inputs: Inputs = field(default_factory=Inputs)
     preprocess: Preprocess | None = None
+    input_names: tuple[str, ...] = ()
+    keyword_inputs: bool = False
 
     def with_preprocess(self, preprocess: Preprocess) -> DataSource:
-        """This source with `preprocess` applied to every batch and recorded in its provenance."""
+        """This source with `preprocess` applied to every batch and recorded in its provenance;
+        keyword inputs are used as stored (UsageError when --normalize or --layout acts)."""
+        if self.keyword_inputs and _acts(preprocess):
+            raise _keyword_preprocess(self.spec)
         return replace(
             self, preprocess=preprocess, provenance={**self.provenance, **preprocess.describe()}
         )
 
     def batches(
         self, batch_size: int, *, workers: int = 0, pin_memory: bool = False
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[tuple[ModelInputs, torch.Tensor]]:
         """(inputs, labels | targets) batches in order; at most `n` rows in all."""
         assert self._make_loader is not None
         if self.inputs.kind == "raw" and self.preprocess is None:
             raise missing_choice(self.spec)
         loader = self._make_loader(batch_size, workers, pin_memory)
-        if self.kind in ("npz", "hdf5"):  # a damaged file can fail at any row: one line
-            loader = _guarded(loader, self.spec)
+        if self.kind in ("npz", "hdf5", "text"):  # a damaged file can fail at any row: one line
+            what = "text data" if self.kind == "text" else "an .npz or HDF5 data file"
+            loader = _guarded(loader, self.spec, what)
         seen = 0
         for item in loader:
             check_interrupt()  # a Ctrl-C / SIGTERM that Python dropped stops at the next batch
@@ -250,19 +189,68 @@ class DataSource:
                     "(input, label_or_target) pairs"
                 )
             xb, yb = item
-            if self.limit is not None and seen + len(xb) > self.limit:
+            rows = batch_rows(xb, self.spec)
+            if self.limit is not None and seen + rows > self.limit:
                 keep = self.limit - seen
-                xb, yb = xb[:keep], yb[:keep]
-            if len(xb) == 0:
+                xb, yb, rows = take_rows(xb, keep), yb[:keep], keep
+            if rows == 0:
                 break
-            seen += len(xb)
-            yield (xb if self.preprocess is None else self.preprocess.apply(xb)), yb
+            seen += rows
+            yield self._preprocessed(xb), yb
             if self.limit is not None and seen >= self.limit:
                 break
 
+    def _preprocessed(self, xb: ModelInputs) -> ModelInputs:
+        if self.preprocess is None:
+            return xb
+        if isinstance(xb, dict):  # a factory's dict items: used as stored
+            if _acts(self.preprocess):
+                raise _keyword_preprocess(self.spec)
+            return xb
+        return self.preprocess.apply(xb)
 
-def _guarded(loader: Any, spec: str) -> Iterator[Any]:
-    with reading(spec, DataError, "an .npz or HDF5 data file"):
+
+def _acts(preprocess: Preprocess) -> bool:
+    """Whether `preprocess` changes its inputs at all."""
+    norm = preprocess.normalization
+    return preprocess.scale or preprocess.layout is not None or bool(norm and norm.mean)
+
+
+def _keyword_preprocess(spec: str) -> UsageError:
+    return UsageError(
+        "--normalize and --layout apply to one input array; keyword inputs (several arrays, "
+        "text data, a factory's dicts) are used as stored",
+        path=spec,
+    )
+
+
+def batch_rows(xb: Any, spec: str = "") -> int:
+    """The rows B of a batch's inputs: a tensor's first dimension, or that of every tensor of a
+    dict (DataError naming `spec` when they differ or a value is not a tensor)."""
+    if not isinstance(xb, dict):
+        return len(xb)
+    import torch
+
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in xb.items()}
+    rows = {s[0] if s else None for s in shapes.values()}
+    if not shapes or len(rows) != 1 or None in rows:
+        shown = ", ".join(f"{k!r} {s or type(xb[k]).__name__}" for k, s in shapes.items())
+        raise DataError(
+            f"--data {spec!r}: dict inputs must be tensors with the same number of rows; got "
+            f"{shown or 'an empty dict'}"
+        )
+    return int(next(iter(rows)))  # type: ignore[arg-type]
+
+
+def take_rows(xb: ModelInputs, keep: int) -> ModelInputs:
+    """The first `keep` rows of a batch's inputs (each tensor of a dict)."""
+    if isinstance(xb, dict):
+        return {k: v[:keep] for k, v in xb.items()}
+    return xb[:keep]
+
+
+def _guarded(loader: Any, spec: str, what: str) -> Iterator[Any]:
+    with reading(spec, DataError, what):
         yield from loader
 
 
@@ -280,14 +268,6 @@ def _loader(dataset: Any, batch_size: int | None, workers: int, pin: bool) -> An
         pin_memory=pin,
         **kwargs,
     )
-
-
-def _pick(members: Mapping[str, LazyArray], names: Sequence[str]) -> str | None:
-    return next((n for n in names if n in members), None)
-
-
-def _member_list(members: Mapping[str, LazyArray]) -> str:
-    return ", ".join(f"'{k}' {v.shape} {v.dtype}" for k, v in members.items()) or "no arrays"
 
 
 def _task_of(dtype: np.dtype, where: str, path: Path) -> Task:
@@ -310,10 +290,17 @@ def open_data(
     split: str | None = None,
     limit: int | None = None,
     code_paths: Sequence[str | Path] = (),
+    input_keys: Sequence[str] | None = None,
+    text: TextOptions | None = None,
+    tokenizer_dir: Path | None = None,
 ) -> DataSource:
-    """Open a data spec: an .npz / .h5 / .hdf5 file, a CIFAR batch folder, or a factory.
+    """Open a data spec: an .npz / .h5 / .hdf5 file, text data, a CIFAR batch folder, or a
+    factory.
 
-    `keys` = (inputs, labels) names (default: x/inputs/data/images and y/labels/targets);
+    `keys` = (inputs, labels) names (default: x/inputs/data/images and y/labels/targets; inputs
+    "" with `input_keys`); `input_keys` names arrays that become the model's keyword inputs;
+    `text` holds the text data options and `tokenizer_dir` the tokenizer used when
+    `text.tokenizer` is None (the model's folder; ignored by other data);
     `args` go to a factory as keyword arguments, with `split=` when it accepts one; `limit`
     keeps the first rows. The split defaults to the split a data file's name states
     (`digits_test.npz` -> `test`, else the whole stem), to a CIFAR folder's train batches, and
@@ -323,25 +310,67 @@ def open_data(
     """
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be >= 1, got {limit}")
-    text = str(spec)
-    path = Path(text)
+    text_options = text or TextOptions()
+    name = str(spec)
+    path = Path(name)
+    is_text = path.exists() and (is_hf_dataset(path) if path.is_dir() else is_text_file(path))
+    _refuse_options(name, is_text, keys, input_keys, text_options)
+    if is_text:
+        with reading(path, DataError, "text data"):
+            return _open_text(path, name, split, limit, text_options, tokenizer_dir)
     if path.exists():
         if path.is_dir():
             root = cifar_root(path)
             if root is None:
                 raise DataError(
                     "is a directory but not a CIFAR 'python version' batch folder "
-                    "(data_batch_1..5 / test_batch, or train / test); expected an .npz or "
-                    ".h5 file, a CIFAR folder or package.module:factory",
+                    "(data_batch_1..5 / test_batch, or train / test) or a datasets folder "
+                    "(save_to_disk); expected an .npz or .h5 file, text data, a CIFAR folder or "
+                    "package.module:factory",
                     path=path,
                 )
             with reading(root, DataError, "a CIFAR batch folder"):
-                return _open_cifar(root, text, keys, split, limit)
+                return _open_cifar(root, name, keys, split, limit)
         with reading(path, DataError, "an .npz or HDF5 data file"):
-            return _open_arrays(path, text, keys, split, limit)
-    if ":" in text and not (text.endswith(DATA_SUFFIXES)):
-        return _open_factory(text, args or {}, split, limit, code_paths)
+            return _open_arrays(path, name, keys, split, limit, input_keys)
+    if ":" in name and not (name.endswith(DATA_SUFFIXES)):
+        return _open_factory(name, args or {}, split, limit, code_paths)
     raise DataError("no such file or directory (and not a module:factory spec)", path=path)
+
+
+def _refuse_options(
+    spec: str,
+    is_text: bool,
+    keys: tuple[str, str] | None,
+    input_keys: Sequence[str] | None,
+    text: TextOptions,
+) -> None:
+    """UsageError for options the data kind does not take: --data-keys / --input-keys name
+    arrays of .npz / .h5 files, the text options belong to text data."""
+    if is_text and (keys is not None or input_keys):
+        option = "--data-keys" if keys is not None else "--input-keys"
+        raise UsageError(
+            f"{option} names arrays of .npz / .h5 files; text data takes --text-key and "
+            "--label-key",
+            path=spec,
+        )
+    if not is_text and text.given():
+        raise UsageError(
+            f"{', '.join(text.given())} apply to text data (.jsonl, .json, .csv, .tsv, "
+            ".parquet or a datasets folder)",
+            path=spec,
+        )
+    if input_keys and keys is not None and keys[0]:
+        raise UsageError(
+            f"--data-keys {','.join(keys)} and --input-keys both name the inputs; pass "
+            f"--data-keys ,{keys[1]} (the labels only) with --input-keys"
+        )
+    path = Path(spec)
+    if input_keys and not path.is_file() and (path.exists() or ":" in spec):
+        raise UsageError(
+            "--input-keys names arrays of .npz / .h5 files (a factory's items can be dicts)",
+            path=spec,
+        )
 
 
 SPLIT_WORDS: tuple[str, ...] = ("train", "test", "val", "valid", "validation", "eval", "dev")
@@ -363,39 +392,21 @@ def _file_split(split: str | None, stem: str) -> tuple[str, str]:
 
 
 def _open_arrays(
-    path: Path, spec: str, keys: tuple[str, str] | None, split: str | None, limit: int | None
+    path: Path,
+    spec: str,
+    keys: tuple[str, str] | None,
+    split: str | None,
+    limit: int | None,
+    input_keys: Sequence[str] | None = None,
 ) -> DataSource:
     if regular_file(path, DataError).st_size == 0:  # a FIFO or device: refused unopened
         raise DataError("file is empty (0 bytes)", path=path)
     members = array_members(path)
-    if keys is not None:
-        x_key, y_key = keys
-        absent = [k for k in keys if k not in members]
-        if absent:
-            raise DataError(
-                f"--data-keys {','.join(keys)}: no array {', '.join(map(repr, absent))}; it holds "
-                f"{_member_list(members)}; {hint(path)}",
-                path=path,
-            )
-    else:
-        xk = _pick(members, INPUT_KEYS)
-        yk = _pick(members, LABEL_KEYS)
-        if xk is None or yk is None:
-            missing = []
-            if xk is None:
-                missing.append(f"inputs (looked for {', '.join(map(repr, INPUT_KEYS))})")
-            if yk is None:
-                missing.append(f"labels/targets (looked for {', '.join(map(repr, LABEL_KEYS))})")
-            raise DataError(
-                f"has no {' and no '.join(missing)}; it holds {_member_list(members)}; pass "
-                f"--data-keys INPUTS,LABELS; {hint(path)}",
-                path=path,
-            )
-        x_key, y_key = xk, yk
-    x, y = members[x_key], members[y_key]
-    if not x.shape or not y.shape or x.shape[0] != y.shape[0]:
+    x, names, y_key = choose_arrays(members, keys, input_keys, path)
+    first, y = members[names[0]], members[y_key]
+    if not first.shape or not y.shape or first.shape[0] != y.shape[0]:
         raise DataError(
-            f"inputs '{x_key}' {x.shape} and labels '{y_key}' {y.shape} differ in their "
+            f"inputs '{names[0]}' {first.shape} and labels '{y_key}' {y.shape} differ in their "
             f"number of rows; {hint(path)}",
             path=path,
         )
@@ -404,10 +415,10 @@ def _open_arrays(
             f"labels/targets '{y_key}' have shape {y.shape}, expected (N,) or (N, T)", path=path
         )
     try:
-        _input_dtype(x.dtype)
+        _input_dtype(first.dtype)
     except ValueError:
         raise DataError(
-            f"inputs '{x_key}' have dtype {x.dtype}, expected numbers", path=path
+            f"inputs '{names[0]}' have dtype {first.dtype}, expected numbers", path=path
         ) from None
     task = _task_of(y.dtype, f"'{y_key}'", path)
     if task == "classification" and len(y.shape) != 1:
@@ -415,9 +426,9 @@ def _open_arrays(
             f"integer labels '{y_key}' have shape {y.shape}, expected (N,) class indices",
             path=path,
         )
-    n = x.shape[0] if limit is None else min(limit, x.shape[0])
+    n = first.shape[0] if limit is None else min(limit, first.shape[0])
     if n == 0:
-        raise DataError(f"inputs '{x_key}' have 0 rows", path=path)
+        raise DataError(f"inputs '{names[0]}' have 0 rows", path=path)
     kind: Literal["npz", "hdf5"] = "hdf5" if sniff(path) == "hdf5" else "npz"
 
     def make(batch_size: int, workers: int, pin: bool) -> Any:
@@ -433,12 +444,43 @@ def _open_arrays(
         provenance={
             "data": spec,
             "data_kind": kind,
-            "data_keys": [x_key, y_key],
-            "data_rows": x.shape[0],
+            "data_keys": [*names, y_key],
+            **({"input_keys": list(names)} if input_keys else {}),
+            "data_rows": first.shape[0],
             "split_source": source,
         },
         _make_loader=make,
-        inputs=inputs_of(x),
+        inputs=Inputs() if isinstance(x, dict) else inputs_of(x),
+        input_names=names,
+        keyword_inputs=isinstance(x, dict),
+    )
+
+
+def _open_text(
+    path: Path,
+    spec: str,
+    split: str | None,
+    limit: int | None,
+    options: TextOptions,
+    tokenizer_dir: Path | None,
+) -> DataSource:
+    found = open_text(path, options, tokenizer_dir, split, limit)
+    name, source = found.split or _file_split(split, path.stem if path.is_file() else path.name)
+    columns = tuple(found.provenance["text_keys"])
+
+    def make(batch_size: int, workers: int, pin: bool) -> Any:
+        return _loader(found.batches(batch_size), None, workers, pin)
+
+    return DataSource(
+        spec=spec,
+        kind="text",
+        split=name,
+        n=found.n,
+        task=found.task,
+        provenance={"data": spec, **found.provenance, "split_source": source},
+        _make_loader=make,
+        input_names=columns,
+        keyword_inputs=True,
     )
 
 
