@@ -42,7 +42,13 @@ reducing over the targets (`ncinspect.ufm.regress.LOSS_REDUCTIONS`). Any other v
 # Training labels recorded as provenance, with the names configs use for them.
 LABEL_ALIASES: dict[str, tuple[str, ...]] = {
     "loss": ("loss", "criterion", "loss_fn", "loss_name", "loss_type"),
-    "label_smoothing": ("label_smoothing", "smoothing", "label_smoothing_alpha", "ls"),
+    "label_smoothing": (
+        "label_smoothing",
+        "smoothing",
+        "label_smoothing_alpha",
+        "label_smoothing_factor",  # Hugging Face TrainingArguments
+        "ls",
+    ),
     "weight_decay": ("weight_decay", "wd"),
     **TRAINING_ALIASES,
 }
@@ -92,9 +98,11 @@ EXTRACTION_FACTS: frozenset[str] = frozenset(
         "ignored_key_count", "checkpoint_sha256", "checkpoint_size", "checkpoint_mtime_ns",
         "checkpoint_metadata", "safetensors_metadata", "config_file", "model_source",
         "split_source", "normalize_source", "layout_source", "data_keys", "data_files",
+        "model_args_source", "tokenizer", "tokenizer_source",
         "n_train_source",
         # how the extraction ran
-        "device", "requested", "batch_size", "torch_version", "ncinspect_version", "created",
+        "device", "requested", "batch_size", "torch_version", "transformers_version",
+        "ncinspect_version", "created",
         "shard_index", "shard_count", "extraction_id", "shard_layout",
     }
 )  # fmt: skip
@@ -129,7 +137,14 @@ def config_scalars(doc: Mapping[str, Any]) -> dict[str, Any]:
 # than LABEL_ALIASES: a run's own config may call the label-smoothing parameter `alpha`.
 CONFIG_LABEL_ALIASES: dict[str, tuple[str, ...]] = {
     "loss": ("loss", "criterion", "loss_fn", "loss_name", "loss_type"),
-    "label_smoothing": ("label_smoothing", "ls", "alpha", "smoothing", "label_smoothing_alpha"),
+    "label_smoothing": (
+        "label_smoothing",
+        "ls",
+        "alpha",
+        "smoothing",
+        "label_smoothing_alpha",
+        "label_smoothing_factor",  # Hugging Face TrainingArguments
+    ),
     "weight_decay": ("weight_decay", "wd"),
 }
 _ALIAS_TO_LABEL = {alias: label for label, names in CONFIG_LABEL_ALIASES.items() for alias in names}
@@ -154,14 +169,26 @@ class Sidecar:
     files: tuple[Path, ...] = ()
 
 
+def is_model_config(doc: Any) -> bool:
+    """Whether a config document is a transformers model's own `config.json` (it names a
+    `model_type` and the transformers version, or its `architectures`), not a run's: it states
+    the architecture, not how the model was trained, and is never read as a run config."""
+    return isinstance(doc, dict) and (
+        ("model_type" in doc and "transformers_version" in doc)
+        or isinstance(doc.get("architectures"), list)
+    )
+
+
 def sidecar_files(checkpoint: str | Path) -> list[Path]:
     """The config files of `CONFIG_NAMES` beside `checkpoint` (or inside it, for a directory),
-    then those of `PARENT_NAMES` one folder up: regular files that stay in their folder (a link
-    out of it is not followed)."""
+    then those of `PARENT_NAMES` one folder up (all of `CONFIG_NAMES` for a directory: a
+    Trainer keeps `checkpoint-N/` in the run's output folder): regular files that stay in their
+    folder (a link out of it is not followed)."""
     p = Path(checkpoint)
     folder = p if p.is_dir() else p.parent
+    up = CONFIG_NAMES if p.is_dir() else PARENT_NAMES
     found: list[Path] = []
-    for base, names in ((folder, CONFIG_NAMES), (folder.parent, PARENT_NAMES)):
+    for base, names in ((folder, CONFIG_NAMES), (folder.parent, up)):
         for name in names:
             cfg = base / name
             if cfg not in found and inside(base, cfg):
@@ -177,12 +204,18 @@ def read_sidecar(checkpoint: str | Path) -> Sidecar:
         return Sidecar()
     docs: list[tuple[Path, dict[str, Any]]] = []
     errors: list[str] = []
+    kept: list[Path] = []  # a transformers model config.json is not a run config: passed over
     for cfg in files:
         doc, problem = read_mapping(cfg)
         if doc is None:
             errors.append(f"{cfg}: {problem}")
+        elif is_model_config(doc):
+            continue
         else:
             docs.append((cfg, doc))
+        kept.append(cfg)
+    if not kept:
+        return Sidecar()
     data: dict[str, Any] = {}
     for _, doc in docs:
         for key, value in doc.items():
@@ -195,7 +228,7 @@ def read_sidecar(checkpoint: str | Path) -> Sidecar:
         errors.append(exc.message)
     else:
         data.update({key: st.value for key, st in agreed.items()})
-    return Sidecar(files[0], data, errors[0] if errors else None, tuple(files))
+    return Sidecar(kept[0], data, errors[0] if errors else None, tuple(kept))
 
 
 def plain_value(value: Any, _depth: int = 0) -> Any:

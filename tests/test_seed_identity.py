@@ -155,6 +155,11 @@ DEFINING = frozenset(
         # the network the rows come from and where they are taken (the head's input), at which
         # numeric precision
         "model", "model_args", "head", "precision",
+        # a transformers model's kind and head (a head on every position: features at the
+        # position the model returns)
+        "model_type", "num_labels", "problem_type", "head_position", "head_output_check",
+        # text data: which columns, how it was tokenized (the tokenizer's folder is a fact)
+        "text_keys", "label_key", "max_length", "padding", "truncation", "tokenizer_class",
         # the training: the run config's scalars, and the hyper-parameters extraction reads
         # from the run config or the checkpoint (loss, smoothing, weight decay, the loss
         # reduction and optimizer behind the UFM's penalties, the training-set size as a total

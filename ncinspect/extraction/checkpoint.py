@@ -142,11 +142,32 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
+    """The sha256 of a checkpoint file; of a model directory, the sha256 of the names and
+    sha256s of the files that define its model (`hf.model_files`)."""
+    p = Path(path)
+    if p.is_dir():
+        from ncinspect.extraction.hf import model_files
+
+        listing = "".join(f"{f.name}\0{file_sha256(f, block)}\n" for f in model_files(p))
+        return hashlib.sha256(listing.encode()).hexdigest()
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(p, "rb") as fh:
         while chunk := fh.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+def checkpoint_stat(path: str | Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a checkpoint file; of a model directory, the total size and the
+    latest mtime of the files that define its model. OSError when it cannot be read."""
+    p = Path(path)
+    if not p.is_dir():
+        st = p.stat()
+        return st.st_size, st.st_mtime_ns
+    from ncinspect.extraction.hf import model_files
+
+    stats = [f.stat() for f in model_files(p)]
+    return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
 
 
 @dataclass
@@ -171,6 +192,8 @@ class Checkpoint:
     stripped_prefixes: list[str] = field(default_factory=list)
     other_state_keys: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)  # model/model_args stored in the file
+    # A LightningModule's saved __init__ arguments (`hyper_parameters`), plain values only.
+    hyper_parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def safe(self) -> bool:
@@ -219,7 +242,15 @@ def load_checkpoint(
     if not p.exists():
         raise CheckpointError("no such file", path=p)
     if p.is_dir():
-        raise CheckpointError("is a directory, expected a checkpoint file", path=p)
+        from ncinspect.extraction.hf import is_model_dir
+
+        if is_model_dir(p):
+            return _model_dir(p)
+        raise CheckpointError(
+            "is a directory, expected a checkpoint file or a transformers model directory "
+            "(config.json naming an architecture, with model.safetensors or pytorch_model.bin)",
+            path=p,
+        )
     with reading(p, CheckpointError, "a checkpoint"):
         ckpt = _load_any(p, trust_code=trust_code, state_key=state_key)
     _check_storages(ckpt)
@@ -228,6 +259,34 @@ def load_checkpoint(
         if e is not None:
             ckpt.epoch, ckpt.epoch_source = e, "file name"
     return ckpt
+
+
+def _model_dir(p: Path) -> Checkpoint:
+    """A transformers model directory: no tensors read here (transformers loads them when the
+    model is built, `hf.build_hf_model`); its config's facts and its trainer_state position."""
+    from ncinspect.extraction.hf import model_config, trainer_position, weight_file
+
+    config = model_config(p) or {}
+    where = trainer_position(p)
+    weights = weight_file(p)
+    metadata: dict[str, Any] = {
+        "weights_file": None if weights is None else weights.name,
+        "architectures": plain_value(config.get("architectures")),
+        "trainer_epoch": where.epoch,
+        "trainer_global_step": where.step,
+    }
+    epoch, source = where.value, where.source
+    if epoch is None:
+        epoch = epoch_from_name(p.name)
+        source = None if epoch is None else "file name"
+    return Checkpoint(
+        p,
+        "hf_model_dir",
+        {},
+        metadata={k: v for k, v in metadata.items() if v is not None},
+        epoch=epoch,
+        epoch_source=source,
+    )
 
 
 def _check_storages(ckpt: Checkpoint) -> None:
@@ -411,6 +470,7 @@ def _from_object(p: Path, fmt: Format, obj: Any, *, state_key: str | None) -> Ch
             if m is not None:
                 config = _model_config(m)
     epoch, source = _epoch_from_mapping(obj)
+    hyper = as_mapping(obj.get("hyper_parameters")) if "hyper_parameters" in obj else None
     if isinstance(value, nn.Module):
         tensors, stripped = strip_prefixes(value.state_dict())
         module: nn.Module | None = value
@@ -430,7 +490,23 @@ def _from_object(p: Path, fmt: Format, obj: Any, *, state_key: str | None) -> Ch
         stripped_prefixes=stripped,
         other_state_keys=others,
         config=config,
+        hyper_parameters=_plain_tree(hyper) if hyper is not None else {},
     )
+
+
+def _plain_tree(m: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
+    """The entries of a mapping whose values are plain (`plain_value`) or mappings of such,
+    at most 8 deep: what may be passed to a constructor as it was saved."""
+    out: dict[str, Any] = {}
+    for key, value in m.items():
+        if not isinstance(key, str):
+            continue
+        nested = as_mapping(value) if depth < 8 else None
+        if nested is not None:
+            out[key] = _plain_tree(nested, depth + 1)
+        elif (plain := plain_value(value)) is not None or value is None:
+            out[key] = plain
+    return out
 
 
 def _is_state(value: Any) -> bool:

@@ -3,9 +3,13 @@
 Owns the probe (`find_head`: the first batch runs with a pre-hook on every Linear-like module,
 the head is chosen among those that ran, and its input must be flat (B, D) features) and ONE
 forward loop (`ForwardPass.run`): per batch, inputs go to the device (non-blocking, from pinned
-memory on CUDA; padded to a torch.export program's static batch), the model runs, a forward
-pre-hook on the head catches its input h (B, D), and the output (B, K or T) is taken from
-whatever the model returns. Its three consumers: `store_items` (checked host blocks for the
+memory on CUDA; padded to a torch.export program's static batch), the model runs -- `model(x)`
+on one tensor, `model(**inputs)` on a dict of tensors (keyword inputs: --input-keys, text data)
+-- a forward pre-hook on the head catches its input h (B, D), and the output (B, K or T) is
+taken from whatever the model returns (a tensor, a tuple starting with it, or a mapping such as
+transformers' ModelOutput: its `logits`). Before the first batch runs, one integer tensor given
+to a model whose forward takes `attention_mask` is refused (`check_attention_mask`): its padded
+rows would be read as tokens. Its three consumers: `store_items` (checked host blocks for the
 feature store's writer), `ForwardPass.__call__` (`io.sources.Batch`es of numpy arrays, for the
 host statistics passes of --stats-only, through `ForwardSource`) and `on_device` (the same rows
 left on the device, for `analysis.device`). Features and outputs leave as float32; labels are
@@ -24,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ncinspect.errors import DataError, ModelError, NcInspectError
-from ncinspect.extraction.data import DataSource
+from ncinspect.extraction.data import DataSource, ModelInputs, batch_rows
 from ncinspect.extraction.messages import hint
 from ncinspect.extraction.models import Call, choose_head, head_arrays, head_candidates
 from ncinspect.extraction.writer import as_numpy
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
     from ncinspect.extraction.config import ProgressHook
     from ncinspect.stats.device import DeviceBatch
 
-Pair = tuple["torch.Tensor", "torch.Tensor"]  # (inputs, labels or targets) of one batch
+Pair = tuple["ModelInputs", "torch.Tensor"]  # (inputs, labels or targets) of one batch
 
 
 @dataclass
@@ -59,6 +63,8 @@ class HeadProbe:
     weight: np.ndarray  # (K or T, D) float32
     bias: np.ndarray | None
     d: int
+    pooled: bool = False  # the head runs on every position; features at the returned one
+    output_note: str | None = None  # `head_output_note`: the output is not W h + b
 
     @property
     def head_width(self) -> int:
@@ -88,13 +94,17 @@ def find_head(
     if first is None:
         raise DataError(f"--data {data.spec!r} yielded no rows")
     xb, yb = first
-    rows = len(xb)
-    xin = xb.to(device, non_blocking=True)
+    check_attention_mask(model, xb, data)
+    rows = batch_rows(xb)
+    if isinstance(xb, dict) and (static_batch or check_sizes):
+        raise _one_tensor_program(xb, path)
+    xin = _to_device(xb, device)
     if static_batch:
-        xin = _pad(xin, static_batch)
+        xin = _pad(xin, static_batch, path)
     if check_sizes:  # an exported program from a file: its sizes, on fake tensors, first
         from ncinspect.extraction.exported import check_sizes as check_program_sizes
 
+        assert not isinstance(xin, dict)  # refused above: a program takes one tensor
         check_program_sizes(model, xin, path)
     out, calls, inputs = _probe(model, xin, path)
     out_t = _output_tensor(out, path)
@@ -116,6 +126,10 @@ def find_head(
             path=path,
         )
     feats = inputs[head_name][0]
+    pooled = feats.dim() == 3
+    if pooled:  # a head on every position (a decoder's `score`): the row the model returned
+        head_in, head_out = _head_io(model, xin, head_module, path)
+        feats = pooled_features(head_in, head_out, out_t, head_name, path)
     if feats.dim() != 2:
         raise ModelError(
             f"the input of head {head_name!r} has shape {tuple(feats.shape)}; expected (B, D) "
@@ -129,7 +143,81 @@ def find_head(
             f"head {head_name!r} has weight {weight.shape} but receives {d} features; {hint(path)}",
             path=path,
         )
-    return HeadProbe(stream, rows, yb, feats, out_t, width, head_name, head_module, weight, bias, d)
+    probe = HeadProbe(
+        stream, rows, yb, feats, out_t, width, head_name, head_module, weight, bias, d, pooled
+    )
+    probe.output_note = head_output_note(probe)
+    return probe
+
+
+def head_output_note(probe: HeadProbe) -> str | None:
+    """None when the model returned the head's own output on the first batch (W h + b, to
+    float32 rounding at the scale of the outputs, or 1e-2 relative under bf16/fp16 autocast);
+    else one line saying how far they differ: the NC metrics use W and b, accuracy and
+    calibration the returned outputs."""
+    import torch
+
+    rows = probe.rows
+    h = probe.features[:rows].detach().double().cpu()
+    w = torch.from_numpy(probe.weight).double()
+    mine = h @ w.T + (0.0 if probe.bias is None else torch.from_numpy(probe.bias).double())
+    out = probe.outputs[:rows].detach().double().cpu()
+    if mine.shape != out.shape:
+        return f"the model's output {tuple(out.shape)} is not the head's {tuple(mine.shape)}"
+    scale = float(out.abs().max()) or 1.0
+    gap = float((mine - out).abs().max()) / scale
+    low = probe.features.dtype in (torch.float16, torch.bfloat16)
+    if gap <= (1e-2 if low else 1e-4):
+        return None
+    return (
+        f"the model's output differs from its head's output W h + b by {gap:.2g} (relative, "
+        f"first batch): it changes the logits after head {probe.head_name!r}; the NC metrics "
+        "use W and b, accuracy and calibration the model's output"
+    )
+
+
+def pooled_features(
+    head_in: torch.Tensor, head_out: torch.Tensor, out: torch.Tensor, head: str, path: Path
+) -> torch.Tensor:
+    """Features of a head that runs on every position: its input (B, L, D) at, in each row, the
+    position whose head output (B, L, K) is exactly the row the model returned (B, K), the last
+    such position (what a sequence classifier gathers: the last real token). ModelError when a
+    row's output is the head's output at no position."""
+    import torch
+
+    b, length = int(head_in.shape[0]), int(head_in.shape[1])
+    if head_out.dim() != 3 or tuple(head_out.shape[:2]) != (b, length) or out.shape[0] != b:
+        raise ModelError(
+            f"head {head!r} takes {tuple(head_in.shape)} and gives {tuple(head_out.shape)}, "
+            f"which the model's output {tuple(out.shape)} does not pick rows of; pass --head "
+            f"NAME for a layer that takes one (B, D) row per sample; {hint(path)}",
+            path=path,
+        )
+    match = (head_out == out[:, None, :].to(head_out.dtype)).all(dim=-1)  # (B, L)
+    found = match.any(dim=1)
+    if not bool(found.all()):
+        row = int((~found).nonzero()[0, 0])
+        raise ModelError(
+            f"head {head!r} runs on every position ({tuple(head_in.shape)}), and the model's "
+            f"output of row {row} is its output at none of them; pass --head NAME for a layer "
+            f"that takes one (B, D) row per sample; {hint(path)}",
+            path=path,
+        )
+    last = length - 1 - match.flip(1).to(torch.int8).argmax(dim=1)
+    return head_in[torch.arange(b, device=head_in.device), last]
+
+
+def _head_io(
+    model: nn.Module, xin: Any, head: nn.Module, path: Path
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's input and output in one forward pass of `xin`."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = head.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    try:
+        _run_model(model, xin, path)
+    finally:
+        handle.remove()
+    return seen[-1]
 
 
 @dataclass
@@ -151,6 +239,7 @@ class ForwardPass:
     checkpoint: Path
     progress: ProgressHook | None
     rows: int = 0
+    pooled: bool = False  # `pooled_features`: the head runs on every position
 
     def run(
         self, stream: Iterable[Pair]
@@ -159,18 +248,27 @@ class ForwardPass:
         the device (B' >= B when padded to a static batch), the batch's B real rows, and its
         labels or targets as loaded. Progress advances once the consumer has taken a batch."""
         captured: list[torch.Tensor] = []
+        produced: list[torch.Tensor] = []
 
         def grab(mod: nn.Module, args: tuple[Any, ...]) -> None:
             captured.append(args[0])
 
-        handle = self.head_module.register_forward_pre_hook(grab)
+        def grab_both(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            captured.append(args[0])
+            produced.append(out)
+
+        if self.pooled:
+            handle = self.head_module.register_forward_hook(grab_both)
+        else:
+            handle = self.head_module.register_forward_pre_hook(grab)
         try:
             for xb, yb in stream:
-                rows = len(xb)
-                xin = xb.to(self.device, non_blocking=True)
+                rows = batch_rows(xb)
+                xin = _to_device(xb, self.device)
                 if self.static_batch:
-                    xin = _pad(xin, self.static_batch)
+                    xin = _pad(xin, self.static_batch, self.checkpoint)
                 captured.clear()
+                produced.clear()
                 out_t = _output_tensor(
                     _run_model(self.model, xin, self.checkpoint), self.checkpoint
                 )
@@ -179,7 +277,11 @@ class ForwardPass:
                         f"head {self.head!r} ran {len(captured)} times in one forward pass",
                         path=self.checkpoint,
                     )
-                yield captured[0], out_t.reshape(len(out_t), -1), rows, yb
+                out_t = out_t.reshape(len(out_t), -1)
+                feats = captured[0]
+                if self.pooled:
+                    feats = pooled_features(feats, produced[0], out_t, self.head, self.checkpoint)
+                yield feats, out_t, rows, yb
                 if self.progress is not None:
                     self.progress.advance(rows)
         finally:
@@ -378,23 +480,75 @@ def _output_tensor(out: Any, path: Path) -> torch.Tensor:
     )
 
 
-def _run_model(model: nn.Module, xb: torch.Tensor, path: Path) -> Any:
+def _shown(x: torch.Tensor) -> str:
+    return f"shape {tuple(x.shape)} dtype {str(x.dtype).replace('torch.', '')}"
+
+
+def _described(xb: ModelInputs) -> str:
+    """Inputs as errors name them: `inputs of shape (B, ...) dtype D`, or each keyword input."""
+    if isinstance(xb, dict):
+        return "keyword inputs " + ", ".join(f"{k!r} {_shown(v)}" for k, v in xb.items())
+    return f"inputs of {_shown(xb)}"
+
+
+def _to_device(xb: ModelInputs, device: torch.device) -> ModelInputs:
+    if isinstance(xb, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in xb.items()}
+    return xb.to(device, non_blocking=True)
+
+
+def _run_model(model: nn.Module, xb: ModelInputs, path: Path) -> Any:
     try:
-        return model(xb)
+        return model(**xb) if isinstance(xb, dict) else model(xb)
     except NcInspectError:
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelError(
-            f"forward pass failed on inputs of shape {tuple(xb.shape)} dtype "
-            f"{str(xb.dtype).replace('torch.', '')}: {type(exc).__name__}: {first[:300]}; check "
-            f"--model / --data; {hint(path)}",
+            f"forward pass failed on {_described(xb)}: {type(exc).__name__}: {first[:300]}; "
+            f"check --model / --data; {hint(path)}",
             path=path,
         ) from None
 
 
+def _accepts(model: nn.Module, name: str) -> bool:
+    """Whether the model's forward has a parameter `name` (False when it cannot be told)."""
+    import inspect
+
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def check_attention_mask(model: nn.Module, xb: ModelInputs, data: DataSource) -> None:
+    """One integer tensor for a model whose forward takes `attention_mask`: DataError (the
+    padding would count as tokens; a BERT fed input_ids alone scores as another model)."""
+    if isinstance(xb, dict) or xb.is_floating_point() or not _accepts(model, "attention_mask"):
+        return
+    names = data.input_names
+    given = f"one integer array {names[0]!r}" if names else "one integer tensor"
+    if data.kind in ("npz", "hdf5"):
+        fix = "pass --input-keys input_ids,attention_mask (the arrays' names in the file)"
+    else:
+        fix = "give each input as a dict with input_ids and attention_mask"
+    dtype = str(xb.dtype).replace("torch.", "")
+    raise DataError(
+        f"--data {data.spec!r}: the model's forward takes attention_mask but the data gives "
+        f"{given} ({dtype}), so padding would be read as tokens; {fix}"
+    )
+
+
+def _one_tensor_program(xb: dict[str, Any], path: Path) -> ModelError:
+    return ModelError(
+        f"a torch.export program takes one input tensor, but the data gives keyword inputs "
+        f"{', '.join(map(repr, xb))}; pass --model to run the weights in their nn.Module",
+        path=path,
+    )
+
+
 def _probe(
-    model: nn.Module, xb: torch.Tensor, path: Path
+    model: nn.Module, xb: ModelInputs, path: Path
 ) -> tuple[Any, list[Call], dict[str, list[torch.Tensor]]]:
     """Run one batch with a pre-hook on every Linear-like module; record the call order."""
     calls: list[Call] = []
@@ -419,9 +573,12 @@ def _probe(
     return out, calls, inputs
 
 
-def _pad(xb: torch.Tensor, size: int) -> torch.Tensor:
+def _pad(xb: ModelInputs, size: int, path: Path) -> torch.Tensor:
+    """The batch padded to the program's static batch `size` with copies of its last row."""
     import torch
 
+    if isinstance(xb, dict):
+        raise _one_tensor_program(xb, path)
     if len(xb) == size:
         return xb
     filler = xb[-1:].expand(size - len(xb), *xb.shape[1:])

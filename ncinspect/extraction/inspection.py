@@ -377,8 +377,14 @@ def _describe_pickle(p: Path, desc: dict[str, Any]) -> None:
 
 def _describe_dir(p: Path) -> dict[str, Any]:
     from ncinspect.extraction.data import cifar_root
+    from ncinspect.extraction.hf import is_model_dir, trainer_checkpoints
     from ncinspect.files import inside
 
+    trainer = trainer_checkpoints(p)
+    if trainer:
+        return _describe_trainer_run(p, trainer)
+    if is_model_dir(p):
+        return _describe_model_dir(p)
     ckpts = list_checkpoints(p)  # regular files inside p only: links out are not followed
     desc: dict[str, Any] = {
         "path": str(p),
@@ -399,3 +405,106 @@ def _describe_dir(p: Path) -> dict[str, Any]:
         desc["notes"].append(f"a run of {len(ckpts)} checkpoints, in extraction (epoch) order")
     _sidecar(p / "_", desc)
     return desc
+
+
+# Files a Trainer keeps beside each checkpoint's weights: pickles ncinspect never loads.
+TRAINER_PICKLES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
+
+
+def _describe_trainer_run(p: Path, members: list[Path]) -> dict[str, Any]:
+    """A Trainer output folder: its checkpoint-N/ model directories with their positions."""
+    from ncinspect.extraction.hf import trainer_position
+
+    rows = []
+    for m in members:
+        where = trainer_position(m)
+        rows.append(
+            {"name": m.name if m != p else f"{p.name} (saved at the top)", "format": "hf_model_dir",
+             "epoch": where.value, "epoch_source": where.source}
+        )  # fmt: skip
+    pickles = sorted({f for m in members for f in TRAINER_PICKLES if (m / f).exists()})
+    notes = [f"a Hugging Face Trainer run of {len(members)} model directories, in step order"]
+    if pickles:
+        notes.append(f"never loaded: {', '.join(pickles)} (pickles the Trainer keeps)")
+    desc: dict[str, Any] = {
+        "path": str(p),
+        "kind": "directory",
+        "format": "trainer_run",
+        "format_name": "Hugging Face Trainer output folder",
+        "notes": notes,
+        "checkpoints": rows,
+    }
+    _sidecar(members[0] if members[0] != p else p / "_", desc)
+    return desc
+
+
+def _describe_model_dir(p: Path) -> dict[str, Any]:
+    """A transformers model directory: what its config states, its weights, its head
+    candidates (2-D weights of a safetensors file, read from the header: nothing is loaded)."""
+    from ncinspect.extraction.hf import model_config, trainer_position, weight_file
+
+    config = model_config(p) or {}
+    weights = weight_file(p)
+    where = trainer_position(p)
+    info = {
+        key: config.get(key)
+        for key in ("architectures", "model_type", "num_labels", "problem_type")
+        if config.get(key) is not None
+    }
+    if "num_labels" not in info and isinstance(config.get("id2label"), dict):
+        info["num_labels"] = len(config["id2label"])
+    desc: dict[str, Any] = {
+        "path": str(p),
+        "kind": "checkpoint",
+        "format": "hf_model_dir",
+        "format_name": "transformers model directory",
+        "notes": [],
+        "model_dir": info,
+        "weights_file": None if weights is None else weights.name,
+        "epoch": where.value,
+        "epoch_source": where.source,
+    }
+    if "auto_map" in config:
+        desc["notes"].append(
+            "config.json asks for remote code (auto_map): extraction runs it only with --trust-code"
+        )
+    if any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        desc["notes"].append("holds a tokenizer: text data can be tokenized with it")
+    if weights is not None and weights.suffix == ".safetensors":
+        pairs = _safetensors_pairs(weights)
+        width = info.get("num_labels")
+        # Header order is by name, not by the model's order: the weights with num_labels rows
+        # are the candidates (extraction picks the one that runs last; --head another).
+        desc["head_candidates"] = [h for h in pairs if h["weight"][0] == width] or pairs[:8]
+    _sidecar(p / "_", desc)
+    return desc
+
+
+def _safetensors_pairs(path: Path) -> list[dict[str, Any]]:
+    """Head candidates from a safetensors header (2-D weights with their biases, last first)."""
+    import struct
+
+    from ncinspect.configfiles import load_json
+    from ncinspect.extraction.models import weight_pairs
+
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > 100 << 20:
+            return []
+        header = load_json(fh.read(n))
+    if not isinstance(header, dict):
+        return []
+
+    class _Shape:
+        def __init__(self, shape: list[int]) -> None:
+            self.shape = shape
+
+        def dim(self) -> int:
+            return len(self.shape)
+
+    shapes = {
+        k: _Shape([int(x) for x in v.get("shape", [])])
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict)
+    }
+    return weight_pairs(shapes)

@@ -81,11 +81,26 @@ def resolve_spec(
     return None
 
 
-def build_model(
-    spec: ModelSpec, code_paths: Sequence[str | Path] = (), *, trust_code: bool = False
-) -> nn.Module:
-    """Import the factory and call it with the spec's arguments; it must return an nn.Module.
+def is_lightning_class(factory: Any) -> bool:
+    """Whether a factory is a LightningModule subclass (by its classes' names: lightning is
+    not imported for the check)."""
+    return isinstance(factory, type) and any(
+        c.__name__ == "LightningModule" for c in factory.__mro__[1:]
+    )
 
+
+def build_model(
+    spec: ModelSpec,
+    code_paths: Sequence[str | Path] = (),
+    *,
+    trust_code: bool = False,
+    hyper_parameters: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Import the factory and call it with the spec's arguments; it must return an nn.Module.
+    Returns the module and the arguments it was called with.
+
+    A LightningModule class is called as Lightning's `load_from_checkpoint` would: with the
+    checkpoint's `hyper_parameters`, each overridden by a `--model-arg` of the same name.
     A spec that a file named (not `--model`) is refused before anything is imported unless
     `trust_code` (`--trust-code`) is set (`trust.refuse_named_code`).
     """
@@ -98,12 +113,15 @@ def build_model(
     factory = import_object(spec.spec, what="--model", code_paths=code_paths, base_dirs=bases)
     if not callable(factory):
         raise ModelError(f"--model {spec.spec!r} names a {type(factory).__name__}, not a factory")
-    model = call_factory(factory, spec.args, spec=spec.spec, what="--model")
+    args = dict(spec.args)
+    if hyper_parameters and is_lightning_class(factory):
+        args = {**hyper_parameters, **args}
+    model = call_factory(factory, args, spec=spec.spec, what="--model")
     if not isinstance(model, nn.Module):
         raise ModelError(
             f"--model {spec.spec!r} returned a {type(model).__name__}, expected a torch nn.Module"
         )
-    return model
+    return model, args
 
 
 def _shape(t: Any) -> str:
@@ -323,6 +341,8 @@ def model_for_checkpoint(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
     built from the model spec (`resolve_spec`) with the weights loaded strictly, else a
     torch.export program's own (audited) module. ModelError when nothing names a model."""
     p = ckpt.path
+    if ckpt.format == "hf_model_dir":
+        return _hf_model(ckpt, config)
     if ckpt.module is not None:
         cls = type(ckpt.module)
         return BuiltModel(
@@ -356,13 +376,20 @@ def model_for_checkpoint(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
             f"it; {hint(p)}",
             path=p,
         )
-    model = build_model(spec, config.code_paths, trust_code=config.trust_code)
+    model, args = build_model(
+        spec,
+        config.code_paths,
+        trust_code=config.trust_code,
+        hyper_parameters=ckpt.hyper_parameters,
+    )
     fit = load_strict(model, ckpt.tensors, p, spec, strict=config.strict)
     info: dict[str, Any] = {
         "model": spec.spec,
-        "model_args": dict(spec.args),
+        "model_args": args,
         "model_source": spec.source,
     }
+    if args != spec.args:
+        info["model_args_source"] = "the checkpoint's hyper_parameters (a LightningModule)"
     if fit.stripped:
         info["stripped_key_prefix"] = fit.stripped
     if fit.added:
@@ -377,6 +404,30 @@ def model_for_checkpoint(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
             f"{_listing(fit.ignored, 3, 48)}"
         )
     return BuiltModel(model, info, warning=warning)
+
+
+def _hf_model(ckpt: Checkpoint, config: ExtractConfig) -> BuiltModel:
+    """A transformers model directory builds its own model (`hf.build_hf_model`): --model,
+    --model-arg and --state-key do not apply to it."""
+    from ncinspect.extraction.hf import build_hf_model
+
+    given = [
+        opt
+        for opt, value in (
+            ("--model", config.model),
+            ("--model-arg", config.model_args),
+            ("--state-key", config.state_key),
+        )
+        if value
+    ]
+    if given:
+        raise ModelError(
+            f"is a transformers model directory, which builds its own model from config.json; "
+            f"{', '.join(given)} do not apply to it (leave them out)",
+            path=ckpt.path,
+        )
+    module, info = build_hf_model(ckpt.path, trust_code=config.trust_code)
+    return BuiltModel(module, info)
 
 
 # ---------------------------------------------------------------------------------------------

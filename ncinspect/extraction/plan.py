@@ -51,11 +51,12 @@ def plan_jobs(config: ExtractConfig, split: str) -> list[Job]:
         if not path.exists():
             raise CheckpointError("no such file or directory", path=path)
         if path.is_dir():
-            found = list_checkpoints(path)
+            found = _folder_checkpoints(path)
             if not found:
                 raise CheckpointError(
                     "directory holds no checkpoint (.safetensors, torch.save, TorchScript or "
-                    f"torch.export files); {hint(path)}",
+                    "torch.export files, transformers model directories or Trainer "
+                    f"checkpoint-N/ folders); {hint(path)}",
                     path=path,
                 )
             sources.append((path, found, path.resolve()))
@@ -81,6 +82,17 @@ def plan_jobs(config: ExtractConfig, split: str) -> list[Job]:
     for job in jobs:
         unique.setdefault(job.store, job)
     return list(unique.values())
+
+
+def _folder_checkpoints(folder: Path) -> list[Path]:
+    """A run folder's checkpoints: a Trainer output folder's `checkpoint-N/` model directories
+    (in step order, then a model saved at its top), else the folder itself when it is one
+    transformers model directory, else its checkpoint files in epoch order."""
+    from ncinspect.extraction.hf import is_model_dir, trainer_checkpoints
+
+    return trainer_checkpoints(folder) or (
+        [folder] if is_model_dir(folder) else list_checkpoints(folder)
+    )
 
 
 # Folders that hold a run's checkpoints without naming the run (Lightning's
@@ -133,7 +145,8 @@ def _check_run_folder(out: Path, run: str, source: Path) -> None:
 # Store attributes that say which rows a store holds: a complete store is reused only when the
 # request matches them (an absent attribute reads as None; content as "features").
 _REQUEST_KEYS = ("content", "split", "limit", "data", "data_kind", "data_keys", "data_args",
-                 "data_rows", "data_files")  # fmt: skip
+                 "data_rows", "data_files", "text_keys", "label_key", "max_length",
+                 "tokenizer", "truncation")  # fmt: skip
 # The options that decide how the checkpoint becomes a model, as given (None / {} when left at
 # their default), and the inputs' preprocessing as decided (normalize: the normalization chosen
 # on the command line or in the run's config, None when none was; layout: None when the inputs
@@ -218,16 +231,13 @@ def _other_request(
 def _checkpoint_diffs(recorded: dict[str, Any], checkpoint: Path) -> list[str]:
     """The checkpoint is the one the store was made from: the same size and mtime as recorded,
     else the same sha256 (a copy, a touched file); [] when it is, else the hashes."""
-    from ncinspect.extraction.checkpoint import file_sha256
+    from ncinspect.extraction.checkpoint import checkpoint_stat, file_sha256
 
     try:
-        st = checkpoint.stat()
+        stat = checkpoint_stat(checkpoint)
     except OSError:
         return []  # gone: loading it reports the problem
-    if (recorded.get("checkpoint_size"), recorded.get("checkpoint_mtime_ns")) == (
-        st.st_size,
-        st.st_mtime_ns,
-    ):
+    if (recorded.get("checkpoint_size"), recorded.get("checkpoint_mtime_ns")) == stat:
         return []
     try:
         now: str | None = file_sha256(checkpoint)

@@ -34,12 +34,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ncinspect._version import __version__
 from ncinspect.errors import CheckpointError, DataError, InputError, ModelError, NcInspectError
-from ncinspect.extraction.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from ncinspect.extraction.checkpoint import (
+    Checkpoint,
+    checkpoint_stat,
+    file_sha256,
+    load_checkpoint,
+)
 from ncinspect.extraction.config import ExtractConfig, ExtractOutcome, ProgressHook
 from ncinspect.extraction.data import DataSource, open_data
 from ncinspect.extraction.device import autocast, borrowed_eval, resolve_device
@@ -108,22 +114,12 @@ def _run_jobs(
     config: ExtractConfig, progress: ProgressHook | None, dist: Distributed | None
 ) -> list[ExtractOutcome]:
     add_code_paths(config.code_paths)
-    data_path = Path(config.data)
-    try:
-        data = open_data(
-            config.data,
-            keys=config.data_keys,
-            args=config.data_args,
-            split=config.split,
-            limit=config.limit,
-            code_paths=config.code_paths,
-        )
-    except DataError as exc:
-        raise with_hint(exc, data_path if data_path.exists() else None) from None
+    data = _open_data(config, _first_model_folder(config.checkpoints))
     jobs = plan_jobs(config, data.split)
-    # Every checkpoint's preprocessing first: a missing or conflicting choice stops the job
-    # before anything is written.
-    prepared = {job.store: _prepared(data, config, job.checkpoint) for job in jobs}
+    # Every checkpoint's data first (text tokenized by its model folder's tokenizer, inputs
+    # preprocessed): a missing or conflicting choice stops the job before anything is written.
+    prepared = {job.store: _prepared(_data_for(data, config, job), config, job.checkpoint)
+                for job in jobs}  # fmt: skip
     device: torch.device | None = None
     outcomes: list[ExtractOutcome] = []
     shards, rank = (1, 0) if dist is None else (dist.world, dist.rank)
@@ -159,6 +155,7 @@ def _run_jobs(
             try:
                 n = _extract_one(job, job_data, config, device, progress, output)
             except DataError as exc:
+                data_path = Path(config.data)
                 raise with_hint(exc, data_path if data_path.exists() else None) from None
             except (CheckpointError, ModelError) as exc:
                 raise with_hint(exc, job.checkpoint) from None
@@ -179,6 +176,48 @@ def _run_jobs(
             )
         )
     return outcomes
+
+
+def _open_data(config: ExtractConfig, tokenizer_dir: Path | None) -> DataSource:
+    """The data of `config`; text data tokenized by `--tokenizer`, else by `tokenizer_dir`."""
+    data_path = Path(config.data)
+    try:
+        return open_data(
+            config.data,
+            keys=config.data_keys,
+            args=config.data_args,
+            split=config.split,
+            limit=config.limit,
+            code_paths=config.code_paths,
+            input_keys=config.input_keys,
+            text=config.text_options(),
+            tokenizer_dir=tokenizer_dir,
+        )
+    except DataError as exc:
+        raise with_hint(exc, data_path if data_path.exists() else None) from None
+
+
+def _first_model_folder(paths: Sequence[Path]) -> Path | None:
+    """The first checkpoint's folder when it is a transformers model directory (a Trainer run's
+    first checkpoint-N/), where text data finds its tokenizer by default; None otherwise."""
+    from ncinspect.extraction.hf import is_model_dir, trainer_checkpoints
+
+    if not paths or not paths[0].is_dir():
+        return None
+    first = paths[0]
+    members = trainer_checkpoints(first)
+    return members[0] if members else (first if is_model_dir(first) else None)
+
+
+def _data_for(data: DataSource, config: ExtractConfig, job: Job) -> DataSource:
+    """The data `job` runs on: text data without --tokenizer is tokenized by the tokenizer in
+    that checkpoint's own model folder (runs of different models have different tokenizers);
+    anything else is `data` as opened."""
+    if data.kind != "text" or config.tokenizer is not None or not job.checkpoint.is_dir():
+        return data
+    if data.provenance.get("tokenizer") == str(job.checkpoint):
+        return data
+    return _open_data(config, job.checkpoint)
 
 
 def _prepared(data: DataSource, config: ExtractConfig, checkpoint: Path) -> DataSource:
@@ -211,14 +250,14 @@ class _Digest:
 
     def _run(self, path: Path) -> None:
         try:
-            before = path.stat()
+            before = checkpoint_stat(path)
             self._value = file_sha256(path)
-            after = path.stat()
+            after = checkpoint_stat(path)
         except OSError as exc:
             self._error = exc
             return
-        if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
-            self._stat = (after.st_size, after.st_mtime_ns)
+        if before == after:
+            self._stat = after
 
     def result(self) -> str:
         self._thread.join()
@@ -376,8 +415,15 @@ def _extract_one(
                 cuda=cuda,
                 checkpoint=path,
                 progress=progress,
+                pooled=probe.pooled,
             )
             attrs = {**attrs, "head": probe.head_name, "task": task}
+            if probe.pooled:
+                attrs["head_position"] = "the position whose head output the model returned"
+            if probe.output_note is not None:
+                attrs["head_output_check"] = probe.output_note
+                if progress is not None:
+                    progress.warn(f"{path}: {probe.output_note}")
             write = _write_statistics if config.stats_only else _write_features
             return write(probe, forward, task, attrs, config, output, digest)
     finally:

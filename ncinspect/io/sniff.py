@@ -26,6 +26,7 @@ Format = Literal[
     "torch_legacy",  # torch.save with _use_new_zipfile_serialization=False
     "torchscript",  # torch.jit.save archive
     "export",  # torch.export.save archive (.pt2)
+    "hf_model_dir",  # a transformers model directory (never returned by `sniff`, which reads files)
     "hdf5",  # HDF5 (a feature store or a data file)
     "npz",  # numpy .npz (a data file or a feature dump)
     "npy",  # a single numpy array

@@ -114,10 +114,20 @@ def format_description(desc: dict[str, Any]) -> str:
         for e in desc["entries"]:
             extra = _shape(e["shape"]) if e.get("shape") else (e.get("length") or "")
             add(f"    {e['name']}  {e['type']}  {extra}".rstrip())
+    if desc.get("model_dir") is not None:
+        add(f"  model: {_kv(desc['model_dir'])}")
+        add(f"  weights: {desc.get('weights_file')}")
+        if desc.get("epoch") is not None:
+            add(f"  epoch: {desc['epoch']} (from {desc.get('epoch_source')})")
+        if desc.get("head_candidates"):
+            add("  head candidates (weights with num_labels rows):")
+            for h in desc["head_candidates"]:
+                bias = f"  bias {_shape(h['bias'])}" if h.get("bias") else ""
+                add(f"    {h['module']}  weight {_shape(h['weight'])}{bias}")
     if desc.get("checkpoints") is not None:
         add(f"  checkpoints: {len(desc['checkpoints'])}")
         for c in desc["checkpoints"]:
-            e = c.get("epoch_from_name")
+            e = c.get("epoch_from_name", c.get("epoch"))
             add(f"    {c['name']}  {c['format']}" + (f"  epoch {e}" if e is not None else ""))
     if desc.get("cifar"):
         add(f"  CIFAR batches: {', '.join(desc['cifar'])}")
