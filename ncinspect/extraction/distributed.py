@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ncinspect.errors import NcInspectError, UsageError
-from ncinspect.extraction.data import DataSource
+from ncinspect.extraction.data import DataSource, batch_rows, take_rows
 
 
 @dataclass(frozen=True)
@@ -180,11 +180,13 @@ def shard_data(data: DataSource, batch_size: int, dist: Distributed) -> tuple[Da
                     yield item  # DataSource.batches names the problem
                     return
                 xb, yb = item
-                if limit is not None and seen + len(xb) > limit:
-                    xb, yb = xb[: limit - seen], yb[: limit - seen]
-                if len(xb) == 0:
+                rows = batch_rows(xb, data.spec)
+                if limit is not None and seen + rows > limit:
+                    xb, yb = take_rows(xb, limit - seen), yb[: limit - seen]
+                    rows = limit - seen
+                if rows == 0:
                     return
-                seen += len(xb)
+                seen += rows
                 if i % world == rank:
                     yield xb, yb
                 if limit is not None and seen >= limit:

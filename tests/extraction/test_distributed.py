@@ -236,6 +236,32 @@ def test_iterable_datasets_take_every_pth_batch(tmp_path: Path, limit: int | Non
     assert sorted(seen) == list(range(23 if limit is None else limit))
 
 
+@pytest.mark.parametrize("limit", [None, 10])
+def test_iterable_datasets_of_keyword_inputs_shard_by_rows(
+    tmp_path: Path, limit: int | None
+) -> None:
+    """Dict inputs (several tensors per sample) are counted and cut by their rows, not by the
+    number of their keys: every row reaches exactly one process, `--limit` rows in all."""
+    (tmp_path / "stream_kw.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import IterableDataset\n"
+        "class Stream(IterableDataset):\n"
+        "    def __iter__(self):\n"
+        "        for i in range(23):\n"
+        "            yield {'ids': torch.tensor([i]), 'mask': torch.tensor([1])}, i\n"
+        "def make(split='train'):\n"
+        "    return Stream()\n"
+    )
+    data = open_data(f"{tmp_path / 'stream_kw.py'}:make", limit=limit)
+    seen: list[int] = []
+    for rank in range(3):
+        part, layout = _shard_data(data, 4, Distributed(rank, 3, rank))
+        assert layout == "strided"
+        for xb, _ in part.batches(4):
+            seen += xb["ids"].reshape(-1).tolist()
+    assert sorted(seen) == list(range(23 if limit is None else limit))
+
+
 def test_single_process_skips_a_complete_set_and_overwrite_replaces_it(
     out: Path, tmp_path: Path
 ) -> None:
