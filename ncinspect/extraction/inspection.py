@@ -100,9 +100,37 @@ def describe(path: str | Path, trust_code: bool = False) -> dict[str, Any]:
         )
     elif fmt == "empty":
         desc["notes"].append("the file is empty (0 bytes)")
+    elif _is_text(p):
+        _describe_text(p, desc)
     else:
         desc["notes"].append("not a format ncinspect reads")
     return _jsonable(desc)
+
+
+def _is_text(p: Path) -> bool:
+    from ncinspect.extraction.text import is_text_file
+
+    return is_text_file(p)
+
+
+def _describe_text(p: Path, desc: dict[str, Any]) -> None:
+    """Text data: its columns and row count (the first 10,000 rows of a JSON lines or CSV
+    file are read; Parquet's count is its metadata's), or why it cannot be read."""
+    from ncinspect.extraction.text import read_table
+
+    desc["kind"] = "data"
+    desc["format"] = desc["format_name"] = "text data"
+    try:
+        table = read_table(p, 10_000, None)
+    except NcInspectError as exc:
+        desc["notes"].append(f"cannot be read as text data: {exc.message}")
+        return
+    desc["columns"] = table.names
+    desc["rows"] = table.total
+    desc["notes"].append(
+        "text data: --text-key names the text column(s), --label-key the labels; a model folder "
+        "(or --tokenizer DIR) tokenizes it"
+    )
 
 
 def _describe_content(p: Path, fmt: str, desc: dict[str, Any], trust_code: bool) -> None:

@@ -129,6 +129,9 @@ def format_description(desc: dict[str, Any]) -> str:
         for c in desc["checkpoints"]:
             e = c.get("epoch_from_name", c.get("epoch"))
             add(f"    {c['name']}  {c['format']}" + (f"  epoch {e}" if e is not None else ""))
+    if desc.get("columns") is not None:
+        add(f"  columns: {', '.join(desc['columns'])}")
+        add(f"  rows: {desc.get('rows')}")
     if desc.get("cifar"):
         add(f"  CIFAR batches: {', '.join(desc['cifar'])}")
     cfg = desc.get("config_file")

@@ -248,3 +248,20 @@ def test_datasets_folder(tmp_path: Path) -> None:
         open_data(both, text=TextOptions(tokenizer=tok))
     source = open_data(both, text=TextOptions(tokenizer=tok), split="validation")
     assert source.split == "validation" and source.n == 2
+
+
+def test_inspect_describes_text_data(tmp_path: Path) -> None:
+    """`inspect FILE.jsonl` (every text-data error points to it) lists the columns and rows;
+    a line that is not JSON is described, not a traceback."""
+    from tests.helpers.cli import cli
+
+    good = tmp_path / "t_test.jsonl"
+    good.write_text("".join(json.dumps({"text": f"w{i}", "label": i % 2}) + "\n" for i in range(7)))
+    res = cli("inspect", good)
+    assert res.exit_code == 0, res.stderr
+    assert "columns: text, label" in res.stdout and "rows: 7" in res.stdout
+    bad = tmp_path / "b_test.jsonl"
+    bad.write_text('{"text": "a", "label": 0}\n{not json\n')
+    res = cli("inspect", bad)
+    assert res.exit_code == 0 and "Traceback" not in res.stdout + res.stderr
+    assert "cannot be read as text data" in res.stdout
