@@ -94,7 +94,7 @@ def report(
         bool,
         typer.Option(
             "--no-calibration",
-            help="Leave out the calibration keys (a pass over the stored logits, and 11 to 16 "
+            help="Leave out the calibration keys (a pass over the stored logits, and 2 to 9 "
             "more for the temperature when they exceed 32 MiB).",
         ),
     ] = False,

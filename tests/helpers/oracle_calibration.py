@@ -4,6 +4,7 @@ definitions in docs/metrics.md ("Calibration") and independent of `metrics.calib
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -88,3 +89,18 @@ def naive_mean_nll(z: np.ndarray, y: np.ndarray, temperature: float) -> float:
     top = scaled.max(axis=1)
     lse = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
     return float(np.mean(lse - scaled[np.arange(len(y)), y]))
+
+
+def naive_nll_at(z: np.ndarray, y: np.ndarray) -> Callable[[float], tuple[float, float, float]]:
+    """beta -> (mean NLL at T = 1/beta, its first and second derivative in beta), the way the
+    textbook writes them: d/dbeta = mean(E_p[z] - z_y), d2/dbeta2 = mean(Var_p[z]), with
+    p = softmax(beta z) from `naive_probabilities`."""
+
+    def at(beta: float) -> tuple[float, float, float]:
+        p = naive_probabilities(z, 1.0 / beta)
+        mean_z = (p * z).sum(axis=1)
+        var_z = (p * z * z).sum(axis=1) - mean_z**2
+        grad = float(np.mean(mean_z - z[np.arange(len(y)), y]))
+        return naive_mean_nll(z, y, 1.0 / beta), grad, float(np.mean(var_z))
+
+    return at
