@@ -88,7 +88,8 @@ class StderrProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar, self._task = None, None
-        print(f"{self.label}: {self.done} rows in {seconds:.1f} s", file=sys.stderr)
+        if self.done:  # a checkpoint that stopped before its first batch: its error says why
+            print(f"{self.label}: {self.done} rows in {seconds:.1f} s", file=sys.stderr)
 
     def warn(self, message: str) -> None:
         print(f"warning: {visible(message)}", file=sys.stderr)
