@@ -115,3 +115,10 @@ def run_key(result: Result) -> str:
     An identity only, never shown: `ncinspect.runs.run_names` names runs."""
     directory = str(Path(result.source).parent)
     return directory if result.run is None else f"{directory}\0{result.run}"
+
+
+def checkpoint_name(checkpoint: str) -> str:
+    """A checkpoint as tables show it: its file (or folder) name, not the path it was extracted
+    from (unique within a run: a run's stores are named after their checkpoints' names); JSON
+    and CSV keep the whole path."""
+    return checkpoint.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or checkpoint

@@ -23,7 +23,7 @@ import numpy as np
 
 from ncinspect.analysis.calibration import CALIBRATION_BINS
 from ncinspect.errors import UsageError
-from ncinspect.metrics.results import Result
+from ncinspect.metrics.results import Result, checkpoint_name
 from ncinspect.render.plots import _DPI, _figure, plain_text, save_figure
 from ncinspect.runs import Run
 
@@ -97,7 +97,7 @@ def build_reliability_figure(runs: Sequence[Run]) -> Figure:
     for row, run in zip(grid, shown, strict=True):
         final = run.final
         bins = final.extras[CALIBRATION_BINS]
-        where = f"{run.name}, {final.checkpoint or Path(final.source).name}"
+        where = f"{run.name}, {checkpoint_name(final.checkpoint or final.source)}"
         _panel(row[0], bins, False, final.metrics.get("ece"), f"{where}: before scaling (T = 1)")
         _panel(row[1], bins, True, final.metrics.get("ece_ts"), _scaled_title(final))
     fig.suptitle("Reliability of the final checkpoints")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ncinspect._version import __version__
 from ncinspect.errors import UsageError, visible
 from ncinspect.metrics.keys import METRICS, keys_for
-from ncinspect.metrics.results import json_number, jsonable
+from ncinspect.metrics.results import checkpoint_name, json_number, jsonable
 from ncinspect.render.tables import (
     TASK_ORDER,
     Grid,
@@ -458,7 +458,7 @@ def pair_grids(
             grid.rows.append(
                 [
                     names[p.run],
-                    p.checkpoint,
+                    checkpoint_name(p.checkpoint),
                     "-" if p.epoch is None else str(p.epoch),
                     *(fmt_number(rec["nc"][k]) for k in nc_keys),
                     *(fmt_number(rec["eval"][k]) for k in [*eval_keys, *extra]),

@@ -23,7 +23,7 @@ from rich.table import Table
 from ncinspect._version import __version__
 from ncinspect.errors import visible
 from ncinspect.metrics.keys import CALIBRATION_KEYS, METRICS, TABLE_DEFAULT, keys_for
-from ncinspect.metrics.results import Result, run_key
+from ncinspect.metrics.results import Result, checkpoint_name, run_key
 from ncinspect.render.ufm import (
     distance_caption,
     distance_rows,
@@ -107,7 +107,7 @@ def result_labels(r: Result, names: dict[str, str] | None = None) -> tuple[str, 
         run = names[run_key(r)]
     else:
         run = r.run if r.run is not None else src.parent.name or "."
-    ckpt = r.checkpoint if r.checkpoint is not None else src.name
+    ckpt = checkpoint_name(r.checkpoint) if r.checkpoint is not None else src.name
     return run, ckpt
 
 

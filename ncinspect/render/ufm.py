@@ -17,6 +17,7 @@ import numpy as np
 
 from ncinspect.errors import visible
 from ncinspect.hparams import RECORD
+from ncinspect.metrics.results import checkpoint_name
 
 if TYPE_CHECKING:
     from ncinspect.metrics.results import Result
@@ -149,7 +150,8 @@ def distance_title(result: Result, block: dict[str, Any], run: str | None = None
     if run is None:
         record = result.extras.get(RECORD)
         run = getattr(record, "run", None) or result.run
-    name = visible("/".join(x for x in (run, result.checkpoint) if x) or result.source)
+    checkpoint = None if result.checkpoint is None else checkpoint_name(result.checkpoint)
+    name = visible("/".join(x for x in (run, checkpoint) if x) or result.source)
     p = block["params"]
     if block["task"] == "classification":
         params = (

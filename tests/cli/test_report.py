@@ -251,3 +251,29 @@ def test_by_epoch_csv_is_in_epoch_order(runs_dir: Path) -> None:
     lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("run,task,epoch,source,")
     assert [line.split(",")[2] for line in lines[1:]] == ["2", "10", "30"]
+
+
+def test_tables_name_a_checkpoint_by_its_file_and_json_keeps_the_path(tmp_path: Path) -> None:
+    """An extracted store records the checkpoint's path as given (runs/ce/epoch_7.pt); tables
+    show its name, JSON the whole path."""
+    from ncinspect.metrics.results import checkpoint_name
+
+    assert checkpoint_name("runs/ce/epoch_7.pt") == "epoch_7.pt"
+    assert checkpoint_name("out/bert/checkpoint-16/") == "checkpoint-16"
+    assert checkpoint_name(r"C:\\runs\\a.pt") == "a.pt" and checkpoint_name("b.pt") == "b.pt"
+    x, y, w, b = classification_set(np.random.default_rng(1), 4, 6, 80)
+    for epoch in (3, 7):
+        write_store(
+            tmp_path / "s" / f"epoch_{epoch}.pt.test.h5",
+            features=x, labels=y, weight=w, bias=b,
+            attrs={"run": "ce", "checkpoint": f"far/away/runs/ce/epoch_{epoch}.pt",
+                   "epoch": epoch, "split": "test"},
+        )  # fmt: skip
+    res = cli("report", tmp_path / "s", "--by", "epoch", "-m", "nc1", "--no-ufm", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert "epoch_7.pt" in res.stdout and "far/away" not in res.stdout
+    doc = json.loads(cli("report", tmp_path / "s", "-f", "json", "--no-ufm", "-q").stdout)
+    assert {r["checkpoint"] for r in doc["results"]} == {
+        "far/away/runs/ce/epoch_3.pt",
+        "far/away/runs/ce/epoch_7.pt",
+    }
