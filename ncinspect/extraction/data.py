@@ -4,8 +4,8 @@ Owns opening a data spec (`open_data`) -- an `.npz` or `.h5`/`.hdf5` file (read 
 `arrays`), a CIFAR-10/100 "python version" batch folder (read by `arrays`, unpickled by
 `trust.restricted_load`), text data (`.jsonl`, `.json`, `.csv`, `.tsv`, `.parquet` or a
 `datasets` folder, read and tokenized by `text`), or a `package.module:factory` /
-`file.py:factory` returning a torch Dataset -- and reading it in order, in batches
-(`DataSource.batches`), with `--limit` applied.
+`file.py:factory` returning a torch Dataset (called by `factorydata`) -- and reading it in
+order, in batches (`DataSource.batches`), with `--limit` applied.
 
 A batch's inputs are one tensor, or a dict of tensors with the same first dimension B (the
 model's keyword inputs: the arrays `--input-keys` names, the tokenizer's tensors of text data,
@@ -30,7 +30,6 @@ the provenance says which.
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,12 +54,6 @@ from ncinspect.extraction.arrays import (
 from ncinspect.extraction.messages import hint
 from ncinspect.extraction.preprocess import Inputs, Preprocess, missing_choice
 from ncinspect.extraction.text import TextOptions, is_hf_dataset, is_text_file, open_text
-from ncinspect.extraction.trust import (
-    call_factory,
-    import_object,
-    is_file_spec,
-    split_spec,
-)
 from ncinspect.files import regular_file
 from ncinspect.io.sniff import sniff
 
@@ -254,7 +247,7 @@ def _guarded(loader: Any, spec: str, what: str) -> Iterator[Any]:
         yield from loader
 
 
-def _loader(dataset: Any, batch_size: int | None, workers: int, pin: bool) -> Any:
+def torch_loader(dataset: Any, batch_size: int | None, workers: int, pin: bool) -> Any:
     from torch.utils.data import DataLoader
 
     kwargs: dict[str, Any] = {}
@@ -334,7 +327,9 @@ def open_data(
         with reading(path, DataError, "an .npz or HDF5 data file"):
             return _open_arrays(path, name, keys, split, limit, input_keys)
     if ":" in name and not (name.endswith(DATA_SUFFIXES)):
-        return _open_factory(name, args or {}, split, limit, code_paths)
+        from ncinspect.extraction.factorydata import open_factory
+
+        return open_factory(name, args or {}, split, limit, code_paths)
     raise DataError("no such file or directory (and not a module:factory spec)", path=path)
 
 
@@ -432,7 +427,7 @@ def _open_arrays(
     kind: Literal["npz", "hdf5"] = "hdf5" if sniff(path) == "hdf5" else "npz"
 
     def make(batch_size: int, workers: int, pin: bool) -> Any:
-        return _loader(ArrayBatches(x, y, n, batch_size, task), None, workers, pin)
+        return torch_loader(ArrayBatches(x, y, n, batch_size, task), None, workers, pin)
 
     name, source = _file_split(split, path.stem)
     return DataSource(
@@ -469,7 +464,7 @@ def _open_text(
     columns = tuple(found.provenance["text_keys"])
 
     def make(batch_size: int, workers: int, pin: bool) -> Any:
-        return _loader(found.batches(batch_size), None, workers, pin)
+        return torch_loader(found.batches(batch_size), None, workers, pin)
 
     return DataSource(
         spec=spec,
@@ -495,7 +490,7 @@ def _open_cifar(
     xa, ya = InMemory(x, f"{root}:data"), InMemory(y, f"{root}:labels")
 
     def make(batch_size: int, workers: int, pin: bool) -> Any:
-        return _loader(
+        return torch_loader(
             ArrayBatches(xa, ya, n, batch_size, "classification", cifar=True), None, workers, pin
         )
 
@@ -514,127 +509,4 @@ def _open_cifar(
         },
         _make_loader=make,
         inputs=Inputs("raw", (len(x), 3, 32, 32), "nchw"),
-    )
-
-
-def _label_task(label: Any) -> Task | None:
-    import torch
-
-    if isinstance(label, bool):
-        return None
-    if isinstance(label, int | np.integer):
-        return "classification"
-    if isinstance(label, float | np.floating):
-        return "regression"
-    if isinstance(label, torch.Tensor | np.ndarray):
-        dt = label.dtype
-        if dt in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
-            return "classification"
-        if isinstance(dt, torch.dtype) and dt.is_floating_point:
-            return "regression"
-        if isinstance(dt, np.dtype):
-            if np.issubdtype(dt, np.integer):
-                return "classification"
-            if np.issubdtype(dt, np.floating):
-                return "regression"
-    if isinstance(label, list | tuple) and label and isinstance(label[0], float):
-        return "regression"
-    return None
-
-
-def _open_factory(
-    spec: str,
-    args: Mapping[str, Any],
-    split: str | None,
-    limit: int | None,
-    code_paths: Sequence[str | Path],
-) -> DataSource:
-    from torch.utils.data import IterableDataset, Subset
-
-    target, _ = split_spec(spec) if ":" in spec else (spec, "")
-    base = [Path(target).parent] if is_file_spec(target) else []
-    factory = import_object(
-        spec, what="--data", code_paths=code_paths, base_dirs=base, error=DataError
-    )
-    if not callable(factory):
-        raise DataError(f"--data {spec!r} names a {type(factory).__name__}, not a factory")
-    kwargs = dict(args)
-    name, source = _factory_split(factory, spec, kwargs, split)
-    dataset = call_factory(factory, kwargs, spec=spec, what="--data", error=DataError)
-    iterable = isinstance(dataset, IterableDataset)
-    if not iterable and not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-        raise DataError(
-            f"--data {spec!r} returned a {type(dataset).__name__}, expected a torch Dataset "
-            "(with __getitem__ and __len__) or an IterableDataset"
-        )
-    n: int | None = None
-    task: Task | None = None
-    if not iterable:
-        total = len(dataset)
-        if total == 0:
-            raise DataError(f"--data {spec!r}: the dataset is empty")
-        n = total if limit is None else min(limit, total)
-        if n < total:
-            dataset = Subset(dataset, range(n))
-        first = dataset[0]
-        if not isinstance(first, list | tuple) or len(first) != 2:
-            raise DataError(
-                f"--data {spec!r}: items are {type(first).__name__}, expected "
-                "(input, label_or_target) pairs"
-            )
-        task = _label_task(first[1])
-
-    def make(batch_size: int, workers: int, pin: bool) -> Any:
-        return _loader(dataset, batch_size, workers, pin)
-
-    return DataSource(
-        spec=spec,
-        kind="factory",
-        split=name,
-        n=n,
-        task=task,
-        provenance={
-            "data": spec,
-            "data_kind": "factory",
-            "data_args": dict(kwargs),
-            "split_source": source,
-        },
-        _make_loader=make,
-        limit=limit if iterable else None,
-    )
-
-
-def _factory_split(
-    factory: Callable[..., Any], spec: str, kwargs: dict[str, Any], split: str | None
-) -> tuple[str, str]:
-    """The split a factory returns and where that is known from; adds `split=` to `kwargs` when
-    the factory accepts it. Never guessed: --data-arg split=X and --split Y must agree, and a
-    factory with no string default for `split` (or no `split` parameter) needs --split."""
-    if "split" in kwargs:
-        named = str(kwargs["split"])
-        if split is not None and split != named:
-            raise UsageError(
-                f"--data-arg split={named} and --split {split} disagree; give the split once"
-            )
-        return named, "--split" if split is not None else "factory argument"
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    param = params.get("split")
-    keywords = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if split is not None:
-        if param is not None or keywords:
-            kwargs["split"] = split
-        return split, "--split"
-    if param is not None and isinstance(param.default, str):
-        return param.default, "factory default"
-    why = (
-        "has a split argument without a string default"
-        if param is not None
-        else "takes no split argument"
-    )
-    raise UsageError(
-        f"--data {spec!r} {why}, so ncinspect cannot tell which split it returns: pass --split "
-        "train|test|... (the name the stores get)"
     )
