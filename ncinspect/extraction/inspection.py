@@ -236,6 +236,12 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], trust_code: bo
     if ckpt.config:
         desc["model_in_checkpoint"] = ckpt.config
         _named_factory(ckpt.config, "the checkpoint", desc)
+    if ckpt.hyper_parameters:
+        desc["hyper_parameters"] = ckpt.hyper_parameters
+        desc["notes"].append(
+            "hyper_parameters (a LightningModule's): --model naming its class builds it with "
+            "them; --model-arg KEY=VALUE overrides one"
+        )
     desc["tensors"] = _tensor_rows(ckpt.tensors)
     desc["n_tensors"] = len(ckpt.tensors)
     desc["n_parameters"] = int(sum(int(v.numel()) for v in ckpt.tensors.values()))

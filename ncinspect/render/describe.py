@@ -60,6 +60,8 @@ def format_description(desc: dict[str, Any]) -> str:
         add(f"  stripped key prefixes: {', '.join(desc['stripped_prefixes'])}")
     if desc.get("labels"):
         add(f"  training labels: {_kv(desc['labels'])}")
+    if desc.get("hyper_parameters"):
+        add(f"  hyper_parameters: {_kv(desc['hyper_parameters'])}")
     if desc.get("metadata"):
         add(f"  metadata: {_kv(desc['metadata'])}")
     if desc.get("model_in_checkpoint"):

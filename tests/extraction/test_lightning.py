@@ -165,3 +165,13 @@ def test_a_plain_network_of_another_width_is_one_line(
         spec,
     )
     one_line_error(res.stderr, res.exit_code, trained["ckpt"], "shapes differ", "--model-arg")
+
+
+def test_inspect_shows_the_hyper_parameters_the_class_is_built_with(
+    trained: dict[str, Any],
+) -> None:
+    res = cli("inspect", trained["ckpt"])
+    assert res.exit_code == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.strip().startswith("hyper_parameters:"))
+    assert "hidden=24" in line and "label_smoothing=0.1" in line
+    assert "--model naming its class builds it with them" in res.stdout
