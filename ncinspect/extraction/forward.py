@@ -151,13 +151,13 @@ def find_head(
 
 
 def head_output_note(probe: HeadProbe) -> str | None:
-    """None when the model returned the head's own output on the first batch (W h + b, to
-    float32 rounding at the scale of the outputs, or 1e-2 relative under bf16/fp16 autocast);
-    else one line saying how far they differ: the NC metrics use W and b, accuracy and
-    calibration the returned outputs."""
+    """None when the model returned its head's own output, W h + b, on the first batch's first
+    32 rows (to float32 rounding at the scale of the outputs, or 1e-2 relative under bf16/fp16
+    autocast); else one line saying how far they differ: the NC metrics use W and b, accuracy
+    and calibration the returned outputs."""
     import torch
 
-    rows = probe.rows
+    rows = min(probe.rows, 32)  # enough rows to tell; cheap at any K (K x 32 float64)
     h = probe.features[:rows].detach().double().cpu()
     w = torch.from_numpy(probe.weight).double()
     mine = h @ w.T + (0.0 if probe.bias is None else torch.from_numpy(probe.bias).double())
