@@ -25,7 +25,8 @@ from tests.helpers.cli import cli, one_line_error  # noqa: E402
 N, K = 24, 4
 
 
-def _vit(seed: int = 0, num_labels: int = K) -> Any:
+def _vit(seed: int = 0, num_labels: int = K, **extra: Any) -> Any:
+    """A tiny random ViT classifier (or, with problem_type="regression", regressor)."""
     torch.manual_seed(seed)
     config = transformers.ViTConfig(
         image_size=8,
@@ -36,6 +37,7 @@ def _vit(seed: int = 0, num_labels: int = K) -> Any:
         num_attention_heads=2,
         intermediate_size=20,
         num_labels=num_labels,
+        **extra,
     )
     return transformers.ViTForImageClassification(config).eval()
 
@@ -104,19 +106,7 @@ def test_a_model_directory_needs_no_factory_and_gives_the_heads_input(tmp_path: 
 
 
 def test_a_regression_head_with_num_labels_targets(tmp_path: Path) -> None:
-    torch.manual_seed(3)
-    config = transformers.ViTConfig(
-        image_size=8,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=20,
-        num_labels=2,
-        problem_type="regression",
-    )
-    model = transformers.ViTForImageClassification(config).eval()
+    model = _vit(seed=3, num_labels=2, problem_type="regression")
     folder = _save(model, tmp_path / "vit-reg")
     rng = np.random.default_rng(2)
     x = rng.normal(size=(N, 3, 8, 8)).astype(np.float32)
