@@ -203,19 +203,23 @@ def build_hf_model(folder: Path, *, trust_code: bool = False) -> tuple[nn.Module
 
     try:
         with _quiet(transformers):
-            model = cls.from_pretrained(
+            model, loading = cls.from_pretrained(
                 str(folder),
                 local_files_only=True,
                 trust_remote_code=remote,
                 dtype=torch.float32,
+                output_loading_info=True,
             )
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises what its reader raises
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"transformers could not load the model ({first[:300]})", path=folder
+            f"transformers could not load the model ({type(exc).__name__}: {first[:300]}); "
+            "copy or save it again",
+            path=folder,
         ) from None
     if not isinstance(model, nn.Module):  # pragma: no cover - from_pretrained returns modules
         raise ModelError(f"{name} did not build an nn.Module", path=folder)
+    _check_loaded(folder, name, loading)
     info: dict[str, Any] = {
         "model": f"transformers.{type(model).__name__}",
         "model_source": f"{CONFIG} architectures" + (" (remote code)" if remote else ""),
@@ -226,6 +230,29 @@ def build_hf_model(folder: Path, *, trust_code: bool = False) -> tuple[nn.Module
         if isinstance(value, str | int):
             info[key] = value
     return model, info
+
+
+def _check_loaded(folder: Path, name: str, loading: dict[str, Any]) -> None:
+    """transformers fills the parameters a checkpoint lacks (or holds in another shape) with
+    fresh random values and only logs it: here that is an error, never a model that is partly
+    random. Unexpected keys (a pretraining head the class does not use) are left to
+    transformers, as when it loads a model for fine-tuning."""
+    missing = sorted(map(str, loading.get("missing_keys") or ()))
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k)
+                        for k in loading.get("mismatched_keys") or ())  # fmt: skip
+    if not (missing or mismatched):
+        return
+    parts = []
+    for what, keys in (("missing", missing), ("of another shape", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:3]) + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
+            parts.append(f"{len(keys)} weight(s) {what}: {shown}")
+    raise CheckpointError(
+        f"the weights do not cover {name}: {'; '.join(parts)}; transformers would fill them "
+        "with random values, so ncinspect stops (check that config.json and the weights belong "
+        "together)",
+        path=folder,
+    )
 
 
 @contextlib.contextmanager

@@ -426,3 +426,24 @@ def test_sharded_and_bin_weights_load_through_transformers(tmp_path: Path, files
         last = sorted(p for p in folder.iterdir() if "-of-" in p.name)[-1]
         last.write_bytes(last.read_bytes()[:-1] + b"\0")  # one byte of one shard
         assert file_sha256(folder) != before
+
+
+def test_a_damaged_or_incomplete_model_directory_is_one_line(tmp_path: Path) -> None:
+    """A truncated weights file, and weights that lack the classifier (which transformers would
+    fill with random values and only log): each one line, no store."""
+    from safetensors.torch import load_file, save_file
+
+    data = _images(tmp_path / "imgs_test.npz")
+    damaged = _save(_vit(), tmp_path / "damaged")
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    out = tmp_path / "features"
+    res = cli("extract", damaged, "--data", data, "--out", out)
+    one_line_error(res.stderr, res.exit_code, damaged, "could not load the model")
+    partial = _save(_vit(), tmp_path / "partial")
+    tensors = load_file(str(partial / "model.safetensors"))
+    kept = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
+    save_file(kept, str(partial / "model.safetensors"), metadata={"format": "pt"})
+    res = cli("extract", partial, "--data", data, "--out", out)
+    one_line_error(res.stderr, res.exit_code, partial, "2 weight(s) missing", "classifier.")
+    assert not out.exists() or not any(out.rglob("*.h5"))
