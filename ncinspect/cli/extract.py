@@ -292,6 +292,38 @@ def extract(
             help="With --stats-only: leave feature rows with NaN/Inf out of the statistics.",
         ),
     ] = False,
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            help="Also store the outputs of these modules, from the same forward pass, one "
+            "store each in CHECKPOINT.SPLIT.layers/ (report --by layer): comma-separated module "
+            "names and shortcuts blocks:NAME (every child of that Sequential/ModuleList), linear "
+            "(every nn.Linear but the head), type:CLASS (every module of that class). The head's "
+            "input is always added as the last layer.",
+            show_default=False,
+        ),
+    ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="With --layers: how a layer's output becomes one row per sample. 4-D (B, C, H, "
+            "W): avg (global average pooling, the default), max or flatten; 3-D, read as (B, L, "
+            "D) tokens: cls (the first token) or mean (over the tokens; the real ones when the "
+            "inputs have an attention_mask). Both kinds at once: e.g. avg,cls.",
+            show_default=False,
+        ),
+    ] = None,
+    list_layers: Annotated[
+        bool,
+        typer.Option(
+            "--list-layers",
+            help="Run the first batch of the first checkpoint and list every module that ran: "
+            "its output shape, its features per sample under --pool, and which is the head and "
+            "the head's input; writes nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Extract penultimate features (the head's input) of checkpoints into HDF5 feature stores.
 
@@ -306,6 +338,7 @@ def extract(
             parse_data_keys,
             parse_names,
         )
+        from ncinspect.extraction.layers import parse_layers
         from ncinspect.extraction.run import run_extract
 
         config = ExtractConfig(
@@ -339,7 +372,15 @@ def extract(
             label_key=label_key,
             max_length=max_length,
             tokenizer=tokenizer,
+            layers=None if layers is None else parse_layers(layers),
+            pool=pool,
         )
+        if list_layers:
+            from ncinspect.extraction.run import list_model_layers
+            from ncinspect.render.describe import format_layer_listing
+
+            print(format_layer_listing(list_model_layers(config)))
+            return
         outcomes = run_extract(config, None if quiet else StderrProgress())
         for o in outcomes:
             if o.rank != 0:
@@ -350,6 +391,13 @@ def extract(
                 note = f"{o.n} rows in {o.seconds:.1f} s"
             if o.shards > 1:
                 note += f" ({o.shards} shards)"
+            if o.layers_folder is not None:
+                folder = visible(str(o.layers_folder))
+                if o.layers_written:
+                    count = o.layers_written
+                    note += f"; {count} layer store{'s' if count > 1 else ''} written in {folder}"
+                else:
+                    note += f"; its layer stores exist in {folder}"
             print(f"{visible(o.name)}  {note}")
 
     guarded(body)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ncinspect.errors import UsageError
+from ncinspect.extraction.layers import Pooling, parse_layers, parse_pool
 from ncinspect.extraction.preprocess import LAYOUTS, Layout, parse_normalize
 from ncinspect.extraction.text import TextOptions
 
@@ -73,6 +74,8 @@ class ExtractConfig:
     label_key: str | None = None  # --label-key: text data's labels; None = label/labels/target
     max_length: int | None = None  # --max-length: tokens per row; None = the tokenizer's (<= 512)
     tokenizer: Path | None = None  # --tokenizer DIR (save_pretrained); None = the model's folder
+    layers: tuple[str, ...] | None = None  # --layers: module names and shortcuts (`layers`)
+    pool: str | None = None  # --pool: how 4-D and 3-D layer outputs become rows (`layers`)
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
@@ -90,6 +93,11 @@ class ExtractConfig:
         if self.data_keys is not None and len(self.data_keys) != 2:
             raise UsageError("--data-keys takes two names: INPUTS,LABELS")
         self._check_inputs()
+        if self.layers is not None:
+            parse_layers(",".join(self.layers))
+        parse_pool(self.pool)  # a bad --pool fails here, before any work
+        if self.pool is not None and self.layers is None:
+            raise UsageError("--pool belongs to --layers (the head's input is always (B, D))")
         if self.normalize is not None:
             parse_normalize(self.normalize)  # a bad value fails here, before any work
         if self.layout is not None and self.layout not in LAYOUTS:
@@ -125,6 +133,11 @@ class ExtractConfig:
         if self.max_length is not None and self.max_length < 1:
             raise UsageError(f"--max-length must be >= 1, got {self.max_length}")
 
+    @property
+    def pooling(self) -> Pooling:
+        """--pool as parsed (`layers.parse_pool`)."""
+        return parse_pool(self.pool)
+
     def text_options(self) -> TextOptions:
         """The text data options (--text-key, --label-key, --max-length, --tokenizer)."""
         return TextOptions(
@@ -148,6 +161,8 @@ class ExtractOutcome:
     run: str
     shards: int = 1  # P > 1: `store` is this process's shard, `n` the rows of the whole set
     rank: int = 0
+    layers_written: int = 0  # --layers: layer stores written (the rest existed)
+    layers_folder: Path | None = None  # --layers: where the layer stores are
 
     @property
     def name(self) -> str:

@@ -22,8 +22,8 @@ Axes: N samples, B rows of a batch, D feature dim, K classes, T regression targe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ncinspect.extraction.config import ProgressHook
+    from ncinspect.extraction.layers import LayerCapture
     from ncinspect.stats.device import DeviceBatch
 
 Pair = tuple["ModelInputs", "torch.Tensor"]  # (inputs, labels or targets) of one batch
@@ -65,6 +66,7 @@ class HeadProbe:
     d: int
     pooled: bool = False  # the head runs on every position; features at the returned one
     output_note: str | None = None  # `head_output_note`: the output is not W h + b
+    inputs: Any = None  # the first batch as the model ran it (on the device, padded)
 
     @property
     def head_width(self) -> int:
@@ -144,7 +146,19 @@ def find_head(
             path=path,
         )
     probe = HeadProbe(
-        stream, rows, yb, feats, out_t, width, head_name, head_module, weight, bias, d, pooled
+        stream,
+        rows,
+        yb,
+        feats,
+        out_t,
+        width,
+        head_name,
+        head_module,
+        weight,
+        bias,
+        d,
+        pooled,
+        inputs=xin,
     )
     probe.output_note = head_output_note(probe)
     return probe
@@ -214,7 +228,7 @@ def _head_io(
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     handle = head.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
     try:
-        _run_model(model, xin, path)
+        run_model(model, xin, path)
     finally:
         handle.remove()
     return seen[-1]
@@ -240,6 +254,11 @@ class ForwardPass:
     progress: ProgressHook | None
     rows: int = 0
     pooled: bool = False  # `pooled_features`: the head runs on every position
+    # --layers: hooks on the chosen layers; each batch's pooled rows land in `layer_rows`
+    capture: LayerCapture | None = None
+    layer_rows: list[torch.Tensor] = field(default_factory=list)
+    # the features `run` yields: the head's input (None) or layer `feature_from` of `capture`
+    feature_from: int | None = None
 
     def run(
         self, stream: Iterable[Pair]
@@ -261,40 +280,54 @@ class ForwardPass:
             handle = self.head_module.register_forward_hook(grab_both)
         else:
             handle = self.head_module.register_forward_pre_hook(grab)
+        layers = contextlib.nullcontext() if self.capture is None else self.capture.attach()
         try:
-            for xb, yb in stream:
-                rows = batch_rows(xb)
-                xin = _to_device(xb, self.device)
-                if self.static_batch:
-                    xin = _pad(xin, self.static_batch, self.checkpoint)
-                captured.clear()
-                produced.clear()
-                out_t = _output_tensor(
-                    _run_model(self.model, xin, self.checkpoint), self.checkpoint
-                )
-                if len(captured) != 1:
-                    raise ModelError(
-                        f"head {self.head!r} ran {len(captured)} times in one forward pass",
-                        path=self.checkpoint,
-                    )
-                out_t = out_t.reshape(len(out_t), -1)
-                feats = captured[0]
-                if self.pooled:
-                    feats = pooled_features(feats, produced[0], out_t, self.head, self.checkpoint)
-                yield feats, out_t, rows, yb
-                if self.progress is not None:
-                    self.progress.advance(rows)
+            with layers:
+                yield from self._batches(stream, captured, produced)
         finally:
             handle.remove()
+
+    def _batches(
+        self, stream: Iterable[Pair], captured: list[torch.Tensor], produced: list[torch.Tensor]
+    ) -> Generator[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor], None, None]:
+        """`run`'s loop, with its hooks in place."""
+        for xb, yb in stream:
+            rows = batch_rows(xb)
+            xin = _to_device(xb, self.device)
+            if self.static_batch:
+                xin = _pad(xin, self.static_batch, self.checkpoint)
+            captured.clear()
+            produced.clear()
+            if self.capture is not None:
+                self.capture.clear()
+            out_t = _output_tensor(run_model(self.model, xin, self.checkpoint), self.checkpoint)
+            if len(captured) != 1:
+                raise ModelError(
+                    f"head {self.head!r} ran {len(captured)} times in one forward pass",
+                    path=self.checkpoint,
+                )
+            out_t = out_t.reshape(len(out_t), -1)
+            feats = captured[0]
+            if self.pooled:
+                feats = pooled_features(feats, produced[0], out_t, self.head, self.checkpoint)
+            if self.capture is not None:
+                self.layer_rows = self.capture.take(len(out_t), rows, xin)
+                if self.feature_from is not None:
+                    feats = self.layer_rows[self.feature_from]
+            yield feats, out_t, rows, yb
+            if self.progress is not None:
+                self.progress.advance(rows)
 
     def store_items(
         self, stream: Iterable[Pair], with_outputs: bool
     ) -> Generator[dict[str, Any], None, None]:
         """The feature store writer's blocks for each batch of `stream` (see `host_blocks`), with
-        labels or targets checked (`BatchCheck.item`)."""
+        labels or targets checked (`BatchCheck.item`); with --layers, "layers" holds each
+        layer's rows."""
         with contextlib.closing(self.run(stream)) as batches:
             for feats, out, rows, yb in batches:
-                yield self.check.item(host_blocks(feats, out, rows, self.cuda), yb, with_outputs)
+                blocks = host_blocks(feats, out, rows, self.cuda, self.layer_rows)
+                yield self.check.item(blocks, yb, with_outputs)
 
     def __call__(self, outputs: bool) -> Iterator[Batch]:
         """One pass over the data: `Batch`es of float32 features, labels or targets and float32
@@ -363,7 +396,8 @@ class ForwardPass:
 
 class ForwardSource(FeatureSource):
     """A `FeatureSource` whose rows are computed by the model each time they are read (the
-    statistics passes of --stats-only). `n` is the expected row count (0 when unknown)."""
+    statistics passes of --stats-only). `n` is the expected row count (0 when unknown); a
+    layer without a head (`head` None) gives its K or T as `width`."""
 
     def __init__(
         self,
@@ -372,12 +406,20 @@ class ForwardSource(FeatureSource):
         task: Literal["classification", "regression"],
         n: int,
         d: int,
-        head: Head,
+        head: Head | None,
         has_outputs: bool,
         forward: ForwardPass,
+        width: int | None = None,
     ) -> None:
         super().__init__(
-            path=path, task=task, n=n, d=d, head=head, has_outputs=has_outputs, origin="forward"
+            path=path,
+            task=task,
+            n=n,
+            d=d,
+            head=head,
+            has_outputs=has_outputs,
+            origin="forward",
+            width_without_head=width if head is None else None,
         )
         self._forward = forward
 
@@ -388,22 +430,38 @@ class ForwardSource(FeatureSource):
         return self._forward(outputs and self.has_outputs)
 
 
-def host_blocks(feats: torch.Tensor, out: torch.Tensor, rows: int, cuda: bool) -> dict[str, Any]:
-    """Features (B, D) and outputs as float32 CPU tensors (pinned, copied asynchronously on
-    CUDA with an event for the writer to wait on)."""
+def host_blocks(
+    feats: torch.Tensor,
+    out: torch.Tensor,
+    rows: int,
+    cuda: bool,
+    layers: Sequence[torch.Tensor] = (),
+) -> dict[str, Any]:
+    """Features (B, D), outputs and (--layers) each layer's rows as float32 CPU tensors (pinned,
+    copied asynchronously on CUDA with one event for the writers to wait on)."""
     import torch
 
     feats = feats[:rows].detach()
     out = out[:rows].detach()
+    extra = [layer[:rows].detach() for layer in layers]
     if not cuda:
-        return {"features": feats.float(), "outputs": out.float()}
-    f_host = torch.empty(feats.shape, dtype=torch.float32, pin_memory=True)
-    o_host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
-    f_host.copy_(feats, non_blocking=True)
-    o_host.copy_(out, non_blocking=True)
+        blocks: dict[str, Any] = {"features": feats.float(), "outputs": out.float()}
+        if layers:
+            blocks["layers"] = [layer.float().cpu() for layer in extra]
+        return blocks
+
+    def host(x: torch.Tensor) -> torch.Tensor:
+        pinned = torch.empty(x.shape, dtype=torch.float32, pin_memory=True)
+        pinned.copy_(x, non_blocking=True)
+        return pinned
+
+    blocks = {"features": host(feats), "outputs": host(out)}
+    if layers:
+        blocks["layers"] = [host(layer) for layer in extra]
     event = torch.cuda.Event()
     event.record()
-    return {"features": f_host, "outputs": o_host, "event": event}
+    blocks["event"] = event
+    return blocks
 
 
 @dataclass
@@ -497,7 +555,9 @@ def _to_device(xb: ModelInputs, device: torch.device) -> ModelInputs:
     return xb.to(device, non_blocking=True)
 
 
-def _run_model(model: nn.Module, xb: ModelInputs, path: Path) -> Any:
+def run_model(model: nn.Module, xb: ModelInputs, path: Path) -> Any:
+    """The model on one batch (keyword inputs for a dict); an exception it raises is one
+    ModelError line."""
     try:
         return model(**xb) if isinstance(xb, dict) else model(xb)
     except NcInspectError:
@@ -566,7 +626,7 @@ def _probe(
                     inputs.setdefault(name, []).append(x)
 
             handles.append(module.register_forward_pre_hook(hook))
-        out = _run_model(model, xb, path)
+        out = run_model(model, xb, path)
     finally:
         for h in handles:
             h.remove()

@@ -5,9 +5,11 @@ one shard per process) and the work on one checkpoint: decide its inputs' prepro
 (`preprocess`: --normalize / --layout and the run's config, for every checkpoint before any
 runs), load it (`checkpoint`), build its model (`models`), find the head on the first batch and
 run the forward loop (`forward`), and write either the rows through the background writer
-(`writer`) or, with --stats-only, the report's statistics and the head. The plan and resume
-rules are `plan`'s, the device `device`'s, the multi-process split `distributed`'s; what may be
-imported or unpickled is decided in `trust`.
+(`writer`) or, with --stats-only, the report's statistics and the head (`sinks`). With --layers
+the chosen modules' outputs go to layer stores from the same forward pass (`layerjobs`); a
+checkpoint whose store exists is still run when some of its layer stores do not. The plan and
+resume rules are `plan`'s, the device `device`'s, the multi-process split `distributed`'s; what
+may be imported or unpickled is decided in `trust`. `list_model_layers` is --list-layers.
 
 Never parses a command line (the CLI builds an `ExtractConfig`), never prints, and writes only
 through `io.store.StoreWriter` (temporary name, renamed when complete: an interrupted run leaves
@@ -31,10 +33,10 @@ error in any process ends the job (torchrun stops the others).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,11 +62,10 @@ from ncinspect.extraction.distributed import (
 from ncinspect.extraction.forward import (
     BatchCheck,
     ForwardPass,
-    ForwardSource,
-    HeadProbe,
     find_head,
-    host_blocks,
+    run_model,
 )
+from ncinspect.extraction.layerjobs import ListedLayer, list_layers, plan_layers
 from ncinspect.extraction.messages import with_hint
 from ncinspect.extraction.models import import_model_classes, model_for_checkpoint
 from ncinspect.extraction.plan import (
@@ -76,10 +77,9 @@ from ncinspect.extraction.plan import (
     skip_rows,
 )
 from ncinspect.extraction.preprocess import resolve_preprocess
+from ncinspect.extraction.sinks import Sink, write_features, write_statistics
 from ncinspect.extraction.trust import add_code_paths
-from ncinspect.extraction.writer import THREADED_WRITES, BackgroundWriter
 from ncinspect.io.locking import store_lock
-from ncinspect.metrics.head import Head
 from ncinspect.provenance import Sidecar, read_sidecar, same_value
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def _run_jobs(
         # existence check happens under the lock (a store finished meanwhile is skipped).
         with store_lock(target):
             rows = skip_rows(job, target, config, dist, request)
-            if rows is not None:
+            if rows is not None and config.layers is None:
                 outcomes.append(
                     ExtractOutcome(
                         job.checkpoint, target, "skipped", rows, 0.0, job.run, shards, rank
@@ -153,29 +153,91 @@ def _run_jobs(
                 ident = dist.broadcast(uuid.uuid4().hex if dist.rank == 0 else None)
             output = JobOutput(target, dist, ident)
             try:
-                n = _extract_one(job, job_data, config, device, progress, output)
+                done = _extract_one(
+                    job, job_data, config, device, progress, output, request, rows is None
+                )
             except DataError as exc:
                 data_path = Path(config.data)
                 raise with_hint(exc, data_path if data_path.exists() else None) from None
             except (CheckpointError, ModelError) as exc:
                 raise with_hint(exc, job.checkpoint) from None
-        if dist is not None:
+        n = done.rows if rows is None else rows
+        if dist is not None and rows is None:
             n = sum(dist.gather(n))  # also: every process has renamed its shard
-        if rank == 0:
+        if rank == 0 and rows is None:
             remove_superseded(job.store, target)
+        if rank == 0:
+            for layer_store in done.layer_stores:
+                remove_superseded(layer_store, _own_file(layer_store, dist))
         outcomes.append(
             ExtractOutcome(
                 job.checkpoint,
                 target,
-                "written",
+                "written" if rows is None else "skipped",
                 n,
                 time.perf_counter() - t0,
                 job.run,
                 shards,
                 rank,
+                len(done.layer_stores),
+                done.layers_folder,
             )
         )
     return outcomes
+
+
+def _own_file(store: Path, dist: Distributed | None) -> Path:
+    """This process's file of `store`: the store, or its shard."""
+    return store if dist is None else shard_path(store, dist)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What `_extract_one` wrote: the checkpoint store's rows (0 when it was not written) and
+    the layer stores (--layers) written and their folder."""
+
+    rows: int
+    layer_stores: tuple[Path, ...] = ()
+    layers_folder: Path | None = None
+
+
+def list_model_layers(config: ExtractConfig) -> list[ListedLayer]:
+    """`extract --list-layers`: the first checkpoint's modules as the first batch runs them
+    (`layerjobs.list_layers`); nothing is written."""
+    import torch
+
+    add_code_paths(config.code_paths)
+    data = _open_data(config, _first_model_folder(config.checkpoints))
+    job = plan_jobs(config, data.split)[0]
+    data = _prepared(_data_for(data, config, job), config, job.checkpoint)
+    path = job.checkpoint
+    import_model_classes(config)
+    try:
+        ckpt = load_checkpoint(path, trust_code=config.trust_code, state_key=config.state_key)
+        built = model_for_checkpoint(ckpt, config)
+        device = resolve_device(config.device)
+        model = built.module.to(device)
+        with borrowed_eval(model), torch.inference_mode(), autocast(device, config.precision):
+            probe = find_head(
+                data,
+                model,
+                device,
+                batch_size=built.static_batch or min(config.batch_size, 64),
+                static_batch=built.static_batch,
+                workers=0,
+                cuda=device.type == "cuda",
+                head=config.head,
+                path=path,
+                check_sizes=built.check_sizes,
+            )
+            close = getattr(probe.stream, "close", None)
+            if callable(close):
+                close()
+            return list_layers(
+                probe, model, config.pooling, path, lambda x: run_model(model, x, path)
+            )
+    except (CheckpointError, ModelError) as exc:
+        raise with_hint(exc, path) from None
 
 
 def _open_data(config: ExtractConfig, tokenizer_dir: Path | None) -> DataSource:
@@ -307,7 +369,11 @@ def _extract_one(
     device: torch.device,
     progress: ProgressHook | None,
     output: JobOutput | None = None,
-) -> int:
+    request: dict[str, Any] | None = None,
+    write_main: bool = True,
+) -> _Done:
+    """One checkpoint: its store (when `write_main`) and, with --layers, its pending layer
+    stores, from one forward pass (two per store with --stats-only)."""
     import torch
 
     output = output or JobOutput(job.store)
@@ -424,111 +490,35 @@ def _extract_one(
                 attrs["head_output_check"] = probe.output_note
                 if progress is not None:
                     progress.warn(f"{path}: {probe.output_note}")
-            write = _write_statistics if config.stats_only else _write_features
-            return write(probe, forward, task, attrs, config, output, digest)
+            plan = None
+            if config.layers is not None:
+                plan = plan_layers(
+                    probe,
+                    model,
+                    config,
+                    job,
+                    output.dist,
+                    request or {},
+                    lambda inputs: run_model(model, inputs, path),
+                )
+                if not write_main and not plan.pending:
+                    return _Done(0, (), plan.folder)
+                if progress is not None and config.stats_only:  # the label counts passes
+                    head_stats = write_main or any(t.head for t in plan.pending)
+                    passes = 2 * (int(head_stats) + sum(not t.head for t in plan.pending))
+                    progress.finish()  # nothing advanced yet: no line
+                    progress.start(
+                        f"{job.run}/{path.name} [stats-only, {len(plan.pending)} layers: "
+                        f"{passes} passes]",
+                        None if data.n is None else passes * data.n,
+                    )
+            sink = Sink(output, digest.attrs, write_main, plan)
+            write = write_statistics if config.stats_only else write_features
+            rows = write(probe, forward, task, attrs, config, sink)
+            stores = () if plan is None else tuple(t.store for t in plan.pending)
+            return _Done(rows if write_main else 0, stores, None if plan is None else plan.folder)
     finally:
         if progress is not None:
             progress.finish()
         if device.type != "cpu":
             model.to("cpu")
-
-
-def _write_features(
-    probe: HeadProbe,
-    forward: ForwardPass,
-    task: Literal["classification", "regression"],
-    attrs: dict[str, Any],
-    config: ExtractConfig,
-    output: JobOutput,
-    digest: _Digest,
-) -> int:
-    """The probe's batch and every later one into a feature store, through the background
-    writer; returns the rows written."""
-    from ncinspect.io.store.writer import StoreWriter
-
-    # A distributed job rewrites a stale shard of an incomplete set (the set is not complete).
-    overwrite = config.overwrite or output.dist is not None
-    pending = host_blocks(probe.features, probe.outputs, probe.rows, forward.cuda)
-    with StoreWriter(
-        output.path,
-        task=task,
-        d=probe.d,
-        width=probe.head_width,
-        attrs=attrs,
-        with_outputs=config.with_outputs and probe.width == probe.head_width,
-        overwrite=overwrite,
-        expected_rows=forward.data.n,
-    ) as writer:
-        threaded = THREADED_WRITES.get(forward.device.type, True)
-        bg = BackgroundWriter(writer, threaded=threaded)
-        ok = False
-        try:
-            bg.put(forward.check.item(pending, probe.labels, writer.with_outputs))
-            if forward.progress is not None:
-                forward.progress.advance(probe.rows)
-            total = probe.rows
-            items = forward.store_items(probe.stream, writer.with_outputs)
-            with contextlib.closing(items):
-                for item in items:
-                    bg.put(item)
-                    total += len(item["features"])
-            bg.close()
-            ok = True
-        finally:
-            if not ok:
-                bg.abort()
-        writer.set_head(probe.weight, probe.bias)
-        writer.update_attrs(**digest.attrs(), **output.finish(total))
-    return total
-
-
-def _write_statistics(
-    probe: HeadProbe,
-    forward: ForwardPass,
-    task: Literal["classification", "regression"],
-    attrs: dict[str, Any],
-    config: ExtractConfig,
-    output: JobOutput,
-    digest: _Digest,
-) -> int:
-    """--stats-only: the report's two statistics passes over the model's outputs (on the device
-    where it has float64, `analysis.device`; else on the host) into a store of statistics and
-    the head; returns the rows of the last pass."""
-    from ncinspect.analysis import device as device_passes
-    from ncinspect.analysis.options import AnalysisOptions
-    from ncinspect.analysis.saved import gather_statistics
-    from ncinspect.io.store.writer import StoreWriter
-
-    close = getattr(probe.stream, "close", None)
-    if callable(close):
-        close()  # the passes read the data afresh
-    weight, bias = probe.weight, probe.bias
-    source = ForwardSource(
-        path=str(forward.checkpoint),
-        task=task,
-        n=forward.data.n or 0,
-        d=probe.d,
-        head=Head(weight.astype("float64"), None if bias is None else bias.astype("float64")),
-        has_outputs=config.with_outputs and probe.width == probe.head_width,
-        forward=forward,
-    )
-    options = AnalysisOptions(drop_nonfinite=config.drop_nonfinite)
-    if device_passes.applies(forward.device):  # accumulate on the device: no features to the host
-        parts, stats_attrs = device_passes.gather_statistics(
-            source, forward.on_device, forward.device, options, output.combine
-        )
-    else:
-        parts, stats_attrs = gather_statistics(source, options, output.combine)
-    with StoreWriter(
-        output.path,
-        task=task,
-        d=probe.d,
-        width=probe.head_width,
-        attrs=attrs,
-        overwrite=config.overwrite or output.dist is not None,
-        stats_only=True,
-    ) as writer:
-        writer.set_statistics(parts, forward.rows, stats_attrs)
-        writer.set_head(weight, bias)
-        writer.update_attrs(**digest.attrs(), **output.finish(forward.rows))
-    return forward.rows

@@ -10,6 +10,7 @@ assumptions, so the text is the same in a pipe and on a terminal.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ncinspect.errors import visible
@@ -148,4 +149,25 @@ def format_description(desc: dict[str, Any]) -> str:
     for note in desc.get("notes", []):
         add(f"  note: {note}")
     # names and values come from the file: each line keeps its control characters visible
+    return "\n".join(visible(line) for line in lines)
+
+
+def format_layer_listing(layers: Sequence[Any]) -> str:
+    """`extract --list-layers`: one line per module in forward order (its `order`, name, class,
+    output shape, features per sample under --pool, and the note: head, head input, or why it
+    cannot be a layer). `layers`: `extraction.layerjobs.ListedLayer` rows."""
+    rows = [("order", "module", "class", "output", "D", "note")]
+    for layer in layers:
+        shape = "-" if layer.shape is None else _shape(list(layer.shape))
+        d = "-" if layer.d is None else str(layer.d)
+        rows.append((str(layer.order), layer.name, layer.kind, shape, d, layer.note))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [
+        "  ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip() + "  " + r[5] for r in rows
+    ]
+    lines = [line.rstrip() for line in lines]
+    lines.append(
+        "(--layers takes these names, or blocks:NAME, linear, type:CLASS; the head's input is "
+        "always stored as the last layer)"
+    )
     return "\n".join(visible(line) for line in lines)

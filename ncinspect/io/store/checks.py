@@ -257,3 +257,30 @@ def check_claimed_sizes(
                 "re-create it",
                 path=path,
             )
+
+
+def layer_without_head(f: h5py.File, attrs: dict[str, Any], path: str) -> bool:
+    """Whether the store is a layer store without a head (`extract --layers`: no /head group, a
+    non-empty string attribute `layer`). Any other store must have 'head/weight': a store that
+    lost its head is an error, never a silent switch to the head-free metrics."""
+    if "head" in f:
+        return False
+    layer = attrs.get("layer")
+    if layer is None:
+        return False  # `dataset(..., "head/weight", True)` then names what is missing
+    if not isinstance(layer, str) or not layer:
+        raise StoreError(f"attribute 'layer' is {layer!r}, expected a module name", path=path)
+    return True
+
+
+def headless_width(attrs: dict[str, Any], task: str, path: str) -> int:
+    """K (attribute k) or T (attribute t) of a layer store without a head: an integer >= 1."""
+    name = "k" if task == "classification" else "t"
+    value = attrs.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StoreError(
+            f"attribute '{name}' is {value!r}, expected an integer >= 1 (a layer store without "
+            f"a head keeps its {'K' if name == 'k' else 'T'} there)",
+            path=path,
+        )
+    return value

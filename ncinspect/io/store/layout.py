@@ -17,6 +17,12 @@ Layout of one store (one checkpoint x one data split):
     `provenance` (a JSON object with everything else: model spec, data spec, device, ...).
     content="features" (absent in older stores: the same).
 
+A layer store (`extract --layers`: the output of one module, pooled per sample) has the same
+layout, with root attributes `layer` (the module's name) and `layer_order` (its place in the
+model's forward pass). A layer that is not the head's input has no /head group; its K or T is
+then the root attribute k or t, and the head-free metrics are reported for it. Layer stores of
+one checkpoint and split live in `<checkpoint>.<split>.layers/<layer>.h5` beside its store.
+
 A stats-only store (content="statistics", `extract --stats-only`) has no /features, /labels,
 /targets or /outputs; instead
     /stats                 attrs: rows, nonfinite_rows_dropped, predictions (regression)
@@ -57,6 +63,8 @@ CORE_ATTRS = (
     "extraction_id",
     "total_rows",
     "shard_layout",
+    "layer",
+    "layer_order",
 )
 
 

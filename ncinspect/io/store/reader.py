@@ -19,7 +19,13 @@ from ncinspect._version import __version__
 from ncinspect.errors import StoreError, reading
 from ncinspect.files import regular_file
 from ncinspect.io.sources import Batch, FeatureSource, Task, check_label_range, validate_arrays
-from ncinspect.io.store.checks import check_claimed_sizes, check_self_contained, dataset
+from ncinspect.io.store.checks import (
+    check_claimed_sizes,
+    check_self_contained,
+    dataset,
+    headless_width,
+    layer_without_head,
+)
 from ncinspect.io.store.layout import (
     CLASS_SUMS,
     CONTENTS,
@@ -35,7 +41,15 @@ from ncinspect.metrics.head import Head
 class StoreSource(FeatureSource):
     """A store opened for chunked reading. Holds the HDF5 file open until `close()`."""
 
-    def __init__(self, path: str, f: h5py.File, task: Task, head: Head, meta: dict[str, Any]):
+    def __init__(
+        self,
+        path: str,
+        f: h5py.File,
+        task: Task,
+        head: Head | None,
+        meta: dict[str, Any],
+        width: int | None = None,
+    ):
         feats = f["features"]
         super().__init__(
             path=path,
@@ -46,6 +60,7 @@ class StoreSource(FeatureSource):
             has_outputs="outputs" in f,
             meta=meta,
             origin="store",
+            width_without_head=width if head is None else None,
         )
         self._f = f
         self._features = feats
@@ -185,8 +200,9 @@ def _open_store(path: str | Path) -> StoreSource | StatsSource:
         if content == "statistics":
             return open_statistics(f, p, attrs)
         feats = dataset(f, p, "features", True)
-        weight = dataset(f, p, "head/weight", True)
-        bias = dataset(f, p, "head/bias", False)
+        headless = layer_without_head(f, attrs, p)
+        weight = None if headless else dataset(f, p, "head/weight", True)
+        bias = None if headless else dataset(f, p, "head/bias", False)
         labels = dataset(f, p, "labels", False)
         targets = dataset(f, p, "targets", False)
         outputs = dataset(f, p, "outputs", False)
@@ -208,7 +224,7 @@ def _open_store(path: str | Path) -> StoreSource | StatsSource:
             p,
             features_shape=feats.shape,
             features_dtype=feats.dtype,
-            weight_shape=weight.shape,
+            weight_shape=None if weight is None else weight.shape,
             bias_shape=None if bias is None else bias.shape,
             labels_shape=None if labels is None else labels.shape,
             labels_dtype=None if labels is None else labels.dtype,
@@ -224,16 +240,32 @@ def _open_store(path: str | Path) -> StoreSource | StatsSource:
                 f"{'labels' if task == 'classification' else 'targets'}",
                 path=p,
             )
-        head = Head(
-            np.asarray(weight[()], dtype=np.float64),
-            None if bias is None else np.asarray(bias[()], dtype=np.float64),
-        )
+        if weight is None:
+            head = None
+            width = headless_width(attrs, task, p)
+            if targets is not None and targets.shape[1] != width:
+                raise StoreError(
+                    f"'targets' has shape {tuple(targets.shape)}, expected ({targets.shape[0]}, "
+                    f"{width}) (attribute 't')",
+                    path=p,
+                )
+            if outputs is not None and outputs.shape[1] != width:
+                raise StoreError(
+                    f"'outputs' has shape {tuple(outputs.shape)}, expected "
+                    f"({outputs.shape[0]}, {width}) (K or T from the root attributes)",
+                    path=p,
+                )
+        else:
+            head = Head(
+                np.asarray(weight[()], dtype=np.float64),
+                None if bias is None else np.asarray(bias[()], dtype=np.float64),
+            )
+            width = head.width
         if labels is not None:
-            k = head.width
             step = 1 << 20
             for s in range(0, labels.shape[0], step):
-                check_label_range(p, "labels", labels[s : s + step], k, StoreError)
-        return StoreSource(p, f, task, head, source_meta(attrs))
+                check_label_range(p, "labels", labels[s : s + step], width, StoreError)
+        return StoreSource(p, f, task, head, source_meta(attrs), width)
     except BaseException:
         f.close()
         raise

@@ -24,6 +24,7 @@ from ncinspect.io.sources import Batch, FeatureSource, StatRecord
 
 if TYPE_CHECKING:
     from ncinspect.io.store.reader import StoreSource
+    from ncinspect.metrics.head import Head
 
 SHARD_PATTERN = re.compile(
     r"^(?P<base>.+)\.shard-(?P<index>\d{5})-of-(?P<count>\d{5})(?P<suffix>\.h5|\.hdf5)$"
@@ -81,6 +82,7 @@ class ShardSetSource(FeatureSource):
             has_outputs=all(s.has_outputs for s in shards),
             meta=meta,
             origin="store",
+            width_without_head=first.width_without_head,
         )
         self.shards = shards
         self._starts = np.cumsum([0] + [s.n for s in shards])
@@ -174,6 +176,7 @@ def open_shard_set(paths: list[Path]) -> FeatureSource:
             meta=meta,
             origin="store",
             statistics=saved,
+            width_without_head=first.width_without_head,
         )
     except BaseException:
         for src in sources:
@@ -204,19 +207,14 @@ def _check_shards(paths: list[Path], sources: list[FeatureSource]) -> None:
         for key in ("extraction_id", "content", "total_rows", "shard_layout"):
             if meta.get(key) != first.meta.get(key):
                 raise differs(path, f"attribute '{key}'", meta.get(key), first.meta.get(key))
-        head, first_head = src.require_head(), first.require_head()
-        if (src.task, src.d, head.width) != (first.task, first.d, first_head.width):
+        if (src.task, src.d, src.width) != (first.task, first.d, first.width):
             raise differs(
                 path,
                 "(task, D, width)",
-                (src.task, src.d, head.width),
-                (first.task, first.d, first_head.width),
+                (src.task, src.d, src.width),
+                (first.task, first.d, first.width),
             )
-        a, b = head.bias, first_head.bias
-        same_bias = (a is None and b is None) or (
-            a is not None and b is not None and np.array_equal(a, b)
-        )
-        if not (np.array_equal(head.weight, first_head.weight) and same_bias):
+        if not _same_head(src.head, first.head):
             raise differs(path, "the head (weight, bias)", "different values", "others")
         if (src.statistics is None) != (first.statistics is None):
             raise differs(
@@ -258,3 +256,13 @@ def _same_record(a: StatRecord, b: StatRecord) -> bool:
         elif value != other:
             return False
     return True
+
+
+def _same_head(a: Head | None, b: Head | None) -> bool:
+    """Both absent (layer stores without a head), or equal weights and biases."""
+    if a is None or b is None:
+        return a is None and b is None
+    same_bias = (a.bias is None and b.bias is None) or (
+        a.bias is not None and b.bias is not None and np.array_equal(a.bias, b.bias)
+    )
+    return bool(np.array_equal(a.weight, b.weight) and same_bias)

@@ -25,6 +25,8 @@ from ncinspect.io.store.checks import (
     check_total_claim,
     dataset,
     dataset_names,
+    headless_width,
+    layer_without_head,
 )
 from ncinspect.io.store.layout import plain, source_meta
 from ncinspect.metrics.head import Head
@@ -185,8 +187,13 @@ def open_statistics(f: h5py.File, p: str, attrs: dict[str, Any]) -> StatsSource:
             )
         n = _int_attr(attrs, "n", p, 1)
         d = _int_attr(attrs, "d", p, 1)
-        head = _head_of(f, p)
-        if head.weight.shape[1] != d:
+        head: Head | None = None
+        if layer_without_head(f, attrs, p):
+            width: int | None = headless_width(attrs, task, p)
+        else:
+            head = _head_of(f, p)
+            width = None
+        if head is not None and head.weight.shape[1] != d:
             raise StoreError(
                 f"'head/weight' has shape {head.weight.shape}, expected ({head.width}, {d}) for "
                 f"attribute d = {d}",
@@ -225,6 +232,7 @@ def open_statistics(f: h5py.File, p: str, attrs: dict[str, Any]) -> StatsSource:
             meta=source_meta(attrs),
             origin="store",
             statistics=(saved,),
+            width_without_head=width,
         )
     finally:
         f.close()

@@ -56,8 +56,12 @@ class StoreWriter:
         overwrite: bool = False,
         expected_rows: int | None = None,
         stats_only: bool = False,
+        headless: bool = False,
     ) -> None:
         self.stats_only = stats_only
+        # a layer store (`extract --layers`) of a layer without a head: no /head group; K or T
+        # is then the root attribute k or t
+        self.headless = headless
         self._statistics: tuple[dict[str, StatRecord], dict[str, Any]] | None = None
         if stats_only:
             with_outputs = False
@@ -256,8 +260,10 @@ class StoreWriter:
             sub.attrs["none_fields"] = json.dumps(nones)
 
     def _finalize(self, f: h5py.File) -> None:
-        if self._head is None:
+        if self._head is None and not self.headless:
             raise ValueError("StoreWriter closed without set_head()")
+        if self._head is not None and self.headless:
+            raise ValueError("a headless StoreWriter was given a head")
         if self.n == 0:
             raise OutputError(
                 "no rows were written; refusing to create an empty store", path=self.path
@@ -272,10 +278,11 @@ class StoreWriter:
             sums = f.create_group(CLASS_SUMS)
             sums.create_dataset("counts", data=self._class_sums.counts)
             sums.create_dataset("sums", data=self._class_sums.sums)
-        g = f.create_group("head")
-        g.create_dataset("weight", data=np.asarray(self._head.weight, dtype=np.float32))
-        if self._head.bias is not None:
-            g.create_dataset("bias", data=np.asarray(self._head.bias, dtype=np.float32))
+        if self._head is not None:
+            g = f.create_group("head")
+            g.create_dataset("weight", data=np.asarray(self._head.weight, dtype=np.float32))
+            if self._head.bias is not None:
+                g.create_dataset("bias", data=np.asarray(self._head.bias, dtype=np.float32))
         a = f.attrs
         a["format"] = FORMAT
         a["format_version"] = FORMAT_VERSION
@@ -352,27 +359,33 @@ def write_store(
     path: str | Path,
     *,
     features: np.ndarray,
-    weight: np.ndarray,
+    weight: np.ndarray | None,
     bias: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     targets: np.ndarray | None = None,
     outputs: np.ndarray | None = None,
     attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
+    width: int | None = None,
 ) -> Path:
-    """Write a whole store from in-memory arrays (tests, fixtures, the Python API)."""
+    """Write a whole store from in-memory arrays (tests, fixtures, the Python API). `weight`
+    None writes a headless store (a layer without a head), whose K or T is `width`."""
     task: Task = "classification" if labels is not None else "regression"
     features = np.asarray(features)
+    if weight is None and width is None:
+        raise ValueError("a store without a head needs width (K or T)")
     with StoreWriter(
         path,
         task=task,
         d=features.shape[1],
-        width=weight.shape[0],
+        width=int(weight.shape[0]) if weight is not None else int(width or 0),
         attrs=attrs,
         with_outputs=outputs is not None,
         overwrite=overwrite,
         expected_rows=features.shape[0],
+        headless=weight is None,
     ) as w:
         w.append(features, labels=labels, targets=targets, outputs=outputs)
-        w.set_head(weight, bias)
+        if weight is not None:
+            w.set_head(weight, bias)
     return Path(path)

@@ -1,0 +1,230 @@
+"""Writing one checkpoint's stores from its forward pass: its feature store, or with
+--stats-only its statistics, and the pending layer stores of --layers.
+
+Owns `Sink` (where a checkpoint's rows go) and the two writers `extraction.run` chooses between:
+`write_features` (the probe's batch and every later one through background writers, one per
+store; the layer stores take their rows from the same forward pass) and `write_statistics` (the
+report's two statistics passes per store: the head's on the device where it has float64, each
+layer without the head on the host). Writes only through `io.store.StoreWriter`, so every store
+appears complete or not at all; never plans (`plan`, `layerjobs`) and never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from ncinspect.extraction.config import ExtractConfig
+from ncinspect.extraction.distributed import JobOutput
+from ncinspect.extraction.forward import ForwardPass, ForwardSource, HeadProbe, host_blocks
+from ncinspect.extraction.layerjobs import LayerPlan, LayerTarget, LayerWriters, layer_attrs
+from ncinspect.extraction.writer import THREADED_WRITES, BackgroundWriter
+from ncinspect.metrics.head import Head
+
+
+@dataclass
+class Sink:
+    """Where one checkpoint's rows go: its store (when `write_main`) and the pending layer
+    stores of `plan` (--layers), with the job's output and the checkpoint's digest."""
+
+    output: JobOutput
+    digest: Callable[[], dict[str, Any]]  # the checkpoint's hash attributes, once computed
+    write_main: bool = True
+    plan: LayerPlan | None = None
+
+    @property
+    def layers(self) -> list[LayerTarget]:
+        return [] if self.plan is None else self.plan.pending
+
+    def finish(self, rows: int) -> dict[str, Any]:
+        """The attributes every store of the job gets once its rows are known."""
+        return {**self.digest(), **self.output.finish(rows)}
+
+
+def write_features(
+    probe: HeadProbe,
+    forward: ForwardPass,
+    task: Literal["classification", "regression"],
+    attrs: dict[str, Any],
+    config: ExtractConfig,
+    sink: Sink,
+) -> int:
+    """The probe's batch and every later one into a feature store (and the pending layer
+    stores), through background writers; returns the rows written."""
+    from ncinspect.io.store.writer import StoreWriter
+
+    output = sink.output
+    # A distributed job rewrites a stale shard of an incomplete set (the set is not complete).
+    overwrite = config.overwrite or output.dist is not None
+    with_outputs = config.with_outputs and probe.width == probe.head_width
+    first_layers = [] if sink.plan is None else sink.plan.first_rows
+    pending = host_blocks(probe.features, probe.outputs, probe.rows, forward.cuda, first_layers)
+    threaded = THREADED_WRITES.get(forward.device.type, True)
+    if sink.layers:
+        assert sink.plan is not None
+        forward.capture = sink.plan.capture
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if sink.write_main:
+            writer = stack.enter_context(
+                StoreWriter(
+                    output.path,
+                    task=task,
+                    d=probe.d,
+                    width=probe.head_width,
+                    attrs=attrs,
+                    with_outputs=with_outputs,
+                    overwrite=overwrite,
+                    expected_rows=forward.data.n,
+                )
+            )
+        layers = None
+        if sink.layers:
+            assert sink.plan is not None
+            layers = stack.enter_context(
+                LayerWriters(
+                    sink.plan,
+                    attrs,
+                    task=task,
+                    width=probe.head_width,
+                    head=(probe.weight, probe.bias),
+                    with_outputs=with_outputs,
+                    overwrite=overwrite,
+                    expected_rows=forward.data.n,
+                    threaded=threaded,
+                )
+            )
+        bg = None if writer is None else BackgroundWriter(writer, threaded=threaded)
+
+        def put(item: dict[str, Any]) -> None:
+            if bg is not None:
+                bg.put({k: v for k, v in item.items() if k != "layers"})
+            if layers is not None:
+                layers.put(item)
+
+        ok = False
+        try:
+            put(forward.check.item(pending, probe.labels, with_outputs))
+            if forward.progress is not None:
+                forward.progress.advance(probe.rows)
+            total = probe.rows
+            items = forward.store_items(probe.stream, with_outputs)
+            with contextlib.closing(items):
+                for item in items:
+                    put(item)
+                    total += len(item["features"])
+            if bg is not None:
+                bg.close()
+            ok = True
+        finally:
+            if not ok:
+                if bg is not None:
+                    bg.abort()
+                if layers is not None:
+                    layers.abort()
+        finish = sink.finish(total)
+        if writer is not None:
+            writer.set_head(probe.weight, probe.bias)
+            writer.update_attrs(**finish)
+        if layers is not None:
+            layers.close(finish)
+    return total
+
+
+def write_statistics(
+    probe: HeadProbe,
+    forward: ForwardPass,
+    task: Literal["classification", "regression"],
+    attrs: dict[str, Any],
+    config: ExtractConfig,
+    sink: Sink,
+) -> int:
+    """--stats-only: the report's two statistics passes over the model's outputs (on the device
+    where it has float64, `analysis.device`; else on the host) into a store of statistics and
+    the head; each pending layer store without the head gets two passes of its own, on the
+    host, and a layer whose rows are the head's input the head's statistics. Returns the rows
+    of the last pass."""
+    from ncinspect.analysis.options import AnalysisOptions
+    from ncinspect.io.store.writer import StoreWriter
+
+    close = getattr(probe.stream, "close", None)
+    if callable(close):
+        close()  # the passes read the data afresh
+    output = sink.output
+    weight, bias = probe.weight, probe.bias
+    has_outputs = config.with_outputs and probe.width == probe.head_width
+    options = AnalysisOptions(drop_nonfinite=config.drop_nonfinite)
+    overwrite = config.overwrite or output.dist is not None
+    stores: list[tuple[Path, dict[str, Any], int, bool, Any]] = []  # path, attrs, d, head, stats
+    rows = 0
+    if sink.write_main or any(t.head for t in sink.layers):
+        source = ForwardSource(
+            path=str(forward.checkpoint),
+            task=task,
+            n=forward.data.n or 0,
+            d=probe.d,
+            head=Head(weight.astype("float64"), None if bias is None else bias.astype("float64")),
+            has_outputs=has_outputs,
+            forward=forward,
+        )
+        stats = _gather(source, forward, options, output, host=False)
+        rows = forward.rows
+        if sink.write_main:
+            stores.append((output.path, attrs, probe.d, True, stats))
+        for t in sink.layers:
+            if t.head:
+                stores.append((t.path, layer_attrs(attrs, t), t.d, True, stats))
+    for t in sink.layers:
+        if t.head:
+            continue
+        assert sink.plan is not None
+        capture = replace(sink.plan.capture, names=[t.name])
+        layer_forward = replace(forward, capture=capture, feature_from=0, layer_rows=[])
+        source = ForwardSource(
+            path=str(forward.checkpoint),
+            task=task,
+            n=forward.data.n or 0,
+            d=t.d,
+            head=None,
+            has_outputs=False,
+            forward=layer_forward,
+            width=probe.head_width,
+        )
+        stats = _gather(source, layer_forward, options, output, host=True)
+        rows = layer_forward.rows
+        stores.append((t.path, layer_attrs(attrs, t), t.d, False, stats))
+    finish = sink.finish(rows)
+    for path, store_attrs, d, with_head, (parts, stats_attrs) in stores:
+        with StoreWriter(
+            path,
+            task=task,
+            d=d,
+            width=probe.head_width,
+            attrs=store_attrs,
+            overwrite=overwrite,
+            stats_only=True,
+            headless=not with_head,
+        ) as writer:
+            writer.set_statistics(parts, rows, stats_attrs)
+            if with_head:
+                writer.set_head(weight, bias)
+            writer.update_attrs(**finish)
+    return rows
+
+
+def _gather(
+    source: ForwardSource, forward: ForwardPass, options: Any, output: JobOutput, host: bool
+) -> tuple[Any, dict[str, Any]]:
+    """The two statistics passes over `source`: on the device where it has float64 and the
+    source has a head (`analysis.device`), else on the host (`analysis.saved`)."""
+    from ncinspect.analysis import device as device_passes
+    from ncinspect.analysis.saved import gather_statistics
+
+    if not host and device_passes.applies(forward.device):  # no features to the host
+        return device_passes.gather_statistics(
+            source, forward.on_device, forward.device, options, output.combine
+        )
+    return gather_statistics(source, options, output.combine)
