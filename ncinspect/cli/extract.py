@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ncinspect.cli.common import Precision, TaskChoice, guarded
-from ncinspect.errors import visible
+from ncinspect.errors import UsageError, visible
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -341,6 +341,10 @@ def extract(
         from ncinspect.extraction.layers import parse_layers
         from ncinspect.extraction.run import run_extract
 
+        if pool is not None and layers is None and not list_layers:
+            raise UsageError(
+                "--pool belongs to --layers or --list-layers (the head's input is always (B, D))"
+            )
         config = ExtractConfig(
             checkpoints=tuple(checkpoints),
             data=data,

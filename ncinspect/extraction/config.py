@@ -96,8 +96,6 @@ class ExtractConfig:
         if self.layers is not None:
             parse_layers(",".join(self.layers))
         parse_pool(self.pool)  # a bad --pool fails here, before any work
-        if self.pool is not None and self.layers is None:
-            raise UsageError("--pool belongs to --layers (the head's input is always (B, D))")
         if self.normalize is not None:
             parse_normalize(self.normalize)  # a bad value fails here, before any work
         if self.layout is not None and self.layout not in LAYOUTS:

@@ -263,8 +263,9 @@ def _open_store(path: str | Path) -> StoreSource | StatsSource:
             width = head.width
         if labels is not None:
             step = 1 << 20
+            k_from = "rows in the head weight" if head is not None else "from attribute 'k'"
             for s in range(0, labels.shape[0], step):
-                check_label_range(p, "labels", labels[s : s + step], width, StoreError)
+                check_label_range(p, "labels", labels[s : s + step], width, StoreError, k_from)
         return StoreSource(p, f, task, head, source_meta(attrs), width)
     except BaseException:
         f.close()
