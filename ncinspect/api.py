@@ -5,7 +5,8 @@
     >>> results[0].metrics["nc1"]
     >>> ncinspect.analyze_arrays(features, weight, bias, labels=labels)   # one Result
 
-Owns: `analyze` (paths -> results: discover, open, analyse, apply the run-level NRC3 gamma
+Owns: `analyze` (paths -> results: discover, open, leave out the layer stores of `extract
+--layers` unless asked for them alone, analyse, apply the run-level NRC3 gamma
 protocol, with `calibrate_on` take each checkpoint's temperature from its store of another split
 (`ncinspect.paired.calibrate_on`), attach each run's hyper-parameter record and the distance to
 the UFM optimum) and the public surface listed in `__all__`: `analyze_arrays` for arrays already
@@ -62,6 +63,8 @@ def analyze(
     temperature_method: str = "nll",
     calibrate_on: str | None = None,
     splits: Sequence[str] | None = None,
+    layers: bool = False,
+    left_out: list[str] | None = None,
 ) -> list[Result]:
     """Analyse stores and dumps (files or directories searched recursively).
 
@@ -89,6 +92,13 @@ def analyze(
     `splits`: keep only the stores of these splits (`report --split`); the stores of
     `calibrate_on` are still read to fit the temperature. A split no store has is a UsageError
     listing the splits found.
+    `layers`: False (the default) leaves out the layer stores of `extract --layers` (a store
+    whose root attribute `layer` names a module), so a folder holding them gives the same
+    results as without them; True analyses the layer stores only (each result's `layer` and
+    `layer_order` are set; `ncinspect.depth.depth_profiles` groups them). Either way a store of
+    the other kind is opened (its attributes and head, no rows), then closed, and its path is
+    appended to `left_out` when a list is given. `calibrate_on` matches the stores of a
+    checkpoint, not of a layer: with `layers=True` it is a UsageError.
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -105,6 +115,11 @@ def analyze(
         temperature_method=temperature_method,
     )
     check_calibration_options(options)  # before any file is read
+    if layers and calibrate_on is not None:
+        raise UsageError(
+            "--calibrate-on matches each checkpoint's stores across splits, not its layers; it "
+            "does not apply to layer stores"
+        )
     plan = read_manifest(manifest) if manifest is not None else None  # its errors come first
     settings = ufm or UfmSettings()
     if settings.lambdas is None and ufm_lambdas is not None:
@@ -126,6 +141,10 @@ def analyze(
                 skipped.append(f"{path}: skipped, not a feature store or dump ({exc.message})")
             continue
         try:
+            if is_layer_store(source.meta) != layers:  # decided before any row is read
+                if left_out is not None:
+                    left_out.append(str(path))
+                continue
             split = source.meta.get("split")
             seen[split if isinstance(split, str) else None] = None
             if read is None or split in read:
@@ -160,6 +179,11 @@ def analyze(
     return results
 
 
+def is_layer_store(meta: Mapping[str, object]) -> bool:
+    """Whether a source's attributes are a layer store's (`extract --layers`: `layer` set)."""
+    return meta.get("layer") is not None
+
+
 def check_splits(wanted: Sequence[str], seen: Sequence[str | None]) -> None:
     """Every split `--split` names must have a store among `seen`, the splits of the stores
     found (none found: nothing to check); else one UsageError listing them."""
@@ -170,10 +194,11 @@ def check_splits(wanted: Sequence[str], seen: Sequence[str | None]) -> None:
 
 
 def _apply_run_protocols(results: list[Result]) -> None:
-    by_run: dict[tuple[str, str | None], list[Result]] = defaultdict(list)
+    # a layer's checkpoints form its run's series (the held gamma is per layer)
+    by_run: dict[tuple[str, str | None, str | None], list[Result]] = defaultdict(list)
     for r in results:
         if r.task == "regression":
-            by_run[(run_key(r), r.split)].append(r)
+            by_run[(run_key(r), r.split, r.layer)].append(r)
     if not by_run:
         return
     from ncinspect.analysis.regression import apply_run_gamma

@@ -12,6 +12,9 @@ Between the passes pass 1 goes to the host as the numpy object, is combined over
 of a distributed extraction, and planned with the host's own code (`plan_class_scatter`,
 `plan_unit_projections`); what pass 2 needs returns to the device in float64.
 
+A source without a head (a layer store of `extract --layers` whose layer is not the head's
+input) takes the same passes: the nearest-mean count without the logits' ones (classification),
+no predictions (regression), as on the host.
 Non-finite feature rows behave as on the host (`analysis.rows.FiniteRows`): refused with the
 same message, or with `drop_nonfinite` left out and counted. Rows are masked, not filtered, so
 no batch waits on the device; the refusal comes at the end of the pass, with the pass's total.
@@ -130,12 +133,15 @@ def regression_statistics(
 ) -> tuple[RegressionMoments, UnitProjections, UnitProjections, int]:
     """`analysis.regression.regression_statistics` on the device: (pass-1 moments, pass-2
     uncentred and centred unit projections, rows dropped as non-finite). Predictions are the
-    stored outputs when the source has them, else h @ W^T + b in float64."""
-    head = source.require_head()  # extraction: the model's own head
-    weight_np = np.asarray(head.weight, dtype=np.float64)
-    t, d = weight_np.shape
-    weight = torch.as_tensor(weight_np, device=device)
-    bias = torch.as_tensor(head.bias_or_zeros(), device=device)
+    stored outputs when the source has them, else h @ W^T + b in float64; without either (a
+    layer that is not the head's input) zeros, which only fill the RSS the metrics leave unused
+    (as on the host)."""
+    head = source.head
+    t, d = source.width, source.d
+    weight = bias = None
+    if head is not None:
+        weight = torch.as_tensor(np.asarray(head.weight, dtype=np.float64), device=device)
+        bias = torch.as_tensor(head.bias_or_zeros(), device=device)
     rows = _Pass(source, options)
     acc = DeviceRegressionMoments(d, t, device)
     for batch, x, keep in rows.rows(batches(source.has_outputs)):
@@ -144,6 +150,8 @@ def regression_statistics(
         if source.has_outputs:
             assert batch.outputs is not None
             pred = batch.outputs.to(F64).reshape(-1, t)
+        elif weight is None or bias is None:
+            pred = torch.zeros_like(targets)
         else:
             pred = torch.addmm(bias, x, weight.T)
         acc.update(x, targets, pred, keep, check_predictions=source.has_outputs)

@@ -6,7 +6,8 @@ the reader's notes as warnings, and assembling the result record. The task's own
 metrics are `analysis.classification` and `analysis.regression`; a stats-only store's saved
 statistics are `analysis.saved`'s; the calibration keys of the stored logits are
 `analysis.calibration`'s. Reads data only through `FeatureSource`; computes no
-statistic itself. Memory: one read block (about 8 MiB of features) and the statistics, apart
+statistic itself. A layer store's `layer` and `layer_order` attributes go into the result.
+Memory: one read block (about 8 MiB of features) and the statistics, apart
 from calibration's N confidences (and logits up to 32 MiB, held for the temperature fit).
 """
 
@@ -26,6 +27,7 @@ from ncinspect.analysis.rows import MAX_FEATURE_ABS, FiniteRows
 from ncinspect.analysis.saved import metrics_from_statistics
 from ncinspect.errors import InputError, UsageError
 from ncinspect.io.sources import FeatureSource
+from ncinspect.metrics.head import NO_CLASSIFIER, NO_LAYER_HEAD, NO_REGRESSOR
 from ncinspect.metrics.results import MetricSet, Result
 from ncinspect.stats.parallel import full_blas, release_scratch, worker_pass
 
@@ -43,7 +45,8 @@ def analyze_source(source: FeatureSource, options: AnalysisOptions | None = None
 
 
 def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
-    _epoch_of(source)  # a malformed epoch attribute fails before any pass
+    _epoch_of(source)  # a malformed epoch or layer attribute fails before any pass
+    _layer_of(source)
     _check_dense_size(source)
     _check_finite_head(source)
     if source.statistics is not None:  # saved by extract --stats-only: no rows to read
@@ -168,9 +171,24 @@ def _epoch_of(source: FeatureSource) -> int | None:
     return number
 
 
+def _headless_layer(ms: MetricSet) -> None:
+    """A layer store without a head lacks it by design (only the head's input has it): the
+    head keys' reason says so, in info only, with no warning."""
+    undefined = ms.info.get("undefined", {})
+    for key, reason in list(undefined.items()):
+        if reason in (NO_CLASSIFIER, NO_REGRESSOR):
+            undefined[key] = NO_LAYER_HEAD
+    stale = {f"are undefined: {NO_CLASSIFIER}", f"are undefined: {NO_REGRESSOR}",
+             f"is undefined: {NO_CLASSIFIER}", f"is undefined: {NO_REGRESSOR}"}  # fmt: skip
+    ms.warnings[:] = [w for w in ms.warnings if not any(w.endswith(end) for end in stale)]
+
+
 def _result(source: FeatureSource, ms: MetricSet, n_used: int, extras: dict[str, Any]) -> Result:
     meta = source.meta
     extras = {**extras, "meta": dict(meta)}
+    layer, layer_order = _layer_of(source)
+    if layer is not None and source.head is None:
+        _headless_layer(ms)
     return Result(
         source=source.path,
         task=source.task,
@@ -185,8 +203,36 @@ def _result(source: FeatureSource, ms: MetricSet, n_used: int, extras: dict[str,
         checkpoint=_str_or_none(meta.get("checkpoint")),
         epoch=_epoch_of(source),
         split=_str_or_none(meta.get("split")),
+        layer=layer,
+        layer_order=layer_order,
         extras=extras,
     )
+
+
+def _layer_of(source: FeatureSource) -> tuple[str | None, int | None]:
+    """(layer, layer_order) of a layer store (`extract --layers`), (None, None) for any other
+    source: the name a non-empty string and the order a whole number, or InputError."""
+    layer, order = source.meta.get("layer"), source.meta.get("layer_order")
+    if isinstance(order, np.generic):
+        order = order.item()
+    if layer is None and order is None:
+        return None, None
+    if not isinstance(layer, str) or not layer:
+        raise InputError(
+            f"attribute 'layer' is {layer!r}; expected the module's name (a layer store)",
+            path=source.path,
+        )
+    if order is None:
+        return layer, None
+    if isinstance(order, float) and order.is_integer():
+        order = int(order)
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise InputError(
+            f"attribute 'layer_order' is {order!r}; expected a whole number (the layer's place "
+            "in the forward pass)",
+            path=source.path,
+        )
+    return layer, order
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -14,7 +14,8 @@ rows); regression, "moments" (`RegressionMoments` without unit rows; pass 1, glo
 "uncentred" / "centred" (`UnitProjections`; pass 2, this file's rows). "global" records are the
 same in every shard of a set; "shard" records are plain sums, merged over the shards. So the
 metrics equal those of the rows' two passes up to float64 rounding of the sums (the tests check
-1e-9 relative).
+1e-9 relative). A record written before a field existed (`ADDED_LATER`) still loads; the key that
+field feeds is null with the reason.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ncinspect.analysis.classification import (
 )
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import (
+    NO_PREDICTIONS,
     gamma_choice,
     regression_from_statistics,
     regression_statistics,
@@ -47,6 +49,11 @@ from ncinspect.stats.regression import RegressionMoments, UnitProjections
 
 # Turns one process's pass-1 accumulator (ClassSums or RegressionMoments) into every process's.
 Combine = Callable[[Any], Any]
+
+# Fields an accumulator gained after stats-only stores were first written: a record without one
+# still loads, marked (`ClassScatter.ncc_counted` False), and the metric it feeds is null with the
+# reason (`metrics.classification.NO_NCC_COUNT`), never an error.
+ADDED_LATER: dict[str, tuple[str, ...]] = {"ClassScatter": ("ncc_correct",)}
 
 # part name -> (class, scope), per task
 PARTS: dict[str, dict[str, tuple[type, str]]] = {
@@ -86,7 +93,11 @@ def records(
     scopes = PARTS[source.task]
     attrs: dict[str, Any] = {"nonfinite_rows_dropped": int(dropped)}
     if source.task == "regression":
-        attrs["predictions"] = "outputs" if source.has_outputs else "W h + b"
+        # a layer without a head (and without outputs) predicted nothing: mse and r2 are null
+        headless = source.head is None and not source.has_outputs
+        attrs["predictions"] = (
+            NO_PREDICTIONS if headless else "outputs" if source.has_outputs else "W h + b"
+        )
     named = dict(zip(scopes, parts, strict=True))
     return {name: StatRecord.of(obj, scopes[name][1]) for name, obj in named.items()}, attrs
 
@@ -193,7 +204,8 @@ def _objects(saved: SavedStatistics, source: FeatureSource) -> dict[str, Any]:
                 path=p,
             )
         names = {f.name for f in fields(cls) if f.init}
-        lacking = sorted(names - set(record.fields))
+        older = [key for key in ADDED_LATER.get(cls.__name__, ()) if key not in record.fields]
+        lacking = sorted(names - set(record.fields) - set(older))
         extra = sorted(set(record.fields) - names)
         if lacking or extra:
             raise StoreError(
@@ -203,6 +215,8 @@ def _objects(saved: SavedStatistics, source: FeatureSource) -> dict[str, Any]:
                 path=p,
             )
         out[name] = cls(**record.fields)
+        if isinstance(out[name], ClassScatter) and "ncc_correct" in older:
+            out[name].ncc_counted = False
     _check_shapes(out, source, p)
     return out
 

@@ -34,14 +34,23 @@ T = TypeVar("T")
 
 
 class By(str, Enum):
-    """`report --by`: a row per store, a row per run, each run's checkpoints, or `auto` (a row
+    """`report --by`: a row per store, a row per run, each run's checkpoints, `auto` (a row
     per run plus its first-to-final change when a run has several checkpoints and the output is
-    a table; a row per store otherwise)."""
+    a table; a row per store otherwise), or `layer` (the layer stores of `extract --layers`: a
+    table per checkpoint, a row per layer in model order, and the law of data separation)."""
 
     auto = "auto"
     checkpoint = "checkpoint"
     run = "run"
     epoch = "epoch"
+    layer = "layer"
+
+
+class Checkpoints(str, Enum):
+    """`report --by layer --checkpoints`: each run's final checkpoint (per split), or all."""
+
+    final = "final"
+    all = "all"
 
 
 # The metric two runs are matched at when --at is not given: each task's first collapse measure.

@@ -1,5 +1,6 @@
-"""`ncinspect plot`: metric-vs-epoch panels, NRC3-vs-gamma curves, the matched panel and the
-reliability diagrams (`--reliability`, `ncinspect.render.calibration_plots`).
+"""`ncinspect plot`: metric-vs-epoch panels, NRC3-vs-gamma curves, the matched panel, the
+reliability diagrams (`--reliability`, `ncinspect.render.calibration_plots`) and collapse through
+depth (`--by layer`, `ncinspect.render.depth_plots`).
 
 Owns: the plot command's options. Never draws itself (`ncinspect.render.plots`, which needs the
 `plot` extra) or computes a metric.
@@ -7,6 +8,7 @@ Owns: the plot command's options. Never draws itself (`ncinspect.render.plots`, 
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +30,13 @@ from ncinspect.cli.common import (
 from ncinspect.errors import UsageError, visible
 
 app = typer.Typer()
+
+
+class PlotBy(str, Enum):
+    """`plot --by`: the runs across their checkpoints, or the layer stores through depth."""
+
+    epoch = "epoch"
+    layer = "layer"
 
 
 @app.command()
@@ -90,6 +99,20 @@ def plot(
             help="Fit each checkpoint's temperature on its store of this split (as report).",
         ),
     ] = None,
+    by: Annotated[
+        PlotBy,
+        typer.Option(
+            "--by",
+            help="epoch: the figures above, of the ordinary stores. layer: the layer stores of "
+            "extract --layers only: <task>_depth.<fmt> (a panel per metric, default nc1, "
+            "separation_fuzziness, nc1_cdnv, nc2_etf_means, ncc_accuracy, against the layers "
+            "in model order; a line per run at its final checkpoint, or a line per checkpoint "
+            "coloured by epoch when the paths hold one run) and "
+            "<task>_depth_heatmap_<key>.<fmt> (the first --metrics key, default nc1, by "
+            "checkpoint and layer, a panel per run; hatched: undefined). Not with --compare, "
+            "--at, --nc-split/--eval-split, --group-by label, --reliability or --calibrate-on.",
+        ),
+    ] = PlotBy.epoch,
 ) -> None:
     """Draw metric-vs-epoch panels (one line per run); for regression runs NRC3-vs-gamma, the
     principal components (regression_components) and the NRC3 gamma by epoch
@@ -106,13 +129,34 @@ def plot(
         fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
         splits = parse_splits(split)
         paired = nc_split is not None or eval_split is not None
+        if by is PlotBy.layer:
+            _check_layer_view(
+                {
+                    "--compare": compare_runs_ is not None,
+                    "--at": at is not None,
+                    "--nc-split/--eval-split": paired,
+                    "--group-by label": group_by is GroupBy.label,
+                    "--reliability": reliability,
+                    "--calibrate-on": calibrate_on is not None,
+                }
+            )
+            _plot_layers(paths, out, chosen, fmts, splits, label, manifest, keys)
+            return
+        left_out: list[str] = []
         every_result = analyze(
             paths,
             manifest=manifest,
             keys=parse_dump_keys(keys),
             calibrate_on=calibrate_on,
             splits=None if paired else splits,
+            left_out=left_out,
         )
+        if not every_result and left_out:
+            where = ", ".join(map(str, paths))
+            raise UsageError(
+                f"no feature store or dump found in {where} but layer stores (extract "
+                "--layers): plot them with --by layer"
+            )
         # --split chooses what the run panels draw; the paired panel takes its own two splits.
         results = every_result
         if splits is not None and paired:
@@ -159,3 +203,44 @@ def plot(
             print(visible(path))
 
     guarded(body)
+
+
+def _check_layer_view(others: dict[str, bool]) -> None:
+    """`--by layer` draws each checkpoint's layers, not runs across epochs or splits: the other
+    views' options (by whether given) are refused with it, the first given named."""
+    found = [name for name, given in others.items() if given]
+    if found:
+        raise UsageError(
+            "--by layer draws each checkpoint's layers, not runs across epochs or splits: "
+            f"{found[0]} does not apply to it"
+        )
+
+
+def _plot_layers(
+    paths: list[Path],
+    out: Path,
+    chosen: list[str] | None,
+    fmts: tuple[str, ...],
+    splits: list[str] | None,
+    label: list[str] | None,
+    manifest: Path | None,
+    keys: str | None,
+) -> None:
+    """`--by layer`: the layer stores' depth profiles (`ncinspect.depth`), drawn by
+    `render.depth_plots.plot_depth`; the files written, one per line."""
+    from ncinspect.api import analyze
+    from ncinspect.depth import depth_profiles, label_profiles
+    from ncinspect.render.depth_plots import plot_depth
+
+    results = analyze(
+        paths, manifest=manifest, keys=parse_dump_keys(keys), splits=splits, layers=True
+    )
+    if not results:
+        where = ", ".join(map(str, paths))
+        raise UsageError(
+            f"--by layer: no layer store found in {where}; write them with extract --layers"
+        )
+    profiles = depth_profiles(results)
+    label_profiles(profiles, parse_labels(label))
+    for path in plot_depth(profiles, out, chosen, fmts):
+        print(visible(path))

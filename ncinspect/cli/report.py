@@ -1,7 +1,7 @@
 """`ncinspect report`: the collapse metrics of stores and dumps, per store, per run or per epoch.
 
-Owns: the report command's options and how its views (`--by checkpoint|run|epoch`) pick a
-renderer. Never computes a metric (`ncinspect.api.analyze`), groups runs itself
+Owns: the report command's options and how its views (`--by checkpoint|run|epoch|layer`) pick
+a renderer. Never computes a metric (`ncinspect.api.analyze`), groups runs itself
 (`ncinspect.runs`) or formats a number (`ncinspect.render.tables`).
 """
 
@@ -16,6 +16,7 @@ import typer
 
 from ncinspect.cli.common import (
     By,
+    Checkpoints,
     Format,
     GlobalMean,
     GroupBy,
@@ -178,9 +179,21 @@ def report(
             help="checkpoint: a row per store; run: a row per run at its final checkpoint; "
             "epoch: each run's metrics across its checkpoints; auto: for tables and Markdown, "
             "a row per run with its first-to-final change when some run has several "
-            "checkpoints (else a row per store); for json and csv, a row per store.",
+            "checkpoints (else a row per store); for json and csv, a row per store; layer: "
+            "the layer stores of extract --layers (left out of every other view), a table per "
+            "checkpoint with a row per layer in model order and the law of data separation's "
+            "fit (decay rho and R^2).",
         ),
     ] = By.auto,
+    checkpoints: Annotated[
+        Checkpoints | None,
+        typer.Option(
+            "--checkpoints",
+            help="With --by layer: final (the default) shows each run's final checkpoint per "
+            "split; all shows every checkpoint's layers.",
+            show_default=False,
+        ),
+    ] = None,
     trajectory: Annotated[
         bool, typer.Option("--trajectory", help="Same as --by epoch.", show_default=False)
     ] = False,
@@ -235,6 +248,19 @@ def report(
 
         if gamma is not None and ufm_lambdas is not None:
             raise UsageError("--gamma and --ufm-lambdas are alternatives; give one")
+        layers = by is By.layer
+        _check_layer_view(
+            layers,
+            checkpoints,
+            {
+                "--baseline": baseline is not None,
+                "--group-by label": group_by is GroupBy.label,
+                "--gamma-trajectory": gamma_trajectory,
+                "--trajectory": trajectory,
+                "--nc-split/--eval-split": bool(nc_split or eval_split),
+                "--calibrate-on": calibrate_on is not None,
+            },
+        )
         if gamma_trajectory:
             _check_gamma_view(nc_split or eval_split, group_by, baseline, by)
         selected = parse_metrics(metrics)
@@ -242,6 +268,7 @@ def report(
         if splits is not None and (nc_split is not None or eval_split is not None):
             raise UsageError("--split and --nc-split/--eval-split: the pair names its two splits")
         skipped: list[str] = []
+        left_out: list[str] = []
         lambdas = parse_pair(ufm_lambdas, "--ufm-lambdas")
         settings = UfmSettings(
             lambdas=lambdas,
@@ -268,12 +295,26 @@ def report(
             splits=splits,
             global_mean=global_mean.value,
             target_cov=target_cov.value,
+            layers=layers,
+            left_out=left_out,
         )
         if not quiet:
             for line in skipped + rep.warning_lines(results):
                 print(visible(line), file=sys.stderr)
+        where = ", ".join(map(str, paths))
+        if not results and layers:
+            raise UsageError(
+                f"--by layer: no layer store found in {where}; write them with extract --layers"
+            )
         if not results:
-            raise NcInspectError("no feature store or dump found in " + ", ".join(map(str, paths)))
+            also = " but layer stores (extract --layers): see them with --by layer"
+            found = f"no feature store or dump found in {where}"
+            raise NcInspectError(found + also if left_out else found)
+        if layers:
+            _render_layers(
+                results, checkpoints, selected, parse_labels(label), format, output, width
+            )
+            return
         if gamma_trajectory:
             _render_gamma(results, parse_labels(label), format, output, width)
             return
@@ -314,6 +355,48 @@ def report(
         write_output(render[format](results, selected), output)
 
     guarded(body)
+
+
+def _check_layer_view(
+    layers: bool, checkpoints: Checkpoints | None, others: dict[str, bool]
+) -> None:
+    """`--by layer` is a view of its own (each checkpoint's layers, not runs over epochs or
+    across splits): `others`, the other views' options by whether given, are refused with it
+    (the first given named); `--checkpoints` applies to it alone."""
+    found = [name for name, given in others.items() if given]
+    if layers and found:
+        raise UsageError(
+            "--by layer shows each checkpoint's layers, not runs across epochs or splits: "
+            f"{found[0]} does not apply to it"
+        )
+    if not layers and checkpoints is not None:
+        raise UsageError(f"--checkpoints {checkpoints.value} applies to --by layer only")
+
+
+def _render_layers(
+    results: list[Any],
+    checkpoints: Checkpoints | None,
+    selected: list[str] | None,
+    labels: dict[str, str],
+    format: Format,
+    output: Path | None,
+    width: int | None,
+) -> None:
+    """`--by layer`: the depth profiles (`ncinspect.depth`), each run's final checkpoint unless
+    `--checkpoints all`, as grids (`render.depthviews`), JSON or CSV."""
+    from ncinspect.depth import depth_profiles, final_profiles, label_profiles
+    from ncinspect.render import depthviews
+
+    profiles = depth_profiles(results)
+    if checkpoints is not Checkpoints.all:
+        profiles = final_profiles(profiles)
+    label_profiles(profiles, labels)
+    if format is Format.json:
+        write_output(depthviews.depth_json(profiles, selected), output)
+    elif format is Format.csv:
+        write_output(depthviews.depth_csv(profiles, selected), output)
+    else:
+        _write_grids(depthviews.depth_grids(profiles, selected), format, output, width)
 
 
 def _view(by: By, results: list[Any], format: Format, baseline: str | None) -> By:

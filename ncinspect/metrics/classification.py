@@ -1,8 +1,10 @@
 """Classification neural-collapse metrics (NC1-NC4) as pure functions of finalized statistics.
 
 Owns every classification key (definitions and edge cases in docs/metrics.md): nc1 and nc1_cdnv
-(within- vs between-class variability), the nc2 equinorm / equiangle / maxangle / ETF errors of
-the centred class means and of the classifier rows, nc3 and nc3_etf (self-duality), nc4 (the
+(within- vs between-class variability), separation_fuzziness (K_eff x nc1, the law of data
+separation's F), ncc_accuracy (the nearest-class-mean rule's accuracy, head or no head), the
+nc2 equinorm / equiangle / maxangle / ETF errors of the centred class means and of the
+classifier rows, nc3 and nc3_etf (self-duality), nc4 (the
 classifier's disagreement with the nearest class mean), accuracy and bias_gap, the descriptive
 norms (mean_norm_means, mean_norm_weights, mean_norm_features, norm_ratio), with their edge
 cases (empty classes -> K_eff, K - 1 > D floors, undefined -> NaN with a reason; without a head,
@@ -11,8 +13,8 @@ or "unweighted", the plain mean of the class means). Never reads data: it takes
 `stats.classification`'s `ClassMoments` and `ClassScatter` and the head.
 
 Direction: every metric here is lower-is-more-collapsed (0 at exact collapse; bias_gap 0 when
-W mu_G + b = 0) except `accuracy`, which is higher-is-better, and the four norms, which describe
-the geometry and are not scores.
+W mu_G + b = 0) except `accuracy`, which is higher-is-better, `ncc_accuracy`, which is
+higher-is-more-collapsed, and the four norms, which describe the geometry and are not scores.
 Axes: N samples, D feature dim, K classes (K_eff of them with samples).
 """
 
@@ -83,8 +85,10 @@ def _kept_eigen(mat: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray]
 def nc1(
     moments: ClassMoments, scatter: ClassScatter, out: MetricSet, global_mean: str = "weighted"
 ) -> None:
-    """nc1 = tr(Sigma_W pinv(Sigma_B)) / K_eff, through whichever exact route pass 2 used.
-    Sigma_W does not depend on mu_G; Sigma_B = Mc^T Mc / K_eff does (`global_mean`).
+    """nc1 = tr(Sigma_W pinv(Sigma_B)) / K_eff, through whichever exact route pass 2 used, and
+    separation_fuzziness = tr(Sigma_W pinv(Sigma_B)) = K_eff x nc1 (the same pinv; undefined
+    when nc1 is). Sigma_W does not depend on mu_G; Sigma_B = Mc^T Mc / K_eff does
+    (`global_mean`).
 
     The class-span scatter S_w is pass 2's projection on the sample-weighted Mc_w
     (`plan_scatter`), and serves the unweighted mean too (a stats-only store's saved scatter
@@ -97,7 +101,9 @@ def nc1(
     mc = centred_means(moments, global_mean)
     max_rank = min(k_eff - 1, moments.d)
     if k_eff < 2:
-        out.undefined("nc1", f"needs at least 2 classes with samples (K_eff = {k_eff})")
+        reason = f"needs at least 2 classes with samples (K_eff = {k_eff})"
+        out.undefined("nc1", reason)
+        out.undefined("separation_fuzziness", reason)
         out.info["nc1_rank"] = 0
         return
     if scatter.route == "class_span":
@@ -105,17 +111,22 @@ def nc1(
         vals, vecs = _kept_eigen(gram, max_rank)
         s = scatter.scatter / n
         value = float(np.trace(s @ (vecs / vals**2) @ vecs.T)) if vals.size else math.nan
+        fuzziness = value * k_eff
     else:
         sigma_b = mc.T @ mc / k_eff
         vals, vecs = _kept_eigen(sigma_b, max_rank)
         sigma_w = scatter.scatter / n
-        value = float(np.trace(sigma_w @ (vecs / vals) @ vecs.T)) / k_eff if vals.size else math.nan
+        fuzziness = float(np.trace(sigma_w @ (vecs / vals) @ vecs.T)) if vals.size else math.nan
+        value = fuzziness / k_eff
     out.info["nc1_rank"] = int(vals.size)
     out.info["nc1_route"] = "class_span_KxK" if scatter.route == "class_span" else "features_DxD"
     if not vals.size:
-        out.undefined("nc1", "the between-class covariance is zero (all class means coincide)")
+        reason = "the between-class covariance is zero (all class means coincide)"
+        out.undefined("nc1", reason)
+        out.undefined("separation_fuzziness", reason)
         return
     out.metrics["nc1"] = value
+    out.metrics["separation_fuzziness"] = fuzziness
 
 
 def nc1_cdnv(
@@ -235,6 +246,12 @@ HEAD_KEYS = (
     "norm_ratio",
 )
 
+# Why ncc_accuracy is null for a stats-only store written before ClassScatter counted it.
+NO_NCC_COUNT = (
+    "the saved statistics predate the nearest-class-mean count (a stats-only store written by "
+    "an older ncinspect); re-run extract --stats-only"
+)
+
 # Why mean_norm_features is null for a source without rows.
 NO_ROWS = (
     "needs a pass over the feature rows (the sum of ||h_i - mu_G||), which the saved statistics "
@@ -267,12 +284,25 @@ def classification_metrics(
     nc1_cdnv(moments, out, gram_means, global_mean)
     _mean_geometry(mc, gram_means, k_eff, out)
     _norms(mc, scatter, head, out)
+    ncc_accuracy(scatter, out)
     if head is None:
         _without_head(moments, out, outputs_correct)
     else:
         _head_metrics(moments, scatter, head, mc, out, moments.global_mean(global_mean))
     out.metrics = {key: out.metrics[key] for key in CLASSIFICATION_KEYS}
     return out
+
+
+def ncc_accuracy(scatter: ClassScatter, out: MetricSet) -> None:
+    """ncc_accuracy = the fraction of rows whose nearest present class mean (ties to the lowest
+    index; the rule nc4 compares the classifier with) is their label: pass 2's `ncc_correct / n`.
+    Needs no head. Higher is more collapsed; `NO_NCC_COUNT` when the statistics lack the count."""
+    if not scatter.ncc_counted:
+        out.undefined("ncc_accuracy", NO_NCC_COUNT)
+    elif scatter.n == 0:
+        out.undefined("ncc_accuracy", "no rows")
+    else:
+        out.metrics["ncc_accuracy"] = scatter.ncc_correct / scatter.n
 
 
 def _norms(mc: np.ndarray, scatter: ClassScatter, head: Head | None, out: MetricSet) -> None:

@@ -31,4 +31,6 @@ class Head:
 
 NO_CLASSIFIER = "needs the classifier head (weight); the dump has none"
 NO_REGRESSOR = "needs the regression head (weight); the dump has none"
+# A layer store of `extract --layers` other than the head's input has no head, by design.
+NO_LAYER_HEAD = "needs the head (weight); this layer is not the head's input"
 HEAD_ABSENT = "absent (the dump has no weight)"  # info["head"] of a source without a head

@@ -1,7 +1,8 @@
 """The metric catalogue: canonical keys, short table headers, and which direction means collapse.
 
 `MetricInfo.better` states each key's direction: "lower" (lower is more collapsed, or a better
-fit for mse), "higher" (accuracy, evr, r2: higher is better) or "-" (nrc3_gamma,
+fit for mse), "higher" (accuracy, evr, r2: higher is better; ncc_accuracy: higher is more
+collapsed) or "-" (nrc3_gamma,
 nrc3_gamma_ratio, temperature: parameters; norms and evr_j: descriptive; neither is a score); the
 definitions are in docs/metrics.md. A leaf module (no imports from ncinspect): the single place
 the metric tables, the table legends and `--metrics` validation read from.
@@ -43,6 +44,10 @@ _CLASSIFICATION = (
     MetricInfo("mean_norm_weights", "MeanNormW", "-", "mean_k ||w_k||"),
     MetricInfo("mean_norm_features", "MeanNormH", "-", "(1/N) sum_i ||h_i - mu_G||"),
     MetricInfo("norm_ratio", "NormRatio", "-", "mean_norm_weights / mean_norm_means"),
+    MetricInfo(
+        "separation_fuzziness", "Fuzz", "lower", "tr(Sigma_W pinv(Sigma_B)) = K x nc1 (He & Su)"
+    ),
+    MetricInfo("ncc_accuracy", "NCCAcc", "higher", "fraction nearest to their own class mean"),
 )
 
 _REGRESSION = (

@@ -46,7 +46,8 @@ class MetricSet:
 
 @dataclass
 class Result:
-    """One analysed source (a store or a dump). JSON: see `to_json`; NaN becomes null."""
+    """One analysed source (a store or a dump). JSON: see `to_json`; NaN becomes null; `layer`
+    and `layer_order` are always there (null for an ordinary store)."""
 
     source: str
     task: str
@@ -61,6 +62,10 @@ class Result:
     checkpoint: str | None = None
     epoch: int | None = None
     split: str | None = None
+    # A layer store's (`extract --layers`): the module's name (e.g. "body.0", or "fc:input") and
+    # its place in the forward pass (sort by it for model order); None for an ordinary store.
+    layer: str | None = None
+    layer_order: int | None = None
     # Not serialized: arrays later stages need (e.g. the run-level NRC3 gamma protocol).
     extras: dict[str, Any] = field(default_factory=dict, repr=False)
     # Distance to the UFM optimum (`ncinspect.ufm.ufm_distance`); None when the regularization
@@ -75,6 +80,8 @@ class Result:
             "epoch": self.epoch,
             "task": self.task,
             "split": self.split,
+            "layer": self.layer,
+            "layer_order": self.layer_order,
             "n": self.n,
             "d": self.d,
             "k": self.k,
@@ -108,12 +115,21 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+# The folder a checkpoint's layer stores live in: `<checkpoint>.<split>.layers/<layer>.h5`.
+LAYERS_FOLDER_SUFFIX = ".layers"
+
+
 def run_key(result: Result) -> str:
     """The run a result belongs to, one per run folder: its directory, then a NUL and its `run`
     attribute when it has one. A path never holds a NUL, so runs of one name in two folders
     (`seed0/ce`, `seed1/ce`) never share a key, nor does a run attribute with a directory.
+    A layer store's directory is the run folder above its `<checkpoint>.<split>.layers` folder,
+    so the layers of a run's checkpoints share their run's key.
     An identity only, never shown: `ncinspect.runs.run_names` names runs."""
-    directory = str(Path(result.source).parent)
+    folder = Path(result.source).parent
+    if result.layer is not None and folder.name.endswith(LAYERS_FOLDER_SUFFIX):
+        folder = folder.parent
+    directory = str(folder)
     return directory if result.run is None else f"{directory}\0{result.run}"
 
 

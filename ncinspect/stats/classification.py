@@ -4,13 +4,13 @@ Owns: `ClassSums` (pass 1: counts and per-class sums), `ClassMoments` (counts, m
 within-class squared deviations, merged with Chan's pairwise update), `ScatterPlan` /
 `plan_scatter` (what pass 2 needs, fixed after pass 1: the cheaper exact NC1 route, the means,
 the head if there is one) and `ClassScatter` (pass 2, the means fixed: the within-class scatter
-in that route's basis, the within-class squared deviations, the counts behind accuracy and
-NC4, whose per-row decisions `stats.decisions` certifies, and the rows' summed distance to the
-global mean). `ClassMoments.global_mean` forms mu_G, sample-weighted or the plain mean of the
-class means (`GLOBAL_MEANS`). `ClassRuns` groups a block's rows by
-class. Everything accumulates in float64 and merges exactly, so batch size and shard order cannot
-change a result beyond float64 rounding; blocks are processed in cache-sized sub-blocks
-(`stats.blocks`).
+in that route's basis, the within-class squared deviations, the counts behind accuracy, NC4
+and the nearest-class-mean accuracy, whose per-row decisions `stats.decisions` certifies, and
+the rows' summed distance to the global mean). `ClassMoments.global_mean` forms mu_G,
+sample-weighted or the plain mean of the class means (`GLOBAL_MEANS`). `ClassRuns` groups a
+block's rows by class. Everything accumulates in float64 and merges exactly, so batch size and
+shard order cannot change a result beyond float64 rounding; blocks are processed in cache-sized
+sub-blocks (`stats.blocks`).
 Never reads files and never computes a metric (`metrics.classification` does, from these).
 Axes: N samples, B rows of a block, D feature dim, K classes (K_eff of them present).
 """
@@ -258,10 +258,12 @@ class ScatterPlan:
     from `plan_scatter`; any fixed point gives the same nearest means). `ncc` and `logits` are
     derived here once for `ClassScatter.from_batch`. `rows`: how many rows pass 2 will see (0:
     unknown), which decides whether the span route for the logits pays for its setup.
-    `weight` None (a source without a head): no decisions, so `correct` and `ncc_mismatch` stay 0
-    and `ncc` / `logits` are None. `mu_g` (D,): the global mean the metrics use (weighted or
-    unweighted), about which pass 2 sums the rows' distances; None: not summed. The basis and
-    `centre` always use the sample-weighted mu_G, whatever `mu_g` is.
+    `weight` None (a source without a head, e.g. a layer store of `extract --layers`): no logits,
+    so `correct` and `ncc_mismatch` stay 0 and `logits` is None; `ncc` (the nearest class mean
+    behind `ClassScatter.ncc_correct`) is planned with or without a head. `mu_g` (D,): the
+    global mean the metrics use (weighted or unweighted), about which pass 2 sums the rows'
+    distances; None: not summed. The basis and `centre` always use the sample-weighted mu_G,
+    whatever `mu_g` is.
     """
 
     means: np.ndarray  # (K, D) class means
@@ -284,19 +286,19 @@ class ScatterPlan:
     def __post_init__(self) -> None:
         # what pass 2 multiplies the deviations by: Mc (None on the D x D route)
         self.projector = self.basis
-        self.ncc = self.logits = None
+        self.logits = None
+        centre = np.zeros(self.means.shape[1]) if self.centre is None else self.centre
+        self.ncc = NearestMean.build(self.means, self.present, centre, self.basis)
         if self.weight is not None and self.bias is not None:
-            self._plan_decisions(self.weight, self.bias)
+            self._plan_logits(self.weight, self.bias)
         self.projector_t = (
             None if self.projector is None else np.ascontiguousarray(self.projector.T)
         )
 
-    def _plan_decisions(self, weight: np.ndarray, bias: np.ndarray) -> None:
-        """The nearest-mean and logit argmax routes behind accuracy and NC4. The logits come from
-        pass 2's projection through the span (`Logits.with_span`), or, with _SPAN_LOGITS off,
-        from W stacked under Mc when few classes."""
-        centre = np.zeros(self.means.shape[1]) if self.centre is None else self.centre
-        self.ncc = NearestMean.build(self.means, self.present, centre, self.basis)
+    def _plan_logits(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """The logit argmax route behind accuracy and NC4. The logits come from pass 2's
+        projection through the span (`Logits.with_span`), or, with _SPAN_LOGITS off, from W
+        stacked under Mc when few classes."""
         self.logits = Logits.build(weight, bias, self.means, table=self.basis is not None)
         if self.basis is not None and _SPAN_LOGITS and self._span_pays(*self.basis.shape):
             self.logits = self.logits.with_span(self.basis)
@@ -353,46 +355,63 @@ def _bias_or_zeros(bias: np.ndarray | None, weight: np.ndarray) -> np.ndarray:
     return np.asarray(bias, dtype=np.float64)
 
 
-def _decisions(
+def _nearest(
     plan: ScatterPlan,
     ncc: NearestMean,
-    logits: Logits,
     x: np.ndarray,
     y: np.ndarray,
     dev_norm: np.ndarray,
     proj: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(classifier argmax, nearest class mean) per row of a block, through the plan's routes."""
-    xnorm = dev_norm + ncc.mean_norms[y]  # >= ||h_i||
+) -> np.ndarray:
+    """The nearest present class mean per row of a block (ties to the lowest index), from pass
+    2's projection on the class-span route, else from the features."""
     if proj is None:
-        return logits.argmax(x, xnorm), ncc.from_features(x, xnorm)
+        return ncc.from_features(x, dev_norm + ncc.mean_norms[y])  # xnorm >= ||h_i||
+    assert plan.basis is not None
+    return ncc.from_projection(proj[:, : plan.basis.shape[0]], y, dev_norm, x.__getitem__)
+
+
+def _predictions(
+    plan: ScatterPlan,
+    logits: Logits,
+    x: np.ndarray,
+    y: np.ndarray,
+    dev_norm: np.ndarray,
+    xnorm: np.ndarray,
+    proj: np.ndarray | None,
+) -> np.ndarray:
+    """The classifier's argmax per row of a block, through the plan's route; ||h_i|| <= xnorm."""
+    if proj is None:
+        return logits.argmax(x, xnorm)
     assert plan.basis is not None
     r = plan.basis.shape[0]
-    z = proj[:, :r]
-    nearest = ncc.from_projection(z, y, dev_norm, x.__getitem__)
     if logits.coef is not None:
-        pred = logits.from_span(z, y, dev_norm, xnorm, x.__getitem__)
-    elif proj.shape[1] > r:
-        pred = logits.from_projection(proj[:, r:], y, xnorm, x.__getitem__)
-    else:
-        pred = logits.argmax(x, xnorm)
-    return pred, nearest
+        return logits.from_span(proj[:, :r], y, dev_norm, xnorm, x.__getitem__)
+    if proj.shape[1] > r:
+        return logits.from_projection(proj[:, r:], y, xnorm, x.__getitem__)
+    return logits.argmax(x, xnorm)
 
 
 @dataclass
 class ClassScatter:
     """Pass-2 statistics, plain sums: scatter (r, r), n, correct (accuracy), ncc_mismatch (NC4),
-    and within (K,) = sum_{i in k} ||h_i - mu_k||^2 with the plan's means (the exact two-pass m2).
+    ncc_correct (rows whose nearest class mean is their own class's: ncc_accuracy, with or
+    without a head) and within (K,) = sum_{i in k} ||h_i - mu_k||^2 with the plan's means (the exact
+    two-pass m2).
 
     `centre_distance` = sum_i ||h_i - mu_G|| about the plan's `mu_g` (mean_norm_features), None
     when not summed. Not an init field, so a stats-only store does not keep it (its records hold
-    the init fields): such a store has no per-row distances to report.
+    the init fields): such a store has no per-row distances to report. `ncc_counted` (not an
+    init field either) is False for the record of a stats-only store written before
+    `ncc_correct` existed (`analysis.saved` loads it with ncc_correct 0): ncc_accuracy is then
+    undefined.
     """
 
     scatter: np.ndarray
     n: int = 0
     correct: int = 0
     ncc_mismatch: int = 0
+    ncc_correct: int = 0
     route: str = field(default="dxd")
     within: np.ndarray | None = None
     # with plan.check: per class (K,), the rows, sum_i (h_i - mu_k) . check and sum_i ||h_i - mu_k||
@@ -400,6 +419,7 @@ class ClassScatter:
     check_sum: np.ndarray | None = None
     check_scale: np.ndarray | None = None
     centre_distance: float | None = field(default=None, init=False)
+    ncc_counted: bool = field(default=True, init=False)
 
     @classmethod
     def empty(cls, plan: ScatterPlan) -> ClassScatter:
@@ -476,10 +496,14 @@ class ClassScatter:
         r = out.scatter.shape[0]
         if proj is not None:
             out.scatter = proj[:, :r].T @ proj[:, :r]
-        if plan.ncc is not None and plan.logits is not None:
-            pred, ncc = _decisions(plan, plan.ncc, plan.logits, x, y, dev_norm, proj)
-            out.correct = int(np.count_nonzero(pred == y))
-            out.ncc_mismatch = int(np.count_nonzero(pred != ncc))
+        if plan.ncc is not None:
+            nearest = _nearest(plan, plan.ncc, x, y, dev_norm, proj)
+            out.ncc_correct = int(np.count_nonzero(nearest == y))
+            if plan.logits is not None:
+                xnorm = dev_norm + plan.ncc.mean_norms[y]  # >= ||h_i||
+                pred = _predictions(plan, plan.logits, x, y, dev_norm, xnorm, proj)
+                out.correct = int(np.count_nonzero(pred == y))
+                out.ncc_mismatch = int(np.count_nonzero(pred != nearest))
         assert out.within is not None
         k = out.within.size
         out.within += np.bincount(y, weights=dev_sq, minlength=k)
@@ -501,6 +525,7 @@ class ClassScatter:
             n=self.n + other.n,
             correct=self.correct + other.correct,
             ncc_mismatch=self.ncc_mismatch + other.ncc_mismatch,
+            ncc_correct=self.ncc_correct + other.ncc_correct,
             route=self.route,
             within=add(self.within, other.within),
             counts=add(self.counts, other.counts),
@@ -509,4 +534,5 @@ class ClassScatter:
         )
         if self.centre_distance is not None and other.centre_distance is not None:
             merged.centre_distance = self.centre_distance + other.centre_distance
+        merged.ncc_counted = self.ncc_counted and other.ncc_counted
         return merged

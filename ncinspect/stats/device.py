@@ -14,9 +14,10 @@ on the device).
 
 Agreement with the host: every sum is float64 (features are first rounded to float32, as a
 feature store would hold them), so the statistics equal the host's up to float64 rounding of the
-sums (summation order differs). The accuracy and NC4 counts come from the float64 computation
-itself: argmax_k (x @ W^T + b) and argmin over present classes j of (||mu_j||^2 - 2 h . mu_j),
-ties to the lowest index. That is exactly the reference the host path falls back to for every row
+sums (summation order differs). The accuracy, NC4 and nearest-class-mean counts come from the
+float64 computation itself: argmax_k (x @ W^T + b) and argmin over present classes j of
+(||mu_j||^2 - 2 h . mu_j), ties to the lowest index (without a head, a layer store's, only the
+nearest-mean count). That is exactly the reference the host path falls back to for every row
 its float32 bound cannot certify, so the counts agree except for rows whose top two scores tie to
 within float64 rounding (an exact near-tie, where even two float64 GEMMs may disagree).
 Per-class sums use `index_add_`, which on CUDA is order-nondeterministic in the last bits unless
@@ -92,20 +93,21 @@ class DeviceClassSums:
 class DeviceClassScatter:
     """`ClassScatter` on the device with the plan's means fixed: scatter (r, r) of Mc (h - mu_y)
     (class-span route) or (D, D) of h - mu_y (dxd route), within (K,), the counts behind
-    accuracy and NC4, and sum_i ||h_i - mu_G|| about the plan's `mu_g` (when it has one), all
-    from float64 on the device (see the module docstring)."""
+    accuracy, NC4 and ncc_accuracy, and sum_i ||h_i - mu_G|| about the plan's `mu_g` (when it
+    has one), all from float64 on the device (see the module docstring). A plan without a head
+    (a layer that is not the head's input) counts the nearest-mean hits only."""
 
     def __init__(self, plan: ScatterPlan, device: torch.device) -> None:
         def dev(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float64), device=device)
 
-        if plan.weight is None or plan.bias is None:  # extraction always has its model's head
-            raise ValueError("the device pass 2 needs a plan with the head (weight and bias)")
         self.route = plan.route
         self.means = dev(plan.means)
         self.basis = None if plan.basis is None else dev(plan.basis)
-        self.weight = dev(plan.weight)
-        self.bias = dev(plan.bias)
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+        if plan.weight is not None and plan.bias is not None:
+            self.weight, self.bias = dev(plan.weight), dev(plan.bias)
         index = np.flatnonzero(plan.present)
         self.present = torch.as_tensor(index, dtype=torch.int64, device=device)
         self.present_means = dev(plan.means[index])
@@ -115,6 +117,7 @@ class DeviceClassScatter:
         self.within = torch.zeros(plan.means.shape[0], dtype=F64, device=device)
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self.n, self.correct, self.mismatch = zero.clone(), zero.clone(), zero.clone()
+        self.ncc_correct = zero.clone()
         self.mu_g = None if plan.mu_g is None else dev(plan.mu_g)
         self.distance = torch.zeros((), dtype=F64, device=device)
 
@@ -131,17 +134,19 @@ class DeviceClassScatter:
             z = dev @ self.basis.T
             self.scatter.addmm_(z.T, z)
         self.n += count_true(keep)
-        width = max(self.weight.shape[0], self.present.shape[0])
-        for sl in _row_blocks(x.shape[0], width):
+        width = self.present.shape[0] if self.weight is None else self.weight.shape[0]
+        for sl in _row_blocks(x.shape[0], max(width, self.present.shape[0])):
             h, y, kept = x[sl], labels[sl], keep[sl]
-            pred = torch.argmax(torch.addmm(self.bias, h, self.weight.T), dim=1)
             if self.present.shape[0] == 1:
                 nearest = self.present.expand(h.shape[0])
             else:
                 scores = self.present_sq - 2.0 * (h @ self.present_means.T)
                 nearest = self.present[torch.argmin(scores, dim=1)]
-            self.correct += count_true((pred == y) & kept)
-            self.mismatch += count_true((pred != nearest) & kept)
+            self.ncc_correct += count_true((nearest == y) & kept)
+            if self.weight is not None and self.bias is not None:
+                pred = torch.argmax(torch.addmm(self.bias, h, self.weight.T), dim=1)
+                self.correct += count_true((pred == y) & kept)
+                self.mismatch += count_true((pred != nearest) & kept)
 
     def result(self) -> ClassScatter:
         out = ClassScatter(
@@ -149,6 +154,7 @@ class DeviceClassScatter:
             n=int(self.n),
             correct=int(self.correct),
             ncc_mismatch=int(self.mismatch),
+            ncc_correct=int(self.ncc_correct),
             route=self.route,
             within=_host(self.within),
         )

@@ -40,9 +40,10 @@ def test_json_shape(store: Path) -> None:
     assert set(doc) == {"ncinspect_version", "results"}
     (rec,) = doc["results"]
     assert set(rec) == {
-        "source", "run", "checkpoint", "epoch", "task", "split",
+        "source", "run", "checkpoint", "epoch", "task", "split", "layer", "layer_order",
         "n", "d", "k", "t", "metrics", "info", "warnings",
     }  # fmt: skip
+    assert rec["layer"] is None and rec["layer_order"] is None  # an ordinary store
     assert (rec["run"], rec["checkpoint"], rec["epoch"], rec["split"]) == (
         "ce",
         "epoch_5.pt",

@@ -40,6 +40,8 @@ KEYS = (
     "mean_norm_weights",
     "mean_norm_features",
     "norm_ratio",
+    "separation_fuzziness",
+    "ncc_accuracy",
 )
 
 
@@ -168,6 +170,7 @@ def classification_oracle(
     sigma_w /= n
     if k_eff < 2:
         out.nan("nc1", "fewer than 2 classes with samples")
+        out.nan("separation_fuzziness", "fewer than 2 classes with samples")
     else:
         sigma_b = np.zeros((d, d))
         for row in mc:
@@ -185,10 +188,13 @@ def classification_oracle(
         out.nc1_rank = len(keep)
         if not keep:
             out.nan("nc1", "between-class covariance is zero")
+            out.nan("separation_fuzziness", "between-class covariance is zero")
         else:
             pinv = np.zeros((d, d))
             for j in keep:
                 pinv += np.outer(vecs[:, j], vecs[:, j]) / vals[j]
+            # the separation fuzziness of He & Su (2023): the trace itself, K_eff x nc1
+            out.metrics["separation_fuzziness"] = float(np.trace(sigma_w @ pinv))
             out.metrics["nc1"] = float(np.trace(sigma_w @ pinv)) / k_eff
 
     # nc1_cdnv: double loop over present class pairs.
@@ -239,6 +245,7 @@ def classification_oracle(
     # nc4 and accuracy: explicit logits and explicit distances, ties to the lowest index.
     mismatch = 0
     correct = 0
+    ncc_correct = 0
     for i in range(n):
         logits = [float(w[c] @ h[i]) + float(b[c]) for c in range(k)]
         pred = 0
@@ -253,8 +260,10 @@ def classification_oracle(
                 best, best_d = c, dist
         mismatch += int(pred != best)
         correct += int(pred == y[i])
+        ncc_correct += int(best == y[i])
     out.metrics["nc4"] = mismatch / n
     out.metrics["accuracy"] = correct / n
+    out.metrics["ncc_accuracy"] = ncc_correct / n
 
     gap = np.array([float(w[c] @ mu_g) + float(b[c]) for c in range(k)])
     out.metrics["bias_gap"] = math.sqrt(float(gap @ gap))
