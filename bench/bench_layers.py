@@ -8,8 +8,8 @@ The model of `bench_extract` (wide Linear layers narrowing to D = 512). Timed, i
 D = 512), which also writes the head's input (the last ReLU, D = 512) as a layer store: 3 stores
 of N x 512 instead of 1. The model's calls are counted in both: --layers adds one (the first
 batch run again with hooks on every module, to place the layers), never one per batch; the
-extra time is copying and writing the layers' rows. With --stats-only the layer without the head
-takes two passes of its own (documented), so there the count is 4 instead of 2 per batch.
+extra time is copying and writing the layers' rows (with --stats-only: their statistics, from
+the same two passes).
 """
 
 from __future__ import annotations

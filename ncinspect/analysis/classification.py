@@ -24,7 +24,7 @@ import numpy as np
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.rows import FiniteRows
 from ncinspect.errors import InputError, UsageError, check_interrupt
-from ncinspect.io.sources import FeatureSource
+from ncinspect.io.sources import Batch, FeatureSource
 from ncinspect.metrics.classification import classification_extras, classification_metrics
 from ncinspect.metrics.results import MetricSet
 from ncinspect.stats.classification import (
@@ -172,33 +172,77 @@ def classification_statistics(
     """
     from_logits = source.head is None and source.has_outputs
     rows = FiniteRows(source, options, outputs=from_logits)
-    k = source.width
-    sums = ClassSums.empty(k, source.d)
-    correct = 0
+    passes = ClassPasses(source, options, combine)
     # one worker pass over both passes and the plan between them: a small plan's BLAS calls on
     # one thread, so no BLAS thread is left spinning when pass 2's workers start (a large plan
     # gets the BLAS threads back: `full_blas`)
     with worker_pass():
         for batch in rows:
-            x, y = batch.features, batch.labels
-            assert y is not None
-            if x.shape[0]:
-                parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
-                sums = sums.merge(merged(parts, ClassSums.merge))
-                correct += outputs_correct(batch.outputs, y) if from_logits else 0
-        # the plan's largest product: W's least squares on the K_eff means, D K^2
-        with full_blas(float(source.d) * k * k):
-            sums, plan = plan_class_scatter(sums, source, options, combine)
-        scatter = ClassScatter.empty(plan)
+            passes.first(batch)
+        passes.between()
         for batch in rows:
-            x, y = batch.features, batch.labels
-            assert y is not None
-            if x.shape[0]:
-                scattered = map_parts(lambda xs, ys: ClassScatter.from_batch(plan, xs, ys), x, y)
-                scatter = scatter.merge(merged(scattered, ClassScatter.merge))
-    if from_logits:
-        scatter.correct = correct  # in place: `replace` would drop the non-init centre_distance
+            passes.second(batch)
+    sums, scatter = passes.finish()
     return sums, scatter, rows.dropped
+
+
+class ClassPasses:
+    """The two passes of `classification_statistics`, fed one batch of finite rows at a time by
+    whoever drives them (one source's rows, or several sources' from one forward pass:
+    `analysis.saved.gather_together`): `first` per batch of pass 1, `between` (the plan), `second`
+    per batch of pass 2, `finish` -> (pass-1 sums, pass-2 scatter). The caller holds the worker
+    pass (`stats.parallel.worker_pass`)."""
+
+    def __init__(
+        self,
+        source: FeatureSource,
+        options: AnalysisOptions,
+        combine: Callable[[ClassSums], ClassSums] | None = None,
+    ) -> None:
+        self.source = source
+        self.options = options
+        self.combine = combine
+        self.k = source.width
+        self.from_logits = source.head is None and source.has_outputs
+        self.sums = ClassSums.empty(self.k, source.d)
+        self.correct = 0
+        self.plan: ScatterPlan | None = None
+        self.scatter: ClassScatter | None = None
+
+    def first(self, batch: Batch) -> None:
+        x, y = batch.features, batch.labels
+        assert y is not None
+        if not x.shape[0]:
+            return
+        k = self.k
+        parts = map_parts(lambda xs, ys: ClassSums.from_batch(xs, ys, k), x, y)
+        self.sums = self.sums.merge(merged(parts, ClassSums.merge))
+        if self.from_logits:
+            self.correct += outputs_correct(batch.outputs, y)
+
+    def between(self) -> None:
+        # the plan's largest product: W's least squares on the K_eff means, D K^2
+        with full_blas(float(self.source.d) * self.k * self.k):
+            self.sums, self.plan = plan_class_scatter(
+                self.sums, self.source, self.options, self.combine
+            )
+        self.scatter = ClassScatter.empty(self.plan)
+
+    def second(self, batch: Batch) -> None:
+        x, y = batch.features, batch.labels
+        assert y is not None and self.plan is not None and self.scatter is not None
+        if not x.shape[0]:
+            return
+        plan = self.plan
+        scattered = map_parts(lambda xs, ys: ClassScatter.from_batch(plan, xs, ys), x, y)
+        self.scatter = self.scatter.merge(merged(scattered, ClassScatter.merge))
+
+    def finish(self) -> tuple[ClassSums, ClassScatter]:
+        assert self.scatter is not None
+        if self.from_logits:
+            # in place: `replace` would drop the non-init centre_distance
+            self.scatter.correct = self.correct
+        return self.sums, self.scatter
 
 
 def outputs_correct(outputs: np.ndarray | None, labels: np.ndarray) -> int:

@@ -145,43 +145,79 @@ def regression_statistics(
     """The two passes of `regression_from_source`: (pass-1 moments, pass-2 uncentred and centred
     unit projections). `combine`, when given, turns this pass-1 result into the one over every
     row of a distributed extraction (each process sees its shard) before pass 2 uses it."""
-    head = source.head
-    weight = None if head is None else np.asarray(head.weight, dtype=np.float64)
-    bias = None if head is None else head.bias_or_zeros()
-    t, d = source.width, source.d
-    moments = RegressionMoments.empty(d, t)
-    bad = {"targets": 0, "outputs": 0}
+    passes = RegressionPasses(source, combine)
     # one worker pass over both passes and the plan between them (as `analysis.classification`)
     with worker_pass():
         for batch in rows:
-            x = batch.features
-            if not x.shape[0]:
-                continue
-            assert batch.targets is not None
-            targets = np.asarray(batch.targets, dtype=np.float64).reshape(-1, t)
-            pred = _predictions(source, batch, weight, bias)
-            bad["targets"] += _count_nonfinite(targets)
-            if source.has_outputs:
-                bad["outputs"] += _count_nonfinite(pred)
-            parts = map_parts(
-                lambda xs, ys, ps: RegressionMoments.from_batch(xs, ys, ps, unit_rows=False),
-                x,
-                targets,
-                pred,
-            )
-            moments = moments.merge(merged(parts, RegressionMoments.merge))
-        with full_blas(float(d) ** 3):  # the plan's D x D eigendecomposition
-            moments, basis = plan_unit_projections(moments, source, bad, combine)
-        uncentred = centred = UnitProjections.empty(basis)
-        mu_g = moments.feature_mean
+            passes.first(batch)
+        passes.between()
         for batch in rows:
-            x = batch.features
-            if x.shape[0]:
-                pairs = map_parts(lambda xs: UnitProjections.pair_from_batch(xs, basis, mu_g), x)
-                for plain, about_mean in pairs:
-                    uncentred = uncentred.merge(plain)
-                    centred = centred.merge(about_mean)
-    return moments, uncentred, centred
+            passes.second(batch)
+    return passes.finish()
+
+
+class RegressionPasses:
+    """The two passes of `regression_statistics`, fed one batch of finite rows at a time by
+    whoever drives them (as `analysis.classification.ClassPasses`): `first` per batch of pass 1,
+    `between` (the plan), `second` per batch of pass 2, `finish` -> (moments, uncentred and
+    centred unit projections). The caller holds the worker pass."""
+
+    def __init__(
+        self,
+        source: FeatureSource,
+        combine: Callable[[RegressionMoments], RegressionMoments] | None = None,
+    ) -> None:
+        head = source.head
+        self.source = source
+        self.combine = combine
+        self.weight = None if head is None else np.asarray(head.weight, dtype=np.float64)
+        self.bias = None if head is None else head.bias_or_zeros()
+        self.moments = RegressionMoments.empty(source.d, source.width)
+        self.bad = {"targets": 0, "outputs": 0}
+        self.basis: np.ndarray | None = None
+        self.uncentred: UnitProjections | None = None
+        self.centred: UnitProjections | None = None
+
+    def first(self, batch: Batch) -> None:
+        x = batch.features
+        if not x.shape[0]:
+            return
+        assert batch.targets is not None
+        t = self.source.width
+        targets = np.asarray(batch.targets, dtype=np.float64).reshape(-1, t)
+        pred = _predictions(self.source, batch, self.weight, self.bias)
+        self.bad["targets"] += _count_nonfinite(targets)
+        if self.source.has_outputs:
+            self.bad["outputs"] += _count_nonfinite(pred)
+        parts = map_parts(
+            lambda xs, ys, ps: RegressionMoments.from_batch(xs, ys, ps, unit_rows=False),
+            x,
+            targets,
+            pred,
+        )
+        self.moments = self.moments.merge(merged(parts, RegressionMoments.merge))
+
+    def between(self) -> None:
+        with full_blas(float(self.source.d) ** 3):  # the plan's D x D eigendecomposition
+            self.moments, self.basis = plan_unit_projections(
+                self.moments, self.source, self.bad, self.combine
+            )
+        self.uncentred = self.centred = UnitProjections.empty(self.basis)
+
+    def second(self, batch: Batch) -> None:
+        x = batch.features
+        assert self.basis is not None and self.uncentred is not None and self.centred is not None
+        if not x.shape[0]:
+            return
+        basis, mu_g = self.basis, self.moments.feature_mean
+        pairs = map_parts(lambda xs: UnitProjections.pair_from_batch(xs, basis, mu_g), x)
+        for plain, about_mean in pairs:
+            self.uncentred = self.uncentred.merge(plain)
+            self.centred = self.centred.merge(about_mean)
+
+    def finish(self) -> tuple[RegressionMoments, UnitProjections, UnitProjections]:
+        assert self.uncentred is not None and self.centred is not None
+        return self.moments, self.uncentred, self.centred
 
 
 def plan_unit_projections(

@@ -2,9 +2,10 @@
 
 Owns `FiniteRows` (a source's batches with NaN/Inf feature rows refused, or dropped and counted
 under `drop_nonfinite`; features too large for float64 sums of squares always refused),
-`finite_row_mask` (the per-block test), `nonfinite_error` and `magnitude_error` (the refusal
-messages, shared by the device passes). Reads data only through `FeatureSource.batches`;
-computes no statistic. Axes: N samples, B rows of a block, D feature dim.
+`RowFilter` (the same for passes driven batch by batch), `finite_row_mask` (the per-block
+test), `nonfinite_error` and `magnitude_error` (the refusal messages, shared by the device
+passes). Reads data only through `FeatureSource.batches`; computes no statistic. Axes: N
+samples, B rows of a block, D feature dim.
 """
 
 from __future__ import annotations
@@ -64,14 +65,53 @@ class FiniteRows:
                 rest = sum(int((~finite_row_mask(b.features)).sum()) for b in batches)
                 raise nonfinite_error(bad + rest, self.source)
             self.dropped += bad
-            yield Batch(
-                features=x[finite],
-                labels=None if batch.labels is None else batch.labels[finite],
-                targets=None if batch.targets is None else batch.targets[finite],
-                outputs=None if batch.outputs is None else batch.outputs[finite],
-            )
+            yield finite_rows(batch, finite)
         if check and self.dropped == 0:
             self._all_finite = True
+
+
+class RowFilter:
+    """`FiniteRows` for a pass the caller drives, one batch at a time (several sources fed by
+    one forward pass: `analysis.saved.gather_together`). `start` opens a pass; `take` returns
+    the batch with its non-finite feature rows dropped (--drop-nonfinite; counted in `dropped`),
+    or None for a batch holding such rows otherwise; `end` closes the pass and refuses it then,
+    with the count over the whole pass."""
+
+    def __init__(self, source: FeatureSource, options: AnalysisOptions) -> None:
+        self.source = source
+        self.options = options
+        self.dropped = 0
+        self._refused = 0
+
+    def start(self) -> None:
+        self.dropped = self._refused = 0
+
+    def take(self, batch: Batch) -> Batch | None:
+        x = batch.features
+        check_magnitude(x, self.source)
+        finite = finite_row_mask(x)
+        if finite.all():
+            return batch
+        bad = int((~finite).sum())
+        if not self.options.drop_nonfinite:
+            self._refused += bad
+            return None
+        self.dropped += bad
+        return finite_rows(batch, finite)
+
+    def end(self) -> None:
+        if self._refused:
+            raise nonfinite_error(self._refused, self.source)
+
+
+def finite_rows(batch: Batch, finite: np.ndarray) -> Batch:
+    """The rows of `batch` where `finite` (B,) is True, in every array it holds."""
+    return Batch(
+        features=batch.features[finite],
+        labels=None if batch.labels is None else batch.labels[finite],
+        targets=None if batch.targets is None else batch.targets[finite],
+        outputs=None if batch.outputs is None else batch.outputs[finite],
+    )
 
 
 def nonfinite_error(count: int, source: FeatureSource) -> InputError:

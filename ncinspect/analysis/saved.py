@@ -3,6 +3,8 @@
 Owns: `gather_statistics` (the analysis's own two passes, `analysis.classification` and
 `analysis.regression`'s `*_statistics`, over any source, with an optional step between them that
 combines pass 1 over the processes of a distributed extraction) and its records for the store,
+`gather_together` (the same for several sources whose rows come from one pass: the layers of
+`extract --stats-only --layers`),
 and `metrics_from_statistics` (the records of a stats-only store, or of every shard of a set ->
 accumulators -> merged -> the same metric functions as for rows), with the checks that turn a
 damaged or incomplete `stats` group into one error line naming the file and the record.
@@ -20,7 +22,7 @@ field feeds is null with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ncinspect.analysis.classification import (
+    ClassPasses,
     classification_statistics,
     global_mean_choice,
     warn_near_chance,
@@ -35,16 +38,18 @@ from ncinspect.analysis.classification import (
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import (
     NO_PREDICTIONS,
+    RegressionPasses,
     gamma_choice,
     regression_from_statistics,
     regression_statistics,
 )
-from ncinspect.analysis.rows import FiniteRows
+from ncinspect.analysis.rows import FiniteRows, RowFilter
 from ncinspect.errors import StoreError
-from ncinspect.io.sources import FeatureSource, SavedStatistics, StatRecord
+from ncinspect.io.sources import Batch, FeatureSource, SavedStatistics, StatRecord
 from ncinspect.metrics.classification import classification_extras, classification_metrics
 from ncinspect.metrics.results import MetricSet
 from ncinspect.stats.classification import ClassScatter, ClassSums
+from ncinspect.stats.parallel import worker_pass
 from ncinspect.stats.regression import RegressionMoments, UnitProjections
 
 # Turns one process's pass-1 accumulator (ClassSums or RegressionMoments) into every process's.
@@ -82,6 +87,45 @@ def gather_statistics(
     rows = FiniteRows(source, options)
     moments, uncentred, centred = regression_statistics(source, rows, combine)
     return records(source, [moments, uncentred, centred], rows.dropped)
+
+
+def gather_together(
+    sources: Sequence[FeatureSource],
+    passes: Callable[[], Iterator[Sequence[Batch]]],
+    options: AnalysisOptions,
+    combine: Combine | None = None,
+) -> list[tuple[dict[str, StatRecord], dict[str, Any]]]:
+    """`gather_statistics` of several sources whose rows come together (the layers of one
+    forward pass, `extract --stats-only --layers`): each call of `passes()` runs over the data
+    once and yields, per block, one `Batch` per source, in `sources` order. Pass 1 of every
+    source shares one such run, pass 2 another; each source's records equal those of
+    `gather_statistics` on it alone (the same accumulators, fed the same blocks)."""
+    filters = [RowFilter(s, options) for s in sources]
+    drivers: list[ClassPasses | RegressionPasses] = []
+    for s in sources:
+        if s.task == "classification":
+            drivers.append(ClassPasses(s, options, combine))
+        else:
+            gamma_choice(options)
+            drivers.append(RegressionPasses(s, combine))
+    with worker_pass():
+        for step in ("first", "second"):
+            for f in filters:
+                f.start()
+            for group in passes():
+                for f, driver, batch in zip(filters, drivers, group, strict=True):
+                    kept = f.take(batch)
+                    if kept is not None:
+                        getattr(driver, step)(kept)
+            for f in filters:
+                f.end()
+            if step == "first":
+                for driver in drivers:
+                    driver.between()
+    return [
+        records(s, list(driver.finish()), f.dropped)
+        for s, driver, f in zip(sources, drivers, filters, strict=True)
+    ]
 
 
 def records(

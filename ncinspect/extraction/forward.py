@@ -257,8 +257,6 @@ class ForwardPass:
     # --layers: hooks on the chosen layers; each batch's pooled rows land in `layer_rows`
     capture: LayerCapture | None = None
     layer_rows: list[torch.Tensor] = field(default_factory=list)
-    # the features `run` yields: the head's input (None) or layer `feature_from` of `capture`
-    feature_from: int | None = None
 
     def run(
         self, stream: Iterable[Pair]
@@ -312,8 +310,6 @@ class ForwardPass:
                 feats = pooled_features(feats, produced[0], out_t, self.head, self.checkpoint)
             if self.capture is not None:
                 self.layer_rows = self.capture.take(len(out_t), rows, xin)
-                if self.feature_from is not None:
-                    feats = self.layer_rows[self.feature_from]
             yield feats, out_t, rows, yb
             if self.progress is not None:
                 self.progress.advance(rows)
@@ -332,23 +328,39 @@ class ForwardPass:
     def __call__(self, outputs: bool) -> Iterator[Batch]:
         """One pass over the data: `Batch`es of float32 features, labels or targets and float32
         outputs, exactly the rows a feature store would hold."""
+        for group in self.together([None], outputs):
+            yield group[0]
+
+    def together(self, columns: Sequence[int | None], outputs: bool) -> Iterator[list[Batch]]:
+        """One pass over the data whose blocks hold a `Batch` per entry of `columns`: the head's
+        input for None (with the outputs when `outputs`), else that layer of `capture` (the
+        rows its layer store would hold); one forward pass for all of them
+        (`analysis.saved.gather_together`)."""
         self.check.row = 0
         seen = 0
         with contextlib.closing(self.run(self._stream())) as batches:
             for feats, out, rows, yb in batches:
-                item = self.check.item(host_blocks(feats, out, rows, self.cuda), yb, outputs)
+                blocks = host_blocks(feats, out, rows, self.cuda, self.layer_rows)
+                item = self.check.item(blocks, yb, outputs)
                 event = item.pop("event", None)
                 if event is not None:
                     event.synchronize()
                 seen += rows
-                features = as_numpy(item["features"])
-                assert features is not None
-                yield Batch(
-                    features=features,
-                    labels=as_numpy(item.get("labels")),
-                    targets=as_numpy(item.get("targets")),
-                    outputs=as_numpy(item.get("outputs")),
-                )
+                labels, targets = as_numpy(item.get("labels")), as_numpy(item.get("targets"))
+                group = []
+                for column in columns:
+                    block = item["features"] if column is None else item["layers"][column]
+                    features = as_numpy(block)
+                    assert features is not None
+                    group.append(
+                        Batch(
+                            features=features,
+                            labels=labels,
+                            targets=targets,
+                            outputs=as_numpy(item.get("outputs")) if column is None else None,
+                        )
+                    )
+                yield group
         self._finish(seen)
 
     def on_device(self, outputs: bool) -> Iterator[DeviceBatch]:

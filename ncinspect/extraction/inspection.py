@@ -320,18 +320,24 @@ def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
         return
     try:
         desc["kind"] = "store"
-        head = src.require_head()  # a store always has one
+        head = src.head  # None only for a layer store (extract --layers) of another layer
+        if src.meta.get("layer") is not None:
+            desc["layer"] = src.meta.get("layer")
+            desc["layer_order"] = src.meta.get("layer_order")
         desc["task"] = src.task
         desc["n"], desc["d"] = src.n, src.d
-        desc["width"] = head.width
+        desc["width"] = src.width
+        weight = [] if head is None else [
+            {"name": "head/weight", "shape": [int(s) for s in head.weight.shape]}
+        ]  # fmt: skip
         desc["datasets"] = [
             {"name": "features", "shape": [src.n, src.d]},
             {"name": "labels" if src.task == "classification" else "targets"},
-            {"name": "head/weight", "shape": [int(s) for s in head.weight.shape]},
+            *weight,
         ]
         if src.statistics is not None:  # a stats-only store: statistics instead of rows
             desc["datasets"] = [
-                {"name": "head/weight", "shape": [int(s) for s in head.weight.shape]},
+                *weight,
                 *(
                     {"name": f"stats/{part}/{key}", "shape": [int(x) for x in value.shape]}
                     for saved in src.statistics[:1]
@@ -340,10 +346,10 @@ def _describe_hdf5(p: Path, desc: dict[str, Any]) -> None:
                     if hasattr(value, "shape")
                 ),
             ]
-        if head.bias is not None:
+        if head is not None and head.bias is not None:
             desc["datasets"].append({"name": "head/bias", "shape": [head.width]})
         if src.has_outputs:
-            desc["datasets"].append({"name": "outputs", "shape": [src.n, head.width]})
+            desc["datasets"].append({"name": "outputs", "shape": [src.n, src.width]})
         saved = src.saved_class_sums() if src.statistics is None else None
         if saved is not None:  # the class sums written with the rows (report's first pass)
             for name, arr in zip(("counts", "sums"), saved, strict=True):

@@ -503,15 +503,6 @@ def _extract_one(
                 )
                 if not write_main and not plan.pending:
                     return _Done(0, (), plan.folder)
-                if progress is not None and config.stats_only:  # the label counts passes
-                    head_stats = write_main or any(t.head for t in plan.pending)
-                    passes = 2 * (int(head_stats) + sum(not t.head for t in plan.pending))
-                    progress.finish()  # nothing advanced yet: no line
-                    progress.start(
-                        f"{job.run}/{path.name} [stats-only, {len(plan.pending)} layers: "
-                        f"{passes} passes]",
-                        None if data.n is None else passes * data.n,
-                    )
             sink = Sink(output, digest.attrs, write_main, plan)
             write = write_statistics if config.stats_only else write_features
             rows = write(probe, forward, task, attrs, config, sink)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,12 +142,14 @@ def write_statistics(
     config: ExtractConfig,
     sink: Sink,
 ) -> int:
-    """--stats-only: the report's two statistics passes over the model's outputs (on the device
-    where it has float64, `analysis.device`; else on the host) into a store of statistics and
-    the head; each pending layer store without the head gets two passes of its own, on the
-    host, and a layer whose rows are the head's input the head's statistics. Returns the rows
-    of the last pass."""
+    """--stats-only: the report's two statistics passes over the model's outputs into a store
+    of statistics and the head, and into each pending layer store. Without layers the passes
+    run on the device where it has float64 (`analysis.device`), else on the host; with layers,
+    on the host, every store fed by the same two forward passes (`gather_together`), and a
+    layer whose rows are the head's input shares the head's statistics. Returns the rows of
+    the last pass."""
     from ncinspect.analysis.options import AnalysisOptions
+    from ncinspect.analysis.saved import gather_together
     from ncinspect.io.store.writer import StoreWriter
 
     close = getattr(probe.stream, "close", None)
@@ -157,47 +159,53 @@ def write_statistics(
     weight, bias = probe.weight, probe.bias
     has_outputs = config.with_outputs and probe.width == probe.head_width
     options = AnalysisOptions(drop_nonfinite=config.drop_nonfinite)
-    overwrite = config.overwrite or output.dist is not None
-    stores: list[tuple[Path, dict[str, Any], int, bool, Any]] = []  # path, attrs, d, head, stats
-    rows = 0
-    if sink.write_main or any(t.head for t in sink.layers):
-        source = ForwardSource(
-            path=str(forward.checkpoint),
-            task=task,
-            n=forward.data.n or 0,
-            d=probe.d,
-            head=Head(weight.astype("float64"), None if bias is None else bias.astype("float64")),
-            has_outputs=has_outputs,
-            forward=forward,
+    head_source = ForwardSource(
+        path=str(forward.checkpoint),
+        task=task,
+        n=forward.data.n or 0,
+        d=probe.d,
+        head=Head(weight.astype("float64"), None if bias is None else bias.astype("float64")),
+        has_outputs=has_outputs,
+        forward=forward,
+    )
+    headless = [t for t in sink.layers if not t.head]
+    with_head = sink.write_main or len(headless) < len(sink.layers)
+    sources: list[ForwardSource] = [head_source] if with_head else []
+    columns: list[int | None] = [None] if with_head else []
+    for t in headless:
+        sources.append(
+            ForwardSource(
+                path=f"{forward.checkpoint} (layer {t.name})",
+                task=task,
+                n=forward.data.n or 0,
+                d=t.d,
+                head=None,
+                has_outputs=False,
+                forward=forward,
+                width=probe.head_width,
+            )
         )
-        stats = _gather(source, forward, options, output, host=False)
-        rows = forward.rows
-        if sink.write_main:
-            stores.append((output.path, attrs, probe.d, True, stats))
-        for t in sink.layers:
-            if t.head:
-                stores.append((t.path, layer_attrs(attrs, t), t.d, True, stats))
-    for t in sink.layers:
-        if t.head:
-            continue
+        columns.append(t.column)
+    if sink.layers:
         assert sink.plan is not None
-        capture = replace(sink.plan.capture, names=[t.name])
-        layer_forward = replace(forward, capture=capture, feature_from=0, layer_rows=[])
-        source = ForwardSource(
-            path=str(forward.checkpoint),
-            task=task,
-            n=forward.data.n or 0,
-            d=t.d,
-            head=None,
-            has_outputs=False,
-            forward=layer_forward,
-            width=probe.head_width,
+        forward.capture = sink.plan.capture
+        gathered = gather_together(
+            sources, lambda: forward.together(columns, has_outputs), options, output.combine
         )
-        stats = _gather(source, layer_forward, options, output, host=True)
-        rows = layer_forward.rows
-        stores.append((t.path, layer_attrs(attrs, t), t.d, False, stats))
+    else:
+        gathered = [_gather(head_source, forward, options, output)]
+    owners: list[str | None] = [None] if with_head else []  # None: the head's input
+    stats = dict(zip([*owners, *(t.name for t in headless)], gathered, strict=True))
+    stores: list[tuple[Path, dict[str, Any], int, bool, Any]] = []  # path, attrs, d, head, stats
+    if sink.write_main:
+        stores.append((output.path, attrs, probe.d, True, stats[None]))
+    for t in sink.layers:
+        own = stats[None] if t.head else stats[t.name]
+        stores.append((t.path, layer_attrs(attrs, t), t.d, t.head, own))
+    rows = forward.rows
     finish = sink.finish(rows)
-    for path, store_attrs, d, with_head, (parts, stats_attrs) in stores:
+    overwrite = config.overwrite or output.dist is not None
+    for path, store_attrs, d, head, (parts, stats_attrs) in stores:
         with StoreWriter(
             path,
             task=task,
@@ -206,24 +214,24 @@ def write_statistics(
             attrs=store_attrs,
             overwrite=overwrite,
             stats_only=True,
-            headless=not with_head,
+            headless=not head,
         ) as writer:
             writer.set_statistics(parts, rows, stats_attrs)
-            if with_head:
+            if head:
                 writer.set_head(weight, bias)
             writer.update_attrs(**finish)
     return rows
 
 
 def _gather(
-    source: ForwardSource, forward: ForwardPass, options: Any, output: JobOutput, host: bool
+    source: ForwardSource, forward: ForwardPass, options: Any, output: JobOutput
 ) -> tuple[Any, dict[str, Any]]:
-    """The two statistics passes over `source`: on the device where it has float64 and the
-    source has a head (`analysis.device`), else on the host (`analysis.saved`)."""
+    """The two statistics passes over `source`: on the device where it has float64
+    (`analysis.device`: no features to the host), else on the host (`analysis.saved`)."""
     from ncinspect.analysis import device as device_passes
     from ncinspect.analysis.saved import gather_statistics
 
-    if not host and device_passes.applies(forward.device):  # no features to the host
+    if device_passes.applies(forward.device):
         return device_passes.gather_statistics(
             source, forward.on_device, forward.device, options, output.combine
         )

@@ -75,8 +75,8 @@ def _title(p: DepthProfile, with_split: bool) -> str:
 
     labels = label_text(p.labels)
     epoch = "" if p.epoch is None else f", epoch {p.epoch}"
-    title = f"{p.run}" + (f" ({labels})" if labels else "")
-    title += f": {checkpoint_name(p.checkpoint)}{epoch}"
+    del labels  # the labels are in the fit table (and --by run); the title stays one line
+    title = f"{p.run}: {checkpoint_name(p.checkpoint)}{epoch}"
     if with_split:
         title += f", split {split_text(p.split)}"
     return title + f" ({len(p.results)} layers)"
@@ -86,8 +86,8 @@ def _fit_text(p: DepthProfile) -> str:
     """The fit line under a profile's table: rho and R^2, or why there is none."""
     fit = p.fit
     if math.isnan(fit.decay):
-        return f"law of data separation: no fit ({fit.undefined['separation_decay']})"
-    text = f"law of data separation: F_l ~ F_0 rho^l with rho = {fmt_number(fit.decay)}, "
+        return f"separation decay: no fit ({fit.undefined['separation_decay']})"
+    text = f"separation decay rho = {fmt_number(fit.decay)}, "
     if math.isnan(fit.r2):
         return text + f"R^2 n/a ({fit.undefined['separation_r2']})"
     return text + f"R^2 = {fmt_number(fit.r2)}"
@@ -100,13 +100,15 @@ def depth_grids(
     fit in the caption), then `separation_grid` when a profile is classification."""
     grids = []
     with_split = mixed_splits(p.split for p in profiles)
-    for p in profiles:
+    last = {p.task: i for i, p in enumerate(profiles)}  # the legend once, under a task's last
+    for i, p in enumerate(profiles):
         keys = depth_columns(p.task, selected)
         caption = [_fit_text(p)] if p.task == "classification" else []
-        caption.append(legend(keys))
-        if any(_headless(r) for r in p.results):
-            caption.append(f"{NO_HEAD_CELL}: the layer has no head (only the head's input has)")
         caption += [f"warning: {w}" for w in p.warnings]
+        if last[p.task] == i:
+            caption.append(legend(keys))
+            if any(_headless(r) for q in profiles if q.task == p.task for r in q.results):
+                caption.append(f"{NO_HEAD_CELL}: the layer has no head (only the head's input has)")
         grid = Grid(
             _title(p, with_split),
             ["layer", "D", *(METRICS[k].header for k in keys)],

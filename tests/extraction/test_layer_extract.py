@@ -33,6 +33,9 @@ import torch
 from torch import nn
 
 
+CALLS = [0]  # forward calls of any MLP, for the tests that count passes
+
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -40,6 +43,7 @@ class MLP(nn.Module):
         self.head = nn.Linear(8, 3)
 
     def forward(self, x):
+        CALLS[0] += 1
         return self.head(self.body(x))
 
 
@@ -464,3 +468,20 @@ def test_torchrun_writes_layer_shard_sets_equal_to_one_process(tmp_path: Path) -
         sharded = analyze([tmp_path / name], layers=True)
         assert [r.layer for r in sharded] == ["body.0", "body.3"]
         assert assert_same_results(single, sharded) < RTOL
+
+
+@pytest.mark.parametrize("stats_only", [False, True])
+def test_every_layer_comes_from_the_same_forward_passes(kit: Kit, stats_only: bool) -> None:
+    """N = 45 rows in batches of 8 are 6 batches. A feature store takes the first batch (the
+    head's probe) and the other 5, and --layers adds one call (the first batch surveyed with a
+    hook on every module), never one per batch or per layer; --stats-only takes two passes for
+    the store and all its layers together."""
+    _, ckpt, _, data = kit.model("mlp")
+    kit.module.CALLS[0] = 0
+    run_extract(kit.config("mlp", ckpt, data, stats_only=stats_only, out=kit.root / "one"))
+    alone = kit.module.CALLS[0]
+    kit.module.CALLS[0] = 0
+    layers = ("body.0", "body.1", "body.2")
+    run_extract(kit.config("mlp", ckpt, data, stats_only=stats_only, layers=layers))
+    assert alone == (1 + 2 * 6 if stats_only else 6)
+    assert kit.module.CALLS[0] == alone + 1

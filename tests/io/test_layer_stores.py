@@ -88,3 +88,12 @@ def test_write_store_needs_a_width_without_a_head(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs width"):
         write_store(tmp_path / "x.h5", features=X, weight=None, labels=Y)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_inspect_describes_a_headless_layer_store(tmp_path: Path) -> None:
+    from ncinspect.extraction.inspection import describe
+
+    desc = describe(headless(tmp_path / "a.h5"))
+    assert desc["kind"] == "store" and desc["layer"] == "body.0" and desc["width"] == 4
+    names = [d["name"] for d in desc["datasets"]]
+    assert "features" in names and not any(n.startswith("head/") for n in names)
