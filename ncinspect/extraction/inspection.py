@@ -246,6 +246,10 @@ def _describe_checkpoint(p: Path, fmt: str, desc: dict[str, Any], trust_code: bo
     desc["n_tensors"] = len(ckpt.tensors)
     desc["n_parameters"] = int(sum(int(v.numel()) for v in ckpt.tensors.values()))
     desc["head_candidates"] = weight_pairs(ckpt.tensors)
+    desc["notes"].append(
+        "the modules a forward pass runs, with their output shapes (the names --layers takes): "
+        "extract with the same options and --list-layers (one batch, nothing written)"
+    )
     if fmt == "torchscript":
         scripted = ckpt.metadata.get("scripted_modules", {})
         desc["modules"] = [
