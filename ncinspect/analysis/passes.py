@@ -47,7 +47,7 @@ def analyze_source(source: FeatureSource, options: AnalysisOptions | None = None
 def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
     _epoch_of(source)  # a malformed epoch or layer attribute fails before any pass
     _layer_of(source)
-    _check_dense_size(source)
+    check_dense_size(source)
     _check_finite_head(source)
     if source.statistics is not None:  # saved by extract --stats-only: no rows to read
         with full_blas(float(source.d) ** 3):  # up to a D x D eigendecomposition
@@ -91,7 +91,7 @@ def max_dense_bytes() -> int:
     return int(gib * (1 << 30))
 
 
-def _check_dense_size(source: FeatureSource) -> None:
+def check_dense_size(source: FeatureSource) -> None:
     """Refuse a source whose K, T or D would make the statistics allocate a dense matrix above
     `max_dense_bytes`, before anything is allocated (the sizes are the head's shape, or without
     a head K from the labels or outputs, T from the targets: `FeatureSource.width`). Arrays

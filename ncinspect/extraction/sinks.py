@@ -149,6 +149,7 @@ def write_statistics(
     layer whose rows are the head's input shares the head's statistics. Returns the rows of
     the last pass."""
     from ncinspect.analysis.options import AnalysisOptions
+    from ncinspect.analysis.passes import check_dense_size
     from ncinspect.analysis.saved import gather_together
     from ncinspect.io.store.writer import StoreWriter
 
@@ -186,6 +187,8 @@ def write_statistics(
             )
         )
         columns.append(t.column)
+    for source in sources:  # a wide regression layer's D x D, refused before any pass
+        check_dense_size(source)
     if sink.layers:
         assert sink.plan is not None
         forward.capture = sink.plan.capture

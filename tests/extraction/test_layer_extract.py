@@ -485,3 +485,21 @@ def test_every_layer_comes_from_the_same_forward_passes(kit: Kit, stats_only: bo
     run_extract(kit.config("mlp", ckpt, data, stats_only=stats_only, layers=layers))
     assert alone == (1 + 2 * 6 if stats_only else 6)
     assert kit.module.CALLS[0] == alone + 1
+
+
+def test_stats_only_refuses_a_layer_too_wide_for_its_statistics(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A regression layer's statistics hold a D x D scatter: beyond the dense-matrix bound the
+    layer is refused before any pass, naming it, and nothing is written."""
+    from ncinspect.errors import InputError
+
+    _, ckpt, x, _ = kit.model("cnn")
+    data = kit.root / "targets.npz"
+    np.savez(data, x=x, y=np.random.default_rng(0).standard_normal((N, 3)).astype(np.float32))
+    # 10.7 KB: the head's 4 x 4 fits, features.0 flattened (D = 4 x 6 x 6 = 144) does not
+    monkeypatch.setenv("NCINSPECT_MAX_DENSE_GIB", "1e-5")
+    config = kit.config("cnn", ckpt, data, stats_only=True, layers=("features.0",), pool="flatten")
+    with pytest.raises(InputError, match=r"layer features.0\): without a head.*D = 144.*D x D"):
+        run_extract(config)
+    assert not kit.out.exists() or not any(kit.out.rglob("*.h5"))
