@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ncinspect.errors import ModelError
+from ncinspect.errors import ModelError, OutputError
 from ncinspect.extraction.layers import (
     HEAD_INPUT,
     LayerCapture,
@@ -106,6 +106,13 @@ def plan_layers(
         rows = capture.take(len(probe.outputs), probe.rows, probe.inputs)
     head_rows = probe.features[: probe.rows]
     folder = layers_folder(job.store)
+    if folder.is_symlink():  # named by ncinspect inside the run folder: a link was planted
+        raise OutputError(
+            "is a symbolic link inside --out (the layer stores' folder); ncinspect writes layer "
+            "stores only into a real folder there, never through a link; remove it or choose "
+            "another --out",
+            path=folder,
+        )
     targets: list[LayerTarget] = []
     for column, name in enumerate(names):
         record = found.modules.get(name)

@@ -503,3 +503,15 @@ def test_stats_only_refuses_a_layer_too_wide_for_its_statistics(
     with pytest.raises(InputError, match=r"layer features.0\): without a head.*D = 144.*D x D"):
         run_extract(config)
     assert not kit.out.exists() or not any(kit.out.rglob("*.h5"))
+
+
+def test_a_planted_link_for_the_layers_folder_is_refused(kit: Kit, tmp_path: Path) -> None:
+    _, ckpt, _, data = kit.model("mlp")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = kit.out / "mlp" / "epoch_001.pt.train.layers"
+    folder.parent.mkdir(parents=True)
+    folder.symlink_to(elsewhere)
+    with pytest.raises(OutputError, match="symbolic link inside --out"):
+        run_extract(kit.config("mlp", ckpt, data, layers=("body.0",)))
+    assert list(elsewhere.iterdir()) == []
