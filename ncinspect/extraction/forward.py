@@ -9,11 +9,13 @@ on one tensor, `model(**inputs)` on a dict of tensors (keyword inputs: --input-k
 taken from whatever the model returns (a tensor, a tuple starting with it, or a mapping such as
 transformers' ModelOutput: its `logits`). Before the first batch runs, one integer tensor given
 to a model whose forward takes `attention_mask` is refused (`check_attention_mask`): its padded
-rows would be read as tokens. Its three consumers: `store_items` (checked host blocks for the
-feature store's writer), `ForwardPass.__call__` (`io.sources.Batch`es of numpy arrays, for the
-host statistics passes of --stats-only, through `ForwardSource`) and `on_device` (the same rows
+rows would be read as tokens. With --layers, forward hooks on the chosen modules
+(`layers.LayerCapture`) catch their outputs in the same pass (`layer_rows`). Its consumers:
+`store_items` (checked host blocks for the feature store's writers), `ForwardPass.__call__` and
+`together` (`io.sources.Batch`es of numpy arrays, for the host statistics passes of
+--stats-only, through `ForwardSource`; `together` one per layer) and `on_device` (the same rows
 left on the device, for `analysis.device`). Features and outputs leave as float32; labels are
-checked against the head (`BatchCheck`).
+checked against the head (`blocks.BatchCheck`).
 
 The caller sets eval mode, inference mode and autocast (`device`). Never writes files.
 Axes: N samples, B rows of a batch, D feature dim, K classes, T regression targets.
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ncinspect.errors import DataError, ModelError, NcInspectError
+from ncinspect.extraction.blocks import BatchCheck, host_blocks
 from ncinspect.extraction.data import DataSource, ModelInputs, batch_rows
 from ncinspect.extraction.messages import hint
 from ncinspect.extraction.models import Call, choose_head, head_arrays, head_candidates
@@ -440,93 +443,6 @@ class ForwardSource(FeatureSource):
     ) -> Iterator[Batch]:
         """Every row once, in the extraction's batches (`rows` and `reuse` do not apply)."""
         return self._forward(outputs and self.has_outputs)
-
-
-def host_blocks(
-    feats: torch.Tensor,
-    out: torch.Tensor,
-    rows: int,
-    cuda: bool,
-    layers: Sequence[torch.Tensor] = (),
-) -> dict[str, Any]:
-    """Features (B, D), outputs and (--layers) each layer's rows as float32 CPU tensors (pinned,
-    copied asynchronously on CUDA with one event for the writers to wait on)."""
-    import torch
-
-    feats = feats[:rows].detach()
-    out = out[:rows].detach()
-    extra = [layer[:rows].detach() for layer in layers]
-    if not cuda:
-        blocks: dict[str, Any] = {"features": feats.float(), "outputs": out.float()}
-        if layers:
-            blocks["layers"] = [layer.float().cpu() for layer in extra]
-        return blocks
-
-    def host(x: torch.Tensor) -> torch.Tensor:
-        pinned = torch.empty(x.shape, dtype=torch.float32, pin_memory=True)
-        pinned.copy_(x, non_blocking=True)
-        return pinned
-
-    blocks = {"features": host(feats), "outputs": host(out)}
-    if layers:
-        blocks["layers"] = [host(layer) for layer in extra]
-    event = torch.cuda.Event()
-    event.record()
-    blocks["event"] = event
-    return blocks
-
-
-@dataclass
-class BatchCheck:
-    """Validates each batch's labels/targets against the head and shapes the store blocks."""
-
-    data: DataSource
-    task: Literal["classification", "regression"]
-    width: int
-    head: str
-    row: int = 0
-
-    def item(self, blocks: dict[str, Any], yb: torch.Tensor, with_outputs: bool) -> dict[str, Any]:
-        import torch
-
-        rows = len(blocks["features"])
-        if len(yb) != rows:
-            raise DataError(
-                f"--data {self.data.spec!r}: a batch has {rows} inputs but {len(yb)} labels"
-            )
-        item = dict(blocks)
-        if not with_outputs:
-            item.pop("outputs", None)
-        if self.task == "classification":
-            if yb.is_floating_point():
-                raise DataError(
-                    f"--data {self.data.spec!r}: labels are floating point but the task is "
-                    "classification; pass --task regression for float targets"
-                )
-            labels = yb.reshape(-1).to("cpu", dtype=torch.int64)
-            if labels.numel() != rows:
-                raise DataError(
-                    f"--data {self.data.spec!r}: labels have shape {tuple(yb.shape)}, expected "
-                    f"({rows},) class indices"
-                )
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= self.width:
-                bad = lo if lo < 0 else hi
-                raise DataError(
-                    f"--data {self.data.spec!r}: label {bad} near row {self.row} is outside "
-                    f"[0, {self.width - 1}]: head {self.head!r} has K = {self.width} outputs"
-                )
-            item["labels"] = labels
-        else:
-            targets = yb.to("cpu").reshape(rows, -1).float()
-            if targets.shape[1] != self.width:
-                raise DataError(
-                    f"--data {self.data.spec!r}: targets have {targets.shape[1]} columns but head "
-                    f"{self.head!r} has T = {self.width} outputs"
-                )
-            item["targets"] = targets
-        self.row += rows
-        return item
 
 
 def _output_tensor(out: Any, path: Path) -> torch.Tensor:

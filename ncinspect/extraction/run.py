@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ncinspect._version import __version__
 from ncinspect.errors import CheckpointError, DataError, InputError, ModelError, NcInspectError
+from ncinspect.extraction.blocks import BatchCheck
 from ncinspect.extraction.checkpoint import (
     Checkpoint,
     checkpoint_stat,
@@ -60,7 +61,6 @@ from ncinspect.extraction.distributed import (
     shard_path,
 )
 from ncinspect.extraction.forward import (
-    BatchCheck,
     ForwardPass,
     find_head,
     run_model,

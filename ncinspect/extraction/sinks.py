@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ncinspect.extraction.blocks import host_blocks
 from ncinspect.extraction.config import ExtractConfig
 from ncinspect.extraction.distributed import JobOutput
-from ncinspect.extraction.forward import ForwardPass, ForwardSource, HeadProbe, host_blocks
+from ncinspect.extraction.forward import ForwardPass, ForwardSource, HeadProbe
 from ncinspect.extraction.layerjobs import LayerPlan, LayerTarget, LayerWriters, layer_attrs
 from ncinspect.extraction.writer import THREADED_WRITES, BackgroundWriter
 from ncinspect.metrics.head import Head
