@@ -221,7 +221,8 @@ class ClassPasses:
             self.correct += outputs_correct(batch.outputs, y)
 
     def between(self) -> None:
-        # the plan's largest product: W's least squares on the K_eff means, D K^2
+        # the plan's largest product, bounded above by D K^2: W's least squares on the K_eff < D
+        # means and the (K_eff, K) logit table, D K K_eff (memory O(K D), never K x K)
         with full_blas(float(self.source.d) * self.k * self.k):
             self.sums, self.plan = plan_class_scatter(
                 self.sums, self.source, self.options, self.combine

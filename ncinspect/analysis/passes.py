@@ -67,11 +67,14 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
     return _result(source, metric_set, n_used, extras)
 
 
-# The largest dense float64 matrix the statistics and metrics may build (4 GiB by default): K x K
-# head Gram and K x D means for classification (D x D only when D <= K_eff <= K), D x D scatters,
+# The largest dense float64 matrix the statistics and metrics may build (4 GiB by default): for
+# classification the K x D class sums, means and head (the pair metrics reduce K x K Gram
+# matrices in tiles of about 1 MiB, `metrics.pairs`, and the decisions score rows in blocks of
+# about 8 MiB, `stats.decisions`) and the D x D scatter when pass 2 can take that route
+# (K_eff >= D, so K >= D; else the class span's K_eff x K_eff, smaller than K x D); D x D,
 # T x T and T x D for regression. A few kilobytes of compressed head or features can claim K or
-# D = 10^5, i.e. matrices of 80 GB; the environment (trusted) may raise the bound for a genuinely
-# wide model (4 GiB is D or K up to about 23,000).
+# D = 10^5, i.e. matrices of 80 GB; the environment (trusted) may raise the bound for a
+# genuinely wide model (4 GiB is K x D = 5.4e8, D up to about 23,000).
 MAX_DENSE_ENV = "NCINSPECT_MAX_DENSE_GIB"
 _DENSE_DEFAULT_BYTES = 4 << 30
 
@@ -95,12 +98,16 @@ def check_dense_size(source: FeatureSource) -> None:
     """Refuse a source whose K, T or D would make the statistics allocate a dense matrix above
     `max_dense_bytes`, before anything is allocated (the sizes are the head's shape, or without
     a head K from the labels or outputs, T from the targets: `FeatureSource.width`). Arrays
-    the caller holds in memory (`ncinspect.analyze_arrays`) are its own: not bounded."""
+    the caller holds in memory (`ncinspect.analyze_arrays`) are its own: not bounded.
+
+    Classification allocates O(K D + D^2) plus fixed-size tiles and score blocks, with the
+    D x D scatter only when K >= D, so K x D is its largest matrix: K x K is never formed, and
+    K alone is not bounded (the pair metrics' time still grows as K^2 D)."""
     if source.origin == "array":
         return
     rows, d = source.width, source.d
-    if source.task == "classification":
-        shapes = {"K x K": rows * rows, "K x D": rows * d}
+    if source.task == "classification":  # no K x K (tiled); D x D only when K >= D
+        shapes = {"K x D": rows * d}
     else:
         shapes = {"D x D": d * d, "T x T": rows * rows, "T x D": rows * d}
     name, elements = max(shapes.items(), key=lambda item: item[1])

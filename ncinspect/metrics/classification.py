@@ -10,7 +10,9 @@ norms (mean_norm_means, mean_norm_weights, mean_norm_features, norm_ratio), with
 cases (empty classes -> K_eff, K - 1 > D floors, undefined -> NaN with a reason; without a head,
 `HEAD_KEYS` undefined), under either global mean (`global_mean`: "weighted", the sample mean,
 or "unweighted", the plain mean of the class means). Never reads data: it takes
-`stats.classification`'s `ClassMoments` and `ClassScatter` and the head.
+`stats.classification`'s `ClassMoments` and `ClassScatter` and the head. Never holds a K x K
+matrix either: the pair keys (nc1_cdnv, nc2 equiangle / maxangle / ETF, nc3_etf) reduce the
+tiles of Mc Mc^T, W W^T and W Mc^T (`metrics.pairs`), one sweep per matrix; memory O(K D).
 
 Direction: every metric here is lower-is-more-collapsed (0 at exact collapse; bias_gap 0 when
 W mu_G + b = 0) except `accuracy`, which is higher-is-better, `ncc_accuracy`, which is
@@ -20,7 +22,6 @@ Axes: N samples, D feature dim, K classes (K_eff of them with samples).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -28,6 +29,14 @@ import numpy as np
 
 from ncinspect.metrics.head import HEAD_ABSENT, NO_CLASSIFIER, Head
 from ncinspect.metrics.keys import CLASSIFICATION_KEYS
+from ncinspect.metrics.pairs import (
+    EtfDistance,
+    PairMatrix,
+    PairMoments,
+    PairSum,
+    PairTile,
+    sweep,
+)
 from ncinspect.metrics.results import MetricSet
 from ncinspect.stats.classification import ClassMoments, ClassScatter
 
@@ -47,27 +56,6 @@ def centred_means(moments: ClassMoments, global_mean: str = "weighted") -> np.nd
     tiny = np.linalg.norm(mc, axis=1) <= ROUNDING_RELATIVE * scale
     mc[tiny] = 0.0
     return mc
-
-
-def etf_target(k: int) -> np.ndarray:
-    """E_K = (I_K - 11^T/K) / sqrt(K - 1): the simplex-ETF Gram matrix with Frobenius norm 1."""
-    return (np.eye(k) - np.full((k, k), 1.0 / k)) / math.sqrt(k - 1)
-
-
-@functools.lru_cache(maxsize=4)
-def _upper_mask(k: int) -> np.ndarray:
-    mask = ~np.tri(k, k, 0, dtype=bool)
-    mask.flags.writeable = False
-    return mask
-
-
-def _upper(mat: np.ndarray) -> np.ndarray:
-    """The entries above the diagonal of a square matrix, row by row (np.triu_indices order).
-
-    A boolean mask (cached per size): cheaper than np.triu_indices' two index arrays when K is
-    large.
-    """
-    return mat[_upper_mask(mat.shape[0])]
 
 
 def _kept_eigen(mat: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +94,7 @@ def nc1(
         out.undefined("separation_fuzziness", reason)
         out.info["nc1_rank"] = 0
         return
-    if scatter.route == "class_span":
+    if scatter.route == "class_span":  # chosen when K_eff < D: K_eff x K_eff < D x D
         gram = mc @ mc.T
         vals, vecs = _kept_eigen(gram, max_rank)
         s = scatter.scatter / n
@@ -129,32 +117,78 @@ def nc1(
     out.metrics["separation_fuzziness"] = fuzziness
 
 
-def nc1_cdnv(
-    moments: ClassMoments,
-    out: MetricSet,
-    gram: np.ndarray | None = None,
-    global_mean: str = "weighted",
-) -> None:
-    """Mean over class pairs of (s_i^2 + s_j^2) / (2 ||mu_i - mu_j||^2).
+class _Cdnv:
+    """nc1_cdnv's reduction over the pairs i < j of a tile of Mc Mc^T: (s_i^2 + s_j^2) /
+    (2 ||mu_i - mu_j||^2), with ||mu_i - mu_j||^2 = ||c_i||^2 + ||c_j||^2 - 2 c_i . c_j
+    (sq (K_eff,) = ||c_i||^2, var (K_eff,) = s_i^2). A pair at distance <= 0 makes it undefined."""
 
-    gram: Mc Mc^T if the caller has it (K_eff x K_eff), else computed here; Mc centred on the
-    `global_mean` the gram was (the distances between means do not depend on it).
-    """
-    present = moments.counts > 0
-    k_eff = int(present.sum())
-    if k_eff < 2:
-        out.undefined("nc1_cdnv", f"needs at least 2 classes with samples (K_eff = {k_eff})")
-        return
-    mc = centred_means(moments, global_mean)
-    var = moments.m2[present] / moments.counts[present]
-    sq = np.einsum("kd,kd->k", mc, mc)
-    dist2 = sq[:, None] + sq[None, :] - 2.0 * (mc @ mc.T if gram is None else gram)
-    d2 = _upper(dist2)
-    if np.any(d2 <= 0):
-        out.undefined("nc1_cdnv", "two class means coincide (zero distance between them)")
-        return
-    pair_var = _upper(var[:, None] + var[None, :])
-    out.metrics["nc1_cdnv"] = float(np.mean(pair_var / (2.0 * d2)))
+    def __init__(self, sq: np.ndarray, var: np.ndarray) -> None:
+        self.sq, self.var = sq, var
+        self.ratios = PairSum()
+        self.coincide = False
+
+    def add(self, t: PairTile) -> None:
+        if self.coincide:
+            return
+        dist2 = self.sq[t.rows, None] + self.sq[None, t.cols]
+        dist2 -= 2.0 * t.values
+        ratio = self.var[t.rows, None] + self.var[None, t.cols]
+        with np.errstate(divide="ignore", invalid="ignore"):  # below the diagonal: unused
+            ratio /= 2.0 * dist2
+        for d2, part in zip(t.pair_parts(dist2), t.pair_parts(ratio), strict=True):
+            # min first (no temporary); a NaN distance alone is no coincidence
+            if d2.size and not d2.min() > 0 and np.any(d2 <= 0):
+                self.coincide = True
+                return
+            self.ratios.add(part)
+
+    def record(self, out: MetricSet) -> None:
+        if self.coincide:
+            out.undefined("nc1_cdnv", "two class means coincide (zero distance between them)")
+        else:
+            out.metrics["nc1_cdnv"] = self.ratios.mean
+
+
+class _Cosines:
+    """The cosines of the pairs i < j of non-zero rows from a tile of their Gram matrix (entries
+    over the products of the norms, no second product): their std (equiangle) and the mean of
+    |cos + 1/(K - 1)| (maxangle), K counting the non-zero rows."""
+
+    def __init__(self, norms: np.ndarray) -> None:
+        nonzero = norms > 0
+        self.norms = norms
+        self.dropped = int((~nonzero).sum())
+        self.keep = None if not self.dropped else nonzero
+        self.used = int(nonzero.sum())
+        self.offset = 1.0 / (self.used - 1) if self.used >= 2 else math.nan
+        self.cosines = PairMoments()
+        self.maxangle = PairSum()
+
+    def add(self, t: PairTile) -> None:
+        if self.used < 2:
+            return
+        with np.errstate(divide="ignore", invalid="ignore"):  # zero rows: not kept
+            cos = t.values / self.norms[t.rows, None]
+            cos /= self.norms[None, t.cols]
+        for part in t.pair_parts(cos, self.keep):
+            self.cosines.add(part)
+            shifted = part + self.offset
+            self.maxangle.add(np.abs(shifted, out=shifted))
+
+    def record(self, suffix: str, what: str, out: MetricSet) -> None:
+        """Equiangle and maxangle; a warning about the dropped zero vectors."""
+        if self.dropped:
+            out.warn(f"{self.dropped} {what} vector(s) are zero; dropped from the angle metrics")
+        eq, mx = f"nc2_equiangle_{suffix}", f"nc2_maxangle_{suffix}"
+        if self.used < 2:
+            out.undefined(eq, f"needs at least 2 non-zero {what} vectors")
+            out.undefined(mx, f"needs at least 2 non-zero {what} vectors")
+            return
+        if self.cosines.count < 2:
+            out.undefined(eq, f"the std over pairs needs at least 3 {what} vectors (got 2)")
+        else:
+            out.metrics[eq] = self.cosines.std(ddof=1)
+        out.metrics[mx] = self.maxangle.mean
 
 
 def _equinorm(vectors: np.ndarray, key: str, out: MetricSet) -> None:
@@ -170,64 +204,23 @@ def _equinorm(vectors: np.ndarray, key: str, out: MetricSet) -> None:
     out.metrics[key] = float(norms.std(ddof=1) / mean)
 
 
-def _cosines(
-    vectors: np.ndarray, what: str, out: MetricSet, gram: np.ndarray | None = None
-) -> np.ndarray | None:
-    """Pairwise cosines (upper triangle) of the non-zero rows; warn about dropped zero rows.
-
-    gram: vectors @ vectors.T if the caller has it; the cosines are then its entries over the
-    products of the norms (no second K x K x D product).
-    """
-    norms = np.linalg.norm(vectors, axis=1)
-    nonzero = norms > 0
-    if not nonzero.all():
-        out.warn(
-            f"{int((~nonzero).sum())} {what} vector(s) are zero; dropped from the angle metrics"
-        )
-    if int(nonzero.sum()) < 2:
-        return None
-    if gram is not None:
-        kept = norms[nonzero]
-        g = gram if nonzero.all() else gram[np.ix_(nonzero, nonzero)]
-        return _upper(g / kept[:, None] / kept[None, :])
-    v = vectors[nonzero] / norms[nonzero, None]
-    cos = v @ v.T
-    return _upper(cos)
-
-
-def _angles(
-    vectors: np.ndarray, suffix: str, what: str, out: MetricSet, gram: np.ndarray | None = None
-) -> None:
-    """Equiangle and maxangle over the non-zero vectors; K in 1/(K-1) counts those vectors."""
-    cos = _cosines(vectors, what, out, gram)
-    eq, mx = f"nc2_equiangle_{suffix}", f"nc2_maxangle_{suffix}"
-    if cos is None:
-        out.undefined(eq, f"needs at least 2 non-zero {what} vectors")
-        out.undefined(mx, f"needs at least 2 non-zero {what} vectors")
-        return
-    if cos.size < 2:
-        out.undefined(eq, f"the std over pairs needs at least 3 {what} vectors (got 2)")
-    else:
-        out.metrics[eq] = float(cos.std(ddof=1))
-    k = (1 + math.isqrt(1 + 8 * cos.size)) // 2  # cos holds k(k-1)/2 pairs
-    out.metrics[mx] = float(np.mean(np.abs(cos + 1.0 / (k - 1))))
-
-
-def _etf_distance(gram: np.ndarray, key: str, out: MetricSet) -> None:
-    k = gram.shape[0]
+def _etf(pairs: PairMatrix) -> EtfDistance | str:
+    """The ETF distance's reduction for a square pair matrix, or why it is undefined (K < 2, or
+    a zero matrix)."""
+    k = pairs.shape[0]
     if k < 2:
-        out.undefined(key, f"needs at least 2 classes (got {k})")
-        return
-    norm = np.linalg.norm(gram)
+        return f"needs at least 2 classes (got {k})"
+    norm = pairs.norm()
     if norm == 0:
-        out.undefined(key, "the Gram matrix is zero")
-        return
-    # gram / norm - E_K, without building E_K: + 1/(K sqrt(K-1)) everywhere, - 1/sqrt(K-1) on
-    # the diagonal
-    diff = gram / norm
-    diff += 1.0 / (k * math.sqrt(k - 1))
-    diff[np.diag_indices(k)] -= 1.0 / math.sqrt(k - 1)
-    out.metrics[key] = float(np.linalg.norm(diff))
+        return "the Gram matrix is zero"
+    return EtfDistance(k, norm, pairs.upper)
+
+
+def _record_etf(etf: EtfDistance | str, key: str, out: MetricSet) -> None:
+    if isinstance(etf, str):
+        out.undefined(key, etf)
+    else:
+        out.metrics[key] = etf.value
 
 
 # The keys that need the classifier: its rows (nc2_*_weights, nc3, nc3_etf), its decisions
@@ -265,6 +258,8 @@ def classification_metrics(
     head: Head | None,
     outputs_correct: int | None = None,
     global_mean: str = "weighted",
+    *,
+    tile: int | None = None,
 ) -> MetricSet:
     """All classification keys from pass-1 and pass-2 statistics and the head.
 
@@ -274,21 +269,23 @@ def classification_metrics(
     the label). global_mean: "weighted" (mu_G the sample mean) or "unweighted" (the mean of the
     present class means), for every key that centres on mu_G; the scatter's `centre_distance`
     must have been summed about the same mu_G (`plan_scatter`'s `global_mean`).
+
+    The pair keys reduce Mc Mc^T, W W^T and W Mc^T tile by tile (`metrics.pairs`): memory
+    O(tile x K), never K x K. tile: rows per tile (None: about `pairs.TILE_BYTES`); the values
+    do not depend on it beyond float64 rounding.
     """
     out = MetricSet()
     out.info["global_mean"] = global_mean
     k_eff = _class_warnings(moments, head, out)
     mc = centred_means(moments, global_mean)
-    gram_means = mc @ mc.T  # (K_eff, K_eff), shared by nc1_cdnv, the angles and the ETF error
     nc1(moments, scatter, out, global_mean)
-    nc1_cdnv(moments, out, gram_means, global_mean)
-    _mean_geometry(mc, gram_means, k_eff, out)
+    _mean_geometry(moments, mc, k_eff, out, tile)
     _norms(mc, scatter, head, out)
     ncc_accuracy(scatter, out)
     if head is None:
         _without_head(moments, out, outputs_correct)
     else:
-        _head_metrics(moments, scatter, head, mc, out, moments.global_mean(global_mean))
+        _head_metrics(moments, scatter, head, mc, out, moments.global_mean(global_mean), tile)
     out.metrics = {key: out.metrics[key] for key in CLASSIFICATION_KEYS}
     return out
 
@@ -358,15 +355,32 @@ def _class_warnings(moments: ClassMoments, head: Head | None, out: MetricSet) ->
     return k_eff
 
 
-def _mean_geometry(mc: np.ndarray, gram_means: np.ndarray, k_eff: int, out: MetricSet) -> None:
-    """nc2_equinorm / equiangle / maxangle / etf of the centred class means Mc (K_eff, D)."""
-    _equinorm(mc, "nc2_equinorm_means", out)
+def _mean_geometry(
+    moments: ClassMoments, mc: np.ndarray, k_eff: int, out: MetricSet, tile: int | None
+) -> None:
+    """nc1_cdnv and nc2_equinorm / equiangle / maxangle / etf of the centred class means Mc
+    (K_eff, D): the pair keys in one sweep over the upper tiles of Mc Mc^T (K_eff x K_eff).
+    nc1_cdnv's distances between means do not depend on mu_G."""
+    gram = PairMatrix(mc, upper=True, tile=tile)
+    cdnv = cosines = None
     if k_eff >= 2:
-        _angles(mc, "means", "centred class-mean", out, gram_means)
+        present = moments.counts > 0
+        var = moments.m2[present] / moments.counts[present]
+        cdnv = _Cdnv(np.einsum("kd,kd->k", mc, mc), var)
+        cosines = _Cosines(np.linalg.norm(mc, axis=1))
+    etf = _etf(gram)
+    sweep(gram, (cdnv, cosines, None if isinstance(etf, str) else etf))
+    if cdnv is None:
+        out.undefined("nc1_cdnv", f"needs at least 2 classes with samples (K_eff = {k_eff})")
     else:
+        cdnv.record(out)
+    _equinorm(mc, "nc2_equinorm_means", out)
+    if cosines is None:
         for key in ("nc2_equiangle_means", "nc2_maxangle_means"):
             out.undefined(key, f"needs at least 2 classes with samples (K_eff = {k_eff})")
-    _etf_distance(gram_means, "nc2_etf_means", out)
+    else:
+        cosines.record("means", "centred class-mean", out)
+    _record_etf(etf, "nc2_etf_means", out)
 
 
 def _head_metrics(
@@ -376,27 +390,36 @@ def _head_metrics(
     mc: np.ndarray,
     out: MetricSet,
     mu_g: np.ndarray,
+    tile: int | None,
 ) -> None:
-    """`HEAD_KEYS` but the norms (`_norms`): the classifier rows' geometry, self-duality, NC4,
-    accuracy and bias_gap (at the global mean mu_g (D,), the one Mc is centred on)."""
+    """`HEAD_KEYS` but the norms (`_norms`): the classifier rows' geometry (one sweep over the
+    upper tiles of W W^T, K x K), self-duality (nc3_etf over the tiles of W Mc^T, K_eff x
+    K_eff), NC4, accuracy and bias_gap (at the global mean mu_g (D,), the one Mc is centred
+    on)."""
     n = moments.n
     w = np.asarray(head.weight, dtype=np.float64)
     w_p = w[moments.counts > 0]
-    gram_weights = w @ w.T  # (K, K)
+    gram = PairMatrix(w, upper=True, tile=tile)
+    cosines = _Cosines(np.linalg.norm(w, axis=1)) if w.shape[0] >= 2 else None
+    etf = _etf(gram)
+    sweep(gram, (cosines, None if isinstance(etf, str) else etf))
     _equinorm(w, "nc2_equinorm_weights", out)
-    if w.shape[0] >= 2:
-        _angles(w, "weights", "classifier-row", out, gram_weights)
-    else:
+    if cosines is None:
         for key in ("nc2_equiangle_weights", "nc2_maxangle_weights"):
             out.undefined(key, "needs at least 2 classifier rows (K = 1)")
-    _etf_distance(gram_weights, "nc2_etf_weights", out)
+    else:
+        cosines.record("weights", "classifier-row", out)
+    _record_etf(etf, "nc2_etf_weights", out)
 
     w_norm, m_norm = np.linalg.norm(w_p), np.linalg.norm(mc)
     if w_norm == 0 or m_norm == 0:
         out.undefined("nc3", "the classifier rows or the centred class means are all zero")
     else:
         out.metrics["nc3"] = float(np.linalg.norm(w_p / w_norm - mc / m_norm) ** 2)
-    _etf_distance(w_p @ mc.T, "nc3_etf", out)
+    duality = PairMatrix(w_p, mc, tile=tile)
+    etf = _etf(duality)
+    sweep(duality, (None if isinstance(etf, str) else etf,))
+    _record_etf(etf, "nc3_etf", out)
 
     out.metrics["nc4"] = scatter.ncc_mismatch / n
     out.metrics["accuracy"] = scatter.correct / n

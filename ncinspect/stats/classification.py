@@ -324,7 +324,9 @@ def plan_scatter(
     check: np.ndarray | None = None,
     global_mean: str = "weighted",
 ) -> ScatterPlan:
-    """Choose the cheaper exact NC1 route: the class span when K_eff < D, else D x D. `check`:
+    """Choose the cheaper exact NC1 route: the class span when K_eff < D, else D x D, so that
+    pass 2 and NC1 hold at most min(K_eff, D)^2 (a forced `route="class_span"` with K_eff >= D
+    holds K_eff x K_eff); the plan itself is O(K D) (`Logits.build`, `NearestMean.build`). `check`:
     a unit vector for `ClassScatter.means_match` (means that did not come from these rows).
     weight (K, D) and bias (K,) None: no head, so no accuracy or NC4 counts. `global_mean`:
     the mu_G pass 2 sums ||h_i - mu_G|| about (`ClassMoments.global_mean`)."""

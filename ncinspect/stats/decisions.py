@@ -7,7 +7,10 @@ error bound (`stats.blocks.dot_error_bound`, plus gradual underflow), and every 
 cannot certify is recomputed by the float64 reference. So the counts `ClassScatter` keeps
 (correct predictions, classifier / nearest-mean disagreements) equal those of plain float64.
 Never reads files and never counts: `stats.classification` builds these once per plan and
-counts their answers. Axes: B rows of a block, D feature dim, K classes (K_eff present).
+counts their answers. Memory: never K x K. Rows are scored a block at a time, the block's rows
+shrinking as K grows so its (rows x K) scores stay about `_SCORE_ENTRIES` (8 MiB of float64; one
+row of K beyond that); the class-span tables are (K_eff + 1) x K and K x K_eff with K_eff < D.
+Axes: B rows of a block, D feature dim, K classes (K_eff present).
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class Logits:
     - `argmax`: one float32 GEMM on the features.
     - `from_projection` (few classes, class-span route): w_k . h = w_k . (h - mu_y) + w_k . mu_y,
       the first term from pass 2's float64 projection GEMM (W stacked under Mc, which costs that
-      memory-bound GEMM almost nothing), the second from a (K, K) table.
+      memory-bound GEMM almost nothing), the second from a table of mu_y . w_k + b_k.
     - `from_span` (class-span route, `with_span`): W = A Mc + 1 v^T + R with A least-squares
       coefficients, so up to v . h, common to every class, w_k . (h - mu_y) = a_k . z +
       r_k . (h - mu_y) with z = Mc (h - mu_y), pass 2's own projection; a (K, r) product per row
@@ -90,7 +93,11 @@ class Logits:
     bias: np.ndarray  # (K,) float64
     weight32: np.ndarray  # float32 (float64 if that could overflow)
     bias32: np.ndarray
-    table: np.ndarray | None  # (K, K): mu_k . w_j + b_j; class-span route only (else None)
+    # (R, K): mu_c . w_j + b_j for R <= K_eff + 1 classes c, class-span route only (else None):
+    # a row per class with a non-zero mean, one row b shared by the classes whose mean is zero
+    # (absent ones), so never K x K; `table_row` (K,) is each class's row
+    table: np.ndarray | None
+    table_row: np.ndarray | None
     wmax: float  # largest ||w_k||
     bmax: float  # largest |b_k|
     coef: np.ndarray | None = None  # (K, r) A with W = A Mc + R (`with_span`); None: no span route
@@ -101,20 +108,34 @@ class Logits:
     def build(
         cls, weight: np.ndarray, bias: np.ndarray, means: np.ndarray, table: bool = True
     ) -> Logits:
-        """table=False: no (K, K) table (the D x D route scores the features themselves; the
-        K x K x D product would cost as much as a pass at K = 1,000)."""
+        """table=False: no table (the D x D route scores the features themselves; the
+        K_eff x K x D product would cost as much as a pass at K = 1,000). The table has a row
+        per class with a non-zero mean (the present ones: fewer than D on the class-span route)
+        and one row b for the rest (0 . w_j + b_j = b_j exactly): O(K_eff K), not K x K."""
         wmax = float(np.max(row_norms(weight), initial=0.0))
         bmax = float(np.max(np.abs(bias), initial=0.0))
         fits = _float32_safe(wmax, bmax)
+        rows = row = None
+        if table:
+            own = np.flatnonzero(np.any(means != 0.0, axis=1))
+            row = np.full(means.shape[0], own.size, dtype=np.intp)
+            row[own] = np.arange(own.size)
+            rows = np.concatenate([means[own] @ weight.T + bias, bias[None, :]])
         return cls(
             weight=weight,
             bias=bias,
             weight32=weight.astype(np.float32) if fits else weight,
             bias32=bias.astype(np.float32) if fits else bias,
-            table=means @ weight.T + bias if table else None,
+            table=rows,
+            table_row=row,
             wmax=wmax,
             bmax=bmax,
         )
+
+    def table_rows(self, labels: np.ndarray) -> np.ndarray:
+        """Each label's row of `table` (labels < K)."""
+        assert self.table_row is not None
+        return np.take(self.table_row, labels, mode="clip")
 
     def with_span(self, basis: np.ndarray) -> Logits:
         """These logits with the class-span route: W = A basis + 1 v^T + R, basis (r, D) = Mc.
@@ -164,6 +185,7 @@ class Logits:
         rounding of the sum's magnitude.
         """
         assert self.coef is not None and self.table is not None
+        rows_of = self.table_rows(labels)
         d = self.weight.shape[1]
         r = self.coef.shape[1]
         pred = np.zeros(z.shape[0], dtype=np.int64)
@@ -176,7 +198,7 @@ class Logits:
                 )
                 scores += np.take(
                     self.table,
-                    y,
+                    rows_of[sl],
                     axis=0,
                     out=thread_scratch("table_rows", scores.shape),
                     mode="clip",
@@ -252,11 +274,12 @@ class Logits:
         """
         d = self.weight.shape[1]
         assert self.table is not None
+        rows_of = self.table_rows(labels)
         pred = np.zeros(dw.shape[0], dtype=np.int64)
         for sl in _row_blocks(dw.shape[0], self.weight.shape[0]):
             scores = np.take(
                 self.table,
-                labels[sl],
+                rows_of[sl],
                 axis=0,
                 out=thread_scratch("scores", dw[sl].shape),
                 mode="clip",

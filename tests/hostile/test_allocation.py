@@ -170,14 +170,15 @@ def _deflated(f: h5py.File, name: str, shape: tuple[int, ...]) -> None:
 
 def wide_head_classes(folder: Path) -> Crafted:
     """A classification store whose head claims K = 60000 classes (deflated zeros, a few KB):
-    the K x K head Gram alone would be 27 GiB."""
+    a K x K head Gram would be 27 GiB, but none is formed (issue #15: the pair metrics are
+    tiled), so report and plot run within the harness's 3 GiB address space, in O(K x D)."""
     target = folder / "wide_k.h5"
     ones = np.ones((4, 2), np.float32)
     write_store(target, features=ones, labels=np.arange(4), weight=ones)
     with h5py.File(target, "a") as f:
         _deflated(f, "head/weight", (60000, 2))
     assert target.stat().st_size < 100 << 10
-    return Crafted(target)
+    return Crafted(target, plant=lambda out: out.mkdir())  # report -o writes into it
 
 
 def wide_regression(folder: Path) -> Crafted:
@@ -231,7 +232,7 @@ ATTACKS = [
     Attack("npz-member-bomb", npz_member_bomb, ("inspect", "report", "plot"), ("zip bomb",),
            succeeds=("inspect",)),
     Attack("store-head-claims-60000-classes", wide_head_classes, ("inspect", "report", "plot"),
-           ("K x K", "GiB"), succeeds=("inspect",)),
+           (), succeeds=("inspect", "report", "plot")),
     Attack("stats-records-bomb", stats_records_bomb, ("inspect", "report", "plot"),
            ("datasets claim", "together", "decompression bomb"), succeeds=("inspect",)),
     Attack("store-regression-d-60000", wide_regression, ("inspect", "report", "plot"),

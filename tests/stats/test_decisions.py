@@ -226,7 +226,7 @@ def test_span_logits_bound_holds_against_extended_precision() -> None:
     assert lg.coef is not None and plan.basis is not None
     dev = np.asarray(x, np.float64) - plan.means[y]
     z = dev @ plan.basis.T
-    scores = z @ lg.coef.T + lg.table[y]
+    scores = z @ lg.coef.T + lg.table[lg.table_rows(y)]
     exact, _, _, _ = exact_scores(plan, x)
     dev_norm = np.linalg.norm(dev, axis=1)
     # largest score error, after removing the common shift (taken from class 0)
