@@ -99,7 +99,7 @@ EXTRACTION_FACTS: frozenset[str] = frozenset(
         "checkpoint_metadata", "safetensors_metadata", "config_file", "model_source",
         "split_source", "normalize_source", "layout_source", "data_keys", "data_files",
         "model_args_source", "tokenizer", "tokenizer_source",
-        "n_train_source",
+        "n_train_source", "context_length_source", "windows",
         # how the extraction ran
         "device", "requested", "batch_size", "torch_version", "transformers_version",
         "ncinspect_version", "created",

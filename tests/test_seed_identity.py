@@ -160,6 +160,10 @@ DEFINING = frozenset(
         "model_type", "num_labels", "problem_type", "head_position", "head_output_check",
         # text data: which columns, how it was tokenized (the tokenizer's folder is a fact)
         "text_keys", "label_key", "max_length", "padding", "truncation", "tokenizer_class",
+        # next-token rows (--next-token): how the text became windows, how many rows, the head
+        "next_token", "context_length", "windowing", "max_tokens", "tied_embeddings",
+        # a layer store's rows (--layers): how the module's output was reduced, its shape
+        "layer_pool", "layer_shape", "layer_head_input",
         # the training: the run config's scalars, and the hyper-parameters extraction reads
         # from the run config or the checkpoint (loss, smoothing, weight decay, the loss
         # reduction and optimizer behind the UFM's penalties, the training-set size as a total

@@ -64,7 +64,10 @@ CALIBRATION_BINS = "calibration_bins"  # the extras key of the reliability histo
 EQUAL_LOGITS = "every row's logits are equal, so no temperature changes the probabilities"
 ON_BOUND_NOTE = "the NLL-optimal temperature "  # how the warning of a fit at a bound begins
 
-NO_OUTPUTS = "needs the stored logits (outputs); extract without --no-outputs"
+NO_OUTPUTS = (
+    "needs the stored logits (outputs), which this source does not keep (a stats-only or "
+    "--next-token store, or a dump without them)"
+)
 STATS_ONLY = (
     "needs the stored logits (outputs); a stats-only store keeps none (extract without "
     "--stats-only)"

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 app = typer.Typer()
+DEFAULT_BATCH = 256  # rows per batch
+NEXT_TOKEN_BATCH = 8  # windows per batch with --next-token (each window is up to C rows)
 
 
 class Layout(str, Enum):
@@ -165,7 +167,15 @@ def extract(
     out: Annotated[
         Path, typer.Option("--out", help="Output: OUT/<run>/<checkpoint file name>.<split>.h5.")
     ] = Path("features"),
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per batch.", min=1)] = 256,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            help="Rows per batch (default 256); with --next-token, windows per batch (default 8).",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.", min=0)] = 0,
     device: Annotated[
         str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:I or mps.")
@@ -315,6 +325,39 @@ def extract(
             show_default=False,
         ),
     ] = None,
+    next_token: Annotated[
+        bool,
+        typer.Option(
+            "--next-token",
+            help="Language models (...ForCausalLM, ...LMHeadModel): every position with a next "
+            "token is a row; features: the output embedding's input; label: the next token; K: "
+            "the vocabulary. Data: input_ids (N, L) and an optional attention_mask in an "
+            ".npz/.h5 file, or text data cut into --context-length windows. No logits are "
+            "stored; --stats-only suits large data.",
+        ),
+    ] = False,
+    context_length: Annotated[
+        int | None,
+        typer.Option(
+            "--context-length",
+            help="With --next-token: tokens per window, consecutive and without overlap. Text: "
+            "each document is tokenized alone and cut into windows of N tokens (required). "
+            "Token-id arrays: each row is cut into windows of N positions (default: the whole "
+            "row).",
+            min=2,
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            help="With --next-token: keep the first N rows (positions) in data order; the "
+            "windows after the one that reaches N are not run.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     list_layers: Annotated[
         bool,
         typer.Option(
@@ -341,6 +384,8 @@ def extract(
         from ncinspect.extraction.layers import parse_layers
         from ncinspect.extraction.run import run_extract
 
+        if list_layers and next_token:
+            raise UsageError("--list-layers does not apply with --next-token")
         if pool is not None and layers is None and not list_layers:
             raise UsageError(
                 "--pool belongs to --layers or --list-layers (the head's input is always (B, D))"
@@ -353,7 +398,7 @@ def extract(
             head=head,
             split=split,
             out=out,
-            batch_size=batch_size,
+            batch_size=batch_size or (NEXT_TOKEN_BATCH if next_token else DEFAULT_BATCH),
             workers=workers,
             device=device,
             precision=precision.value,
@@ -378,6 +423,9 @@ def extract(
             tokenizer=tokenizer,
             layers=None if layers is None else parse_layers(layers),
             pool=pool,
+            next_token=next_token,
+            context_length=context_length,
+            max_tokens=max_tokens,
         )
         if list_layers:
             from ncinspect.extraction.run import list_model_layers

@@ -1,9 +1,9 @@
 """What an extraction is asked and what it answers: `ExtractConfig` in, `ExtractOutcome`s out.
 
-Owns `ExtractConfig` (every option of `ncinspect extract`, checked when built), `ExtractOutcome`
-(one store written or skipped), the `ProgressHook` protocol the caller may pass, and the parsers
-of `KEY=VALUE`, `INPUTS,LABELS` and comma-list option values (`--input-keys`, `--text-key`).
-Never touches a file, a model or torch.
+Owns `ExtractConfig` (every option of `ncinspect extract`, checked when built, with the options
+--next-token refuses), `ExtractOutcome` (one store written or skipped), the `ProgressHook`
+protocol the caller may pass, and the parsers of `KEY=VALUE`, `INPUTS,LABELS` and comma-list
+option values (`--input-keys`, `--text-key`). Never touches a file, a model or torch.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ncinspect.errors import UsageError
 from ncinspect.extraction.layers import Pooling, parse_layers, parse_pool
 from ncinspect.extraction.preprocess import LAYOUTS, Layout, parse_normalize
 from ncinspect.extraction.text import TextOptions
+from ncinspect.extraction.tokens import NextTokenOptions
 
 Precision = Literal["fp32", "bf16", "fp16"]
 TaskChoice = Literal["auto", "classification", "regression"]
@@ -76,6 +77,11 @@ class ExtractConfig:
     tokenizer: Path | None = None  # --tokenizer DIR (save_pretrained); None = the model's folder
     layers: tuple[str, ...] | None = None  # --layers: module names and shortcuts (`layers`)
     pool: str | None = None  # --pool: how 4-D and 3-D layer outputs become rows (`layers`)
+    # --next-token: a language model's every position with a next token is a row (`tokens`,
+    # `nexttoken`); batch_size then counts windows
+    next_token: bool = False
+    context_length: int | None = None  # --context-length: tokens per window
+    max_tokens: int | None = None  # --max-tokens: the first rows (positions) kept
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
@@ -93,6 +99,7 @@ class ExtractConfig:
         if self.data_keys is not None and len(self.data_keys) != 2:
             raise UsageError("--data-keys takes two names: INPUTS,LABELS")
         self._check_inputs()
+        self._check_next_token()
         if self.layers is not None:
             parse_layers(",".join(self.layers))
         parse_pool(self.pool)  # a bad --pool fails here, before any work
@@ -130,6 +137,52 @@ class ExtractConfig:
             raise UsageError("--label-key: expected a column name")
         if self.max_length is not None and self.max_length < 1:
             raise UsageError(f"--max-length must be >= 1, got {self.max_length}")
+
+    def _check_next_token(self) -> None:
+        """--context-length and --max-tokens belong to --next-token, which refuses the options
+        that choose other inputs, labels, heads or rows."""
+        if not self.next_token:
+            for option, value in (
+                ("--context-length", self.context_length),
+                ("--max-tokens", self.max_tokens),
+            ):
+                if value is not None:
+                    raise UsageError(f"{option} belongs to --next-token (language models)")
+            return
+        if self.context_length is not None and self.context_length < 2:
+            raise UsageError(
+                f"--context-length must be >= 2 (a window of one token has no next token), got "
+                f"{self.context_length}"
+            )
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UsageError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+        refused = [
+            (self.limit is not None, "--limit", "rows are positions: --max-tokens caps them"),
+            (self.head is not None, "--head", "the head is the output embedding"),
+            (self.task == "regression", "--task regression", "the labels are token ids"),
+            (self.layers is not None, "--layers", "not supported with --next-token yet"),
+            (
+                self.input_keys is not None or self.data_keys is not None,
+                "--input-keys" if self.input_keys is not None else "--data-keys",
+                "token-id arrays are read by name: input_ids and an optional attention_mask",
+            ),
+            (self.label_key is not None, "--label-key", "the labels are the next tokens"),
+            (
+                self.max_length is not None,
+                "--max-length",
+                "--context-length cuts the documents into windows",
+            ),
+            (len(self.text_keys) > 1, "two --text-key columns", "a document is one column"),
+        ]
+        for given, option, why in refused:
+            if given:
+                raise UsageError(f"{option} does not apply with --next-token ({why})")
+
+    def next_token_options(self) -> NextTokenOptions | None:
+        """--next-token's data options (--context-length, --max-tokens), None without it."""
+        if not self.next_token:
+            return None
+        return NextTokenOptions(context_length=self.context_length, max_tokens=self.max_tokens)
 
     @property
     def pooling(self) -> Pooling:

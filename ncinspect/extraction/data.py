@@ -5,7 +5,9 @@ Owns opening a data spec (`open_data`) -- an `.npz` or `.h5`/`.hdf5` file (read 
 `trust.restricted_load`), text data (`.jsonl`, `.json`, `.csv`, `.tsv`, `.parquet` or a
 `datasets` folder, read and tokenized by `text`), or a `package.module:factory` /
 `file.py:factory` returning a torch Dataset (called by `factorydata`) -- and reading it in
-order, in batches (`DataSource.batches`), with `--limit` applied.
+order, in batches (`DataSource.batches`), with `--limit` applied. With --next-token an `.npz` /
+`.h5` file's token ids or text data become windows of tokens (`tokens`): a batch is B windows,
+its labels (B, C) the next tokens, and `DataSource.rows` counts positions, not windows.
 
 A batch's inputs are one tensor, or a dict of tensors with the same first dimension B (the
 model's keyword inputs: the arrays `--input-keys` names, the tokenizer's tensors of text data,
@@ -54,6 +56,12 @@ from ncinspect.extraction.arrays import (
 from ncinspect.extraction.messages import hint
 from ncinspect.extraction.preprocess import Inputs, Preprocess, missing_choice
 from ncinspect.extraction.text import TextOptions, is_hf_dataset, is_text_file, open_text
+from ncinspect.extraction.tokens import (
+    NextTokenOptions,
+    TokenData,
+    open_token_arrays,
+    open_token_text,
+)
 from ncinspect.files import regular_file
 from ncinspect.io.sniff import sniff
 
@@ -138,7 +146,8 @@ class DataSource:
     length), `task` inferred from the labels' dtype, `split` the name stores use, `inputs` what
     the inputs are and `preprocess` what is done to them (`with_preprocess`); `input_names`
     the arrays the inputs come from, `keyword_inputs` whether they reach the model as keyword
-    arguments (a dict per batch)."""
+    arguments (a dict per batch). Next-token data (`row_counts` set): `n` counts windows and
+    `row_counts` the rows (positions) each window gives."""
 
     spec: str
     kind: Literal["npz", "hdf5", "cifar", "factory", "text"]
@@ -152,6 +161,12 @@ class DataSource:
     preprocess: Preprocess | None = None
     input_names: tuple[str, ...] = ()
     keyword_inputs: bool = False
+    row_counts: np.ndarray | None = None  # --next-token: rows per window (`tokens`)
+
+    @property
+    def rows(self) -> int | None:
+        """The rows a pass yields: `n`, or for next-token data the positions of its windows."""
+        return self.n if self.row_counts is None else int(self.row_counts.sum())
 
     def with_preprocess(self, preprocess: Preprocess) -> DataSource:
         """This source with `preprocess` applied to every batch and recorded in its provenance;
@@ -286,9 +301,11 @@ def open_data(
     input_keys: Sequence[str] | None = None,
     text: TextOptions | None = None,
     tokenizer_dir: Path | None = None,
+    next_token: NextTokenOptions | None = None,
 ) -> DataSource:
     """Open a data spec: an .npz / .h5 / .hdf5 file, text data, a CIFAR batch folder, or a
-    factory.
+    factory; with `next_token` (--next-token) a file's token ids or text data as windows
+    (`tokens`).
 
     `keys` = (inputs, labels) names (default: x/inputs/data/images and y/labels/targets; inputs
     "" with `input_keys`); `input_keys` names arrays that become the model's keyword inputs;
@@ -308,6 +325,8 @@ def open_data(
     path = Path(name)
     is_text = path.exists() and (is_hf_dataset(path) if path.is_dir() else is_text_file(path))
     _refuse_options(name, is_text, keys, input_keys, text_options)
+    if next_token is not None:
+        return _open_windows(path, name, is_text, split, next_token, text_options, tokenizer_dir)
     if is_text:
         with reading(path, DataError, "text data"):
             return _open_text(path, name, split, limit, text_options, tokenizer_dir)
@@ -476,6 +495,61 @@ def _open_text(
         _make_loader=make,
         input_names=columns,
         keyword_inputs=True,
+    )
+
+
+def _open_windows(
+    path: Path,
+    spec: str,
+    is_text: bool,
+    split: str | None,
+    options: NextTokenOptions,
+    text: TextOptions,
+    tokenizer_dir: Path | None,
+) -> DataSource:
+    """--next-token data: an .npz / .h5 file's token ids, or text data, as windows."""
+    found: TokenData
+    kind: Literal["npz", "hdf5", "text"]
+    if is_text:
+        with reading(path, DataError, "text data"):
+            found = open_token_text(path, options, text, tokenizer_dir, split)
+        kind, data_kind = "text", found.provenance["data_kind"]
+    elif path.is_file():
+        if regular_file(path, DataError).st_size == 0:
+            raise DataError("file is empty (0 bytes)", path=path)
+        with reading(path, DataError, "an .npz or HDF5 data file"):
+            found = open_token_arrays(path, options)
+        kind = data_kind = "hdf5" if sniff(path) == "hdf5" else "npz"
+    elif not path.exists() and ":" not in spec:
+        raise DataError("no such file or directory", path=path)
+    else:
+        raise UsageError(
+            "--next-token reads token ids (input_ids, an optional attention_mask) from an .npz "
+            "or .h5 file, or text data (.jsonl, .json, .csv, .tsv, .parquet, a datasets folder)",
+            path=spec,
+        )
+    stem = path.stem if path.is_file() else path.name
+    name, source = found.split or _file_split(split, stem)
+
+    def make(batch_size: int, workers: int, pin: bool) -> Any:
+        return torch_loader(found.batches(batch_size), None, workers, pin)
+
+    return DataSource(
+        spec=spec,
+        kind=kind,
+        split=name,
+        n=found.n,
+        task="classification",
+        provenance={
+            "data": spec,
+            "data_kind": data_kind,
+            **found.provenance,
+            "split_source": source,
+        },
+        _make_loader=make,
+        input_names=("input_ids", "attention_mask"),
+        keyword_inputs=True,
+        row_counts=found.row_counts,
     )
 
 

@@ -129,8 +129,9 @@ def shard_data(data: DataSource, batch_size: int, dist: Distributed) -> tuple[Da
 
     With a known length N: the batches a single process would run, numbered 0..nb-1, in P
     contiguous runs (run r = batches r nb / P .. (r + 1) nb / P - 1); so every sample is read
-    exactly once, in the same batch as in a single-process run. Without one (an iterable
-    dataset): every P-th batch, counted over the whole stream (where --limit applies).
+    exactly once, in the same batch as in a single-process run (next-token data: batches of
+    windows, each window's rows kept with it). Without one (an iterable dataset): every P-th
+    batch, counted over the whole stream (where --limit applies).
     """
     from torch.utils.data import DataLoader, Subset
 
@@ -141,8 +142,9 @@ def shard_data(data: DataSource, batch_size: int, dist: Distributed) -> tuple[Da
         n = data.n
         nb = -(-n // batch_size)
         if nb < world:
+            unit = "rows" if data.row_counts is None else "windows"
             raise UsageError(
-                f"--data {data.spec!r}: {n} rows make {nb} batch(es) of {batch_size}, too few "
+                f"--data {data.spec!r}: {n} {unit} make {nb} batch(es) of {batch_size}, too few "
                 f"for {world} processes (each needs one); lower --batch-size to at most "
                 f"{max(1, n // world)}, or use fewer processes"
             )
@@ -168,7 +170,12 @@ def shard_data(data: DataSource, batch_size: int, dist: Distributed) -> tuple[Da
                 **extra,
             )
 
-        return dataclasses.replace(data, n=rows, _make_loader=make_blocks), "blocks"
+        counts = data.row_counts  # next-token data: this process's windows' rows
+        if counts is not None:
+            counts = counts[b0 * batch_size : min(n, b1 * batch_size)]
+        return dataclasses.replace(
+            data, n=rows, _make_loader=make_blocks, row_counts=counts
+        ), "blocks"
 
     limit = data.limit
 

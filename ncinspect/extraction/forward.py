@@ -9,8 +9,9 @@ on one tensor, `model(**inputs)` on a dict of tensors (keyword inputs: --input-k
 taken from whatever the model returns (a tensor, a tuple starting with it, or a mapping such as
 transformers' ModelOutput: its `logits`). Before the first batch runs, one integer tensor given
 to a model whose forward takes `attention_mask` is refused (`check_attention_mask`): its padded
-rows would be read as tokens. With --layers, forward hooks on the chosen modules
-(`layers.LayerCapture`) catch their outputs in the same pass (`layer_rows`). Its consumers:
+rows would be read as tokens; a language model's per-position logits point to --next-token
+(`extraction.nexttoken`, a `ForwardPass` of its own). With --layers, forward hooks on the chosen
+modules (`layers.LayerCapture`) catch their outputs in the same pass (`layer_rows`). Its consumers:
 `store_items` (checked host blocks for the feature store's writers), `ForwardPass.__call__` and
 `together` (`io.sources.Batch`es of numpy arrays, for the host statistics passes of
 --stats-only, through `ForwardSource`; `together` one per layer) and `on_device` (the same rows
@@ -103,7 +104,7 @@ def find_head(
     rows = batch_rows(xb)
     if isinstance(xb, dict) and (static_batch or check_sizes):
         raise _one_tensor_program(xb, path)
-    xin = _to_device(xb, device)
+    xin = to_device(xb, device)
     if static_batch:
         xin = _pad(xin, static_batch, path)
     if check_sizes:  # an exported program from a file: its sizes, on fake tensors, first
@@ -112,13 +113,13 @@ def find_head(
         assert not isinstance(xin, dict)  # refused above: a program takes one tensor
         check_program_sizes(model, xin, path)
     out, calls, inputs = _probe(model, xin, path)
-    out_t = _output_tensor(out, path)
+    out_t = output_tensor(out, path)
     if out_t.dim() == 1:
         out_t = out_t.reshape(-1, 1)
     if out_t.dim() != 2:
         raise ModelError(
             f"the model's output has shape {tuple(out_t.shape)}; expected (B, K) logits or "
-            f"(B, T) predictions; {hint(path)}",
+            f"(B, T) predictions{_language_model(model, out_t)}; {hint(path)}",
             path=path,
         )
     width = int(out_t.shape[1])
@@ -165,6 +166,18 @@ def find_head(
     )
     probe.output_note = head_output_note(probe)
     return probe
+
+
+def _language_model(model: nn.Module, out: torch.Tensor) -> str:
+    """A hint for (B, L, K) logits of a model whose output embedding has K rows: --next-token."""
+    getter = getattr(model, "get_output_embeddings", None)
+    weight = getattr(getter() if callable(getter) else None, "weight", None)
+    if out.dim() == 3 and weight is not None and weight.shape[0] == out.shape[-1]:
+        return (
+            " (a language model's logits at every position: pass --next-token for next-token "
+            "prediction, every position a row, its label the next token)"
+        )
+    return ""
 
 
 def head_output_note(probe: HeadProbe) -> str | None:
@@ -294,14 +307,14 @@ class ForwardPass:
         """`run`'s loop, with its hooks in place."""
         for xb, yb in stream:
             rows = batch_rows(xb)
-            xin = _to_device(xb, self.device)
+            xin = to_device(xb, self.device)
             if self.static_batch:
                 xin = _pad(xin, self.static_batch, self.checkpoint)
             captured.clear()
             produced.clear()
             if self.capture is not None:
                 self.capture.clear()
-            out_t = _output_tensor(run_model(self.model, xin, self.checkpoint), self.checkpoint)
+            out_t = output_tensor(run_model(self.model, xin, self.checkpoint), self.checkpoint)
             if len(captured) != 1:
                 raise ModelError(
                     f"head {self.head!r} ran {len(captured)} times in one forward pass",
@@ -445,7 +458,9 @@ class ForwardSource(FeatureSource):
         return self._forward(outputs and self.has_outputs)
 
 
-def _output_tensor(out: Any, path: Path) -> torch.Tensor:
+def output_tensor(out: Any, path: Path) -> torch.Tensor:
+    """The outputs in what a model returned: a tensor, a mapping's `logits` (transformers'
+    ModelOutput) or first tensor, a tuple's first tensor; ModelError otherwise."""
     import torch
 
     if isinstance(out, torch.Tensor):
@@ -473,11 +488,13 @@ def _shown(x: torch.Tensor) -> str:
 def _described(xb: ModelInputs) -> str:
     """Inputs as errors name them: `inputs of shape (B, ...) dtype D`, or each keyword input."""
     if isinstance(xb, dict):
-        return "keyword inputs " + ", ".join(f"{k!r} {_shown(v)}" for k, v in xb.items())
+        shown = (f"{k!r} {_shown(v) if hasattr(v, 'shape') else repr(v)}" for k, v in xb.items())
+        return "keyword inputs " + ", ".join(shown)
     return f"inputs of {_shown(xb)}"
 
 
-def _to_device(xb: ModelInputs, device: torch.device) -> ModelInputs:
+def to_device(xb: ModelInputs, device: torch.device) -> ModelInputs:
+    """A batch's inputs (each tensor of a dict) on `device`, copied non-blocking."""
     if isinstance(xb, dict):
         return {k: v.to(device, non_blocking=True) for k, v in xb.items()}
     return xb.to(device, non_blocking=True)
@@ -499,7 +516,7 @@ def run_model(model: nn.Module, xb: ModelInputs, path: Path) -> Any:
         ) from None
 
 
-def _accepts(model: nn.Module, name: str) -> bool:
+def accepts(model: nn.Module, name: str) -> bool:
     """Whether the model's forward has a parameter `name` (False when it cannot be told)."""
     import inspect
 
@@ -512,7 +529,7 @@ def _accepts(model: nn.Module, name: str) -> bool:
 def check_attention_mask(model: nn.Module, xb: ModelInputs, data: DataSource) -> None:
     """One integer tensor for a model whose forward takes `attention_mask`: DataError (the
     padding would count as tokens; a BERT fed input_ids alone scores as another model)."""
-    if isinstance(xb, dict) or xb.is_floating_point() or not _accepts(model, "attention_mask"):
+    if isinstance(xb, dict) or xb.is_floating_point() or not accepts(model, "attention_mask"):
         return
     names = data.input_names
     given = f"one integer array {names[0]!r}" if names else "one integer tensor"

@@ -191,14 +191,7 @@ def build_hf_model(folder: Path, *, trust_code: bool = False) -> tuple[nn.Module
     if remote:
         cls = transformers.AutoModel  # resolved from the folder's own code (trusted above)
     else:
-        cls = getattr(transformers, name, None)
-        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-            raise ModelError(
-                f"{folder / CONFIG} names the architecture {name!r}, which is not a model class "
-                f"of transformers {transformers.__version__}; expected one such as "
-                "BertForSequenceClassification (upgrade transformers if it is newer)",
-                path=folder,
-            )
+        cls = model_class(transformers, name, folder)
     import torch
 
     try:
@@ -230,6 +223,23 @@ def build_hf_model(folder: Path, *, trust_code: bool = False) -> tuple[nn.Module
         if isinstance(value, str | int):
             info[key] = value
     return model, info
+
+
+def model_class(transformers: Any, name: str, folder: Path) -> Any:
+    """The class `architectures` names: a model class transformers itself defines (the
+    allowlist: sequence, token and image classifiers, causal language models such as
+    GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, ...), never an
+    import of what the name says. ModelError for any other name."""
+    cls = getattr(transformers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ModelError(
+            f"{folder / CONFIG} names the architecture {name!r}, which is not a model class "
+            f"of transformers {transformers.__version__}; expected one such as "
+            "BertForSequenceClassification or LlamaForCausalLM (upgrade transformers if it is "
+            "newer)",
+            path=folder,
+        )
+    return cls
 
 
 def _check_loaded(folder: Path, name: str, loading: dict[str, Any]) -> None:

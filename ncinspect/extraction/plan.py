@@ -146,7 +146,8 @@ def _check_run_folder(out: Path, run: str, source: Path) -> None:
 # request matches them (an absent attribute reads as None; content as "features").
 _REQUEST_KEYS = ("content", "split", "limit", "data", "data_kind", "data_keys", "data_args",
                  "data_rows", "data_files", "text_keys", "label_key", "max_length",
-                 "tokenizer", "truncation", "layer_pool")  # fmt: skip
+                 "tokenizer", "truncation", "layer_pool", "next_token", "context_length",
+                 "max_tokens", "windowing")  # fmt: skip
 # The options that decide how the checkpoint becomes a model, as given (None / {} when left at
 # their default), and the inputs' preprocessing as decided (normalize: the normalization chosen
 # on the command line or in the run's config, None when none was; layout: None when the inputs

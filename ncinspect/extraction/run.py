@@ -20,6 +20,10 @@ bf16/fp16); the head's input h (B, D), the labels (B,) or targets (B, T) and the
 (B, K or T) go to a single writer thread through a bounded queue, so that HDF5 writing overlaps
 the next batch's forward pass. Features are stored float32.
 
+`next_token` (`--next-token`): a language model over windows of tokens, every position with a
+next token one row (`tokens` makes the windows, `nexttoken` runs them: the output embedding is
+the head, the logits are never stored).
+
 `stats_only` (`--stats-only`): no rows are stored. The data is run through the model twice, each
 time as a `forward.ForwardSource` whose batches are the forward pass's float32 features (exactly
 what a feature store would hold), and the report's own two statistics passes consume it
@@ -33,6 +37,7 @@ error in any process ends the job (torchrun stops the others).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -254,6 +259,7 @@ def _open_data(config: ExtractConfig, tokenizer_dir: Path | None) -> DataSource:
             input_keys=config.input_keys,
             text=config.text_options(),
             tokenizer_dir=tokenizer_dir,
+            next_token=config.next_token_options(),
         )
     except DataError as exc:
         raise with_hint(exc, data_path if data_path.exists() else None) from None
@@ -376,6 +382,8 @@ def _extract_one(
     stores, from one forward pass (two per store with --stats-only)."""
     import torch
 
+    if config.next_token:  # rows x K logits are never stored (`nexttoken`)
+        config = dataclasses.replace(config, with_outputs=False)
     output = output or JobOutput(job.store)
     path = job.checkpoint
     import_model_classes(config)
@@ -388,7 +396,7 @@ def _extract_one(
     batch_size = built.static_batch or config.batch_size
     cuda = device.type == "cuda"
     shard_attrs: dict[str, Any] = {}
-    whole_rows = data.n  # before sharding: the training-set size when this is the train split
+    whole_rows = data.rows  # before sharding: the training-set size when this is the train split
     if output.dist is not None:
         data, layout = shard_data(data, batch_size, output.dist)
         shard_attrs = {
@@ -440,49 +448,69 @@ def _extract_one(
                 )
             labels.setdefault(key, value)
     attrs.update(labels)
-    attrs.update(_train_size(ckpt, sidecar, data.split, config.limit, whole_rows))
+    cap = config.max_tokens if config.next_token else config.limit
+    attrs.update(_train_size(ckpt, sidecar, data.split, cap, whole_rows))
     attrs = {k: v for k, v in attrs.items() if v is not None}
 
     model.to(device)
     label = f"{job.run}/{path.name}"
     if output.dist is not None:
         label += f" [process 0 of {output.dist.world}]"
-    total = data.n
+    total = data.rows
+    if config.next_token:
+        label += " [next-token]"
     if config.stats_only:
         label += " [stats-only: 2 passes]"
-        total = None if data.n is None else 2 * data.n
+        total = None if total is None else 2 * total
     if progress is not None:
         progress.start(label, total)
     try:
         with borrowed_eval(model), torch.inference_mode(), autocast(device, config.precision):
-            probe = find_head(
-                data,
-                model,
-                device,
-                batch_size=batch_size,
-                static_batch=built.static_batch,
-                workers=config.workers,
-                cuda=cuda,
-                head=config.head,
-                path=path,
-                check_sizes=built.check_sizes,
-            )
-            task = _task(config, data, probe.labels)
-            forward = ForwardPass(
-                data=data,
-                workers=config.workers,
-                model=model,
-                device=device,
-                batch_size=batch_size,
-                static_batch=built.static_batch,
-                head=probe.head_name,
-                head_module=probe.head_module,
-                check=BatchCheck(data, task, probe.head_width, probe.head_name),
-                cuda=cuda,
-                checkpoint=path,
-                progress=progress,
-                pooled=probe.pooled,
-            )
+            forward: ForwardPass
+            if config.next_token:
+                from ncinspect.extraction.nexttoken import probe_next_token
+
+                task: Literal["classification", "regression"] = "classification"
+                probe, forward, head_info = probe_next_token(
+                    data,
+                    model,
+                    device,
+                    batch_size=batch_size,
+                    workers=config.workers,
+                    cuda=cuda,
+                    path=path,
+                    progress=progress,
+                )
+                attrs.update(head_info)
+            else:
+                probe = find_head(
+                    data,
+                    model,
+                    device,
+                    batch_size=batch_size,
+                    static_batch=built.static_batch,
+                    workers=config.workers,
+                    cuda=cuda,
+                    head=config.head,
+                    path=path,
+                    check_sizes=built.check_sizes,
+                )
+                task = _task(config, data, probe.labels)
+                forward = ForwardPass(
+                    data=data,
+                    workers=config.workers,
+                    model=model,
+                    device=device,
+                    batch_size=batch_size,
+                    static_batch=built.static_batch,
+                    head=probe.head_name,
+                    head_module=probe.head_module,
+                    check=BatchCheck(data, task, probe.head_width, probe.head_name),
+                    cuda=cuda,
+                    checkpoint=path,
+                    progress=progress,
+                    pooled=probe.pooled,
+                )
             attrs = {**attrs, "head": probe.head_name, "task": task}
             if probe.pooled:
                 attrs["head_position"] = "the position whose head output the model returned"

@@ -79,7 +79,7 @@ def write_features(
                     attrs=attrs,
                     with_outputs=with_outputs,
                     overwrite=overwrite,
-                    expected_rows=forward.data.n,
+                    expected_rows=forward.data.rows,
                 )
             )
         layers = None
@@ -94,7 +94,7 @@ def write_features(
                     head=(probe.weight, probe.bias),
                     with_outputs=with_outputs,
                     overwrite=overwrite,
-                    expected_rows=forward.data.n,
+                    expected_rows=forward.data.rows,
                     threaded=threaded,
                 )
             )
@@ -164,7 +164,7 @@ def write_statistics(
     head_source = ForwardSource(
         path=str(forward.checkpoint),
         task=task,
-        n=forward.data.n or 0,
+        n=forward.data.rows or 0,
         d=probe.d,
         head=Head(weight.astype("float64"), None if bias is None else bias.astype("float64")),
         has_outputs=has_outputs,
@@ -179,7 +179,7 @@ def write_statistics(
             ForwardSource(
                 path=f"{forward.checkpoint} (layer {t.name})",
                 task=task,
-                n=forward.data.n or 0,
+                n=forward.data.rows or 0,
                 d=t.d,
                 head=None,
                 has_outputs=False,

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 _TITLE_WIDTH = 50  # characters per line of a panel's title (a store's path can be long)
 NO_BINS = (
     "--reliability: no run's final checkpoint has calibration histograms (a classification "
-    "store with logits, extracted without --no-outputs and analysed without --no-calibration)"
+    "store with logits (not --stats-only or --next-token), analysed without --no-calibration)"
 )
 
 
