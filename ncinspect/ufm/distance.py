@@ -37,6 +37,19 @@ UFM_CAVEAT = (
 """Printed under every distance block and stored in its JSON (`caveat`)."""
 
 NO_HEAD = "not computed: no head (the dump has no weight)"
+# The classification block holds a few K x K_eff tables (the logits and probabilities at the
+# class means): above this many entries (8 GiB of float64 over 8 such tables) it is left out.
+MAX_UFM_PAIRS = 1 << 27
+
+
+def too_many_classes(k: int, k_eff: int) -> str:
+    """Why a classification UFM block of K x K_eff tables is left out (vocabulary-scale K)."""
+    return (
+        f"the UFM block is left out: K = {k} classes by K_eff = {k_eff} class means need "
+        f"K x K_eff logit tables ({k * k_eff:,} entries, more than {MAX_UFM_PAIRS:,})"
+    )
+
+
 """`Result.info["ufm"]` of a result without a head (the block needs the weight)."""
 
 
@@ -308,6 +321,13 @@ def ufm_distance(result: Result, settings: UfmSettings | None = None) -> dict[st
         return None
     params, sources = resolved["params"], resolved["sources"]
     if result.task == "classification":
+        k, k_eff = int(np.shape(ex["weight"])[0]), int(np.count_nonzero(ex["counts"]))
+        if k * k_eff > MAX_UFM_PAIRS:
+            note = too_many_classes(k, k_eff)
+            result.info["ufm"] = note
+            if note not in result.warnings:
+                result.warnings.append(note)
+            return None
         body = classify_distance(
             ex["weight"],
             ex.get("bias"),

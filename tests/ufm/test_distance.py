@@ -405,3 +405,21 @@ def test_block_titles_name_runs_as_the_tables_do(tmp_path: Path) -> None:
     assert distance_title(results[0], block, run="mine").startswith(
         "distance to the UFM optimum: mine/final.pt ("
     )
+
+
+def test_vocabulary_scale_k_leaves_the_block_out_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The classification block holds K x K_eff tables: above the bound it is left out, said
+    in info and a warning, instead of allocating them (K = 50,000 would need 20 GB each)."""
+    import ncinspect.ufm.distance as distance
+
+    k, d, n, lam = 4, 6, 5, 0.01
+    x, y, w, b = _classify_optimum_arrays(k, d, n, lam, lam, 0.0)
+    result = analyze_arrays(x, w, b, labels=y)
+    assert ufm_distance(result, UfmSettings(lambdas=(lam, lam), alpha=0.0, n=n)) is not None
+    monkeypatch.setattr(distance, "MAX_UFM_PAIRS", k * k - 1)
+    result = analyze_arrays(x, w, b, labels=y)
+    assert ufm_distance(result, UfmSettings(lambdas=(lam, lam), alpha=0.0, n=n)) is None
+    assert result.info["ufm"] == distance.too_many_classes(4, 4)
+    assert distance.too_many_classes(4, 4) in result.warnings
