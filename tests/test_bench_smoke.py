@@ -38,11 +38,14 @@ def assert_close(actual: dict[str, float], expected: dict[str, float], keys: lis
 
 # Keys the benchmark's naive floor does not compute (each is checked against its own naive oracle
 # in tests/metrics and tests/test_ncc_accuracy.py): calibration, the geometry norms, the layer
-# keys and the per-component regression keys.
+# keys, the uniformity keys and the per-component regression keys.
 BEYOND_NAIVE = {
     *CALIBRATION_KEYS,
     "separation_fuzziness",
     "ncc_accuracy",
+    "gnc2_log",
+    "gnc2_riesz",
+    "unc3",
     "mean_norm_means",
     "mean_norm_weights",
     "mean_norm_features",

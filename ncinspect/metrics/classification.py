@@ -38,6 +38,7 @@ from ncinspect.metrics.pairs import (
     sweep,
 )
 from ncinspect.metrics.results import MetricSet
+from ncinspect.metrics.uniformity import hyperspherical_energy, uniform_duality
 from ncinspect.stats.classification import ClassMoments, ClassScatter
 
 EIG_RELATIVE_CUTOFF = 1e-10
@@ -237,6 +238,7 @@ HEAD_KEYS = (
     "bias_gap",
     "mean_norm_weights",
     "norm_ratio",
+    "unc3",
 )
 
 # Why ncc_accuracy is null for a stats-only store written before ClassScatter counted it.
@@ -280,6 +282,7 @@ def classification_metrics(
     mc = centred_means(moments, global_mean)
     nc1(moments, scatter, out, global_mean)
     _mean_geometry(moments, mc, k_eff, out, tile)
+    hyperspherical_energy(mc, moments.d, out, tile)
     _norms(mc, scatter, head, out)
     ncc_accuracy(scatter, out)
     if head is None:
@@ -399,6 +402,7 @@ def _head_metrics(
     n = moments.n
     w = np.asarray(head.weight, dtype=np.float64)
     w_p = w[moments.counts > 0]
+    uniform_duality(w_p, mc, out)
     gram = PairMatrix(w, upper=True, tile=tile)
     cosines = _Cosines(np.linalg.norm(w, axis=1)) if w.shape[0] >= 2 else None
     etf = _etf(gram)

@@ -48,6 +48,9 @@ _CLASSIFICATION = (
         "separation_fuzziness", "Fuzz", "lower", "tr(Sigma_W pinv(Sigma_B)) = K x nc1 (He & Su)"
     ),
     MetricInfo("ncc_accuracy", "NCCAcc", "higher", "fraction nearest to their own class mean"),
+    MetricInfo("gnc2_log", "GNC2log", "lower", "mean_{i<j} log(1/||u_i - u_j||) of the hat means"),
+    MetricInfo("gnc2_riesz", "GNC2riesz", "lower", "mean_{i<j} ||u_i - u_j||^-s, s = D - 2"),
+    MetricInfo("unc3", "UNC3", "lower", "std / mean over k of cos(w_k, mu_k - mu_G)"),
 )
 
 _REGRESSION = (

@@ -40,6 +40,7 @@ NEEDS_W = (
     "bias_gap",
     "mean_norm_weights",
     "norm_ratio",
+    "unc3",
 )
 NO_CLASSIFIER = "needs the classifier head (weight); the dump has none"
 

@@ -42,6 +42,9 @@ KEYS = (
     "norm_ratio",
     "separation_fuzziness",
     "ncc_accuracy",
+    "gnc2_log",
+    "gnc2_riesz",
+    "unc3",
 )
 
 
@@ -278,5 +281,35 @@ def classification_oracle(
         out.nan("norm_ratio", "zero centred class means")
     else:
         out.metrics["norm_ratio"] = norm_weights / norm_means
+    _uniformity(mc, w_p, d, out)
     out.metrics = {key: out.metrics[key] for key in KEYS}
     return out
+
+
+def _uniformity(mc: np.ndarray, w_p: np.ndarray, d: int, out: OracleResult) -> None:
+    """gnc2_log, gnc2_riesz (s = D - 2, or 1 for D <= 2) and unc3, pair by pair in Python."""
+    hats = [row / _frob(row) for row in mc if _frob(row) > 0]
+    s = d - 2 if d > 2 else 1
+    logs, riesz = [], []
+    for i in range(len(hats)):
+        for j in range(i + 1, len(hats)):
+            dist = _frob(hats[i] - hats[j])
+            logs.append(math.log(1.0 / dist))
+            riesz.append(dist ** (-s))
+    if logs:
+        out.metrics["gnc2_log"] = sum(logs) / len(logs)
+        out.metrics["gnc2_riesz"] = sum(riesz) / len(riesz)
+    else:
+        out.nan("gnc2_log", "fewer than 2 hat vectors")
+        out.nan("gnc2_riesz", "fewer than 2 hat vectors")
+    cos = [
+        float(wk @ mk) / (_frob(wk) * _frob(mk))
+        for wk, mk in zip(w_p, mc, strict=True)
+        if _frob(wk) > 0 and _frob(mk) > 0
+    ]
+    if len(cos) < 2 or sum(cos) == 0:
+        out.nan("unc3", "fewer than 2 classes, or a zero mean cosine")
+    else:
+        mean = sum(cos) / len(cos)
+        var = sum((c - mean) ** 2 for c in cos) / (len(cos) - 1)
+        out.metrics["unc3"] = math.sqrt(var) / mean
