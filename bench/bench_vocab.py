@@ -65,14 +65,13 @@ def write_store(path: Path, n: int, d: int, k: int, seed: int = 0) -> Path:
     bias = 0.1 * rng.standard_normal(k)
     p = 1.0 / np.arange(1, k + 1)
     p /= p.sum()
+    all_labels = rng.choice(k, size=n, p=p)
+    all_labels[: min(n, k)] = np.arange(min(n, k))  # every class present when N >= K
     block = 8192
     with StoreWriter(path, task="classification", d=d, width=k, with_outputs=False) as w:
         for start in range(0, n, block):
-            m = min(block, n - start)
-            labels = rng.choice(k, size=m, p=p)
-            if start == 0:
-                labels[: min(m, k)] = np.arange(min(m, k))
-            feats = means[labels] + rng.standard_normal((m, d), dtype=np.float32)
+            labels = all_labels[start : start + block]
+            feats = means[labels] + rng.standard_normal((len(labels), d), dtype=np.float32)
             w.append(feats, labels=labels)
         w.set_head(weight, bias)
     return path
