@@ -22,6 +22,7 @@ from ncinspect.io.store.writer import write_store
 from ncinspect.metrics.results import Result
 from tests.helpers.cli import cli
 from tests.helpers.oracle_nc import classification_oracle
+from tests.helpers.results import layer_result
 
 # (name, layer_order), model order != name order; the last feeds the head
 LAYERS = (("stem", 2), ("body.10", 5), ("body.9", 11), ("fc:input", 20))
@@ -33,24 +34,7 @@ FINAL = "fc:input"
 # on results: the interpolation written out
 
 
-def _result(run: str, epoch: int, layer: str, order: int, metrics: dict[str, float]) -> Result:
-    return Result(
-        source=f"/runs/{run}/epoch_{epoch}.pt.train.layers/{layer}.h5",
-        task="classification",
-        n=12,
-        d=4,
-        k=3,
-        t=None,
-        metrics=dict(metrics),
-        info={},
-        warnings=[],
-        run=run,
-        checkpoint=f"/ckpt/{run}/epoch_{epoch}.pt",
-        epoch=epoch,
-        split="train",
-        layer=layer,
-        layer_order=order,
-    )
+_result = layer_result
 
 
 def _run(name: str, final_nc1: dict[int, float], layers=LAYERS, skip=()) -> list[Result]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -106,7 +106,7 @@ def compare(
         from ncinspect.api import analyze
         from ncinspect.render import runviews as views
         from ncinspect.render import tables as rep
-        from ncinspect.runs import compare_runs, comparison_json, group_runs, run_names
+        from ncinspect.runs import compare_runs, comparison_json, group_runs
 
         chosen = parse_metrics(metric)
         dump_keys = parse_dump_keys(keys)
@@ -135,17 +135,9 @@ def compare(
                     f"{path} holds layer stores (extract --layers) only: compare them with "
                     "--by layer"
                 )
-            runs = group_runs(_one_split(path, results, split))
-            if len(runs) != 1:
-                names = ", ".join(r.name for r in runs)
-                raise UsageError(f"{path}: expected one run, found {len(runs)} ({names})")
-            pair.append(runs[0])
+            pair.append(_one_run(path, group_runs(_one_split(path, results, split))))
         a, b = pair
-        if a.name == b.name and a.key != b.key:  # e.g. seed0/ce and seed1/ce
-            distinct = run_names([a.key, b.key])
-            a.name, b.name = distinct[a.key], distinct[b.key]
-        if a.name == b.name and run_a.resolve() != run_b.resolve():
-            b.name = str(run_b)
+        _tell_apart(a, b, run_a, run_b)
         matched_at = at or DEFAULT_AT.get(a.task, "nc1")
         comparison = compare_runs(a, b, matched_at, chosen, level_values, n_levels)
         if plot_dir is not None:
@@ -204,7 +196,6 @@ def _compare_layers(
     from ncinspect.depthcompare import compare_layers, layer_comparison_json, layer_runs
     from ncinspect.render import depthcompare as views
     from ncinspect.render import tables as rep
-    from ncinspect.runs import run_names
 
     pair = []
     for path in paths:
@@ -213,17 +204,9 @@ def _compare_layers(
             raise UsageError(
                 f"--by layer: no layer store found in {path}; write them with extract --layers"
             )
-        runs = layer_runs(_one_split(path, results, split))
-        if len(runs) != 1:
-            names = ", ".join(r.name for r in runs)
-            raise UsageError(f"{path}: expected one run, found {len(runs)} ({names})")
-        pair.append(runs[0])
+        pair.append(_one_run(path, layer_runs(_one_split(path, results, split))))
     a, b = pair
-    if a.name == b.name and a.key != b.key:  # e.g. seed0/ce and seed1/ce
-        distinct = run_names([a.key, b.key])
-        a.name, b.name = distinct[a.key], distinct[b.key]
-    if a.name == b.name and paths[0].resolve() != paths[1].resolve():
-        b.name = str(paths[1])
+    _tell_apart(a, b, paths[0], paths[1])
     comparison = compare_layers(a, b, at or DEFAULT_AT.get(a.task, "nc1"), chosen, levels, n_levels)
     grids = views.layer_comparison_grids(comparison)
     if format is Format.table and output is None:
@@ -241,3 +224,23 @@ def _compare_layers(
         Format.table: lambda: rep.grids_text(grids, width or 160),
     }
     write_output(render[format](), output)
+
+
+def _one_run(path: Path, runs: list[Any]) -> Any:
+    """The one run `path` holds (a `runs.Run` or a `depthcompare.LayerRun`); UsageError else."""
+    if len(runs) != 1:
+        names = ", ".join(r.name for r in runs)
+        raise UsageError(f"{path}: expected one run, found {len(runs)} ({names})")
+    return runs[0]
+
+
+def _tell_apart(a: Any, b: Any, path_a: Path, path_b: Path) -> None:
+    """Two runs that would show under one name get distinct ones: their keys' shortest
+    distinct names (seed0/ce and seed1/ce), else the second path as given."""
+    from ncinspect.runs import run_names
+
+    if a.name == b.name and a.key != b.key:
+        distinct = run_names([a.key, b.key])
+        a.name, b.name = distinct[a.key], distinct[b.key]
+    if a.name == b.name and path_a.resolve() != path_b.resolve():
+        b.name = str(path_b)

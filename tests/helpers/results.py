@@ -48,3 +48,25 @@ def assert_same_results(expected: list[Result], got: list[Result], rtol: float =
             worst = max(worst, err)
             assert err <= rtol, (key, metric, v, w)
     return worst
+
+
+def layer_result(run: str, epoch: int, layer: str, order: int, metrics: dict[str, float]) -> Result:
+    """A classification result of layer store `layer` (place `order`) of `run` at `epoch`, train
+    split, K = 3, D = 4, N = 12, with the given metrics (the depth views' tests)."""
+    return Result(
+        source=f"/runs/{run}/epoch_{epoch}.pt.train.layers/{layer}.h5",
+        task="classification",
+        n=12,
+        d=4,
+        k=3,
+        t=None,
+        metrics=dict(metrics),
+        info={},
+        warnings=[],
+        run=run,
+        checkpoint=f"/ckpt/{run}/epoch_{epoch}.pt",
+        epoch=epoch,
+        split="train",
+        layer=layer,
+        layer_order=order,
+    )

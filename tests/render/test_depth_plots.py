@@ -16,7 +16,6 @@ from matplotlib.colors import LogNorm, Normalize
 from ncinspect.depth import depth_profiles
 from ncinspect.errors import UsageError
 from ncinspect.io.store.writer import write_store
-from ncinspect.metrics.results import Result
 from ncinspect.render.depth_plots import (
     DEPTH_PLOT,
     build_depth_figure,
@@ -26,6 +25,7 @@ from ncinspect.render.depth_plots import (
     plot_depth,
 )
 from tests.helpers.cli import cli
+from tests.helpers.results import layer_result
 
 # (name, layer_order): neither the names' natural order nor the orders themselves are the ranks
 LAYERS = (("stem", 2), ("body.10", 5), ("body.9", 11), ("fc:input", 20))
@@ -46,24 +46,7 @@ def _metrics(scale: float, epoch: int, rank: int) -> dict[str, float]:
     }
 
 
-def _result(run: str, epoch: int, layer: str, order: int, metrics: dict[str, float]) -> Result:
-    return Result(
-        source=f"/runs/{run}/epoch_{epoch}.pt.train.layers/{layer}.h5",
-        task="classification",
-        n=12,
-        d=4,
-        k=3,
-        t=None,
-        metrics=dict(metrics),
-        info={},
-        warnings=[],
-        run=run,
-        checkpoint=f"/ckpt/{run}/epoch_{epoch}.pt",
-        epoch=epoch,
-        split="train",
-        layer=layer,
-        layer_order=order,
-    )
+_result = layer_result
 
 
 def _results(runs: dict[str, float] = RUNS, skip: tuple[str, int, str] | None = None):
