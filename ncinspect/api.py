@@ -65,6 +65,8 @@ def analyze(
     splits: Sequence[str] | None = None,
     layers: bool = False,
     left_out: list[str] | None = None,
+    min_count: int = 1,
+    per_class: int = 0,
 ) -> list[Result]:
     """Analyse stores and dumps (files or directories searched recursively).
 
@@ -99,6 +101,11 @@ def analyze(
     the other kind is opened (its attributes and head, no rows), then closed, and its path is
     appended to `left_out` when a list is given. `calibrate_on` matches the stores of a
     checkpoint, not of a layer: with `layers=True` it is a UsageError.
+    `min_count`: classification stores are analysed on the rows of the classes with at least
+    that many rows, as if the others' rows were not there (`ncinspect.analysis.frequent`;
+    `report --min-count`; recorded in `info.min_count`); a stats-only store refuses M > 1.
+    `per_class`: each classification result's `per_class` holds the table of its `per_class`
+    most and least frequent classes (`ncinspect.metrics.perclass`; `report --per-class`).
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -113,8 +120,11 @@ def analyze(
         ece_bins=ece_bins,
         calibration=calibration,
         temperature_method=temperature_method,
+        min_count=min_count,
+        per_class=per_class,
     )
     check_calibration_options(options)  # before any file is read
+    check_class_options(options, calibrate_on)
     if layers and calibrate_on is not None:
         raise UsageError(
             "--calibrate-on matches each checkpoint's stores across splits, not its layers; it "
@@ -177,6 +187,24 @@ def analyze(
     for r in results:
         r.ufm = ufm_distance(r, settings)
     return results
+
+
+def check_class_options(options: AnalysisOptions, calibrate_on: str | None) -> None:
+    """`min_count` a whole number >= 1 and `per_class` >= 0; `min_count` > 1 not with
+    `calibrate_on` (the other split's stores are read whole); else one UsageError."""
+    if isinstance(options.min_count, bool) or not isinstance(options.min_count, int):
+        raise UsageError(f"--min-count: found {options.min_count!r}; expected a whole number >= 1")
+    if options.min_count < 1:
+        raise UsageError(f"--min-count: found {options.min_count}; expected a whole number >= 1")
+    if isinstance(options.per_class, bool) or not isinstance(options.per_class, int):
+        raise UsageError(f"--per-class: found {options.per_class!r}; expected a whole number >= 0")
+    if options.per_class < 0:
+        raise UsageError(f"--per-class: found {options.per_class}; expected a whole number >= 0")
+    if options.min_count > 1 and calibrate_on is not None:
+        raise UsageError(
+            "--min-count and --calibrate-on: the temperature would be fitted on every row of the "
+            "other split; give one"
+        )
 
 
 def is_layer_store(meta: Mapping[str, object]) -> bool:

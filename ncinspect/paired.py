@@ -31,6 +31,9 @@ from ncinspect.errors import UsageError
 from ncinspect.io.discovery import open_source
 from ncinspect.metrics.results import Result, run_key
 
+# Rows of the evaluation split scored at once: (rows x K) scores of about this many entries.
+_SCORE_ENTRIES = 1 << 20
+
 NC4_TRAIN_MEANS = "nc4_train_means"
 """The key of the generalisation NC4 in a pair's evaluation values (lower is better)."""
 
@@ -199,14 +202,17 @@ def ncc_mismatch_with_means(evaluated: Result, means_from: Result) -> float | No
             return None
         mismatched, total = 0, 0
         mu_sq = np.einsum("kd,kd->k", mu, mu)
+        # rows scored at a time: their (rows x K) scores stay about _SCORE_ENTRIES, never N x K
+        step = max(1, _SCORE_ENTRIES // max(1, w.shape[0], present.size))
         for batch in source.batches(outputs=False):
-            x = np.asarray(batch.features, dtype=np.float64)
-            finite = np.isfinite(x).all(axis=1)
-            x = x[finite]
-            predicted = np.argmax(x @ w.T + b, axis=1)
-            nearest = present[np.argmin(mu_sq[None, :] - 2.0 * (x @ mu.T), axis=1)]
-            mismatched += int(np.count_nonzero(predicted != nearest))
-            total += int(x.shape[0])
+            block = np.asarray(batch.features, dtype=np.float64)
+            block = block[np.isfinite(block).all(axis=1)]
+            for a in range(0, block.shape[0], step):
+                x = block[a : a + step]
+                predicted = np.argmax(x @ w.T + b, axis=1)
+                nearest = present[np.argmin(mu_sq[None, :] - 2.0 * (x @ mu.T), axis=1)]
+                mismatched += int(np.count_nonzero(predicted != nearest))
+            total += int(block.shape[0])
     finally:
         source.close()
     return mismatched / total if total else math.nan

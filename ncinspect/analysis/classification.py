@@ -293,4 +293,9 @@ def classification_from_source(
     if stats.stale:
         metric_set.warn(STALE_SUMS)
     warn_near_chance(metric_set, source.width)
-    return metric_set, moments.n, dropped, classification_extras(moments, source.head)
+    return (
+        metric_set,
+        moments.n,
+        dropped,
+        classification_extras(moments, source.head, stats.scatter),
+    )

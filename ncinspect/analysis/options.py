@@ -24,3 +24,5 @@ class AnalysisOptions:
     temperature_method: str = "nll"  # "nll" (NLL-optimal) | "grid_ece" (report --temperature)
     global_mean: str = "weighted"  # classification mu_G: "weighted" (sample) | "unweighted"
     target_cov: str = "centred"  # regression nrc3's Sigma: "centred" | "uncentred" (1/N sum y y^T)
+    min_count: int = 1  # classification: leave out the classes with fewer rows (report --min-count)
+    per_class: int = 0  # classification: per-class table of this many most/least frequent classes

@@ -2,7 +2,8 @@
 
 Owns `analyze_source`, the entry every analysis goes through (stores, dumps, in-memory arrays),
 and the parts common to both tasks: refusing a head with NaN/Inf, the non-finite-row warning,
-the reader's notes as warnings, and assembling the result record. The task's own passes and
+the reader's notes as warnings, `--min-count` (`analysis.frequent`), the per-class table
+(`metrics.perclass`) and assembling the result record. The task's own passes and
 metrics are `analysis.classification` and `analysis.regression`; a stats-only store's saved
 statistics are `analysis.saved`'s; the calibration keys of the stored logits are
 `analysis.calibration`'s. Reads data only through `FeatureSource`; computes no
@@ -21,6 +22,7 @@ import numpy as np
 
 from ncinspect.analysis.calibration import add_calibration
 from ncinspect.analysis.classification import classification_from_source
+from ncinspect.analysis.frequent import min_count_source
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import regression_from_source
 from ncinspect.analysis.rows import MAX_FEATURE_ABS, FiniteRows
@@ -28,6 +30,7 @@ from ncinspect.analysis.saved import metrics_from_statistics
 from ncinspect.errors import InputError, UsageError
 from ncinspect.io.sources import FeatureSource
 from ncinspect.metrics.head import NO_CLASSIFIER, NO_LAYER_HEAD, NO_REGRESSOR
+from ncinspect.metrics.perclass import class_table
 from ncinspect.metrics.results import MetricSet, Result
 from ncinspect.stats.parallel import full_blas, release_scratch, worker_pass
 
@@ -49,6 +52,9 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
     _layer_of(source)
     check_dense_size(source)
     _check_finite_head(source)
+    left = None
+    if source.task == "classification" and options.min_count > 1:
+        source, left = min_count_source(source, options.min_count)
     if source.statistics is not None:  # saved by extract --stats-only: no rows to read
         with full_blas(float(source.d) ** 3):  # up to a D x D eigendecomposition
             metric_set, n_used, dropped, extras = metrics_from_statistics(source, options)
@@ -64,7 +70,12 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
         metric_set.warn(f"{dropped} row(s) with NaN or Inf features were dropped")
     for note in source.notes:  # what the reader assumed (e.g. integer targets read as labels)
         metric_set.warn(note)
-    return _result(source, metric_set, n_used, extras)
+    if left is not None:
+        left.record(metric_set)
+    result = _result(source, metric_set, n_used, extras)
+    if source.task == "classification" and options.per_class > 0:
+        result.per_class = class_table(extras, options.per_class, options.global_mean)
+    return result
 
 
 # The largest dense float64 matrix the statistics and metrics may build (4 GiB by default): for

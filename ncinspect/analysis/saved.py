@@ -57,8 +57,11 @@ Combine = Callable[[Any], Any]
 
 # Fields an accumulator gained after stats-only stores were first written: a record without one
 # still loads, marked (`ClassScatter.ncc_counted` False), and the metric it feeds is null with the
-# reason (`metrics.classification.NO_NCC_COUNT`), never an error.
-ADDED_LATER: dict[str, tuple[str, ...]] = {"ClassScatter": ("ncc_correct",)}
+# reason (`metrics.classification.NO_NCC_COUNT`), never an error; without the per-class counts
+# the per-class tables' recall columns are null.
+ADDED_LATER: dict[str, tuple[str, ...]] = {
+    "ClassScatter": ("ncc_correct", "class_correct", "class_ncc_correct")
+}
 
 # part name -> (class, scope), per task
 PARTS: dict[str, dict[str, tuple[type, str]]] = {
@@ -171,7 +174,7 @@ def metrics_from_statistics(
         how = global_mean_choice(options)
         metric_set = classification_metrics(moments, scatter, source.head, global_mean=how)
         warn_near_chance(metric_set, source.width)
-        return metric_set, moments.n, dropped, classification_extras(moments, source.head)
+        return metric_set, moments.n, dropped, classification_extras(moments, source.head, scatter)
     moments = merged["moments"]
     for name in ("uncentred", "centred"):
         _expect_rows(where, name, merged[name].n, moments.n)
@@ -279,6 +282,16 @@ def _check_shapes(parts: dict[str, Any], source: FeatureSource, p: str) -> None:
             ("scatter/scatter", scatter.scatter, (r, r)),
             ("scatter/within", scatter.within, (width,)),
         ]
+        for name in ("class_correct", "class_ncc_correct"):  # optional: None is allowed
+            counted = getattr(scatter, name)
+            if counted is not None:
+                _check_arrays([(f"scatter/{name}", counted, (width,))], width, d, p)
+                if np.any(counted < 0) or np.any(counted > sums.counts):
+                    raise StoreError(
+                        f"'stats/scatter/{name}' has counts outside [0, the class's rows in "
+                        "'stats/sums/counts']; re-run extract --stats-only",
+                        path=p,
+                    )
     else:
         m = parts["moments"]
         checks = [

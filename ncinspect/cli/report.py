@@ -238,6 +238,27 @@ def report(
             "epoch: every epoch).",
         ),
     ] = GroupBy.run,
+    min_count: Annotated[
+        int,
+        typer.Option(
+            "--min-count",
+            min=1,
+            help="Classification: analyse only the rows of the classes with at least this many "
+            "(the others count as classes without samples); recorded in info.min_count. Needs "
+            "stores with rows (not --stats-only).",
+        ),
+    ] = 1,
+    per_class: Annotated[
+        int,
+        typer.Option(
+            "--per-class",
+            min=0,
+            help="Classification: show, per store, the N most and N least frequent classes "
+            "with their count, recall, NCC recall, within-class variance, mean and weight "
+            "norms and cos(w_k, mu_k - mu_G) (each run's final checkpoint unless --checkpoints "
+            "all).",
+        ),
+    ] = 0,
 ) -> None:
     """Compute the collapse metrics of stores and dumps and print them."""
 
@@ -249,9 +270,20 @@ def report(
         if gamma is not None and ufm_lambdas is not None:
             raise UsageError("--gamma and --ufm-lambdas are alternatives; give one")
         layers = by is By.layer
+        _check_class_view(
+            per_class,
+            min_count,
+            {
+                "--by run/epoch": by in (By.run, By.epoch) or trajectory,
+                "--baseline": baseline is not None,
+                "--group-by label": group_by is GroupBy.label,
+                "--gamma-trajectory": gamma_trajectory,
+                "--nc-split/--eval-split": bool(nc_split or eval_split),
+            },
+        )
         _check_layer_view(
             layers,
-            checkpoints,
+            None if per_class else checkpoints,  # --per-class takes it too
             {
                 "--baseline": baseline is not None,
                 "--group-by label": group_by is GroupBy.label,
@@ -297,6 +329,8 @@ def report(
             target_cov=target_cov.value,
             layers=layers,
             left_out=left_out,
+            min_count=min_count,
+            per_class=per_class,
         )
         if not quiet:
             for line in skipped + rep.warning_lines(results):
@@ -310,6 +344,9 @@ def report(
             also = " but layer stores (extract --layers): see them with --by layer"
             found = f"no feature store or dump found in {where}"
             raise NcInspectError(found + also if left_out else found)
+        if per_class:
+            _render_per_class(results, checkpoints, format, output, width)
+            return
         if layers:
             _render_layers(
                 results, checkpoints, selected, parse_labels(label), format, output, width
@@ -357,6 +394,48 @@ def report(
     guarded(body)
 
 
+def _check_class_view(per_class: int, min_count: int, others: dict[str, bool]) -> None:
+    """`--per-class` is a view of its own (a table of classes per store): `others`, the other
+    views' options by whether given, are refused with it; `--min-count` is refused with
+    `--nc-split/--eval-split` (the generalisation NC4 reads every row of the other split)."""
+    found = [name for name, given in others.items() if given]
+    if per_class and found:
+        raise UsageError(
+            f"--per-class shows a table of classes per store: {found[0]} does not apply to it"
+        )
+    if min_count > 1 and others["--nc-split/--eval-split"]:
+        raise UsageError(
+            "--min-count and --nc-split/--eval-split: the evaluation split's NC4 reads every "
+            "row; give one"
+        )
+
+
+def _render_per_class(
+    results: list[Any],
+    checkpoints: Checkpoints | None,
+    format: Format,
+    output: Path | None,
+    width: int | None,
+) -> None:
+    """`--per-class`: each run's final checkpoint (per split) unless `--checkpoints all`, as
+    grids (`render.perclass`), JSON or CSV."""
+    from ncinspect.render import perclass
+    from ncinspect.runs import group_runs
+
+    shown = [r for r in results if r.per_class is not None]
+    if not shown:
+        raise UsageError("--per-class: no classification store among the results")
+    if checkpoints is not Checkpoints.all:
+        finals = {id(run.final) for run in group_runs(shown)}
+        shown = [r for r in shown if id(r) in finals]
+    if format is Format.json:
+        write_output(perclass.per_class_json(shown), output)
+    elif format is Format.csv:
+        write_output(perclass.per_class_csv(shown), output)
+    else:
+        _write_grids(perclass.per_class_grids(shown), format, output, width)
+
+
 def _check_layer_view(
     layers: bool, checkpoints: Checkpoints | None, others: dict[str, bool]
 ) -> None:
@@ -370,7 +449,9 @@ def _check_layer_view(
             f"{found[0]} does not apply to it"
         )
     if not layers and checkpoints is not None:
-        raise UsageError(f"--checkpoints {checkpoints.value} applies to --by layer only")
+        raise UsageError(
+            f"--checkpoints {checkpoints.value} applies to --by layer and --per-class only"
+        )
 
 
 def _render_layers(

@@ -170,6 +170,14 @@ class FeatureSource:
             assert batch.outputs is not None and batch.labels is not None
             yield batch.outputs, batch.labels
 
+    def label_batches(self, rows: int | None = None) -> Iterator[np.ndarray]:
+        """The labels (B,) of every row, in order, `rows` at a time: for a pass that needs the
+        labels only (the class counts of `report --min-count`). Readers override it to leave
+        the features unread."""
+        for batch in self.batches(rows, outputs=False, reuse=True):
+            assert batch.labels is not None
+            yield batch.labels
+
     def close(self) -> None:
         """Release file handles (no-op for in-memory sources)."""
 

@@ -443,14 +443,20 @@ def _without_head(moments: ClassMoments, out: MetricSet, outputs_correct: int | 
     out.undefined_all(keys, NO_CLASSIFIER)
 
 
-def classification_extras(moments: ClassMoments, head: Head | None) -> dict[str, Any]:
-    """The statistics later stages need beside the metrics (`ufm.ufm_distance`): the head
-    (weight (K, D), bias (K,); both None without a head), class means (K, D), counts (K,) and
-    within-class sums of squares m2 (K,). K x D floats, the size of the weight itself."""
+def classification_extras(
+    moments: ClassMoments, head: Head | None, scatter: ClassScatter | None = None
+) -> dict[str, Any]:
+    """The statistics later stages need beside the metrics (`ufm.ufm_distance`, the per-class
+    tables of `metrics.perclass`): the head (weight (K, D), bias (K,); both None without a
+    head), class means (K, D), counts (K,), within-class sums of squares m2 (K,) and, from pass
+    2, the per-class counts of rows the classifier and the nearest class mean get right (K,;
+    None when not counted). K x D floats, the size of the weight itself."""
     return {
         "weight": None if head is None else np.asarray(head.weight, dtype=np.float64),
         "bias": None if head is None else head.bias_or_zeros(),
         "class_means": moments.means,
         "counts": moments.counts,
         "within_ss": moments.m2,
+        "class_correct": None if scatter is None else scatter.class_correct,
+        "class_ncc_correct": None if scatter is None else scatter.class_ncc_correct,
     }

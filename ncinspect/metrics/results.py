@@ -71,6 +71,9 @@ class Result:
     # Distance to the UFM optimum (`ncinspect.ufm.ufm_distance`); None when the regularization
     # is unknown. Serialized as "ufm" only when present.
     ufm: dict[str, Any] | None = field(default=None, repr=False)
+    # The most and least frequent classes' table (`metrics.perclass.class_table`, report
+    # --per-class); None when not asked for. Serialized as "per_class" only when present.
+    per_class: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -92,6 +95,8 @@ class Result:
         }
         if self.ufm is not None:
             record["ufm"] = jsonable(self.ufm)
+        if self.per_class is not None:
+            record["per_class"] = jsonable(self.per_class)
         return record
 
 

@@ -399,7 +399,9 @@ class ClassScatter:
     """Pass-2 statistics, plain sums: scatter (r, r), n, correct (accuracy), ncc_mismatch (NC4),
     ncc_correct (rows whose nearest class mean is their own class's: ncc_accuracy, with or
     without a head) and within (K,) = sum_{i in k} ||h_i - mu_k||^2 with the plan's means (the exact
-    two-pass m2).
+    two-pass m2). Per class (K,), for the per-class tables (`metrics.perclass`): class_correct
+    (None without a head) and class_ncc_correct, the two counts above split by label; None in
+    the record of a stats-only store written before they existed.
 
     `centre_distance` = sum_i ||h_i - mu_G|| about the plan's `mu_g` (mean_norm_features), None
     when not summed. Not an init field, so a stats-only store does not keep it (its records hold
@@ -420,6 +422,8 @@ class ClassScatter:
     counts: np.ndarray | None = None
     check_sum: np.ndarray | None = None
     check_scale: np.ndarray | None = None
+    class_correct: np.ndarray | None = None
+    class_ncc_correct: np.ndarray | None = None
     centre_distance: float | None = field(default=None, init=False)
     ncc_counted: bool = field(default=True, init=False)
 
@@ -435,6 +439,8 @@ class ClassScatter:
             counts=np.zeros(k, dtype=np.int64) if checked else None,
             check_sum=np.zeros(k, dtype=np.float64) if checked else None,
             check_scale=np.zeros(k, dtype=np.float64) if checked else None,
+            class_correct=None if plan.logits is None else np.zeros(k, dtype=np.int64),
+            class_ncc_correct=None if plan.ncc is None else np.zeros(k, dtype=np.int64),
         )
         out.centre_distance = None if plan.mu_g is None else 0.0
         return out
@@ -498,16 +504,20 @@ class ClassScatter:
         r = out.scatter.shape[0]
         if proj is not None:
             out.scatter = proj[:, :r].T @ proj[:, :r]
+        assert out.within is not None
+        k = out.within.size
         if plan.ncc is not None:
             nearest = _nearest(plan, plan.ncc, x, y, dev_norm, proj)
-            out.ncc_correct = int(np.count_nonzero(nearest == y))
+            hit = nearest == y
+            out.ncc_correct = int(np.count_nonzero(hit))
+            out.class_ncc_correct = np.bincount(y[hit], minlength=k).astype(np.int64)
             if plan.logits is not None:
                 xnorm = dev_norm + plan.ncc.mean_norms[y]  # >= ||h_i||
                 pred = _predictions(plan, plan.logits, x, y, dev_norm, xnorm, proj)
-                out.correct = int(np.count_nonzero(pred == y))
+                right = pred == y
+                out.correct = int(np.count_nonzero(right))
+                out.class_correct = np.bincount(y[right], minlength=k).astype(np.int64)
                 out.ncc_mismatch = int(np.count_nonzero(pred != nearest))
-        assert out.within is not None
-        k = out.within.size
         out.within += np.bincount(y, weights=dev_sq, minlength=k)
         if checked is not None:
             out.counts = np.bincount(y, minlength=k).astype(np.int64)
@@ -533,6 +543,8 @@ class ClassScatter:
             counts=add(self.counts, other.counts),
             check_sum=add(self.check_sum, other.check_sum),
             check_scale=add(self.check_scale, other.check_scale),
+            class_correct=add(self.class_correct, other.class_correct),
+            class_ncc_correct=add(self.class_ncc_correct, other.class_ncc_correct),
         )
         if self.centre_distance is not None and other.centre_distance is not None:
             merged.centre_distance = self.centre_distance + other.centre_distance

@@ -118,6 +118,9 @@ class DeviceClassScatter:
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self.n, self.correct, self.mismatch = zero.clone(), zero.clone(), zero.clone()
         self.ncc_correct = zero.clone()
+        k = plan.means.shape[0]
+        self.class_correct = torch.zeros(k, dtype=torch.int64, device=device)
+        self.class_ncc_correct = torch.zeros(k, dtype=torch.int64, device=device)
         self.mu_g = None if plan.mu_g is None else dev(plan.mu_g)
         self.distance = torch.zeros((), dtype=F64, device=device)
 
@@ -142,10 +145,14 @@ class DeviceClassScatter:
             else:
                 scores = self.present_sq - 2.0 * (h @ self.present_means.T)
                 nearest = self.present[torch.argmin(scores, dim=1)]
-            self.ncc_correct += count_true((nearest == y) & kept)
+            hit = (nearest == y) & kept
+            self.ncc_correct += count_true(hit)
+            self.class_ncc_correct.index_add_(0, y, hit.to(torch.int64))
             if self.weight is not None and self.bias is not None:
                 pred = torch.argmax(torch.addmm(self.bias, h, self.weight.T), dim=1)
-                self.correct += count_true((pred == y) & kept)
+                right = (pred == y) & kept
+                self.correct += count_true(right)
+                self.class_correct.index_add_(0, y, right.to(torch.int64))
                 self.mismatch += count_true((pred != nearest) & kept)
 
     def result(self) -> ClassScatter:
@@ -157,6 +164,8 @@ class DeviceClassScatter:
             ncc_correct=int(self.ncc_correct),
             route=self.route,
             within=_host(self.within),
+            class_correct=None if self.weight is None else _host(self.class_correct),
+            class_ncc_correct=_host(self.class_ncc_correct),
         )
         if self.mu_g is not None:
             out.centre_distance = float(self.distance)

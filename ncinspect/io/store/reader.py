@@ -144,6 +144,20 @@ class StoreSource(FeatureSource):
                     f"reading rows {start}:{stop} failed: {exc}", path=self.path
                 ) from exc
 
+    def label_batches(self, rows: int | None = None) -> Iterator[np.ndarray]:
+        if self._labels is None:
+            yield from super().label_batches(rows)
+            return
+        step = max(1, int(rows or self.chunk_rows()))
+        for start in range(0, self.n, step):
+            stop = min(self.n, start + step)
+            try:
+                yield np.asarray(self._labels[start:stop])
+            except (OSError, KeyError, RuntimeError, ValueError) as exc:  # damaged chunks
+                raise StoreError(
+                    f"reading rows {start}:{stop} failed: {exc}", path=self.path
+                ) from exc
+
     def close(self) -> None:
         self._f.close()
 

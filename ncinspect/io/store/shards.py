@@ -111,6 +111,10 @@ class ShardSetSource(FeatureSource):
         for shard in self.shards:
             yield from shard.output_batches(rows)
 
+    def label_batches(self, rows: int | None = None) -> Iterator[np.ndarray]:
+        for shard in self.shards:
+            yield from shard.label_batches(rows)
+
     def _read(
         self,
         start: int,
