@@ -244,7 +244,8 @@ def floor_classification(
       least-squares coefficients of W on the basis (computed outside the timing), a (K, r)
       product per row, which is what `report`'s class-span route pays (exact when W lies in the
       span; its certification is left out).
-    - K >= D: the two float32 GEMMs, logits x W^T + b and distances x (2 mu)^T - ||mu||^2.
+    - K >= D: the two float32 GEMMs, logits x W^T + b and distances x (2 mu)^T - ||mu||^2,
+      in tiles of rows by classes with a running argmax (`_tiled_argmax`).
     Returns (sums, gram, predicted (N,) or None, nearest (N,) or None).
     """
     sums: np.ndarray | None = None
@@ -298,12 +299,34 @@ def floor_classification(
             preds.append(np.argmax(z @ coef.T + offset, axis=1))
             nearest.append(np.argmax(2.0 * z - sq, axis=1))
         else:
-            preds.append(np.argmax(x @ w32.T + b32, axis=1))
-            nearest.append(np.argmax(x @ twice32.T - sq32, axis=1))
+            preds.append(_tiled_argmax(x, w32, b32))
+            nearest.append(_tiled_argmax(x, twice32, -sq32))
     assert sums is not None and gram is not None
     if scores is None:
         return sums, gram, None, None
     return sums, gram, np.concatenate(preds), np.concatenate(nearest)
+
+
+def _tiled_argmax(x: np.ndarray, mat: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """argmax_k (x mat^T + offset) per row, scored in tiles of 1,024 rows by 2,048 columns (a
+    running best per row): the cheapest form at large K, where one (rows x K) product per read
+    would be memory-bound (and as large as K x 8 MiB of features)."""
+    rows, cols = 1024, 2048
+    out = np.empty(x.shape[0], dtype=np.int64)
+    for a in range(0, x.shape[0], rows):
+        h = x[a : a + rows]
+        best = np.zeros(h.shape[0], dtype=np.int64)
+        value = np.full(h.shape[0], -np.inf, dtype=np.float32)
+        for c0 in range(0, mat.shape[0], cols):
+            s = h @ mat[c0 : c0 + cols].T
+            s += offset[c0 : c0 + cols]
+            j = np.argmax(s, axis=1)
+            v = s[np.arange(h.shape[0]), j]
+            better = v > value
+            best[better] = c0 + j[better]
+            value[better] = v[better]
+        out[a : a + rows] = best
+    return out
 
 
 def floor_regression(

@@ -246,6 +246,12 @@ class ClassPasses:
         return self.sums, self.scatter
 
 
+def metrics_work(d: int, k: int) -> float:
+    """Multiply-adds of the classification metrics after the passes, for `full_blas`: Sigma_B's
+    eigenpairs (min(D, K)^3) and the pair sweeps over the tiles of Mc Mc^T and W W^T (K^2 D)."""
+    return max(float(min(d, k)) ** 3, float(k) * k * d)
+
+
 def outputs_correct(outputs: np.ndarray | None, labels: np.ndarray) -> int:
     """Rows whose stored logits (B, K) have their argmax at the label; a row with a NaN or Inf
     logit counts as wrong."""
@@ -286,7 +292,7 @@ def classification_from_source(
     stats = _source_statistics(source, options)
     moments, dropped = stats.moments, stats.dropped
     from_logits = source.head is None and source.has_outputs
-    with full_blas(float(min(source.d, source.width)) ** 3):  # Sigma_B's eigenpairs
+    with full_blas(metrics_work(source.d, source.width)):
         correct = stats.scatter.correct if from_logits else None
         metric_set = classification_metrics(moments, stats.scatter, source.head, correct, how)
     metric_set.info["class_sums"] = stats.sums_from

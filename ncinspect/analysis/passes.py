@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ncinspect.analysis.calibration import add_calibration
-from ncinspect.analysis.classification import classification_from_source
+from ncinspect.analysis.classification import classification_from_source, metrics_work
 from ncinspect.analysis.frequent import min_count_source
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import regression_from_source
@@ -56,7 +56,11 @@ def _analyze_source(source: FeatureSource, options: AnalysisOptions) -> Result:
     if source.task == "classification" and options.min_count > 1:
         source, left = min_count_source(source, options.min_count)
     if source.statistics is not None:  # saved by extract --stats-only: no rows to read
-        with full_blas(float(source.d) ** 3):  # up to a D x D eigendecomposition
+        # up to a D x D eigendecomposition; the pair sweeps, K^2 D
+        work = float(source.d) ** 3
+        if source.task == "classification":
+            work = max(work, metrics_work(source.d, source.width))
+        with full_blas(work):
             metric_set, n_used, dropped, extras = metrics_from_statistics(source, options)
     elif source.task == "classification":
         metric_set, n_used, dropped, extras = classification_from_source(source, options)

@@ -38,7 +38,7 @@ from ncinspect.metrics.pairs import (
     sweep,
 )
 from ncinspect.metrics.results import MetricSet
-from ncinspect.metrics.uniformity import hyperspherical_energy, uniform_duality
+from ncinspect.metrics.uniformity import Energies, energies_for, uniform_duality
 from ncinspect.stats.classification import ClassMoments, ClassScatter
 
 EIG_RELATIVE_CUTOFF = 1e-10
@@ -153,10 +153,12 @@ class _Cdnv:
 class _Cosines:
     """The cosines of the pairs i < j of non-zero rows from a tile of their Gram matrix (entries
     over the products of the norms, no second product): their std (equiangle) and the mean of
-    |cos + 1/(K - 1)| (maxangle), K counting the non-zero rows."""
+    |cos + 1/(K - 1)| (maxangle), K counting the non-zero rows; passed on to `energies` (the
+    hyperspherical energies of the same rows) when given."""
 
-    def __init__(self, norms: np.ndarray) -> None:
+    def __init__(self, norms: np.ndarray, energies: Energies | None = None) -> None:
         nonzero = norms > 0
+        self.energies = energies
         self.norms = norms
         self.dropped = int((~nonzero).sum())
         self.keep = None if not self.dropped else nonzero
@@ -173,6 +175,8 @@ class _Cosines:
             cos /= self.norms[None, t.cols]
         for part in t.pair_parts(cos, self.keep):
             self.cosines.add(part)
+            if self.energies is not None:
+                self.energies.add_cosines(part)
             shifted = part + self.offset
             self.maxangle.add(np.abs(shifted, out=shifted))
 
@@ -281,8 +285,8 @@ def classification_metrics(
     k_eff = _class_warnings(moments, head, out)
     mc = centred_means(moments, global_mean)
     nc1(moments, scatter, out, global_mean)
-    _mean_geometry(moments, mc, k_eff, out, tile)
-    hyperspherical_energy(mc, moments.d, out, tile)
+    energies = _mean_geometry(moments, mc, k_eff, out, tile)
+    energies.record(out)
     _norms(mc, scatter, head, out)
     ncc_accuracy(scatter, out)
     if head is None:
@@ -360,17 +364,19 @@ def _class_warnings(moments: ClassMoments, head: Head | None, out: MetricSet) ->
 
 def _mean_geometry(
     moments: ClassMoments, mc: np.ndarray, k_eff: int, out: MetricSet, tile: int | None
-) -> None:
+) -> Energies:
     """nc1_cdnv and nc2_equinorm / equiangle / maxangle / etf of the centred class means Mc
-    (K_eff, D): the pair keys in one sweep over the upper tiles of Mc Mc^T (K_eff x K_eff).
+    (K_eff, D): the pair keys in one sweep over the upper tiles of Mc Mc^T (K_eff x K_eff),
+    whose cosines also feed the hyperspherical energies (returned, for the caller to record).
     nc1_cdnv's distances between means do not depend on mu_G."""
     gram = PairMatrix(mc, upper=True, tile=tile)
     cdnv = cosines = None
+    energies = energies_for(mc, moments.d)
     if k_eff >= 2:
         present = moments.counts > 0
         var = moments.m2[present] / moments.counts[present]
         cdnv = _Cdnv(np.einsum("kd,kd->k", mc, mc), var)
-        cosines = _Cosines(np.linalg.norm(mc, axis=1))
+        cosines = _Cosines(np.linalg.norm(mc, axis=1), energies)
     etf = _etf(gram)
     sweep(gram, (cdnv, cosines, None if isinstance(etf, str) else etf))
     if cdnv is None:
@@ -384,6 +390,7 @@ def _mean_geometry(
     else:
         cosines.record("means", "centred class-mean", out)
     _record_etf(etf, "nc2_etf_means", out)
+    return energies
 
 
 def _head_metrics(

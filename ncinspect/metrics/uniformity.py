@@ -13,8 +13,8 @@ Papyan 2024). Owns the keys that measure that spread and the alignment's uniform
 - `unc3` = the coefficient of variation (std with divisor K_eff - 1, over the mean) over the
   present classes of cos(w_k, mu_k - mu_G) (uniform duality; lower is more uniform).
 
-The pair means stream over the upper tiles of U U^T (`metrics.pairs`): memory O(tile), never
-K x K. ||u_i - u_j||^2 = 2 - 2 u_i . u_j. Classes whose centred mean is zero have no hat vector
+The pair means stream over the upper tiles of U U^T (`metrics.pairs`), or take the cosines of
+the angle keys' sweep over Mc Mc^T (`Energies.add_cosines`): memory O(tile), never K x K. ||u_i - u_j||^2 = 2 - 2 u_i . u_j. Classes whose centred mean is zero have no hat vector
 and are left out (the angle keys already warn about them). Pure numpy; reads no file.
 """
 
@@ -36,12 +36,16 @@ def riesz_exponent(d: int) -> int:
     return d - 2 if d > 2 else 1
 
 
-class _Energies:
-    """The two pair means over the tiles of U U^T: log(1/||u_i - u_j||) summed, and
-    ||u_i - u_j||^(-s) as a running log-sum-exp (no overflow while streaming)."""
+class Energies:
+    """The two pair means from the cosines u_i . u_j of the pairs i < j: log(1/||u_i - u_j||)
+    summed, and ||u_i - u_j||^(-s) as a running log-sum-exp (no overflow while streaming). Fed
+    by the tiles of U U^T (`add`), or by the cosines another sweep already computed
+    (`add_cosines`: the angle keys' sweep over Mc Mc^T, `metrics.classification`). `usable`:
+    how many hat vectors there are (the centred means that are not zero)."""
 
-    def __init__(self, s: int) -> None:
+    def __init__(self, s: int, usable: int) -> None:
         self.s = s
+        self.usable = usable
         self.log_kernel = PairSum()
         self.count = 0
         self.top = -math.inf  # the running max of -s log d
@@ -50,23 +54,33 @@ class _Energies:
 
     def add(self, t: PairTile) -> None:
         for cos in t.pair_parts():
-            if not cos.size:
-                continue
-            dist2 = np.maximum(2.0 - 2.0 * cos, 0.0)
-            if not np.all(dist2 > 0):
-                self.coincident = True
-                return
-            log_d = 0.5 * np.log(dist2)
-            self.log_kernel.add(-log_d)
-            x = -self.s * log_d
-            peak = float(x.max())
-            if peak > self.top:
-                self.scaled = self.scaled * math.exp(self.top - peak) if self.count else 0.0
-                self.top = peak
-            self.scaled += float(np.exp(x - self.top).sum())
-            self.count += int(cos.size)
+            self.add_cosines(cos)
+
+    def add_cosines(self, cos: np.ndarray) -> None:
+        """Pairs' cosines (any shape)."""
+        if not cos.size or self.coincident:
+            return
+        dist2 = np.maximum(2.0 - 2.0 * cos, 0.0)
+        if not np.all(dist2 > 0):
+            self.coincident = True
+            return
+        log_d = 0.5 * np.log(dist2)
+        self.log_kernel.add(-log_d)
+        x = -self.s * log_d
+        peak = float(x.max())
+        if peak > self.top:
+            self.scaled = self.scaled * math.exp(self.top - peak) if self.count else 0.0
+            self.top = peak
+        self.scaled += float(np.exp(x - self.top).sum())
+        self.count += int(cos.size)
 
     def record(self, out: MetricSet) -> None:
+        """gnc2_log, gnc2_riesz and info gnc2_riesz_s / gnc2_riesz_log, or why undefined."""
+        out.info["gnc2_riesz_s"] = self.s
+        if self.usable < 2:
+            reason = f"needs at least 2 classes with a non-zero centred mean ({self.usable})"
+            out.undefined_all(UNIFORMITY_KEYS, reason)
+            return
         if self.coincident:
             out.undefined_all(UNIFORMITY_KEYS, COINCIDENT)
             return
@@ -83,21 +97,23 @@ class _Energies:
             out.metrics["gnc2_riesz"] = math.exp(log_mean)
 
 
+def energies_for(mc: np.ndarray, d: int) -> Energies:
+    """The reducer of `gnc2_log` and `gnc2_riesz` for the centred class means mc (K_eff, D) of
+    D-dimensional features, to be fed their hat vectors' cosines; `Energies.record` then writes
+    them (undefined with the reason below 2 hat vectors or for coinciding ones)."""
+    return Energies(riesz_exponent(d), int(np.count_nonzero(np.linalg.norm(mc, axis=1) > 0)))
+
+
 def hyperspherical_energy(mc: np.ndarray, d: int, out: MetricSet, tile: int | None = None) -> None:
-    """`gnc2_log` and `gnc2_riesz` of the centred class means mc (K_eff, D) of D-dimensional
-    features, into `out` (undefined with the reason below 2 hat vectors or for coinciding
-    ones); `info.gnc2_riesz_s` is s."""
-    s = riesz_exponent(d)
-    out.info["gnc2_riesz_s"] = s
-    norms = np.linalg.norm(mc, axis=1)
-    keep = norms > 0
-    if int(keep.sum()) < 2:
-        reason = f"needs at least 2 classes with a non-zero centred mean ({int(keep.sum())})"
-        out.undefined_all(UNIFORMITY_KEYS, reason)
-        return
-    hats = mc[keep] / norms[keep, None]
-    energies = _Energies(s)
-    sweep(PairMatrix(hats, upper=True, tile=tile), (energies,))
+    """`gnc2_log` and `gnc2_riesz` of mc (K_eff, D) from a sweep of its own over the tiles of
+    U U^T (`metrics.classification` feeds `energies_for` from its angle sweep instead), into
+    `out`; `info.gnc2_riesz_s` is s."""
+    energies = energies_for(mc, d)
+    if energies.usable >= 2:
+        norms = np.linalg.norm(mc, axis=1)
+        keep = norms > 0
+        hats = mc[keep] / norms[keep, None]
+        sweep(PairMatrix(hats, upper=True, tile=tile), (energies,))
     energies.record(out)
 
 

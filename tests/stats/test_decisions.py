@@ -98,6 +98,35 @@ def rounding_ties(score: np.ndarray, scale: np.ndarray, best: str) -> int:
     return int(np.count_nonzero((ordered[:, 1] - ordered[:, 0]).astype(float) <= TIE * scale))
 
 
+@pytest.mark.parametrize(("rows", "entries"), [(1, 1), (7, 21), (64, 200), (5000, 1 << 21)])
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+def test_feature_routes_in_tiles_equal_float64_whatever_the_tile(
+    rows: int, entries: int, offset: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The float32 feature routes score (rows x classes) tiles and merge each row's best and
+    runner-up across class blocks (`_Top2`): any tile, from 1 x 1 to all of it, gives the float64
+    choices (exact ties to the lowest index, as the whole-row argmax)."""
+    from ncinspect.stats import decisions
+
+    monkeypatch.setattr(decisions, "_TILE_ROWS", rows)
+    monkeypatch.setattr(decisions, "_TILE_ENTRIES", entries)
+    k, d = 23, 8  # K > D: the D x D route, nearest means from the features
+    x, y, w, b = tie_heavy_data(11, k, d, 600, offset)
+    plan = plan_scatter(ClassMoments.from_batch(x, y, k), w, b, "dxd")
+    _, _, pred_ref, ncc_ref = reference_scatter(plan, x, y)
+    logits, dist, logit_scale, dist_scale = exact_scores(plan, x)
+    present = np.flatnonzero(plan.present)
+    xnorm = np.linalg.norm(np.asarray(x, np.float64), axis=1) * (1 + 1e-9)
+    pred = plan.logits.argmax(x, xnorm)
+    ncc = plan.ncc.from_features(x, xnorm)
+    assert_same_or_tied(pred, pred_ref, logits, logit_scale)
+    assert_same_or_tied(
+        np.searchsorted(present, ncc), np.searchsorted(present, ncc_ref), dist, dist_scale
+    )
+    tied = np.flatnonzero(np.all(w[0] == w[1]) & (np.argmax(logits, axis=1) <= 1))
+    assert not np.any(pred[tied] == 1)  # classes 0 and 1 tie exactly: the lowest index wins
+
+
 @pytest.mark.parametrize(
     ("k", "d", "route"),
     [
