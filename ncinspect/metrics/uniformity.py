@@ -14,8 +14,9 @@ Papyan 2024). Owns the keys that measure that spread and the alignment's uniform
   present classes of cos(w_k, mu_k - mu_G) (uniform duality; lower is more uniform).
 
 The pair means stream over the upper tiles of U U^T (`metrics.pairs`), or take the cosines of
-the angle keys' sweep over Mc Mc^T (`Energies.add_cosines`): memory O(tile), never K x K. ||u_i - u_j||^2 = 2 - 2 u_i . u_j. Classes whose centred mean is zero have no hat vector
-and are left out (the angle keys already warn about them). Pure numpy; reads no file.
+the angle keys' sweep over Mc Mc^T (`Energies.add_cosines`): memory O(tile), never K x K.
+||u_i - u_j||^2 = 2 - 2 u_i . u_j. Classes whose centred mean is zero have no hat vector and are
+left out (the angle keys already warn about them). Pure numpy; reads no file.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ counts their answers. Memory: never K x K. The float32 feature routes (the D x D
 at large K) score tiles of at most 1,024 rows by a block of classes (`_tiles`, about 8 MiB of
 float32), keeping each row's best and runner-up across the blocks (`_Top2`); the class-span
 routes score a block of rows at a time, the rows shrinking as K grows so the (rows x K) scores
-stay about `_SCORE_ENTRIES` (8 MiB of float64; one row of K beyond that); the class-span tables are (K_eff + 1) x K and K x K_eff with K_eff < D.
+stay about `_SCORE_ENTRIES` (8 MiB of float64; one row of K beyond that); the class-span tables
+are (K_eff + 1) x K and K x K_eff with K_eff < D.
 Axes: B rows of a block, D feature dim, K classes (K_eff present).
 """
 
