@@ -150,6 +150,8 @@ DEFINING = frozenset(
     {
         # the rows: which data (a file or factory, with its arguments), how many, which task
         "data", "data_kind", "data_rows", "data_args", "limit", "task",
+        # which rows the statistics of extract --stats-only --min-count kept
+        "min_count",
         # the preprocessing the rows went through (a different one gives other features)
         "normalize", "input_mean", "input_std", "layout", "input_scale",
         # the network the rows come from and where they are taken (the head's input), at which

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ncinspect.analysis.frequent import keep_frequent
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.rows import FiniteRows
 from ncinspect.errors import InputError, UsageError, check_interrupt
@@ -62,16 +63,28 @@ def plan_class_scatter(
 ) -> tuple[ClassSums, ScatterPlan]:
     """Between the passes: pass 1 combined over the processes (when `combine` is given), checked
     non-empty, and pass 2's plan (the NC1 route, the means, the head, the global mean of
-    `options`; `check` as in `plan_scatter`). The host passes and the device ones
+    `options`; `check` as in `plan_scatter`). With `options.min_count` > 1 the plan has only the
+    classes with that many rows (`analysis.frequent.keep_frequent`; pass 2 then reads only their
+    rows: `plan.present`), while the sums returned keep every class (a stats-only store saves
+    them, and the count of what was left out). The host passes and the device ones
     (`analysis.device`) share it."""
     how = global_mean_choice(options)
     if combine is not None:
         sums = combine(sums)
     if sums.n == 0:
         raise InputError("no finite feature rows left to analyse", path=source.path)
+    planned = sums
+    if options.min_count > 1:  # the frequent classes' means: pass 2 reads only their rows
+        planned, _ = keep_frequent(sums, options.min_count)
+        if planned.n == 0:
+            raise InputError(
+                f"--min-count {options.min_count} leaves no rows: the most frequent class has "
+                f"{int(sums.counts.max(initial=0))}",
+                path=source.path,
+            )
     head = source.head
     weight, bias = (None, None) if head is None else (head.weight, head.bias_or_zeros())
-    plan = plan_scatter(sums.moments(), weight, bias, options.nc1_route, check, how)
+    plan = plan_scatter(planned.moments(), weight, bias, options.nc1_route, check, how)
     return sums, plan
 
 
@@ -232,6 +245,10 @@ class ClassPasses:
     def second(self, batch: Batch) -> None:
         x, y = batch.features, batch.labels
         assert y is not None and self.plan is not None and self.scatter is not None
+        if self.options.min_count > 1:  # the rows of the classes the plan kept
+            kept = self.plan.present[y]
+            if not kept.all():
+                x, y = x[kept], y[kept]
         if not x.shape[0]:
             return
         plan = self.plan

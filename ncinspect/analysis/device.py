@@ -117,8 +117,14 @@ def classification_statistics(
     rows.finish()
     sums, plan = plan_class_scatter(acc.result(), source, options, combine)
     scatter = DeviceClassScatter(plan, device)
+    # --min-count: pass 2 reads the rows of the classes the plan kept (`plan_class_scatter`)
+    kept = None
+    if options.min_count > 1:
+        kept = torch.as_tensor(plan.present, dtype=torch.bool, device=device)
     for batch, x, keep in rows.rows(batches(False)):
         assert batch.labels is not None
+        if kept is not None:
+            keep = keep & kept[batch.labels]
         scatter.update(x, batch.labels, keep)
     rows.finish()
     return sums, scatter.result(), rows.dropped
@@ -179,7 +185,7 @@ def gather_statistics(
         sums, scatter, dropped = classification_statistics(
             source, batches, device, options, combine
         )
-        return records(source, [sums, scatter], dropped)
+        return records(source, [sums, scatter], dropped, options)
     gamma_choice(options)
     moments, uncentred, centred, dropped = regression_statistics(
         source, batches, device, options, combine

@@ -8,8 +8,12 @@ absent classes (K_eff), the head keeps all K rows (accuracy's argmax runs over e
 `min_count_source` counts the labels (one pass that reads no features), wraps the source and
 says what was left out (`MinCount`, recorded in `info` by the caller).
 
-A stats-only store keeps sums over all its rows, not the rows: it cannot be filtered afterwards,
-so M > 1 there is one error line. Axes: N samples, B rows of a block, K classes.
+`extract --stats-only --min-count M` applies the same rule while the statistics are gathered:
+pass 1 counts every row, the plan and pass 2 keep only the frequent classes' rows
+(`keep_frequent`), and the store records M (`stats` attribute `min_count`), which `report`
+applies to the saved sums. A stats-only store cannot be filtered afterwards (its sums cover the
+rows it kept), so `report --min-count` on one must name the store's own M.
+Axes: N samples, B rows of a block, K classes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from ncinspect.errors import InputError, check_interrupt
 from ncinspect.io.sources import Batch, FeatureSource
 from ncinspect.metrics.results import MetricSet
+from ncinspect.stats.classification import ClassSums
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,35 @@ class MinCount:
                 f"--min-count {self.min_count}: {self.classes} class(es) with fewer samples "
                 f"({self.rows} row(s)) were left out; they count as classes without samples"
             )
+
+
+def keep_frequent(sums: ClassSums, min_count: int) -> tuple[ClassSums, MinCount]:
+    """The class sums with the classes of fewer than `min_count` rows zeroed (as if their rows
+    had not been read), and what that left out."""
+    keep = sums.counts >= min_count
+    below = (sums.counts > 0) & ~keep
+    left = MinCount(min_count, int(below.sum()), int(sums.counts[below].sum()))
+    if not left.classes:
+        return sums, left
+    kept = ClassSums(
+        counts=np.where(keep, sums.counts, 0), sums=np.where(keep[:, None], sums.sums, 0.0)
+    )
+    return kept, left
+
+
+def saved_min_count(attrs: dict[str, object], path: str) -> int:
+    """The `min_count` a stats-only store's statistics were gathered with (1 when absent);
+    StoreError for anything but a whole number >= 1."""
+    from ncinspect.errors import StoreError
+
+    value = attrs.get("min_count", 1)
+    if isinstance(value, np.integer):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StoreError(
+            f"'stats' attribute 'min_count' is {value!r}; expected a whole number >= 1", path=path
+        )
+    return value
 
 
 def class_counts(source: FeatureSource) -> np.ndarray:
@@ -113,17 +147,24 @@ class FrequentRows(FeatureSource):
         self.inner.close()
 
 
-def min_count_source(source: FeatureSource, min_count: int) -> tuple[FeatureSource, MinCount]:
+def min_count_source(
+    source: FeatureSource, min_count: int
+) -> tuple[FeatureSource, MinCount | None]:
     """The source restricted to the classes with at least `min_count` rows, and what that left
-    out. InputError for a stats-only store (M > 1 cannot be applied to sums) and when no class
-    has enough rows."""
+    out. A stats-only store is returned as it is (None: its own `min_count` is applied with its
+    statistics, `analysis.saved`) when gathered with that M, else InputError; InputError also
+    when no class has enough rows."""
     if source.statistics is not None:
-        raise InputError(
-            f"--min-count {min_count}: this store holds statistics (extract --stats-only), not "
-            "rows, so classes cannot be left out afterwards; use a store with its rows, or "
-            "--min-count 1",
-            path=source.path,
-        )
+        saved = saved_min_count(source.statistics[0].attrs, source.statistics[0].path)
+        if saved != min_count:
+            raise InputError(
+                f"--min-count {min_count}: this store holds statistics (extract --stats-only) "
+                f"gathered with --min-count {saved}, not rows, so other classes cannot be left "
+                f"out afterwards; give --min-count {saved} (or 1), or extract again with "
+                f"--min-count {min_count}",
+                path=source.path,
+            )
+        return source, None
     counts = class_counts(source)
     keep = counts >= min_count
     below = (counts > 0) & ~keep

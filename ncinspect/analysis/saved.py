@@ -35,6 +35,7 @@ from ncinspect.analysis.classification import (
     global_mean_choice,
     warn_near_chance,
 )
+from ncinspect.analysis.frequent import keep_frequent, saved_min_count
 from ncinspect.analysis.options import AnalysisOptions
 from ncinspect.analysis.regression import (
     NO_PREDICTIONS,
@@ -85,7 +86,7 @@ def gather_statistics(
     """
     if source.task == "classification":
         sums, scatter, dropped = classification_statistics(source, options, combine)
-        return records(source, [sums, scatter], dropped)
+        return records(source, [sums, scatter], dropped, options)
     gamma_choice(options)
     rows = FiniteRows(source, options)
     moments, uncentred, centred = regression_statistics(source, rows, combine)
@@ -126,19 +127,25 @@ def gather_together(
                 for driver in drivers:
                     driver.between()
     return [
-        records(s, list(driver.finish()), f.dropped)
+        records(s, list(driver.finish()), f.dropped, options)
         for s, driver, f in zip(sources, drivers, filters, strict=True)
     ]
 
 
 def records(
-    source: FeatureSource, parts: list[Any], dropped: int
+    source: FeatureSource,
+    parts: list[Any],
+    dropped: int,
+    options: AnalysisOptions | None = None,
 ) -> tuple[dict[str, StatRecord], dict[str, Any]]:
     """(records by part name, `stats` group attributes) of one source's two passes: `parts` in
-    the order of `PARTS[source.task]`, `dropped` non-finite feature rows. Shared by the host
+    the order of `PARTS[source.task]`, `dropped` non-finite feature rows; `min_count` when
+    classification statistics were gathered with `options.min_count` > 1. Shared by the host
     passes and the device ones (`analysis.device`)."""
     scopes = PARTS[source.task]
     attrs: dict[str, Any] = {"nonfinite_rows_dropped": int(dropped)}
+    if source.task == "classification" and options is not None and options.min_count > 1:
+        attrs["min_count"] = int(options.min_count)
     if source.task == "regression":
         # a layer without a head (and without outputs) predicted nothing: mse and r2 are null
         headless = source.head is None and not source.has_outputs
@@ -169,10 +176,16 @@ def metrics_from_statistics(
     where = saved[0].path if len(saved) == 1 else source.path
     if source.task == "classification":
         sums, scatter = merged["sums"], merged["scatter"]
+        min_count = saved_min_count(saved[0].attrs, saved[0].path)
+        left = None
+        if min_count > 1:  # gathered by extract --min-count: pass 2 read the frequent classes
+            sums, left = keep_frequent(sums, min_count)
         _expect_rows(where, "scatter", scatter.n, sums.n)
         moments = sums.moments(scatter.within)
         how = global_mean_choice(options)
         metric_set = classification_metrics(moments, scatter, source.head, global_mean=how)
+        if left is not None:
+            left.record(metric_set)
         warn_near_chance(metric_set, source.width)
         return metric_set, moments.n, dropped, classification_extras(moments, source.head, scatter)
     moments = merged["moments"]
@@ -264,19 +277,20 @@ def _objects(saved: SavedStatistics, source: FeatureSource) -> dict[str, Any]:
         out[name] = cls(**record.fields)
         if isinstance(out[name], ClassScatter) and "ncc_correct" in older:
             out[name].ncc_counted = False
-    _check_shapes(out, source, p)
+    _check_shapes(out, source, p, saved_min_count(saved.attrs, p))
     return out
 
 
-def _check_shapes(parts: dict[str, Any], source: FeatureSource, p: str) -> None:
+def _check_shapes(parts: dict[str, Any], source: FeatureSource, p: str, min_count: int) -> None:
     width, d = source.width, source.d
     checks: list[tuple[str, Any, tuple[int | None, ...]]]
     if source.task == "classification":
         sums, scatter = parts["sums"], parts["scatter"]
         _check_arrays([("sums/counts", sums.counts, (width,))], width, d, p)
         # the class-span route's scatter is r x r for the r = K_eff classes present (the
-        # plan's basis); a larger one is a crafted eigenproblem
-        r = d if scatter.route == "dxd" else int(np.count_nonzero(sums.counts > 0))
+        # plan's basis; with --min-count, those with that many rows); a larger one is a
+        # crafted eigenproblem
+        r = d if scatter.route == "dxd" else int(np.count_nonzero(sums.counts >= min_count))
         checks = [
             ("sums/sums", sums.sums, (width, d)),
             ("scatter/scatter", scatter.scatter, (r, r)),

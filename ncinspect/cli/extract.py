@@ -358,6 +358,16 @@ def extract(
             show_default=False,
         ),
     ] = None,
+    min_count: Annotated[
+        int,
+        typer.Option(
+            "--min-count",
+            help="With --stats-only (classification): gather the statistics of the rows of "
+            "the classes with at least N rows only (pass 1 counts every row); recorded in the "
+            "store and applied by report (info.min_count).",
+            min=1,
+        ),
+    ] = 1,
     list_layers: Annotated[
         bool,
         typer.Option(
@@ -413,6 +423,7 @@ def extract(
             run=run,
             stats_only=stats_only,
             drop_nonfinite=drop_nonfinite,
+            min_count=min_count,
             strict=not no_strict,
             normalize=normalize,
             layout=None if layout is None else layout.value,

@@ -82,6 +82,7 @@ class ExtractConfig:
     next_token: bool = False
     context_length: int | None = None  # --context-length: tokens per window
     max_tokens: int | None = None  # --max-tokens: the first rows (positions) kept
+    min_count: int = 1  # --min-count (--stats-only): statistics of the classes with >= M rows
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
@@ -107,6 +108,13 @@ class ExtractConfig:
             parse_normalize(self.normalize)  # a bad value fails here, before any work
         if self.layout is not None and self.layout not in LAYOUTS:
             raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.min_count < 1:
+            raise UsageError(f"--min-count must be >= 1, got {self.min_count}")
+        if self.min_count > 1 and not self.stats_only:
+            raise UsageError(
+                "--min-count belongs to --stats-only (a feature store keeps every row; pass "
+                "--min-count to report instead)"
+            )
         if self.drop_nonfinite and not self.stats_only:
             raise UsageError(
                 "--drop-nonfinite belongs to --stats-only (a feature store keeps every row; "

@@ -147,7 +147,7 @@ def _check_run_folder(out: Path, run: str, source: Path) -> None:
 _REQUEST_KEYS = ("content", "split", "limit", "data", "data_kind", "data_keys", "data_args",
                  "data_rows", "data_files", "text_keys", "label_key", "max_length",
                  "tokenizer", "truncation", "layer_pool", "next_token", "context_length",
-                 "max_tokens", "windowing")  # fmt: skip
+                 "max_tokens", "windowing", "min_count")  # fmt: skip
 # The options that decide how the checkpoint becomes a model, as given (None / {} when left at
 # their default), and the inputs' preprocessing as decided (normalize: the normalization chosen
 # on the command line or in the run's config, None when none was; layout: None when the inputs
@@ -164,12 +164,19 @@ def request_attrs(config: ExtractConfig, data: DataSource) -> dict[str, Any]:
         "content": "statistics" if config.stats_only else "features",
         "split": data.split,
         "limit": config.limit,
+        "min_count": min_count_attr(config),
     }
     return {
         **{key: wanted.get(key) for key in _REQUEST_KEYS},
         "requested": requested_options(config, data.preprocess),
         "precision": config.precision,
     }
+
+
+def min_count_attr(config: ExtractConfig) -> int | None:
+    """--min-count as a store records it: None at its default (every class), as stores written
+    before it existed read."""
+    return config.min_count if config.min_count > 1 else None
 
 
 def requested_options(

@@ -75,6 +75,7 @@ from ncinspect.extraction.messages import with_hint
 from ncinspect.extraction.models import import_model_classes, model_for_checkpoint
 from ncinspect.extraction.plan import (
     Job,
+    min_count_attr,
     plan_jobs,
     remove_superseded,
     request_attrs,
@@ -422,6 +423,7 @@ def _extract_one(
         "requested": requested_options(config, data.preprocess),
         "batch_size": batch_size,
         "limit": config.limit,
+        "min_count": min_count_attr(config),
         "torch_version": torch.__version__,
         "ncinspect_version": __version__,
         **shard_attrs,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ncinspect.errors import UsageError
 from ncinspect.extraction.blocks import host_blocks
 from ncinspect.extraction.config import ExtractConfig
 from ncinspect.extraction.distributed import JobOutput
@@ -160,7 +161,12 @@ def write_statistics(
     output = sink.output
     weight, bias = probe.weight, probe.bias
     has_outputs = config.with_outputs and probe.width == probe.head_width
-    options = AnalysisOptions(drop_nonfinite=config.drop_nonfinite)
+    if config.min_count > 1 and task != "classification":
+        raise UsageError(
+            f"--min-count {config.min_count}: leaves out rare classes, and this is a {task} "
+            "model (no classes)"
+        )
+    options = AnalysisOptions(drop_nonfinite=config.drop_nonfinite, min_count=config.min_count)
     head_source = ForwardSource(
         path=str(forward.checkpoint),
         task=task,
