@@ -369,7 +369,7 @@ def test_report_by_layer_without_layer_stores(runs: Path, tmp_path: Path) -> Non
     assert "but layer stores (extract --layers): see them with --by layer" in only.stderr
     wrong = cli("report", runs, "--checkpoints", "all")
     assert wrong.exit_code == 2
-    assert "--checkpoints all applies to --by layer only" in wrong.stderr
+    assert "--checkpoints all applies to --by layer and --per-class only" in wrong.stderr
 
 
 @pytest.mark.parametrize("on", ["host", "device"])
