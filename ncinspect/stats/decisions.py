@@ -122,6 +122,37 @@ def _reference_best(
     return best
 
 
+def _scored_tiles(x32: np.ndarray, mat32: np.ndarray, offset32: np.ndarray, cols: int) -> _Top2:
+    """Each row's best and runner-up of x32 @ mat32^T + offset32 (B, C) over C = mat32's rows,
+    scored `cols` classes at a time into this thread's scratch (float32)."""
+    top2 = _Top2(x32.shape[0])
+    width = mat32.shape[0]
+    for c0 in range(0, width, cols):
+        c = slice(c0, min(width, c0 + cols))
+        shape = (x32.shape[0], c.stop - c.start)
+        scores = np.matmul(x32, mat32[c].T, out=thread_scratch("scores32", shape, np.float32))
+        scores += offset32[c]
+        top2.add(scores, c0)
+    return top2
+
+
+def _settle(
+    chosen: np.ndarray,
+    sure: np.ndarray,
+    rows: np.ndarray,
+    score: Callable[[np.ndarray, slice], np.ndarray],
+    width: int,
+    lowest: bool,
+) -> np.ndarray:
+    """`chosen` with every row that is not `sure` recomputed by the float64 reference
+    (`_reference_best` on those of `rows`)."""
+    unsure = np.flatnonzero(~sure)
+    if unsure.size:
+        h = np.asarray(rows[unsure], dtype=np.float64)
+        chosen[unsure] = _reference_best(h, score, width, lowest)
+    return chosen
+
+
 def _row_blocks(n: int, width: int) -> Iterator[slice]:
     """Row ranges whose (rows x width) score arrays hold about `_SCORE_ENTRIES` entries."""
     step = max(1, _SCORE_ENTRIES // max(1, width))
@@ -319,15 +350,7 @@ class Logits:
             sl = slice(a, min(x.shape[0], a + rows))
             if fast:
                 x32 = x[sl].astype(np.float32, copy=False)
-                top2 = _Top2(x32.shape[0])
-                for c0 in range(0, k, cols):
-                    c = slice(c0, min(k, c0 + cols))
-                    shape = (x32.shape[0], c.stop - c.start)
-                    scores = np.matmul(
-                        x32, self.weight32[c].T, out=thread_scratch("scores32", shape, np.float32)
-                    )
-                    scores += self.bias32[c]
-                    top2.add(scores, c0)
+                top2 = _scored_tiles(x32, self.weight32, self.bias32, cols)
                 scale = xnorm[sl] * self.wmax
                 error = dot_error_bound(d, UNIT32) * scale
                 error += 2.0 * UNIT32 * (scale + self.bmax)  # casting b, adding it
@@ -337,11 +360,7 @@ class Logits:
             else:  # nothing is certain: every row takes the float64 reference
                 best = np.zeros(sl.stop - sl.start, dtype=np.int64)
                 sure = np.zeros(sl.stop - sl.start, dtype=bool)
-            unsure = np.flatnonzero(~sure)
-            if unsure.size:
-                h = np.asarray(x[sl][unsure], dtype=np.float64)
-                best[unsure] = _reference_best(h, self._reference_scores, k, lowest=False)
-            pred[sl] = best
+            pred[sl] = _settle(best, sure, x[sl], self._reference_scores, k, lowest=False)
         return pred
 
     def _reference_scores(self, h: np.ndarray, cols: slice) -> np.ndarray:
@@ -502,15 +521,8 @@ class NearestMean:
             if fast:
                 assert self.twice32 is not None
                 x32 = x[sl].astype(np.float32, copy=False)
-                top2 = _Top2(x32.shape[0])
-                for c0 in range(0, k, cols):
-                    c = slice(c0, min(k, c0 + cols))
-                    shape = (x32.shape[0], c.stop - c.start)
-                    scores = np.matmul(
-                        x32, self.twice32[c].T, out=thread_scratch("scores32", shape, np.float32)
-                    )
-                    scores -= self.sq32[c]
-                    top2.add(scores, c0)
+                # 2 h . c_j - ||mu_j||^2 (negating ||mu_j||^2 is exact)
+                top2 = _scored_tiles(x32, self.twice32, -self.sq32, cols)
                 # c_j was rounded twice (to float64, then float32): the u64 term
                 error = (dot_error_bound(d, UNIT32) + UNIT64) * xnorm[sl] * self.cmax
                 error += _UNDERFLOW * (d + np.sqrt(d) * (xnorm[sl] + self.cmax))
@@ -518,9 +530,5 @@ class NearestMean:
             else:  # nothing is certain: every row takes the float64 reference
                 chosen = np.zeros(sl.stop - sl.start, dtype=np.int64)
                 sure = np.zeros(sl.stop - sl.start, dtype=bool)
-            unsure = np.flatnonzero(~sure)
-            if unsure.size:
-                h = np.asarray(x[sl][unsure], dtype=np.float64)
-                chosen[unsure] = _reference_best(h, self._reference_scores, k, lowest=True)
-            best[sl] = chosen
+            best[sl] = _settle(chosen, sure, x[sl], self._reference_scores, k, lowest=True)
         return self.index[best]

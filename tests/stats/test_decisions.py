@@ -98,6 +98,23 @@ def rounding_ties(score: np.ndarray, scale: np.ndarray, best: str) -> int:
     return int(np.count_nonzero((ordered[:, 1] - ordered[:, 0]).astype(float) <= TIE * scale))
 
 
+def check_feature_choices(
+    plan, x: np.ndarray, pred_ref: np.ndarray, ncc_ref: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 feature routes' argmax and nearest mean equal the plain float64 choices up to
+    rounding ties; returns (predictions, the extended-precision logits)."""
+    logits, dist, logit_scale, dist_scale = exact_scores(plan, x)
+    present = np.flatnonzero(plan.present)
+    xnorm = np.linalg.norm(np.asarray(x, np.float64), axis=1) * (1 + 1e-9)
+    pred = plan.logits.argmax(x, xnorm)
+    ncc = plan.ncc.from_features(x, xnorm)
+    assert_same_or_tied(pred, pred_ref, logits, logit_scale)
+    assert_same_or_tied(
+        np.searchsorted(present, ncc), np.searchsorted(present, ncc_ref), dist, dist_scale
+    )
+    return pred, logits
+
+
 @pytest.mark.parametrize(("rows", "entries"), [(1, 1), (7, 21), (64, 200), (5000, 1 << 21)])
 @pytest.mark.parametrize("offset", [0.0, 50.0])
 def test_feature_routes_in_tiles_equal_float64_whatever_the_tile(
@@ -114,15 +131,7 @@ def test_feature_routes_in_tiles_equal_float64_whatever_the_tile(
     x, y, w, b = tie_heavy_data(11, k, d, 600, offset)
     plan = plan_scatter(ClassMoments.from_batch(x, y, k), w, b, "dxd")
     _, _, pred_ref, ncc_ref = reference_scatter(plan, x, y)
-    logits, dist, logit_scale, dist_scale = exact_scores(plan, x)
-    present = np.flatnonzero(plan.present)
-    xnorm = np.linalg.norm(np.asarray(x, np.float64), axis=1) * (1 + 1e-9)
-    pred = plan.logits.argmax(x, xnorm)
-    ncc = plan.ncc.from_features(x, xnorm)
-    assert_same_or_tied(pred, pred_ref, logits, logit_scale)
-    assert_same_or_tied(
-        np.searchsorted(present, ncc), np.searchsorted(present, ncc_ref), dist, dist_scale
-    )
+    pred, logits = check_feature_choices(plan, x, pred_ref, ncc_ref)
     tied = np.flatnonzero(np.all(w[0] == w[1]) & (np.argmax(logits, axis=1) <= 1))
     assert not np.any(pred[tied] == 1)  # classes 0 and 1 tie exactly: the lowest index wins
 
@@ -146,15 +155,8 @@ def test_certified_choices_equal_float64_up_to_rounding_ties(
     moments = ClassMoments.from_batch(x, y, k)
     plan = plan_scatter(moments, w, b, route)
     scatter_ref, within_ref, pred_ref, ncc_ref = reference_scatter(plan, x, y)
+    check_feature_choices(plan, x, pred_ref, ncc_ref)
     logits, dist, logit_scale, dist_scale = exact_scores(plan, x)
-    present = np.flatnonzero(plan.present)
-    xnorm = np.linalg.norm(np.asarray(x, np.float64), axis=1) * (1 + 1e-9)
-    pred = plan.logits.argmax(x, xnorm)
-    ncc = plan.ncc.from_features(x, xnorm)
-    assert_same_or_tied(pred, pred_ref, logits, logit_scale)
-    assert_same_or_tied(
-        np.searchsorted(present, ncc), np.searchsorted(present, ncc_ref), dist, dist_scale
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = ClassScatter.from_batch(plan, x, y)
