@@ -50,7 +50,14 @@ def naive_nc4_with_means(x, weight, bias, train_x, train_y) -> float:
     return float(np.mean(np.array(predicted) != np.array(nearest)))
 
 
-def test_generalisation_nc4_uses_the_training_means(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entries", [1 << 20, 9], ids=["one-block", "2-row-blocks"])
+def test_generalisation_nc4_uses_the_training_means(
+    tmp_path: Path, entries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any row block (the scores of (rows x K) at a time) gives the naive value."""
+    from ncinspect import paired
+
+    monkeypatch.setattr(paired, "_SCORE_ENTRIES", entries)
     arrays = _stores(tmp_path)
     pairs = pair_splits(analyze(tmp_path), "train", "test")
     assert [(p.checkpoint, p.epoch) for p in pairs] == [("epoch_1.pt", 1), ("epoch_5.pt", 5)]

@@ -138,3 +138,15 @@ def test_device_passes_keep_the_rows_the_host_keeps() -> None:
     )
     np.testing.assert_allclose(dev.within, host.within, rtol=1e-12, atol=1e-12)
     assert host.within[3] == host.within[4] == 0.0
+
+
+@pytest.mark.parametrize("value", ["five", -2, 0, 2.5])
+def test_a_crafted_min_count_attribute_is_one_line(job, tmp_path: Path, value: object) -> None:
+    import h5py
+
+    assert extract(job, tmp_path / "s", "--stats-only", "--min-count", "5").exit_code == 0
+    (store,) = sorted((tmp_path / "s").rglob("*.h5"))
+    with h5py.File(store, "r+") as f:
+        f["stats"].attrs["min_count"] = value
+    res = cli("report", store)
+    one_line_error(res.stderr, res.exit_code, store, "'min_count'", "whole number >= 1")
